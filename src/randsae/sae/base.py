@@ -1,0 +1,130 @@
+"""What every SAE architecture shares: its config, the encode/decode interface and the SAELens format.
+
+An SAE folder is what SAELens, SAEBench and Neuronpedia read: `cfg.json` plus `sae_weights.safetensors`
+holding `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]` and `b_dec [d_in]`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from randsae.errors import UserError
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """Shape and sparsity of one SAE, plus where its activations came from (SAELens `metadata`)."""
+
+    architecture: str
+    """`topk` or `relu_l1`."""
+    d_in: int
+    d_sae: int
+    k: int | None = None
+    """Active latents per token (TopK only)."""
+    l1_coefficient: float | None = None
+    """Sparsity penalty (ReLU-L1 only)."""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """model_name, hook_name, context_size, prepend_bos, dataset_path, variant, seed..."""
+
+    def to_json(self) -> dict[str, Any]:
+        """SAELens-compatible cfg.json."""
+        cfg = dataclasses.asdict(self)
+        cfg.update(dtype="float32", device="cpu", apply_b_dec_to_input=True, normalize_activations="none")
+        return cfg
+
+    @classmethod
+    def from_json(cls, cfg: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in cfg.items() if key in names})
+
+
+class LossOutput(NamedTuple):
+    """One training step's loss and what the trainer tracks about it."""
+
+    loss: Tensor
+    """Scalar to minimize (already includes any sparsity or auxiliary term)."""
+    fvu: Tensor
+    """Scalar fraction of variance unexplained on this batch (about the batch mean)."""
+    fired: Tensor
+    """Bool [d_sae]: latents active on at least one token of the batch (for dead-latent tracking)."""
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class: subclasses set `architecture` and implement `encode`."""
+
+    architecture: ClassVar[str]
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[n, d_in] -> dense latent activations [n, d_sae], zero where a latent is inactive."""
+        raise NotImplementedError
+
+    def loss(self, x: Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+        """Training loss on a batch [n, d_in]; `dead_mask` [d_sae] marks latents the trainer saw die."""
+        raise NotImplementedError
+
+    def decode(self, z: Tensor) -> Tensor:
+        """[n, d_sae] -> reconstruction [n, d_in]."""
+        return z @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Give every decoder row unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the SAELens folder atomically (temporary files renamed into place)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
+        tmp = folder / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, tmp)
+        tmp.replace(folder / WEIGHTS_FILE)
+        tmp = folder / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.cfg.to_json(), indent=2))
+        tmp.replace(folder / CONFIG_FILE)
+
+
+_ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}
+
+
+def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
+    """Class decorator: make an architecture loadable by name."""
+    _ARCHITECTURES[cls.architecture] = cls
+    return cls
+
+
+def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
+    """Load an SAE saved by `SparseAutoencoder.save` (or by SAELens, for the architectures we have)."""
+    folder = Path(folder)
+    if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise UserError(f"no SAE at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})",
+                        "Point to a folder written by `randsae run` or SAELens")
+    cfg = SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
+    if cfg.architecture not in _ARCHITECTURES:
+        raise UserError(f"unknown SAE architecture {cfg.architecture!r} in {folder}",
+                        f"Use one of {sorted(_ARCHITECTURES)}")
+    sae = _ARCHITECTURES[cfg.architecture](cfg)
+    sae.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    return sae.to(device)
