@@ -1,0 +1,208 @@
+"""The on-disk activation cache: residual-stream activations in shards, with a manifest.
+
+Harvested once per (variant, layer, split), read by every SAE, metric and analysis after. A harvest writes
+each shard atomically and records it in the manifest as it goes, so an interrupted harvest resumes at the
+first missing shard; memory holds one shard per layer, whatever the token count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from randsae.errors import UserError
+
+MANIFEST = "manifest.json"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    file: str
+    n_tokens: int
+    sha256: str
+
+
+@dataclasses.dataclass(frozen=True)
+class CacheManifest:
+    model: str
+    variant: str
+    layer: int
+    hook_name: str
+    split: str
+    n_tokens: int
+    """Tokens the finished cache holds (rows of all shards together)."""
+    d_model: int
+    dtype: str
+    context_size: int
+    complete: bool = False
+    shards: tuple[Shard, ...] = ()
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> CacheManifest:
+        data = json.loads(text)
+        data["shards"] = tuple(Shard(**shard) for shard in data["shards"])
+        return cls(**data)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+class ActivationCache:
+    """Read access to one finished cache folder; rows in token order (row r = window r // C, position r % C)."""
+
+    def __init__(self, folder: Path, manifest: CacheManifest):
+        self.folder = folder
+        self.manifest = manifest
+
+    @classmethod
+    def open(cls, folder: str | Path, verify: bool = True) -> ActivationCache:
+        """Open a finished cache; checks every shard's size and checksum unless `verify` is False."""
+        folder = Path(folder)
+        fix = f"Delete {folder} and rerun to harvest it again"
+        try:
+            manifest = CacheManifest.from_json((folder / MANIFEST).read_text())
+        except FileNotFoundError:
+            raise UserError(f"no activation cache at {folder}", "Run `randsae run` to harvest it") from None
+        except (ValueError, TypeError, KeyError) as error:
+            raise UserError(f"activation cache manifest {folder / MANIFEST} is corrupt ({error})", fix) from None
+        if not manifest.complete:
+            raise UserError(f"activation cache {folder} is incomplete (harvest interrupted)",
+                            "Rerun `randsae run` with the same --out to resume it")
+        if verify:
+            for shard in manifest.shards:
+                path = folder / shard.file
+                if not path.is_file() or _sha256(path) != shard.sha256:
+                    raise UserError(f"activation cache shard {path} is missing or corrupt (checksum mismatch)", fix)
+        return cls(folder, manifest)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.manifest.n_tokens
+
+    @property
+    def d_model(self) -> int:
+        return self.manifest.d_model
+
+    def iter_blocks(self, rows: int = 65_536) -> Iterator[Tensor]:
+        """float32 blocks of at most `rows` rows [n, d_model], in row order; one shard in memory at a time."""
+        for shard in self.manifest.shards:
+            try:
+                data = load_file(self.folder / shard.file)["activations"]
+            except Exception as error:  # safetensors raises its own error types for a damaged file
+                raise UserError(f"activation cache shard {self.folder / shard.file} is unreadable ({error})",
+                                f"Delete {self.folder} and rerun to harvest it again") from None
+            for start in range(0, data.shape[0], rows):
+                yield data[start:start + rows].float()
+
+    def load(self) -> Tensor:
+        """Every row at once [n_tokens, d_model] (float32)."""
+        return torch.cat(list(self.iter_blocks(rows=1 << 30)))
+
+
+class CacheWriter:
+    """Appends shards to one cache folder, resuming where an earlier harvest of the same spec stopped."""
+
+    def __init__(self, folder: Path, spec: CacheManifest, windows_per_shard: int):
+        self.folder = folder
+        self.windows_per_shard = windows_per_shard
+        self.buffer: list[Tensor] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        existing = self._existing_manifest()
+        same_spec = existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec
+        self.manifest = existing if same_spec else spec
+        if not same_spec:
+            self._save_manifest()
+
+    def _existing_manifest(self) -> CacheManifest | None:
+        try:
+            return CacheManifest.from_json((self.folder / MANIFEST).read_text())
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
+            return None
+
+    @property
+    def windows_done(self) -> int:
+        return sum(shard.n_tokens for shard in self.manifest.shards) // self.manifest.context_size
+
+    def add(self, activations: Tensor) -> None:
+        """Add the activations of a batch of windows, [batch, context_size, d_model]."""
+        self.buffer.append(activations.reshape(-1, activations.shape[-1]).to("cpu", DTYPES[self.manifest.dtype]))
+        if sum(block.shape[0] for block in self.buffer) >= self.windows_per_shard * self.manifest.context_size:
+            self._flush()
+
+    def finish(self) -> None:
+        if self.buffer:
+            self._flush()
+        self.manifest = dataclasses.replace(self.manifest, complete=True)
+        self._save_manifest()
+
+    def _flush(self) -> None:
+        data = torch.cat(self.buffer)
+        self.buffer = []
+        name = f"shard_{len(self.manifest.shards):05d}.safetensors"
+        tmp = self.folder / (name + ".tmp")
+        save_file({"activations": data.contiguous()}, tmp)
+        tmp.replace(self.folder / name)
+        shard = Shard(name, data.shape[0], _sha256(self.folder / name))
+        self.manifest = dataclasses.replace(self.manifest, shards=(*self.manifest.shards, shard))
+        self._save_manifest()
+
+    def _save_manifest(self) -> None:
+        _write_atomic(self.folder / MANIFEST, self.manifest.to_json())
+
+
+def harvest(forward: Callable[[Tensor], dict[int, Tensor]], input_ids: Tensor,
+            writers: dict[int, CacheWriter], batch_size: int, device: torch.device,
+            desc: str = "harvest", progress: bool = True) -> None:
+    """Run `forward` (one truncated model pass → {layer: [batch, C, d]}) over all windows not yet cached.
+
+    Every layer's writer is fed from the same forward; all writers resume from the least advanced one.
+    """
+    pending = [writer for writer in writers.values() if not writer.manifest.complete]
+    if not pending:
+        return
+    start = min(writer.windows_done for writer in pending)
+    windows_per_shard = pending[0].windows_per_shard
+    start -= start % windows_per_shard
+    bar = tqdm(total=input_ids.shape[0] * input_ids.shape[1], initial=start * input_ids.shape[1],
+               desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    for begin in range(start, input_ids.shape[0], batch_size):
+        batch = input_ids[begin:begin + batch_size].to(device=device, dtype=torch.long)
+        outputs = forward(batch)
+        for layer, writer in writers.items():
+            if not writer.manifest.complete and writer.windows_done <= begin:
+                writer.add(outputs[layer])
+        bar.update(batch.numel())
+    bar.close()
+    for writer in pending:
+        writer.finish()
+
+
+def cache_folder(run_dir: Path, variant: str, layer: int, split: str) -> Path:
+    return run_dir / "activations" / variant / f"layer{layer}" / split
+
+
+def open_caches(run_dir: Path, variant: str, layers: Sequence[int], split: str) -> dict[int, ActivationCache]:
+    return {layer: ActivationCache.open(cache_folder(run_dir, variant, layer, split)) for layer in layers}

@@ -1,0 +1,121 @@
+"""Tokenize documents, split them train / held-out, and pack each split into fixed windows.
+
+The split is by document (a stable hash of its text), so no document, and hence no token, is in both.
+Documents are joined by EOS and cut into windows of `context_size - 1` tokens; each window starts with
+an explicit BOS token, so position 0 is always the same token whatever the tokenizer adds by itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from randsae.errors import UserError
+
+SPLITS = ("train", "heldout")
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenConfig:
+    """How text becomes token windows."""
+
+    context_size: int = 256
+    """Tokens per window, BOS included."""
+    train_tokens: int = 40_960
+    """Tokens per variant for SAE training (rounded down to whole windows)."""
+    heldout_tokens: int = 12_288
+    """Held-out tokens per variant for the quality metrics and auto-interp."""
+    heldout_fraction: float = 0.2
+    """Share of documents assigned to the held-out split."""
+    split_seed: int = 0
+    """Salt of the document hash that assigns documents to splits."""
+
+
+def is_heldout(text: str, fraction: float, seed: int) -> bool:
+    """Stable across runs and machines (unlike Python's salted `hash`)."""
+    digest = hashlib.sha1(f"{seed}:{text}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+    """(BOS id, document separator id); a tokenizer without BOS uses EOS for both (as GPT-2 does)."""
+    eos = tokenizer.eos_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
+    if bos is None:
+        raise UserError("the tokenizer has neither a BOS nor an EOS token",
+                        "Use a model whose tokenizer defines one of them")
+    return bos, eos if eos is not None else bos
+
+
+def pack_windows(documents: Iterable[list[int]], n_windows: int, context_size: int,
+                 bos: int, separator: int) -> Tensor:
+    """int32 [≤ n_windows, context_size]: documents joined by `separator`, cut, each window led by BOS."""
+    body = context_size - 1
+    needed = n_windows * body
+    stream: list[int] = []
+    for ids in documents:
+        stream.extend(ids)
+        stream.append(separator)
+        if len(stream) >= needed:
+            break
+    n = min(n_windows, len(stream) // body)
+    windows = torch.tensor(stream[: n * body], dtype=torch.int32).view(n, body)
+    return torch.cat([torch.full((n, 1), bos, dtype=torch.int32), windows], dim=1)
+
+
+def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
+                    cfg: TokenConfig, batch_docs: int = 256) -> dict[str, Tensor]:
+    """{"train": [n, C], "heldout": [m, C]}: stops reading text once both splits are full."""
+    bos, separator = special_ids(tokenizer)
+    body = cfg.context_size - 1
+    wanted = {"train": cfg.train_tokens // cfg.context_size, "heldout": cfg.heldout_tokens // cfg.context_size}
+    docs: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
+    have = dict.fromkeys(SPLITS, 0)
+    pending: list[str] = []
+
+    def flush() -> None:
+        encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
+        for text, ids in zip(pending, encoded):
+            split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
+            docs[split].append(ids)
+            have[split] += len(ids) + 1
+        pending.clear()
+
+    for text in texts:
+        pending.append(text)
+        if len(pending) == batch_docs:
+            flush()
+            if all(have[s] >= wanted[s] * body for s in SPLITS):
+                break
+    if pending:
+        flush()
+    windows = {split: pack_windows(docs[split], wanted[split], cfg.context_size, bos, separator)
+               for split in SPLITS}
+    for split, tensor in windows.items():
+        if tensor.shape[0] < wanted[split]:
+            raise UserError(f"the text has only {tensor.numel()} {split} tokens, {wanted[split] * cfg.context_size} "
+                            f"were asked for", "Lower data.train_tokens / data.heldout_tokens or use more text")
+    return windows
+
+
+def save_tokens(folder: Path, windows: dict[str, Tensor]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, tensor in windows.items():
+        tmp = folder / f"{split}.safetensors.tmp"
+        save_file({"input_ids": tensor.contiguous()}, tmp)
+        tmp.replace(folder / f"{split}.safetensors")
+
+
+def load_tokens(folder: Path, split: str) -> Tensor:
+    """int32 [n_windows, context_size] of a run's split."""
+    path = folder / f"{split}.safetensors"
+    if not path.is_file():
+        raise UserError(f"no token windows at {path}", "Run `randsae run` first to create the run directory")
+    return load_file(path)["input_ids"]

@@ -1,0 +1,99 @@
+"""Downstream-loss metrics: how much of the model's next-token loss survives splicing in the SAE.
+
+CE-loss score = (CE_zero - CE_sae) / (CE_zero - CE_clean), where the hooked residual stream is replaced
+by zeros or by the SAE's reconstruction; KL score = (KL_zero - KL_sae) / KL_zero with KL(clean ‖ patched).
+Position 0 (BOS) is never replaced: the SAE was not trained on it. For a random variant these scores
+measure a model whose predictions mean nothing, so they are reported with `meaningful = False`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from randsae.models.hookpoints import replace_residual
+
+
+@dataclasses.dataclass(frozen=True)
+class DownstreamMetrics:
+    ce_clean: float
+    ce_zero: float
+    ce_sae: float
+    kl_zero: float
+    kl_sae: float
+    ce_loss_score: float
+    kl_score: float
+
+
+def ce_loss_score(ce_clean: float, ce_zero: float, ce_sae: float) -> float:
+    return (ce_zero - ce_sae) / (ce_zero - ce_clean)
+
+
+def kl_score(kl_zero: float, kl_sae: float) -> float:
+    return (kl_zero - kl_sae) / kl_zero
+
+
+def _next_token_ce(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """Summed cross-entropy of predicting token t+1 from position t, over the batch."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum")
+
+
+def _kl(clean_logits: Tensor, patched_logits: Tensor) -> Tensor:
+    """Summed KL(clean ‖ patched) over the predicting positions."""
+    clean = F.log_softmax(clean_logits[:, :-1].float(), dim=-1)
+    patched = F.log_softmax(patched_logits[:, :-1].float(), dim=-1)
+    return F.kl_div(patched, clean, log_target=True, reduction="sum")
+
+
+def _keep_bos(replacement: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def replace(resid: Tensor) -> Tensor:
+        patched = replacement(resid)
+        return torch.cat([resid[:, :1], patched[:, 1:].to(resid.dtype)], dim=1)
+
+    return replace
+
+
+@torch.no_grad()
+def downstream_metrics(model: nn.Module, splices: dict[int, tuple[nn.Module, Callable[[Tensor], Tensor]]],
+                       input_ids: Tensor, batch_size: int = 4,
+                       before_forward: Callable[[int], None] | None = None) -> dict[int, DownstreamMetrics]:
+    """Per layer: clean, zero-ablated and SAE-spliced forwards of `input_ids` [n, C].
+
+    `splices` maps a layer to (its block, a function from residuals [n, d] to the SAE reconstruction).
+    The clean forward of a batch is shared by every layer. `before_forward(batch_index)` runs before each
+    forward (the control variant reseeds its noise there, so all forwards of a batch see the same noise).
+    """
+    device = next(model.parameters()).device
+    sums = {layer: dict.fromkeys(("ce_clean", "ce_zero", "ce_sae", "kl_zero", "kl_sae"), 0.0) for layer in splices}
+    n_predictions = 0
+
+    def forward(batch: Tensor, index: int) -> Tensor:
+        if before_forward is not None:
+            before_forward(index)
+        return model(input_ids=batch, use_cache=False).logits
+
+    for index, start in enumerate(range(0, input_ids.shape[0], batch_size)):
+        batch = input_ids[start:start + batch_size].to(device=device, dtype=torch.long)
+        clean = forward(batch, index)
+        ce_clean = _next_token_ce(clean, batch).item()
+        for layer, (block, reconstruct) in splices.items():
+            sums[layer]["ce_clean"] += ce_clean
+            patches = {"zero": torch.zeros_like,
+                       "sae": lambda resid, f=reconstruct: f(resid.flatten(0, 1).float()).view_as(resid)}
+            for name, patch in patches.items():
+                with replace_residual(block, _keep_bos(patch)):
+                    logits = forward(batch, index)
+                sums[layer][f"ce_{name}"] += _next_token_ce(logits, batch).item()
+                sums[layer][f"kl_{name}"] += _kl(clean, logits).item()
+        n_predictions += batch.shape[0] * (batch.shape[1] - 1)
+    results = {}
+    for layer, totals in sums.items():
+        mean = {key: value / n_predictions for key, value in totals.items()}
+        results[layer] = DownstreamMetrics(
+            **mean, ce_loss_score=ce_loss_score(mean["ce_clean"], mean["ce_zero"], mean["ce_sae"]),
+            kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]))
+    return results

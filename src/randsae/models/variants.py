@@ -1,0 +1,132 @@
+"""Model variants: the trained model and the random controls the paper compares it with.
+
+Every variant but `step0` is built from the trained weights already in memory, deterministically from a
+seed. Parameters are visited in `named_parameters()` order (tied weights once), as in the paper's code.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from randsae.errors import UserError
+
+VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control",
+            "permuted", "fresh_init")
+RANDOM_VARIANTS = frozenset(VARIANTS) - {"trained", "control"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VariantConfig:
+    """How the random variants are drawn."""
+
+    seed: int = 42
+    """Seed of every random draw (the paper's: 42)."""
+    rerandomize_norms: bool = False
+    """Also re-randomize LayerNorm/RMSNorm parameters (the paper's final config keeps them trained)."""
+    init_scale: float = 1.0
+    """Multiplies each random tensor's spread about its mean (rerandomized, permuted, fresh_init)."""
+
+
+def check_variant_names(names: list[str]) -> None:
+    unknown = [name for name in names if name not in VARIANTS]
+    if unknown:
+        raise UserError(f"unknown variant {unknown[0]!r}", f"Choose from {', '.join(VARIANTS)}")
+
+
+def norm_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters owned by normalization layers (LayerNorm, RMSNorm, ...)."""
+    return {f"{module_name}.{param_name}" if module_name else param_name
+            for module_name, module in model.named_modules() if "norm" in type(module).__name__.lower()
+            for param_name, _ in module.named_parameters(recurse=False)}
+
+
+def rerandomize_tensor(tensor: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
+    """I.i.d. Gaussian with the tensor's own scalar mean and std (std 0 for a single entry)."""
+    flat = tensor.detach().float()
+    std = flat.std() if flat.numel() > 1 else flat.new_zeros(())
+    noise = torch.randn(tensor.shape, generator=generator, dtype=torch.float32)
+    return (flat.mean() + scale * std * noise.to(flat.device)).to(tensor.dtype)
+
+
+def permute_tensor(tensor: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
+    """The tensor's own entries in a random order (keeps its exact value distribution)."""
+    flat = tensor.detach().flatten()
+    shuffled = flat[torch.randperm(flat.numel(), generator=generator).to(flat.device)]
+    mean = shuffled.float().mean()
+    return (mean + scale * (shuffled.float() - mean)).to(tensor.dtype).view_as(tensor)
+
+
+@torch.no_grad()
+def _redraw_parameters(model: nn.Module, draw: Callable[[Tensor, torch.Generator, float], Tensor],
+                       cfg: VariantConfig, keep: Callable[[str], bool]) -> None:
+    generator = torch.Generator().manual_seed(cfg.seed)
+    norms = set() if cfg.rerandomize_norms else norm_parameter_names(model)
+    for name, param in model.named_parameters():
+        if name in norms or keep(name):
+            continue
+        param.copy_(draw(param, generator, cfg.init_scale))
+
+
+class NoiseEmbedding(nn.Module):
+    """Input embedding replaced by fresh N(0, 1) noise for every token on every forward (the paper's
+    control: a token has no consistent embedding, so auto-interp should be at chance)."""
+
+    def __init__(self, d_model: int, dtype: torch.dtype, seed: int):
+        super().__init__()
+        self.d_model = d_model
+        self.dtype = dtype
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        """Repeat a noise sequence (so clean and patched forwards of one batch see the same noise)."""
+        self.generator.manual_seed(seed)
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        noise = torch.randn(*input_ids.shape, self.d_model, generator=self.generator)
+        return noise.to(device=input_ids.device, dtype=self.dtype)
+
+
+def build_variant(trained: PreTrainedModel, name: str, cfg: VariantConfig,
+                  load_step0: Callable[[], PreTrainedModel] | None = None) -> PreTrainedModel:
+    """A new model for variant `name`; the trained model is left untouched."""
+    check_variant_names([name])
+    if name == "trained":
+        return trained
+    if name == "step0":
+        if load_step0 is None:
+            raise UserError("the step0 variant needs a Hub model with an initialization checkpoint",
+                            "Use a hub id such as EleutherAI/pythia-70m, or use fresh_init instead")
+        return load_step0()
+    if name == "fresh_init":
+        return _fresh_init(trained, cfg)
+    model = copy.deepcopy(trained)
+    if name == "control":
+        embedding = model.get_input_embeddings()
+        model.set_input_embeddings(NoiseEmbedding(embedding.weight.shape[1], embedding.weight.dtype, cfg.seed))
+    elif name == "permuted":
+        _redraw_parameters(model, permute_tensor, cfg, keep=lambda _: False)
+    else:
+        keep_embeddings = name == "rerandomized_keep_embeddings"
+        _redraw_parameters(model, rerandomize_tensor, cfg,
+                           keep=lambda param: keep_embeddings and "embed" in param.lower())
+    return model
+
+
+def _fresh_init(trained: PreTrainedModel, cfg: VariantConfig) -> PreTrainedModel:
+    """The architecture's own initialization from its config (a step-0 stand-in for any model)."""
+    torch.manual_seed(cfg.seed)
+    param = next(trained.parameters())
+    model = AutoModelForCausalLM.from_config(trained.config, dtype=param.dtype).to(param.device).eval()
+    if cfg.init_scale != 1.0:
+        norms = norm_parameter_names(model)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname not in norms:
+                    p.copy_(p.mean() + cfg.init_scale * (p - p.mean()))
+    return model
