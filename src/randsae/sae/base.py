@@ -20,6 +20,8 @@ from randsae.errors import UserError
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
+SAELENS_ARCHITECTURE = {"topk": "topk", "relu_l1": "standard"}
+"""Our architecture names -> the names SAELens writes in cfg.json (read back either way)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,38 +42,56 @@ class SAEConfig:
     def to_json(self) -> dict[str, Any]:
         """SAELens-compatible cfg.json."""
         cfg = dataclasses.asdict(self)
-        cfg.update(dtype="float32", device="cpu", apply_b_dec_to_input=True, normalize_activations="none")
+        cfg.update(architecture=SAELENS_ARCHITECTURE.get(self.architecture, self.architecture),
+                   dtype="float32", device="cpu", apply_b_dec_to_input=True, normalize_activations="none")
         return cfg
 
     @classmethod
     def from_json(cls, cfg: dict[str, Any]) -> SAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in cfg.items() if key in names})
+        ours = {saelens: name for name, saelens in SAELENS_ARCHITECTURE.items()}
+        fields = {key: value for key, value in cfg.items() if key in names}
+        fields["architecture"] = ours.get(fields.get("architecture", ""), fields.get("architecture"))
+        return cls(**fields)
 
 
 class LossOutput(NamedTuple):
     """One training step's loss and what the trainer tracks about it."""
 
     loss: Tensor
-    """Scalar to minimize (already includes any sparsity or auxiliary term)."""
+    """Scalar to minimize (includes any sparsity term, not `aux_loss`)."""
     fvu: Tensor
     """Scalar fraction of variance unexplained on this batch (about the batch mean)."""
     fired: Tensor
     """Bool [d_sae]: latents active on at least one token of the batch (for dead-latent tracking)."""
+    aux_loss: Tensor | None = None
+    """Unweighted auxiliary loss (TopK's AuxK on dead latents), or None; the trainer adds it times its
+    coefficient. Not included in `loss`."""
 
 
 class SparseAutoencoder(nn.Module):
-    """Base class: subclasses set `architecture` and implement `encode`."""
+    """Base class: subclasses set `architecture` and implement `encode` and `loss`.
+
+    Default initialization (drawn from torch's global generator: seed it, or build through
+    `randsae.sae.build_sae`): random unit-norm decoder rows, encoder = decoder transposed, zero biases.
+    """
 
     architecture: ClassVar[str]
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
         self.cfg = cfg
-        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae))
+        W_dec = torch.randn(cfg.d_sae, cfg.d_in)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_enc = nn.Parameter(W_dec.T.contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in))
+        self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    @torch.no_grad()
+    def init_from_data(self, x: Tensor) -> None:
+        """Called by the trainer once with its first buffer [n, d_in]: `b_dec` starts at the data mean."""
+        self.b_dec.copy_(x.mean(dim=0))
 
     def encode(self, x: Tensor) -> Tensor:
         """[n, d_in] -> dense latent activations [n, d_sae], zero where a latent is inactive."""
@@ -92,6 +112,15 @@ class SparseAutoencoder(nn.Module):
     def normalize_decoder(self) -> None:
         """Give every decoder row unit norm."""
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out of each decoder row's gradient its component along the (unit) row itself.
+
+        With unit rows renormalized after each step, that component would only change the norm."""
+        if self.W_dec.grad is not None:
+            parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+            self.W_dec.grad.sub_(parallel * self.W_dec)
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the SAELens folder atomically (temporary files renamed into place)."""
@@ -122,9 +151,13 @@ def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise UserError(f"no SAE at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})",
                         "Point to a folder written by `randsae run` or SAELens")
     cfg = SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
-    if cfg.architecture not in _ARCHITECTURES:
-        raise UserError(f"unknown SAE architecture {cfg.architecture!r} in {folder}",
-                        f"Use one of {sorted(_ARCHITECTURES)}")
-    sae = _ARCHITECTURES[cfg.architecture](cfg)
+    sae = architecture_class(cfg.architecture)(cfg)
     sae.load_state_dict(load_file(folder / WEIGHTS_FILE))
     return sae.to(device)
+
+
+def architecture_class(name: str) -> type[SparseAutoencoder]:
+    """The registered class for an architecture name; UserError naming the known ones otherwise."""
+    if name not in _ARCHITECTURES:
+        raise UserError(f"unknown SAE architecture {name!r}", f"Use one of {sorted(_ARCHITECTURES)}")
+    return _ARCHITECTURES[name]

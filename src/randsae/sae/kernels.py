@@ -1,0 +1,126 @@
+"""Sparse TopK encoder and decoder with hand-written backward passes.
+
+A TopK SAE step written densely costs about 10·d·m FLOPs per token (DESIGN.md §5). Only the encoder
+forward `x @ W_enc` has to be dense; everything after the top-k selection touches k latents per token:
+
+- decoding gathers k rows of `W_dec` per token (`embedding_bag` with per-token weights);
+- the decoder's weight gradient and the encoder's weight gradient are sums of n·k rank-one rows, done as
+  one sparse [m, n] @ dense [n, d] product;
+- the gradient with respect to the k active values is a dot product per (token, latent) pair, done as a
+  sampled matrix product on the same sparsity pattern.
+
+No dense [n, m] tensor is built after the encoder's pre-activations. The functions here take plain tensors
+so they are easy to test against the dense formulas (tests/test_sae_kernels.py).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+class TopKOutput(NamedTuple):
+    """The k active latents of each token."""
+
+    values: Tensor
+    """[n, k] activations after ReLU (a selected latent may be 0 when fewer than k pre-activations are > 0)."""
+    indices: Tensor
+    """[n, k] int64 latent ids, ascending within each token."""
+
+
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> TopKOutput:
+    """ReLU of the k largest pre-activations `(x - b_dec) @ W_enc + b_enc`.
+
+    x [n, d], W_enc [d, m], b_enc [m], b_dec [d] -> TopKOutput([n, k], [n, k]); differentiable in x, W_enc,
+    b_enc and b_dec through `values`.
+    """
+    values, indices = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k)
+    return TopKOutput(values, indices)
+
+
+def sparse_decode(values: Tensor, indices: Tensor, W_dec: Tensor) -> Tensor:
+    """Σ_j values[n, j] · W_dec[indices[n, j]]: values [n, k], indices [n, k], W_dec [m, d] -> [n, d].
+
+    Differentiable in `values` and `W_dec`; the caller adds `b_dec`.
+    """
+    return _SparseDecode.apply(values, indices, W_dec)
+
+
+def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n_latents: int) -> Tensor:
+    """out[m] = Σ_{n, j : indices[n, j] = m} weights[n, j] · rows[n]: [n, k], [n, k], [n, d] -> [m, d].
+
+    The gradient of both weight matrices has this form; a sparse [m, n] @ [n, d] product computes it
+    without materializing the n·k weighted rows.
+    """
+    n, k = indices.shape
+    tokens = torch.arange(n, device=indices.device).repeat_interleave(k)
+    selection = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), tokens]), weights.reshape(-1),
+                                        (n_latents, n), check_invariants=False)
+    return torch.sparse.mm(selection, rows)
+
+
+def gather_dots(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
+    """out[n, j] = <rows[n], table[indices[n, j]]>: [n, k], [m, d], [n, d] -> [n, k].
+
+    A matrix product `rows @ table.T` sampled only at the (n, indices[n, j]) pairs.
+    """
+    n, k = indices.shape
+    row_starts = torch.arange(0, n * k + 1, k, device=indices.device)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(row_starts, indices.reshape(-1), rows.new_zeros(n * k),
+                                          (n, table.shape[0]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, rows, table.T, beta=0.0).values().view(n, k)
+
+
+class _TopKEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int):
+        centred = x - b_dec
+        pre = torch.addmm(b_enc, centred, W_enc)
+        values, indices = pre.topk(k, dim=1, sorted=False)
+        del pre
+        # Latent ids ascending within each token: the CSR pattern in `gather_dots` wants sorted columns.
+        indices, order = indices.sort(dim=1)
+        values = values.gather(1, order).relu_()
+        ctx.save_for_backward(centred, W_enc, values, indices)
+        ctx.mark_non_differentiable(indices)
+        return values, indices
+
+    @staticmethod
+    def backward(ctx, grad_values: Tensor, _grad_indices: Tensor | None):
+        centred, W_enc, values, indices = ctx.saved_tensors
+        grad_pre = grad_values * (values > 0)  # ReLU; unselected latents get no gradient
+        n_latents = W_enc.shape[1]
+        # d(loss)/d(b_enc)[m]: the summed pre-activation gradient of latent m over the batch.
+        per_latent = torch.zeros(n_latents, dtype=grad_pre.dtype, device=grad_pre.device)
+        per_latent.index_add_(0, indices.reshape(-1), grad_pre.reshape(-1))
+        grad_x = grad_W_enc = grad_b_dec = None
+        if ctx.needs_input_grad[0]:
+            grad_x = F.embedding_bag(indices, W_enc.T.contiguous(), per_sample_weights=grad_pre, mode="sum")
+        if ctx.needs_input_grad[1]:
+            grad_W_enc = scatter_rows(indices, grad_pre, centred, n_latents).T
+        if ctx.needs_input_grad[3]:
+            # Σ_n of the per-token input gradient, without forming it: W_enc @ per_latent.
+            grad_b_dec = -(W_enc @ per_latent)
+        grad_b_enc = per_latent if ctx.needs_input_grad[2] else None
+        return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, indices: Tensor, W_dec: Tensor):
+        ctx.save_for_backward(values, indices, W_dec)
+        return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, indices, W_dec = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        grad_values = gather_dots(indices, W_dec, grad_out) if ctx.needs_input_grad[0] else None
+        grad_W_dec = scatter_rows(indices, values, grad_out, W_dec.shape[0]) if ctx.needs_input_grad[2] else None
+        return grad_values, None, grad_W_dec

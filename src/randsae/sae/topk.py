@@ -1,0 +1,69 @@
+"""The TopK SAE of Gao et al. 2024, as the paper trains it (DESIGN.md §1).
+
+z = TopK(ReLU((x - b_dec) @ W_enc + b_enc)) keeps the k largest latents per token; x̂ = z @ W_dec + b_dec
+with unit-norm decoder rows. The loss is the batch's fraction of variance unexplained (FVU). Training and
+`forward` go through the sparse kernels (`kernels.py`); `encode` returns the dense latents for metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from randsae.errors import UserError
+from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, register
+from randsae.sae.kernels import TopKOutput, sparse_decode, topk_encode
+
+
+@register
+class TopKSAE(SparseAutoencoder):
+    """TopK SAE; `cfg.k` latents are active per token."""
+
+    architecture = "topk"
+
+    def __init__(self, cfg: SAEConfig):
+        if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
+            raise UserError(f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
+                            "Set sae.k to a positive number of active latents (the paper uses 32)")
+        super().__init__(cfg)
+
+    def encode_topk(self, x: Tensor) -> TopKOutput:
+        """[n, d_in] -> the k active latents per token: TopKOutput(values [n, k], indices [n, k])."""
+        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """[n, d_in] -> dense latents [n, d_sae], zero outside each token's top k."""
+        top = self.encode_topk(x)
+        return x.new_zeros(x.shape[0], self.cfg.d_sae).scatter(1, top.indices, top.values)
+
+    def decode_topk(self, top: TopKOutput) -> Tensor:
+        """Sparse decode of `encode_topk`'s output -> reconstruction [n, d_in]."""
+        return sparse_decode(top.values, top.indices, self.W_dec) + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode_topk(self.encode_topk(x))
+
+    def loss(self, x: Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+        """FVU of the batch x [n, d_in]; with `dead_mask` [d_sae], also the AuxK loss on those latents."""
+        top = self.encode_topk(x)
+        residual = x - self.decode_topk(top)
+        total_variance = (x - x.mean(dim=0)).pow(2).sum()
+        fvu = residual.pow(2).sum() / total_variance
+        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
+        fired[top.indices[top.values > 0]] = True
+        aux = None
+        if dead_mask is not None and bool(dead_mask.any()):
+            aux = self.auxk_loss(x, residual.detach(), dead_mask) / total_variance
+        return LossOutput(loss=fvu, fvu=fvu.detach(), fired=fired, aux_loss=aux)
+
+    def auxk_loss(self, x: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
+        """Squared error of the top-k_aux dead latents predicting the main reconstruction's residual.
+
+        Gao et al. 2024 (appendix B.1): gives dead latents a gradient; k_aux = d_in // 2.
+        x, residual [n, d_in]; dead_mask bool [d_sae] -> scalar (sum over the batch, not normalized).
+        """
+        dead = dead_mask.nonzero().squeeze(1)
+        k_aux = min(self.cfg.d_in // 2, dead.numel())
+        top = topk_encode(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec, k_aux)
+        predicted = sparse_decode(top.values, dead[top.indices], self.W_dec)
+        return (predicted - residual).pow(2).sum()

@@ -1,0 +1,79 @@
+"""The sparse TopK kernels against the plain dense formulas, forward and every gradient."""
+
+import pytest
+import torch
+
+from randsae.sae.kernels import gather_dots, scatter_rows, sparse_decode, topk_encode
+
+N, D, M, K = 37, 12, 50, 5
+
+
+def dense_topk_sae(x, W_enc, b_enc, b_dec, W_dec, k):
+    """Reference: the whole [n, m] latent matrix, masked to each token's top k, decoded densely."""
+    pre = (x - b_dec) @ W_enc + b_enc
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(k, dim=1).indices, True)
+    z = torch.where(keep, pre.relu(), torch.zeros_like(pre))
+    return z, z @ W_dec + b_dec
+
+
+def random_params(seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    return make(N, D), make(D, M), make(M), make(D), make(M, D)
+
+
+def test_topk_encode_matches_dense_latents():
+    x, W_enc, b_enc, b_dec, W_dec = random_params(0)
+    b_enc = b_enc.detach() - 7  # some selected pre-activations negative: ReLU must zero them
+    top = topk_encode(x, W_enc, b_enc, b_dec, K)
+    z_ref, _ = dense_topk_sae(x, W_enc, b_enc, b_dec, W_dec, K)
+    z = torch.zeros(N, M, dtype=x.dtype).scatter(1, top.indices, top.values)
+    assert torch.allclose(z, z_ref)
+    assert (top.indices.diff(dim=1) > 0).all(), "indices ascend within each token"
+    assert (top.values >= 0).all() and (top.values == 0).any(), "ReLU applied after the top-k"
+
+
+@pytest.mark.parametrize("with_input_grad", [False, True])
+def test_all_gradients_match_dense_reference(with_input_grad):
+    x, W_enc, b_enc, b_dec, W_dec = random_params(1)
+    x.requires_grad_(with_input_grad)
+    target = torch.randn(N, D, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+
+    top = topk_encode(x, W_enc, b_enc, b_dec, K)
+    recon = sparse_decode(top.values, top.indices, W_dec) + b_dec
+    ((recon - target).pow(2) * torch.linspace(0.5, 2, D, dtype=x.dtype)).sum().backward()
+    fast = {name: p.grad.clone() for name, p in zip("x W_enc b_enc b_dec W_dec".split(), (x, W_enc, b_enc, b_dec, W_dec))
+            if p.grad is not None}
+    for p in (x, W_enc, b_enc, b_dec, W_dec):
+        p.grad = None
+
+    _, recon_ref = dense_topk_sae(x, W_enc, b_enc, b_dec, W_dec, K)
+    ((recon_ref - target).pow(2) * torch.linspace(0.5, 2, D, dtype=x.dtype)).sum().backward()
+    assert torch.allclose(recon, recon_ref)
+    expected = {"W_enc", "b_enc", "b_dec", "W_dec"} | ({"x"} if with_input_grad else set())
+    assert set(fast) == expected
+    for name, p in zip("x W_enc b_enc b_dec W_dec".split(), (x, W_enc, b_enc, b_dec, W_dec)):
+        if name in fast:
+            assert torch.allclose(fast[name], p.grad), name
+
+
+def test_scatter_rows_and_gather_dots_match_dense():
+    g = torch.Generator().manual_seed(3)
+    indices = torch.rand(N, M, generator=g).topk(K, dim=1).indices.sort(dim=1).values
+    weights, rows, table = torch.randn(N, K, generator=g), torch.randn(N, D, generator=g), torch.randn(M, D, generator=g)
+    dense_weights = torch.zeros(N, M).scatter(1, indices, weights)
+    assert torch.allclose(scatter_rows(indices, weights, rows, M), dense_weights.T @ rows, atol=1e-5)
+    assert torch.allclose(gather_dots(indices, table, rows), (rows @ table.T).gather(1, indices), atol=1e-5)
+
+
+def test_kernels_are_deterministic():
+    params = random_params(4, torch.float32)
+    grads = []
+    for _ in range(2):
+        for p in params:
+            p.grad = None
+        x, W_enc, b_enc, b_dec, W_dec = params
+        top = topk_encode(x, W_enc, b_enc, b_dec, K)
+        sparse_decode(top.values, top.indices, W_dec).square().sum().backward()
+        grads.append([p.grad.clone() for p in params[1:]])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
