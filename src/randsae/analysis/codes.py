@@ -1,0 +1,125 @@
+"""The held-out rows an analysis looks at, the SAE's sparse codes on them, and variance shared by groups.
+
+Every latent measurement is a scatter over the non-zero codes (a few tens per token for a TopK SAE), so
+nothing ever loops over tokens or latents in Python.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.nn.functional import embedding_bag
+
+from randsae.sae.base import SparseAutoencoder
+
+
+class RowLayout(NamedTuple):
+    """Where each analysed row sits. BOS rows (position 0) are left out, as in SAE training."""
+
+    cache_row: Tensor
+    """int64 [n]: row of the activation cache (window * context_size + position)."""
+    token: Tensor
+    """int64 [n]: token id."""
+    position: Tensor
+    """int64 [n]: position in the cache row, 1..context_size-1."""
+    sequence: Tensor
+    """int64 [n]: cache row index (the bootstrap resamples whole sequences)."""
+    window: Tensor
+    """int64 [n]: index of the `window_tokens`-long piece of a sequence the row falls in."""
+    context_size: int
+    n_sequences: int
+
+
+def row_layout(input_ids: Tensor, max_tokens: int, window_tokens: int) -> RowLayout:
+    """Layout of the first whole sequences of `input_ids` [n_seq, context] holding at most `max_tokens` rows."""
+    n_seq_all, context_size = input_ids.shape
+    n_seq = max(1, min(n_seq_all, max_tokens // context_size))
+    position = torch.arange(1, context_size).repeat(n_seq)
+    sequence = torch.arange(n_seq).repeat_interleave(context_size - 1)
+    windows_per_sequence = -(-context_size // window_tokens)
+    return RowLayout(
+        cache_row=sequence * context_size + position,
+        token=input_ids[:n_seq, 1:].reshape(-1).long(),
+        position=position,
+        sequence=sequence,
+        window=sequence * windows_per_sequence + position // window_tokens,
+        context_size=context_size,
+        n_sequences=n_seq,
+    )
+
+
+class SparseCodes(NamedTuple):
+    """Non-zero latent activations of one SAE on the analysed rows, in COO form."""
+
+    row: Tensor
+    """int64 [nnz]: analysed row (index into the RowLayout)."""
+    latent: Tensor
+    """int64 [nnz]."""
+    value: Tensor
+    """float32 [nnz], non-zero."""
+    n_rows: int
+    d_sae: int
+
+
+class EncodedBlock(NamedTuple):
+    codes: SparseCodes
+    reconstruction: Tensor
+    """[n, d_in] the SAE's reconstruction of the block."""
+
+
+@torch.no_grad()
+def encode_block(sae: SparseAutoencoder, x: Tensor, first_row: int) -> EncodedBlock:
+    """Sparse codes and reconstruction of `x` [n, d_in]; TopK SAEs skip the dense decoder matmul."""
+    if hasattr(sae, "encode_topk"):
+        values, indices = sae.encode_topk(x)
+        reconstruction = embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)
+        keep = values != 0
+        row, latent, value = rows[keep], indices[keep].long(), values[keep]
+    else:
+        z = sae.encode(x)
+        reconstruction = sae.decode(z)
+        row, latent = z.nonzero(as_tuple=True)
+        value = z[row, latent]
+    codes = SparseCodes(row + first_row, latent, value.float(), x.shape[0], sae.cfg.d_sae)
+    return EncodedBlock(codes, reconstruction)
+
+
+def concat_codes(parts: list[SparseCodes], n_rows: int, d_sae: int) -> SparseCodes:
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long)
+        return SparseCodes(empty, empty, torch.zeros(0), n_rows, d_sae)
+    return SparseCodes(torch.cat([p.row for p in parts]), torch.cat([p.latent for p in parts]),
+                       torch.cat([p.value for p in parts]), n_rows, d_sae)
+
+
+def firing_counts(codes: SparseCodes) -> Tensor:
+    """int64 [d_sae]: rows on which each latent is active."""
+    return torch.bincount(codes.latent, minlength=codes.d_sae)
+
+
+def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size: Tensor,
+                        d_sae: int) -> Tensor:
+    """Per latent, the share of its activation variance explained by group means (one-way ANOVA eta^2).
+
+    `latent`, `value`, `group` describe the non-zero activations; every row belongs to one group and
+    `group_size` [n_groups] counts rows per group, so the zeros of inactive rows are counted too.
+    Returns float64 [d_sae], NaN where a latent has no variance over these rows.
+    """
+    n = group_size.sum().double()
+    v = value.double()
+    total = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, latent, v)
+    total_sq = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, latent, v * v)
+    n_groups = group_size.numel()
+    cells, cell_of = torch.unique(latent * n_groups + group, return_inverse=True)
+    cell_sum = torch.zeros(cells.numel(), dtype=torch.float64).index_add_(0, cell_of, v)
+    cell_term = cell_sum.square() / group_size[cells % n_groups].double()
+    between_raw = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, cells // n_groups, cell_term)
+    grand = total.square() / n
+    ss_total = total_sq - grand
+    ss_between = between_raw - grand
+    has_variance = ss_total > 1e-12 * total_sq.clamp_min(1e-300)
+    share = (ss_between / torch.where(has_variance, ss_total, 1.0)).clamp(0.0, 1.0)
+    return torch.where(has_variance, share, torch.nan)

@@ -1,0 +1,54 @@
+"""Settings of the analysis stage: the thresholds that classify latents and the statistics' sample sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from randsae.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """What separates trained from random: thresholds, sample sizes and the seed-stability opt-in."""
+
+    single_token_threshold: float = 0.9
+    """A latent is single-token when its top token carries at least this share of its activation mass
+    in its top windows."""
+    top_windows: int = 20
+    """How many of a latent's highest-activating windows the single-token share looks at."""
+    window_tokens: int = 32
+    """Length of a window: cache rows are cut into pieces of this many tokens (the paper's 32)."""
+    positional_threshold: float = 0.5
+    """A latent is positional when position bins explain at least this share of its activation variance."""
+    position_bins: int = 64
+    """Equal-width bins over positions 1..context-1; every position is its own bin when there are fewer."""
+    min_token_count: int = 20
+    """Context dependence only uses tokens seen at least this often in the held-out rows, and only
+    latents whose top token is one of them (a token seen once has no within-token variance)."""
+    max_heldout_tokens: int = 262_144
+    """Analyse at most this many held-out rows (whole cache rows, taken from the start)."""
+    bootstrap_samples: int = 1000
+    """Resamples for the 95% intervals of the separation table."""
+    seed: int = 0
+    """Seed of the bootstrap."""
+    seed_stability: bool = False
+    """Train a second SAE per variant x layer with another seed and match latents across seeds
+    (doubles SAE training time, so it is off on the default run)."""
+    stability_seed: int = 1
+    """Seed of the second SAE."""
+    match_threshold: float = 0.7
+    """Decoder-row cosine at or above which a Hungarian-matched pair of latents counts as the same latent."""
+    block_rows: int = 8192
+    """Activation rows encoded at a time (bounds memory)."""
+
+    def __post_init__(self) -> None:
+        for name in ("single_token_threshold", "positional_threshold", "match_threshold"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise UserError(f"analysis {name} = {value} is outside [0, 1]", f"Set {name} between 0 and 1")
+        for name in ("top_windows", "window_tokens", "position_bins", "min_token_count",
+                     "max_heldout_tokens", "bootstrap_samples", "block_rows"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UserError(f"analysis {name} = {value!r} must be a positive integer",
+                                f"Set {name} to 1 or more")

@@ -1,0 +1,37 @@
+"""Context dependence: does a latent's activation vary across contexts of the same token?
+
+A latent of a random transformer that "fires on token X" fires on X whatever surrounds it; a latent that
+reads context fires on X in some contexts and not others. Per latent, over the rows whose token is
+frequent (seen at least `min_token_count` times, so every token has a within-token variance):
+
+    context_dependence_j = SS_within tokens / SS_total = 1 - eta^2 of a_j on token identity
+
+0 means token identity determines the activation (a lookup); 1 means token identity tells nothing.
+Only latents whose top token is frequent get a value (NaN otherwise), since a latent living on rare
+tokens would look token-determined for lack of repeats.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from randsae.analysis.codes import SparseCodes, between_group_share
+
+
+def context_dependence(codes: SparseCodes, token: Tensor, top_token: Tensor, min_token_count: int) -> Tensor:
+    """float64 [d_sae]: within-token share of activation variance; `top_token` -1 marks dead latents."""
+    vocab = int(max(int(token.max()), int(top_token.max()))) + 1
+    count = torch.bincount(token, minlength=vocab)
+    frequent = count >= min_token_count
+    result = torch.full((codes.d_sae,), torch.nan, dtype=torch.float64)
+    if not bool(frequent.any()):
+        return result
+    group_of_token = torch.cumsum(frequent.long(), 0) - 1
+    row_token = token[codes.row]
+    keep = frequent[row_token]
+    share = between_group_share(codes.latent[keep], codes.value[keep], group_of_token[row_token[keep]],
+                                count[frequent], codes.d_sae)
+    eligible = (top_token >= 0) & frequent[top_token.clamp_min(0)]
+    result[eligible] = 1.0 - share[eligible]
+    return result

@@ -1,0 +1,72 @@
+"""Auto-interp scores split by latent type: are random SAEs only as explainable as trained ones on the
+single-token latents?
+
+Reads the interp stage's per-latent table `RUN/interp/latents.csv` (columns variant, layer, latent,
+fuzz_auroc, detection_auroc, ...) and labels each scored latent single-token (top-token share at or above
+the threshold) or contextual (below it); latents dead on the analysed rows stay unlabelled.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+SCORES = ("fuzz_auroc", "detection_auroc")
+KINDS = ("single_token", "contextual")
+
+
+class LatentScores(NamedTuple):
+    """The interp stage's scores of one SAE's scored latents."""
+
+    latent: np.ndarray
+    """int64 [n_scored]."""
+    fuzz_auroc: np.ndarray
+    """float64 [n_scored]; NaN where the interp table has no value."""
+    detection_auroc: np.ndarray
+
+
+class InterpSplit(NamedTuple):
+    """Per-latent AUROCs of one SAE grouped by latent type: `scores[score][kind]` is a float64 array."""
+
+    scores: dict[str, dict[str, np.ndarray]]
+    n_unlabelled: int
+    """Scored latents that never fired on the analysed rows (no top-token share)."""
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text not in (None, "") else math.nan
+    except ValueError:
+        return math.nan
+
+
+def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
+    """Scores per (variant, layer) from the interp table; {} when the file does not exist."""
+    if not path.is_file():
+        return {}
+    columns: dict[tuple[str, int], list[tuple[int, float, float]]] = defaultdict(list)
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            key = (record["variant"], int(record["layer"]))
+            columns[key].append((int(record["latent"]), _float(record.get("fuzz_auroc")),
+                                 _float(record.get("detection_auroc"))))
+    return {key: LatentScores(np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows]),
+                              np.array([r[2] for r in rows])) for key, rows in columns.items()}
+
+
+def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float) -> InterpSplit:
+    """Group the scored latents' AUROCs into single-token and contextual by their top-token share."""
+    in_range = scores.latent < top_token_share.size
+    share = np.full(scores.latent.size, np.nan)
+    share[in_range] = top_token_share[scores.latent[in_range]]
+    kinds = {"single_token": share >= threshold, "contextual": share < threshold}
+    split = {}
+    for score in SCORES:
+        values = getattr(scores, score)
+        split[score] = {kind: values[mask & np.isfinite(values)] for kind, mask in kinds.items()}
+    return InterpSplit(split, int(np.isnan(share).sum()))

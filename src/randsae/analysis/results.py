@@ -1,0 +1,113 @@
+"""What the analysis stage hands back and writes: the summary, `analysis.json`, `separation.csv`, `latents.csv`.
+
+Every file is written to a temporary name and renamed into place, so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from randsae.analysis.config import AnalysisConfig
+from randsae.analysis.measure import LatentMeasures, SAEMeasurements
+from randsae.analysis.separation import SeparationRow, format_rows
+
+ANALYSIS_JSON = "analysis.json"
+SEPARATION_CSV = "separation.csv"
+LATENTS_CSV = "latents.csv"
+
+LATENT_COLUMNS = ("variant", "layer", "latent", "firing_count", "top_token", "top_token_share", "single_token",
+                  "positional_r2", "positional", "context_dependence", "seed_match_cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisSummary:
+    """The analysis of one run directory."""
+
+    config: AnalysisConfig
+    saes: tuple[SAEMeasurements, ...]
+    """One record per variant x layer, trained first."""
+    separation: tuple[SeparationRow, ...]
+    """Pooled rows (layer "all") best-separating metric first, then the per-layer rows."""
+    notes: tuple[str, ...]
+    """What could not be measured and why (no interp scores, no trained SAE, ...)."""
+
+
+def _finite_or_none(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def analysis_json(summary: AnalysisSummary) -> str:
+    """Strict JSON (NaN and infinities become null)."""
+    data = {
+        "config": dataclasses.asdict(summary.config),
+        "saes": [{k: _finite_or_none(v) for k, v in dataclasses.asdict(m).items()} for m in summary.saes],
+        "separation": [{k: _finite_or_none(v) for k, v in row._asdict().items()} for row in summary.separation],
+        "notes": list(summary.notes),
+        "latents_file": LATENTS_CSV,
+    }
+    return json.dumps(data, indent=1)
+
+
+def separation_csv(rows: tuple[SeparationRow, ...]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SeparationRow._fields)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def latents_csv(latents: Mapping[tuple[str, int], LatentMeasures], matches: Mapping[tuple[str, int], np.ndarray],
+                cfg: AnalysisConfig) -> str:
+    """One row per latent of every SAE; empty cells where a value is undefined."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(LATENT_COLUMNS)
+    for (variant, layer), m in latents.items():
+        n = m.firing_count.size
+        match = matches.get((variant, layer), np.full(n, np.nan))
+        columns = [
+            [variant] * n, [layer] * n, range(n), m.firing_count, m.top_token, _cells(m.top_token_share),
+            (m.top_token_share >= cfg.single_token_threshold).astype(int), _cells(m.positional_r2),
+            (np.nan_to_num(m.positional_r2) >= cfg.positional_threshold).astype(int),
+            _cells(m.context_dependence), _cells(match),
+        ]
+        writer.writerows(zip(*columns))
+    return buffer.getvalue()
+
+
+def _cells(values: np.ndarray) -> list[str]:
+    return ["" if not math.isfinite(v) else f"{v:.6g}" for v in values.tolist()]
+
+
+def write_outputs(folder: Path, summary: AnalysisSummary, latents: Mapping[tuple[str, int], LatentMeasures],
+                  matches: Mapping[tuple[str, int], np.ndarray]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / LATENTS_CSV, latents_csv(latents, matches, summary.config))
+    _write_atomic(folder / SEPARATION_CSV, separation_csv(summary.separation))
+    _write_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
+
+
+def format_separation_table(summary: AnalysisSummary) -> str:
+    """The printed summary: pooled separation rows, best-separating metric first, then the notes."""
+    if not summary.separation:
+        text = "no separation table (needs a trained SAE and at least one other variant)"
+    else:
+        text = ("What separates trained from random (pooled over layers; d = Cohen's d, trained minus variant)\n"
+                + format_rows(summary.separation))
+    return "\n".join([text, *(f"note: {note}" for note in summary.notes)])

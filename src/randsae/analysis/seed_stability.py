@@ -1,0 +1,42 @@
+"""Seed stability: do two SAEs trained on the same activations with different seeds find the same latents?
+
+Latents are matched one-to-one by the Hungarian algorithm on the cosine similarity of decoder rows
+(Paulo & Belrose 2025); a latent counts as reproduced when its partner's cosine is at least the
+threshold (0.7 by default):
+
+    stable share = #{j : cos(W_dec_a[j], W_dec_b[partner(j)]) >= threshold} / d_sae
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+
+
+class LatentMatch(NamedTuple):
+    partner: np.ndarray
+    """int64 [d_sae_a]: latent of SAE b matched to each latent of SAE a (-1 when b has fewer latents)."""
+    cosine: np.ndarray
+    """float64 [d_sae_a]: decoder-row cosine with the partner (NaN when unmatched)."""
+
+
+def match_decoders(w_dec_a: Tensor, w_dec_b: Tensor) -> LatentMatch:
+    """One-to-one matching of decoder rows [d_sae, d_in] maximizing the summed cosine similarity."""
+    a = torch.nn.functional.normalize(w_dec_a.detach().double(), dim=1)
+    b = torch.nn.functional.normalize(w_dec_b.detach().double(), dim=1)
+    cosine = (a @ b.T).numpy()
+    rows, cols = linear_sum_assignment(cosine, maximize=True)
+    partner = np.full(a.shape[0], -1, dtype=np.int64)
+    matched = np.full(a.shape[0], np.nan)
+    partner[rows] = cols
+    matched[rows] = cosine[rows, cols]
+    return LatentMatch(partner, matched)
+
+
+def stable_share(match: LatentMatch, threshold: float) -> float:
+    """Share of SAE a's latents whose matched partner has cosine >= threshold."""
+    return float(np.mean(np.nan_to_num(match.cosine, nan=-1.0) >= threshold))

@@ -1,0 +1,185 @@
+"""The analysis stage: measure every SAE of a run directory, compare each variant with trained, write the files.
+
+Reads `RUN/tokens/`, `RUN/activations/`, `RUN/saes/` and, when present, `RUN/interp/latents.csv`; writes
+`RUN/analysis/`. Each SAE's measurements are saved in `RUN/analysis/parts/` as soon as they exist, keyed by
+the settings and inputs they depend on, so an interrupted or re-thresholded analysis redoes only what changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from randsae.analysis.codes import row_layout
+from randsae.analysis.config import AnalysisConfig
+from randsae.analysis.interp_split import read_interp_scores, split_by_latent_type
+from randsae.analysis.measure import LatentMeasures, SAEMeasurements, analyse_sae, summarize
+from randsae.analysis.results import AnalysisSummary, write_outputs
+from randsae.analysis.separation import REFERENCE, MeanSample, RatioSample, Sample, separation_table
+from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
+from randsae.data.activations import ActivationCache, cache_folder
+from randsae.data.tokens import load_tokens
+from randsae.errors import UserError
+from randsae.sae.base import CONFIG_FILE, WEIGHTS_FILE, load_sae
+
+VARIANT_ORDER = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted",
+                 "fresh_init")
+INTERP_TABLE = Path("interp") / "latents.csv"
+# Settings that change the per-latent arrays (the thresholds only change what is derived from them).
+_MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens")
+
+
+class SAEEntry(NamedTuple):
+    variant: str
+    layer: int
+    folder: Path
+
+
+def discover_saes(run_dir: Path) -> list[SAEEntry]:
+    """Every SAE folder `RUN/saes/{variant}/layer{L}/`, trained first, then in the usual variant order."""
+    entries = []
+    for cfg_path in run_dir.glob(f"saes/*/layer*/{CONFIG_FILE}"):
+        folder = cfg_path.parent
+        metadata = json.loads(cfg_path.read_text()).get("metadata", {})
+        variant = metadata.get("variant", folder.parent.name)
+        layer = int(metadata.get("layer", folder.name.removeprefix("layer")))
+        entries.append(SAEEntry(variant, layer, folder))
+    if not entries:
+        raise UserError(f"no SAEs under {run_dir / 'saes'}", "Run `randsae run` first, or pass its --out folder")
+    rank = {name: i for i, name in enumerate(VARIANT_ORDER)}
+    return sorted(entries, key=lambda e: (rank.get(e.variant, len(rank)), e.variant, e.layer))
+
+
+def _open_cache(run_dir: Path, entry: SAEEntry, split: str, input_ids: torch.Tensor) -> ActivationCache:
+    cache = ActivationCache.open(cache_folder(run_dir, entry.variant, entry.layer, split))
+    if cache.manifest.context_size != input_ids.shape[1] or cache.n_tokens != input_ids.numel():
+        raise UserError(f"activation cache {cache.folder} ({cache.n_tokens} rows, context "
+                        f"{cache.manifest.context_size}) does not match RUN/tokens/{split}.safetensors "
+                        f"({input_ids.numel()} tokens, context {input_ids.shape[1]})",
+                        "Delete the run's activations folder and rerun `randsae run` to harvest it again")
+    return cache
+
+
+def _part_key(entry: SAEEntry, caches: list[ActivationCache], cfg: AnalysisConfig) -> str:
+    weights = (entry.folder / WEIGHTS_FILE).stat()
+    inputs = {
+        "settings": {name: getattr(cfg, name) for name in _MEASURE_SETTINGS},
+        "sae": [weights.st_size, weights.st_mtime_ns],
+        "caches": [[shard.sha256 for shard in cache.manifest.shards] for cache in caches],
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def _load_part(path: Path, key: str) -> tuple[LatentMeasures, TokenErrors] | None:
+    try:
+        with np.load(path) as part:
+            if str(part["key"]) != key:
+                return None
+            latents = LatentMeasures(*(part[name] for name in LatentMeasures._fields))
+            errors = TokenErrors(*(torch.from_numpy(part[name]) for name in TokenErrors._fields))
+    except (OSError, KeyError, ValueError):
+        return None
+    return latents, errors
+
+
+def _save_part(path: Path, key: str, latents: LatentMeasures, errors: TokenErrors) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, key=np.array(key), **latents._asdict(), **{k: v.numpy() for k, v in errors._asdict().items()})
+    tmp.replace(path)
+
+
+def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_ids: torch.Tensor,
+                  train_ids: torch.Tensor) -> tuple[LatentMeasures, TokenErrors]:
+    """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged."""
+    heldout = _open_cache(run_dir, entry, "heldout", heldout_ids)
+    train = _open_cache(run_dir, entry, "train", train_ids)
+    key = _part_key(entry, [heldout, train], cfg)
+    part_path = run_dir / "analysis" / "parts" / f"{entry.variant}_layer{entry.layer}.npz"
+    saved = _load_part(part_path, key)
+    if saved is not None:
+        return saved
+    lookup = fit_token_lookup(train.iter_blocks(cfg.block_rows), train_ids)
+    layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
+    sae = load_sae(entry.folder)
+    analysis = analyse_sae(entry.variant, entry.layer, sae, heldout.iter_blocks(cfg.block_rows), layout, lookup, cfg)
+    _save_part(part_path, key, analysis.latents, analysis.errors)
+    return analysis.latents, analysis.errors
+
+
+def _with_interp(measurements: SAEMeasurements, latents: LatentMeasures, scores, cfg: AnalysisConfig
+                 ) -> tuple[SAEMeasurements, dict[str, np.ndarray]]:
+    split = split_by_latent_type(scores, latents.top_token_share, cfg.single_token_threshold)
+    per_latent = {f"{score}_{kind}": values for score, kinds in split.scores.items() for kind, values in kinds.items()}
+    means = {name: float(values.mean()) if values.size else float("nan") for name, values in per_latent.items()}
+    return dataclasses.replace(measurements, **means, n_interp_single_token=per_latent["fuzz_auroc_single_token"].size,
+                               n_interp_contextual=per_latent["fuzz_auroc_contextual"].size), per_latent
+
+
+def metric_samples(latents: Mapping[tuple[str, int], LatentMeasures], errors: Mapping[tuple[str, int], TokenErrors],
+                   cfg: AnalysisConfig) -> dict[str, dict[tuple[str, int], Sample]]:
+    """The per-unit samples behind each SAEMeasurements field, for the separation table."""
+    samples: dict[str, dict[tuple[str, int], Sample]] = {}
+
+    def add(metric: str, key: tuple[str, int], sample: Sample) -> None:
+        samples.setdefault(metric, {})[key] = sample
+
+    for key, m in latents.items():
+        alive = m.firing_count > 0
+        add("single_token_fraction", key, MeanSample((m.top_token_share[alive] >= cfg.single_token_threshold) * 1.0))
+        add("mean_top_token_share", key, MeanSample(m.top_token_share[alive]))
+        r2 = np.nan_to_num(m.positional_r2[alive])
+        add("positional_fraction", key, MeanSample((r2 >= cfg.positional_threshold) * 1.0))
+        add("mean_positional_r2", key, MeanSample(r2))
+        cd = m.context_dependence
+        add("mean_context_dependence", key, MeanSample(cd[np.isfinite(cd)]))
+    for key, e in errors.items():
+        sae_error, lookup_error, sequence = e.sae_error.numpy(), e.lookup_error.numpy(), e.sequence.numpy()
+        variance = e.sequence_variance.numpy()
+        lookup_by_sequence = np.bincount(sequence, lookup_error, variance.size)
+        add("lookup_ev", key, RatioSample.from_rows(lookup_error, variance, sequence))
+        add("sae_ev", key, RatioSample.from_rows(sae_error, variance, sequence))
+        add("sae_ev_beyond_lookup", key, RatioSample.from_rows(sae_error, lookup_by_sequence, sequence))
+    return samples
+
+
+def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True) -> AnalysisSummary:
+    """Measure every SAE in `run_dir`, build the separation table, write `RUN/analysis/`."""
+    run_dir = Path(run_dir)
+    entries = discover_saes(run_dir)
+    heldout_ids = load_tokens(run_dir / "tokens", "heldout")
+    train_ids = load_tokens(run_dir / "tokens", "train")
+    latents: dict[tuple[str, int], LatentMeasures] = {}
+    errors: dict[tuple[str, int], TokenErrors] = {}
+    for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
+        latents[entry[:2]], errors[entry[:2]] = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
+    measurements = {key: summarize(*key, latents[key], errors[key], cfg) for key in latents}
+    samples = metric_samples(latents, errors, cfg)
+    notes = []
+
+    interp = read_interp_scores(run_dir / INTERP_TABLE)
+    if not interp:
+        notes.append(f"auto-interp split skipped: no {INTERP_TABLE} (run `randsae interpret` first)")
+    for key in latents.keys() & interp.keys():
+        measurements[key], per_latent = _with_interp(measurements[key], latents[key], interp[key], cfg)
+        for metric, values in per_latent.items():
+            samples.setdefault(metric, {})[key] = MeanSample(values)
+
+    matches: dict[tuple[str, int], np.ndarray] = {}
+    if cfg.seed_stability:
+        notes.append("seed stability not available yet: the SAE trainer has not landed")
+
+    if REFERENCE not in {variant for variant, _ in latents}:
+        notes.append("no separation table: the run has no `trained` SAE to compare with")
+    rows = separation_table(samples, cfg.bootstrap_samples, cfg.seed)
+    summary = AnalysisSummary(cfg, tuple(measurements[entry[:2]] for entry in entries), tuple(rows), tuple(notes))
+    write_outputs(run_dir / "analysis", summary, latents, matches)
+    return summary

@@ -1,0 +1,119 @@
+"""The token-lookup baseline: how much of the activations is a per-token-id mean, and the SAE beyond it.
+
+Token identity alone explains a large share of residual-stream variance in trained and random models
+alike, so an SAE's explained variance says little until it is set beside this baseline. With m(t) the
+mean activation of token t on the train rows (the train mean for tokens never seen there) and mu the
+per-dimension mean of the held-out rows, over held-out rows i:
+
+    lookup EV              = 1 - sum ||x_i - m(t_i)||^2 / sum ||x_i - mu||^2
+    SAE EV                 = 1 - sum ||x_i - xhat_i||^2 / sum ||x_i - mu||^2
+    SAE EV beyond lookup   = 1 - sum ||x_i - xhat_i||^2 / sum ||x_i - m(t_i)||^2
+
+The last is the share of what the lookup leaves (x - m(t)) that the SAE reconstructs; it is negative
+when the SAE reconstructs worse than the lookup table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLookup:
+    """Mean activation per token id."""
+
+    token_ids: Tensor
+    """int64 [u], sorted: the token ids seen in training."""
+    means: Tensor
+    """float32 [u, d]."""
+    fallback: Tensor
+    """float32 [d]: mean over every training row, predicted for unseen tokens."""
+
+    def predict(self, token: Tensor) -> Tensor:
+        """[n] token ids -> [n, d] lookup predictions."""
+        index = torch.searchsorted(self.token_ids, token).clamp_max(self.token_ids.numel() - 1)
+        seen = self.token_ids[index] == token
+        return torch.where(seen.unsqueeze(1), self.means[index], self.fallback)
+
+
+def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
+    """Per-token means of the activation rows `blocks` (in cache row order), BOS rows skipped.
+
+    `input_ids` [n_seq, context] are the tokens of the same split.
+    """
+    context_size = input_ids.shape[1]
+    flat = input_ids.reshape(-1).long()
+    not_bos = torch.arange(flat.numel()) % context_size != 0
+    token_ids = torch.unique(flat[not_bos])
+    sums: Tensor | None = None
+    counts = torch.zeros(token_ids.numel(), dtype=torch.float64)
+    start = 0
+    for block in blocks:
+        stop = start + block.shape[0]
+        keep = not_bos[start:stop]
+        index = torch.searchsorted(token_ids, flat[start:stop][keep])
+        if sums is None:
+            sums = torch.zeros(token_ids.numel(), block.shape[1], dtype=torch.float64)
+        sums.index_add_(0, index, block[keep].double())
+        counts.index_add_(0, index, torch.ones(index.numel(), dtype=torch.float64))
+        start = stop
+    if sums is None:
+        raise ValueError("no activation rows to fit the token lookup on")
+    seen = counts > 0
+    means = sums[seen] / counts[seen].unsqueeze(1)
+    fallback = sums.sum(0) / counts.sum()
+    return TokenLookup(token_ids[seen], means.float(), fallback.float())
+
+
+class TokenErrors(NamedTuple):
+    """Squared errors of the SAE and the lookup on every analysed row, and the variance they are set against."""
+
+    sequence: Tensor
+    """int64 [n]: sequence of each row (the bootstrap's resampling unit)."""
+    sae_error: Tensor
+    """float64 [n]: ||x - xhat||^2."""
+    lookup_error: Tensor
+    """float64 [n]: ||x - m(t)||^2."""
+    sequence_variance: Tensor
+    """float64 [n_sequences]: sum over the sequence's rows of ||x - mu||^2."""
+
+
+class ExplainedVariances(NamedTuple):
+    lookup: float
+    sae: float
+    sae_beyond_lookup: float
+
+
+def explained_variances(errors: TokenErrors) -> ExplainedVariances:
+    total = float(errors.sequence_variance.sum())
+    sae, lookup = float(errors.sae_error.sum()), float(errors.lookup_error.sum())
+    return ExplainedVariances(lookup=1.0 - lookup / total, sae=1.0 - sae / total,
+                              sae_beyond_lookup=1.0 - sae / lookup)
+
+
+class VarianceAccumulator:
+    """Streams rows and returns per-sequence sums of ||x - mu||^2, mu the mean of all rows streamed."""
+
+    def __init__(self, n_sequences: int):
+        self.n_sequences = n_sequences
+        self.row_sum: Tensor | None = None
+        self.square_sum = torch.zeros(n_sequences, dtype=torch.float64)
+        self.count = torch.zeros(n_sequences, dtype=torch.float64)
+
+    def add(self, x: Tensor, sequence: Tensor) -> None:
+        x = x.double()
+        if self.row_sum is None:
+            self.row_sum = torch.zeros(self.n_sequences, x.shape[1], dtype=torch.float64)
+        self.row_sum.index_add_(0, sequence, x)
+        self.square_sum.index_add_(0, sequence, x.square().sum(1))
+        self.count.index_add_(0, sequence, torch.ones(sequence.numel(), dtype=torch.float64))
+
+    def sequence_variance(self) -> Tensor:
+        assert self.row_sum is not None, "no rows streamed"
+        mu = self.row_sum.sum(0) / self.count.sum()
+        return self.square_sum - 2.0 * (self.row_sum @ mu) + self.count * mu.dot(mu)

@@ -1,0 +1,172 @@
+"""Single-token share, positional R^2 and context dependence: known cases and independent references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from randsae.analysis.codes import SparseCodes, between_group_share, row_layout
+from randsae.analysis.context import context_dependence
+from randsae.analysis.positional import position_bin, positional_r2
+from randsae.analysis.single_token import top_token_share
+
+
+def codes_from_dense(acts: np.ndarray) -> SparseCodes:
+    rows, latents = np.nonzero(acts)
+    return SparseCodes(torch.from_numpy(rows), torch.from_numpy(latents),
+                       torch.from_numpy(acts[rows, latents]).float(), acts.shape[0], acts.shape[1])
+
+
+def layout_of(n_seq: int, context: int, vocab: int, seed: int, window_tokens: int = 8):
+    rng = np.random.default_rng(seed)
+    ids = torch.from_numpy(rng.integers(1, vocab, size=(n_seq, context)))
+    return row_layout(ids, max_tokens=n_seq * context, window_tokens=window_tokens)
+
+
+def sparse_random_acts(n_rows: int, d_sae: int, density: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    acts = rng.exponential(size=(n_rows, d_sae)) * (rng.random((n_rows, d_sae)) < density)
+    return acts.astype(np.float32).astype(np.float64)
+
+
+# ----- single-token share -------------------------------------------------------------------------------
+
+def reference_top_token_share(acts: np.ndarray, window: np.ndarray, token: np.ndarray, top: int) -> np.ndarray:
+    share = np.full(acts.shape[1], np.nan)
+    for j in range(acts.shape[1]):
+        a = acts[:, j]
+        if not (a > 0).any():
+            continue
+        windows = np.unique(window)
+        window_max = np.array([a[window == w].max() for w in windows])
+        chosen = windows[np.argsort(-window_max, kind="stable")[:top]]
+        chosen = chosen[window_max[np.searchsorted(windows, chosen)] > 0]
+        in_top = np.isin(window, chosen)
+        mass = np.bincount(token[in_top], a[in_top])
+        share[j] = mass.max() / mass.sum()
+    return share
+
+
+def test_latent_on_one_token_is_single_token_and_dead_latent_is_nan():
+    layout = layout_of(n_seq=6, context=17, vocab=9, seed=0)
+    token = layout.token.numpy()
+    acts = np.zeros((token.size, 3))
+    acts[:, 0] = np.where(token == 5, 1.0 + np.arange(token.size) % 3, 0.0)   # only token 5
+    acts[:, 1] = np.where(np.isin(token, [3, 4]), 1.0, 0.0)                   # tokens 3 and 4 alike
+    result = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000)
+    assert result.share[0] == pytest.approx(1.0)
+    assert int(result.top_token[0]) == 5
+    n3, n4 = (token == 3).sum(), (token == 4).sum()
+    assert result.share[1] == pytest.approx(max(n3, n4) / (n3 + n4))
+    assert int(result.top_token[1]) == (3 if n3 >= n4 else 4)
+    assert np.isnan(float(result.share[2])) and int(result.top_token[2]) == -1
+
+
+def test_only_top_windows_count():
+    layout = layout_of(n_seq=4, context=17, vocab=9, seed=1, window_tokens=17)  # one window per sequence
+    token = layout.token.numpy()
+    acts = np.zeros((token.size, 1))
+    strong = (layout.sequence.numpy() == 2)
+    acts[strong & (token == token[strong][0]), 0] = 10.0   # the top window: one token
+    acts[~strong, 0] = 0.5                                   # weaker windows: every token
+    top1 = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1)
+    all_windows = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=100)
+    mass = np.bincount(token, acts[:, 0])
+    assert float(top1.share[0]) == pytest.approx(1.0)
+    assert float(all_windows.share[0]) == pytest.approx(mass.max() / mass.sum())
+    assert mass.max() / mass.sum() < 0.9
+
+
+@pytest.mark.parametrize("top", [1, 3, 50])
+def test_top_token_share_matches_reference(top: int):
+    layout = layout_of(n_seq=10, context=33, vocab=12, seed=2)
+    acts = sparse_random_acts(layout.token.numel(), 40, density=0.05, seed=3)
+    result = top_token_share(codes_from_dense(acts), layout.window, layout.token, top)
+    expected = reference_top_token_share(acts, layout.window.numpy(), layout.token.numpy(), top)
+    np.testing.assert_allclose(result.share.numpy(), expected, rtol=1e-6, equal_nan=True)
+
+
+# ----- positional R^2 -----------------------------------------------------------------------------------
+
+def reference_group_r2(a: np.ndarray, group: np.ndarray) -> float:
+    """R^2 of least squares on one-hot group indicators."""
+    onehot = (group[:, None] == np.unique(group)[None, :]).astype(float)
+    coef, *_ = np.linalg.lstsq(onehot, a, rcond=None)
+    residual = a - onehot @ coef
+    return 1.0 - residual @ residual / ((a - a.mean()) @ (a - a.mean()))
+
+
+def test_latent_that_is_a_function_of_position_has_r2_one():
+    layout = layout_of(n_seq=8, context=17, vocab=9, seed=4)
+    position = layout.position.numpy()
+    acts = np.stack([np.sqrt(position), (position % 4 == 1) * 2.0, np.zeros_like(position)], 1).astype(float)
+    r2 = positional_r2(codes_from_dense(acts), layout.position, layout.context_size, n_bins=64).numpy()
+    np.testing.assert_allclose(r2[:2], 1.0, atol=1e-9)
+    assert np.isnan(r2[2])
+
+
+def test_positional_r2_matches_least_squares_with_bins():
+    layout = layout_of(n_seq=12, context=65, vocab=20, seed=5)
+    acts = sparse_random_acts(layout.token.numel(), 15, density=0.1, seed=6)
+    acts[:, 0] += (layout.position.numpy() < 10) * 1.5   # some positional signal
+    bins = position_bin(layout.position, layout.context_size, 8).numpy()
+    assert sorted(np.unique(bins)) == list(range(8))
+    r2 = positional_r2(codes_from_dense(acts), layout.position, layout.context_size, n_bins=8).numpy()
+    expected = [reference_group_r2(acts[:, j], bins) for j in range(acts.shape[1])]
+    np.testing.assert_allclose(r2, expected, rtol=1e-6, atol=1e-9)
+    assert r2[0] > 0.3 > r2[1:].max()
+
+
+def test_between_group_share_counts_inactive_rows_as_zero():
+    # one latent, 3 groups of 2 rows; active only in group 0 with values 1 and 3 -> means (2, 0, 0)
+    share = between_group_share(torch.tensor([0, 0]), torch.tensor([1.0, 3.0]), torch.tensor([0, 0]),
+                                torch.tensor([2, 2, 2]), d_sae=1)
+    a = np.array([1.0, 3.0, 0, 0, 0, 0])
+    assert float(share[0]) == pytest.approx(reference_group_r2(a, np.array([0, 0, 1, 1, 2, 2])))
+
+
+# ----- context dependence -------------------------------------------------------------------------------
+
+def reference_context_dependence(a: np.ndarray, token: np.ndarray, min_count: int) -> float:
+    counts = np.bincount(token)
+    frequent = counts[token] >= min_count
+    a, token = a[frequent], token[frequent]
+    within = sum(((a[token == t] - a[token == t].mean()) ** 2).sum() for t in np.unique(token))
+    return within / ((a - a.mean()) ** 2).sum()
+
+
+def test_token_lookup_latent_has_no_context_dependence_and_contextual_latent_has_some():
+    layout = layout_of(n_seq=30, context=33, vocab=8, seed=7)
+    token = layout.token.numpy()
+    previous = np.roll(token, 1)
+    acts = np.stack([
+        np.where(token == 3, 2.0, 0.0) + np.where(token == 5, 0.5, 0.0),     # pure function of the token
+        np.where((token == 3) & (previous % 2 == 0), 2.0, 0.0),             # token 3, only in some contexts
+        np.zeros(token.size),                                                # dead
+    ], 1)
+    top = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000).top_token
+    cd = context_dependence(codes_from_dense(acts), layout.token, top, min_token_count=20).numpy()
+    assert cd[0] == pytest.approx(0.0, abs=1e-9)
+    assert cd[1] == pytest.approx(reference_context_dependence(acts[:, 1], token, 20))
+    assert 0.2 < cd[1] < 1.0
+    assert np.isnan(cd[2])
+
+
+def test_context_dependence_matches_reference_and_skips_rare_top_tokens():
+    layout = layout_of(n_seq=20, context=33, vocab=60, seed=8)
+    token = layout.token.numpy()
+    acts = sparse_random_acts(token.size, 30, density=0.08, seed=9)
+    rare = np.bincount(token).argmin()
+    acts[:, 0] = np.where(token == rare, 5.0, 0.0)
+    codes = codes_from_dense(acts)
+    top = top_token_share(codes, layout.window, layout.token, top_windows=1000).top_token
+    cd = context_dependence(codes, layout.token, top, min_token_count=10).numpy()
+    counts = np.bincount(token, minlength=60)
+    assert np.isnan(cd[0]) and counts[rare] < 10
+    for j in range(1, 30):
+        if counts[int(top[j])] >= 10:
+            assert cd[j] == pytest.approx(reference_context_dependence(acts[:, j], token, 10), rel=1e-6)
+        else:
+            assert np.isnan(cd[j])
+    assert np.isfinite(cd[1:]).sum() > 10
