@@ -1,0 +1,126 @@
+"""An OpenAI-compatible HTTP backend (vLLM, llama.cpp server, Ollama, OpenAI), on the standard library.
+
+Requests run on a thread pool (see `run_concurrently`), so a server sees `concurrency` prompts in flight.
+Every request asks for log-probs; a server that sends none still works, and the answers are then marked
+as hard answers. The API key is read from the environment when the backend is made and only ever sent in
+the Authorization header: never logged, printed or written.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from randsae.interp.language_models import BinaryAnswers, JudgeFailure, TokenChoice, answers_from_tokens
+from randsae.interp.prompts import Prompt
+
+TOP_LOGPROBS = 5
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+class HttpLanguageModel:
+    """`api = "chat"` posts to {base_url}/chat/completions, `"completion"` to {base_url}/completions."""
+
+    def __init__(self, base_url: str, model: str, *, api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 16, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 1.0):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api = api
+        self.concurrency = concurrency
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._api_key = os.environ.get(api_key_env, "")
+
+    def generate(self, prompt: Prompt, max_tokens: int) -> str:
+        text, _ = self._complete(prompt, max_tokens, logprobs=False)
+        return text
+
+    def binary_answers(self, prompt: Prompt, n: int) -> BinaryAnswers:
+        text, tokens = self._complete(prompt, 4 * n + 8, logprobs=True)
+        return answers_from_tokens(tokens, text, n)
+
+    def _complete(self, prompt: Prompt, max_tokens: int, logprobs: bool) -> tuple[str, list[TokenChoice] | None]:
+        payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
+        if self.api == "chat":
+            payload["messages"] = [{"role": "system", "content": prompt.system},
+                                   {"role": "user", "content": prompt.user}]
+            if logprobs:
+                payload.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+            reply = self._post("/chat/completions", payload)
+            try:
+                choice = reply["choices"][0]
+                return choice["message"]["content"] or "", _chat_logprobs(choice.get("logprobs"))
+            except (KeyError, IndexError, TypeError) as error:
+                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}")
+        payload["prompt"] = prompt.as_text()
+        if logprobs:
+            payload["logprobs"] = TOP_LOGPROBS
+        reply = self._post("/completions", payload)
+        try:
+            choice = reply["choices"][0]
+            return choice["text"] or "", _completion_logprobs(choice.get("logprobs"))
+        except (KeyError, IndexError, TypeError) as error:
+            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}")
+
+    def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """POST with retries and exponential backoff on timeouts, connection errors, 429 and 5xx."""
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        body = json.dumps(payload).encode()
+        problem = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as error:
+                problem = f"HTTP {error.code} from {self.base_url}{path}: {error.read()[:200]!r}"
+                if error.code not in RETRYABLE_STATUS:
+                    raise JudgeFailure("request", problem)
+                continue
+            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
+                    http.client.HTTPException) as error:
+                problem = f"{type(error).__name__} talking to {self.base_url}{path}: {error}"
+                continue
+            try:
+                return json.loads(raw)
+            except json.JSONDecodeError:
+                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}")
+        raise JudgeFailure("request", f"{problem} (after {self.retries + 1} attempts)")
+
+
+def _chat_logprobs(logprobs: dict[str, Any] | None) -> list[TokenChoice] | None:
+    """Chat format: {"content": [{"token", "logprob", "top_logprobs": [{"token", "logprob"}]}]}."""
+    if not logprobs or not logprobs.get("content"):
+        return None
+    tokens = []
+    for entry in logprobs["content"]:
+        alternatives = {alt["token"]: alt["logprob"] for alt in entry.get("top_logprobs") or []}
+        alternatives.setdefault(entry["token"], entry["logprob"])
+        tokens.append(TokenChoice(entry["token"], alternatives))
+    return tokens
+
+
+def _completion_logprobs(logprobs: dict[str, Any] | None) -> list[TokenChoice] | None:
+    """Legacy completion format: {"tokens": [...], "token_logprobs": [...], "top_logprobs": [{token: lp}]}."""
+    if not logprobs or not logprobs.get("tokens"):
+        return None
+    tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
+    chosen = logprobs.get("token_logprobs") or [None] * len(logprobs["tokens"])
+    tokens = []
+    for token, logprob, top in zip(logprobs["tokens"], chosen, tops):
+        alternatives = dict(top or {})
+        if logprob is not None:
+            alternatives.setdefault(token, logprob)
+        tokens.append(TokenChoice(token, alternatives))
+    return tokens

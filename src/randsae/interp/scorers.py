@@ -1,0 +1,112 @@
+"""Detection and fuzzing: turn a latent's test windows into judge prompts and the answers into records.
+
+Detection shows plain windows. Fuzzing shows positives with their true highlights (tokens above the
+highlight threshold) and negatives with the same number of random highlights, ceil(mean highlighted
+tokens per positive), so the count of marks gives nothing away. Each latent's positives and negatives are
+shuffled together and cut into prompts of `examples_per_prompt`; the requests of every latent go to the
+judge at once, so an HTTP server has many in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import repeat
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from randsae.interp.config import InterpConfig
+from randsae.interp.examples import LatentExamples
+from randsae.interp.explainers import Explanation, StrTokens, highlight_mask
+from randsae.interp.judges import Judge, JudgeItem, JudgeRequest, Verdict, failed
+from randsae.interp.language_models import chunks
+
+
+class ScoredExample(NamedTuple):
+    """One judged window, in delphi's score-record layout plus what makes failures visible."""
+
+    str_tokens: list[str]
+    activations: list[float]
+    distance: int
+    """Rank bin among the top windows (0 = strongest); -1 for a negative."""
+    activating: bool
+    prediction: bool | None
+    probability: float | None
+    correct: bool
+    """False for a failed example."""
+    highlighted: list[int] | None
+    """Positions shown as <<marked>> (fuzzing only)."""
+    failure: str | None
+    source: str
+
+
+class _TestItem(NamedTuple):
+    item: JudgeItem
+    activating: bool
+    distance: int
+    activations: np.ndarray
+
+
+def test_items(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator,
+               str_tokens: StrTokens) -> list[_TestItem]:
+    """Positives then negatives of one latent, marked for fuzzing."""
+    positives, negatives = examples.positives, examples.negatives
+    width = positives.token_ids.shape[1] if len(positives.window_ids) else cfg.window_size
+    if task == "fuzz":
+        positive_marks = highlight_mask(positives.activations, cfg.highlight_threshold)
+        k = min(math.ceil(positive_marks.sum(axis=1).mean()), width) if len(positive_marks) else 1
+        picks = rng.random((len(negatives.window_ids), width)).argsort(axis=1)[:, :k]
+        negative_marks = np.zeros((len(negatives.window_ids), width), bool)
+        np.put_along_axis(negative_marks, picks, True, axis=1)
+    else:
+        positive_marks = negative_marks = None
+    items = []
+    for windows, marks, activating in ((positives, positive_marks, True), (negatives, negative_marks, False)):
+        marks = repeat(None) if marks is None else marks
+        for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks):
+            items.append(_TestItem(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
+    return items
+
+
+def score_latents(task: str, examples: Sequence[LatentExamples], explanations: Sequence[Explanation],
+                  judge: Judge, cfg: InterpConfig, rngs: Sequence[np.random.Generator], str_tokens: StrTokens,
+                  progress: bool = False) -> list[list[ScoredExample]]:
+    """Judge every latent's test windows under its explanation; one record list per latent."""
+    plans: list[list[tuple[list[_TestItem], int | None]]] = []
+    requests: list[JudgeRequest] = []
+    for latent_examples, explanation, rng in zip(examples, explanations, rngs):
+        items = test_items(task, latent_examples, cfg, rng, str_tokens)
+        shuffled = [items[i] for i in rng.permutation(len(items))]
+        plan = []
+        for batch in chunks(shuffled, cfg.examples_per_prompt):
+            if explanation.failure is None:
+                requests.append(JudgeRequest(task, explanation.text, [test.item for test in batch]))
+                plan.append((list(batch), len(requests) - 1))
+            else:
+                plan.append((list(batch), None))
+        plans.append(plan)
+    verdicts = judge.judge_many(requests, progress=progress)
+    results = []
+    for plan in plans:
+        records = []
+        for batch, request_index in plan:
+            answers = verdicts[request_index] if request_index is not None else failed("explanation", len(batch), "")
+            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers))
+        results.append(records)
+    return results
+
+
+def _record(test: _TestItem, verdict: Verdict) -> ScoredExample:
+    return ScoredExample(
+        str_tokens=test.item.str_tokens,
+        activations=[round(float(a), 4) for a in test.activations],
+        distance=test.distance,
+        activating=test.activating,
+        prediction=verdict.prediction,
+        probability=verdict.probability,
+        correct=verdict.failure is None and verdict.prediction == test.activating,
+        highlighted=None if test.item.marked is None else np.flatnonzero(test.item.marked).tolist(),
+        failure=verdict.failure,
+        source=verdict.source,
+    )

@@ -1,0 +1,317 @@
+"""The interp stage: latent caches, matched latent selection, explain, detect, fuzz, statistics, files.
+
+Resumable at every level: a latent cache whose manifest matches the SAE is reused, the latent selection
+is stored, and a latent whose explanation and both score files are on disk is not judged again (except
+for examples whose request failed, which a re-run retries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+from safetensors.numpy import load_file as load_numpy
+
+from randsae.errors import UserError
+from randsae.interp.config import InterpConfig, describe_scaling
+from randsae.interp.entropy import token_activation_mass, token_entropy
+from randsae.interp.examples import LatentExamples, sample_examples
+from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
+from randsae.interp.judges import LLMJudge, TokenJudge
+from randsae.interp.language_models import JudgeFailure, LanguageModel, chunks
+from randsae.interp.latent_cache import (LatentCache, build_latent_cache, load_latent_entries,
+                                         open_latent_cache, sae_fingerprint)
+from randsae.interp.outputs import (TASKS, InterpPaths, module_name, read_scores, write_json_atomic, write_scores,
+                                    write_text_atomic)
+from randsae.interp.prompts import Prompt
+from randsae.interp.scorers import score_latents
+from randsae.interp.selection import LatentSelection, select_latents
+from randsae.interp.statistics import spread
+from randsae.interp.summary import (InterpSummary, LatentResult, SAEInterp, latent_scores, summarize_scores,
+                                    write_latents_csv)
+from randsae.sae.base import CONFIG_FILE, load_sae
+
+LATENTS_PER_BATCH = 16
+"""Latents explained and judged together: enough requests in flight, little lost to an interruption."""
+OPERATIONAL_FIELDS = {"base_url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s",
+                      "max_failure_fraction", "n_bootstrap", "verify_rows"}
+"""Settings that do not change which latents are scored or what the judge is asked."""
+
+
+class SAEEntry(NamedTuple):
+    variant: str
+    layer: int
+    folder: Path
+    hook_name: str
+
+    @property
+    def module(self) -> str:
+        return module_name(self.variant, self.layer)
+
+
+def interpret_run(run_dir: Path, cfg: InterpConfig, *, progress: bool = True, str_tokens: StrTokens | None = None,
+                  language_model: LanguageModel | None = None) -> InterpSummary:
+    """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/ (docs/interp.md).
+
+    `str_tokens` (token ids -> text pieces) defaults to RUN/tokenizer/; `language_model` overrides the
+    backend that `cfg.judge` would build (tests, or a model already loaded).
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    saes = discover_saes(run_dir)
+    paths = InterpPaths(run_dir / "interp")
+    tokens, context_size = load_heldout_tokens(run_dir)
+    str_tokens = str_tokens or tokenizer_str_tokens(run_dir / "tokenizer")
+    scaling = describe_scaling(cfg)
+    _say(progress, scaling)
+    caches = {sae.module: ensure_latent_cache(run_dir, paths, sae, cfg, progress) for sae in saes}
+    for sae in saes:
+        if caches[sae.module].manifest.context_size != context_size:
+            raise UserError(f"activations of {sae.module} have context {caches[sae.module].manifest.context_size} "
+                            f"but tokens/heldout.safetensors has {context_size}", "Re-run the harvest stage")
+    selections = load_or_select(paths, caches, cfg)
+    first = next(iter(selections.values()))
+    fewest = min(selections, key=lambda module: selections[module].n_eligible)
+    _say(progress, f"scoring {len(first.latents)} latents per SAE (requested {cfg.n_latents}; fewest eligible: "
+                   f"{selections[fewest].n_eligible} in {fewest}, min_examples {cfg.min_examples})")
+    explainer, judge = build_explainer_and_judge(cfg, language_model)
+
+    results, latent_rows = [], []
+    for sae in saes:
+        sae_result, rows = interpret_sae(sae, caches[sae.module], selections[sae.module], tokens, context_size,
+                                         paths, cfg, explainer, judge, str_tokens, progress)
+        results.append(sae_result)
+        latent_rows.extend(rows)
+    summary = InterpSummary(str(run_dir), scaling, tuple(results), tuple(latent_rows), time.perf_counter() - start)
+    write_json_atomic(paths.summary, summary.to_json())
+    write_latents_csv(paths.table, latent_rows)
+    check_failures(summary, cfg, paths)
+    return summary
+
+
+def discover_saes(run_dir: Path) -> list[SAEEntry]:
+    """Every RUN/saes/{variant}/layer{L}/ with a cfg.json, sorted by variant then layer."""
+    entries = []
+    for cfg_file in sorted((run_dir / "saes").glob(f"*/layer*/{CONFIG_FILE}")):
+        folder = cfg_file.parent
+        metadata = json.loads(cfg_file.read_text()).get("metadata", {})
+        layer = int(metadata.get("layer", folder.name.removeprefix("layer")))
+        entries.append(SAEEntry(metadata.get("variant", folder.parent.name), layer, folder,
+                                metadata.get("hook_name", "")))
+    if not entries:
+        raise UserError(f"no SAE under {run_dir / 'saes'}", "Train SAEs first (`randsae run`), or check RUN_DIR")
+    return sorted(entries, key=lambda entry: (entry.variant, entry.layer))
+
+
+def load_heldout_tokens(run_dir: Path) -> tuple[np.ndarray, int]:
+    """(flattened input_ids as int64, context_size) of the held-out split."""
+    path = run_dir / "tokens" / "heldout.safetensors"
+    if not path.is_file():
+        raise UserError(f"no held-out tokens at {path}", "Run the tokenize stage of `randsae run` first")
+    input_ids = load_numpy(path)["input_ids"]
+    return input_ids.reshape(-1).astype(np.int64), int(input_ids.shape[1])
+
+
+def tokenizer_str_tokens(folder: Path) -> StrTokens:
+    """Token ids -> text pieces (each id decoded alone, leading space kept), memoized."""
+    if not folder.is_dir():
+        raise UserError(f"no tokenizer at {folder}", "Re-run `randsae run`, which saves the model's tokenizer there")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    known: dict[int, str] = {}
+
+    def str_tokens(ids: Sequence[int]) -> list[str]:
+        missing = sorted({i for i in ids if i not in known})
+        known.update(zip(missing, tokenizer.batch_decode([[i] for i in missing])))
+        return [known[i] for i in ids]
+
+    return str_tokens
+
+
+def ensure_latent_cache(run_dir: Path, paths: InterpPaths, sae: SAEEntry, cfg: InterpConfig,
+                        progress: bool) -> LatentCache:
+    """Reuse the latent cache when it was built from these SAE weights and activations, else build it."""
+    from randsae.data.activations import ActivationCache
+
+    folder = paths.latent_cache(sae.variant, sae.layer)
+    fingerprint = sae_fingerprint(sae.folder)
+    activations = ActivationCache.open(run_dir / "activations" / sae.variant / f"layer{sae.layer}" / "heldout",
+                                       verify=False)
+    existing = open_latent_cache(folder)
+    if (existing is not None and existing.manifest.sae_sha256 == fingerprint
+            and existing.manifest.n_tokens == activations.manifest.n_tokens):
+        return existing
+    model = load_sae(sae.folder)
+    block_rows = max(256, (1 << 26) // model.cfg.d_sae)
+    return build_latent_cache(folder, model, fingerprint, activations.iter_blocks(rows=block_rows),
+                              n_tokens=activations.manifest.n_tokens, context_size=activations.manifest.context_size,
+                              verify_rows=cfg.verify_rows, seed=cfg.seed, progress=progress)
+
+
+def load_or_select(paths: InterpPaths, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
+    """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
+    if paths.selection.is_file():
+        stored = json.loads(paths.selection.read_text())
+        if stored["settings"] == settings and stored["sae_sha256"] == weights:
+            return {module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
+                    for module, entry in stored["selections"].items()}
+        raise UserError(f"{paths.root} holds results made with other interp settings or SAEs",
+                        f"Delete {paths.root} to start over, or re-run with the settings in {paths.selection}")
+    selections = select_latents({module: cache.counts for module, cache in caches.items()},
+                                cfg.n_latents, cfg.min_examples, cfg.seed)
+    write_json_atomic(paths.selection, {"settings": settings, "sae_sha256": weights,
+                                        "selections": {m: dataclasses.asdict(s) for m, s in selections.items()}})
+    return selections
+
+
+def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel | None):
+    """The explainer and judge `cfg` names; an HTTP server is checked once before any real work."""
+    if cfg.judge == "token" and language_model is None:
+        return TokenListExplainer(cfg.n_list_tokens), TokenJudge()
+    if language_model is None and cfg.judge == "http":
+        from randsae.interp.llm_http import HttpLanguageModel
+
+        language_model = HttpLanguageModel(cfg.base_url, cfg.model, api=cfg.api, api_key_env=cfg.api_key_env,
+                                           concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
+                                           retries=cfg.retries, backoff_s=cfg.backoff_s)
+        try:
+            language_model.generate(Prompt("Answer with one word.", "Say OK.", ""), 2)
+        except JudgeFailure as failure:
+            raise UserError(f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
+                            f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}")
+    elif language_model is None:
+        from randsae.interp.llm_hf import HFLanguageModel
+
+        language_model = HFLanguageModel(cfg.model)
+    explainer = (TokenListExplainer(cfg.n_list_tokens) if cfg.resolved_explainer == "token_list"
+                 else LLMExplainer(language_model, cfg.highlight_threshold, cfg.explanation_max_tokens))
+    judge = TokenJudge() if cfg.judge == "token" else LLMJudge(language_model)
+    return explainer, judge
+
+
+def latent_rng(seed: int, module: str, latent: int, stream: int) -> np.random.Generator:
+    """Independent, reproducible randomness per (SAE, latent, purpose): resumed latents draw the same."""
+    return np.random.default_rng([seed, latent, stream, *module.encode()])
+
+
+def interpret_sae(sae: SAEEntry, cache: LatentCache, selection: LatentSelection, tokens: np.ndarray,
+                  context_size: int, paths: InterpPaths, cfg: InterpConfig, explainer, judge,
+                  str_tokens: StrTokens, progress: bool) -> tuple[SAEInterp, list[LatentResult]]:
+    """Explain and score the selected latents not done yet, then summarize all of them from disk."""
+    module, latents = sae.module, selection.latents
+    entries = load_latent_entries(cache, latents)
+    examples = [sample_examples(entries[latent], tokens, context_size, cfg, latent_rng(cfg.seed, module, latent, 0))
+                for latent in latents]
+    pending = [i for i, latent in enumerate(latents) if not _is_done(paths, module, latent)]
+    if pending:
+        _say(progress, f"{module}: explaining and scoring {len(pending)} of {len(latents)} latents")
+    for batch in chunks(pending, LATENTS_PER_BATCH):
+        explanations = _explanations(paths, module, [latents[i] for i in batch], [examples[i] for i in batch],
+                                     explainer, str_tokens, progress)
+        for task_index, task in enumerate(TASKS, start=1):
+            rngs = [latent_rng(cfg.seed, module, latents[i], task_index) for i in batch]
+            scored = score_latents(task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens,
+                                   progress)
+            for i, records in zip(batch, scored):
+                write_scores(paths.score(task, module, latents[i]), records)
+
+    records = {task: [read_scores(paths.score(task, module, latent)) for latent in latents] for task in TASKS}
+    rows = [_latent_row(sae, latent, cache, examples[i], paths, {t: records[t][i] for t in TASKS}, str_tokens)
+            for i, latent in enumerate(latents)]
+    summaries = {task: summarize_scores(records[task], cfg.n_bootstrap, cfg.seed) for task in TASKS}
+    result = SAEInterp(
+        variant=sae.variant, layer=sae.layer, module=module, hook_name=sae.hook_name, d_sae=cache.manifest.d_sae,
+        n_tokens=cache.manifest.n_tokens, n_dead=selection.n_dead, n_eligible=selection.n_eligible,
+        n_requested=selection.n_requested, n_sampled=len(latents), explainer=cfg.resolved_explainer,
+        judge=cfg.judge, n_explanation_failures=sum(row.explanation_failure != "" for row in rows),
+        token_entropy=spread(np.array([row.token_entropy for row in rows])),
+        fuzz=summaries["fuzz"], detection=summaries["detection"])
+    return result, rows
+
+
+def _is_done(paths: InterpPaths, module: str, latent: int) -> bool:
+    record = paths.latent_record(module, latent)
+    if not record.is_file() or json.loads(record.read_text())["explanation_failure"] == "request":
+        return False
+    for task in TASKS:
+        score = paths.score(task, module, latent)
+        if not score.is_file() or any(r.failure == "request" for r in read_scores(score)):
+            return False
+    return True
+
+
+def _explanations(paths: InterpPaths, module: str, latents: list[int], examples: list[LatentExamples], explainer,
+                  str_tokens: StrTokens, progress: bool) -> list[Explanation]:
+    """Stored explanations where usable, new ones for the rest (written with their windows and reply)."""
+    stored: dict[int, Explanation] = {}
+    for latent in latents:
+        path = paths.latent_record(module, latent)
+        if path.is_file():
+            record = json.loads(path.read_text())
+            if record["explanation_failure"] != "request":
+                stored[latent] = Explanation(record["explanation"], record["explanation_failure"] or None,
+                                             record["reply"])
+    missing = [i for i, latent in enumerate(latents) if latent not in stored]
+    fresh = explainer.explain_many([examples[i].explanation for i in missing], str_tokens, progress)
+    for i, explanation in zip(missing, fresh):
+        latent, windows = latents[i], examples[i].explanation
+        write_json_atomic(paths.latent_record(module, latent), {
+            "module": module, "latent": latent, "explanation": explanation.text,
+            "explanation_failure": explanation.failure or "", "reply": explanation.reply,
+            "n_active_windows": examples[i].n_active_windows,
+            "explanation_windows": [
+                {"window": int(w), "quantile": int(q), "str_tokens": str_tokens(ids.tolist()),
+                 "activations": [round(float(a), 4) for a in acts]}
+                for w, q, ids, acts in zip(windows.window_ids, windows.quantile, windows.token_ids,
+                                           windows.activations)]})
+        write_text_atomic(paths.explanation(module, latent), json.dumps(explanation.text, ensure_ascii=False))
+        stored[latent] = explanation
+    return [stored[latent] for latent in latents]
+
+
+def _latent_row(sae: SAEEntry, latent: int, cache: LatentCache, examples: LatentExamples, paths: InterpPaths,
+                records: dict, str_tokens: StrTokens) -> LatentResult:
+    record = json.loads(paths.latent_record(sae.module, latent).read_text())
+    windows = examples.explanation
+    mass = token_activation_mass(windows.token_ids, windows.activations)
+    top_token = str_tokens([int(mass.token_ids[0])])[0] if len(mass.mass) else ""
+    share = float(mass.mass[0] / mass.mass.sum()) if len(mass.mass) else float("nan")
+    fuzz, detection = latent_scores(records["fuzz"]), latent_scores(records["detection"])
+    return LatentResult(
+        variant=sae.variant, layer=sae.layer, module=sae.module, latent=latent,
+        n_activations=int(cache.counts[latent]), max_activation=float(cache.max_values[latent]),
+        n_active_windows=examples.n_active_windows, n_explanation_windows=len(windows.window_ids),
+        n_positives=len(examples.positives.window_ids), n_negatives=len(examples.negatives.window_ids),
+        explanation=record["explanation"], explanation_failure=record["explanation_failure"],
+        token_entropy=token_entropy(windows.token_ids, windows.activations), top_token=top_token,
+        top_token_share=share, fuzz_auroc=fuzz[0], detection_auroc=detection[0],
+        fuzz_balanced_accuracy=fuzz[1], detection_balanced_accuracy=detection[1], fuzz_f1=fuzz[2],
+        detection_f1=detection[2], fuzz_failed=fuzz[3], detection_failed=detection[3])
+
+
+def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpPaths) -> None:
+    """Stop with a clear error when the judge failed on too many examples (results stay on disk)."""
+    for sae in summary.saes:
+        failed = sae.fuzz.n_failed + sae.detection.n_failed
+        total = sae.fuzz.n_examples + sae.detection.n_examples
+        if total and failed / total > cfg.max_failure_fraction:
+            requests = sae.fuzz.n_request_failures + sae.detection.n_request_failures
+            parses = sae.fuzz.n_parse_failures + sae.detection.n_parse_failures
+            raise UserError(
+                f"the judge failed on {failed} of {total} examples of {sae.module} ({requests} request, {parses} "
+                f"unparseable, {failed - requests - parses} without explanation; details in {paths.root})",
+                "Check the server and model (a larger judge answers in format more often); "
+                "re-running retries the failed requests")
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        print(message, flush=True)

@@ -1,0 +1,216 @@
+"""Results of the interp stage: per latent (latents.csv), per SAE and scorer (interp.json), and the
+printed table. Everything here is computed from the records on disk, so a resumed run reports the same.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from randsae.interp import statistics
+from randsae.interp.outputs import write_text_atomic
+from randsae.interp.scorers import ScoredExample
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentResult:
+    """One row of latents.csv."""
+
+    variant: str
+    layer: int
+    module: str
+    latent: int
+    n_activations: int
+    """Held-out positions (BOS excluded) where the latent fires."""
+    max_activation: float
+    n_active_windows: int
+    n_explanation_windows: int
+    n_positives: int
+    n_negatives: int
+    explanation: str
+    explanation_failure: str
+    """"" or "request" / "parse"."""
+    token_entropy: float
+    """Bits; activation mass over token ids in the explanation windows."""
+    top_token: str
+    top_token_share: float
+    """Fraction of that mass on the single heaviest token."""
+    fuzz_auroc: float
+    detection_auroc: float
+    fuzz_balanced_accuracy: float
+    detection_balanced_accuracy: float
+    fuzz_f1: float
+    detection_f1: float
+    fuzz_failed: int
+    detection_failed: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreSummary:
+    """One scorer's results for one SAE, all its scored latents pooled."""
+
+    auroc: float
+    auroc_low: float
+    auroc_high: float
+    """Bootstrap 95% CI over latents."""
+    latent_auroc: statistics.Spread
+    """Distribution of the per-latent AUROC."""
+    balanced_accuracy: float
+    f1: float
+    n_examples: int
+    n_positives: int
+    n_negatives: int
+    n_failed: int
+    """Examples with no usable answer: counted wrong, probability 0.5 for AUROC."""
+    n_request_failures: int
+    n_parse_failures: int
+    n_explanation_failures: int
+    probability_source: str
+    """"logprobs", "hard_answers" (AUROC then comes from 0/1 answers), "token_membership", or "mixed: ..."."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEInterp:
+    """interp.json entry for one variant x layer."""
+
+    variant: str
+    layer: int
+    module: str
+    hook_name: str
+    d_sae: int
+    n_tokens: int
+    n_dead: int
+    n_eligible: int
+    n_requested: int
+    n_sampled: int
+    explainer: str
+    judge: str
+    n_explanation_failures: int
+    token_entropy: statistics.Spread
+    fuzz: ScoreSummary
+    detection: ScoreSummary
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpSummary:
+    run_dir: str
+    scaling: str
+    """What was scaled down from the paper's protocol, and the judge (see `describe_scaling`)."""
+    saes: tuple[SAEInterp, ...]
+    latents: tuple[LatentResult, ...]
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        """interp.json: everything but the per-latent rows (those are latents.csv)."""
+        return _jsonable({"run_dir": self.run_dir, "scaling": self.scaling, "seconds": round(self.seconds, 2),
+                          "saes": [dataclasses.asdict(sae) for sae in self.saes]})
+
+
+def summarize_scores(records_per_latent: Sequence[Sequence[ScoredExample]], n_bootstrap: int,
+                     seed: int) -> ScoreSummary:
+    """Pooled and per-latent statistics of one scorer over the latents of one SAE."""
+    labels, probabilities, predictions, failed, groups = [], [], [], [], []
+    failures: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    for group, records in enumerate(records_per_latent):
+        for record in records:
+            labels.append(record.activating)
+            failed.append(record.failure is not None)
+            probabilities.append(statistics.FAILED_PROBABILITY if record.failure else record.probability)
+            predictions.append(bool(record.prediction))
+            groups.append(group)
+            if record.failure:
+                failures[record.failure] += 1
+            else:
+                sources[record.source] += 1
+    labels_a = np.asarray(labels, bool)
+    effective = statistics.effective_predictions(labels_a, np.asarray(predictions, bool), np.asarray(failed, bool))
+    counts = statistics.pair_counts(labels_a, np.asarray(probabilities, np.float64), np.asarray(groups, np.int64),
+                                    len(records_per_latent))
+    interval = statistics.pooled_auroc_interval(counts, n_bootstrap, seed)
+    return ScoreSummary(
+        auroc=interval.estimate, auroc_low=interval.low, auroc_high=interval.high,
+        latent_auroc=statistics.spread(statistics.per_group_auroc(counts)),
+        balanced_accuracy=statistics.balanced_accuracy(labels_a, effective),
+        f1=statistics.f1_score(labels_a, effective),
+        n_examples=len(labels), n_positives=int(labels_a.sum()), n_negatives=int((~labels_a).sum()),
+        n_failed=int(sum(failed)), n_request_failures=failures["request"], n_parse_failures=failures["parse"],
+        n_explanation_failures=failures["explanation"], probability_source=_source_label(sources))
+
+
+def latent_scores(records: Sequence[ScoredExample]) -> tuple[float, float, float, int]:
+    """(AUROC, balanced accuracy, F1, failed) of one latent, failures handled as in `summarize_scores`."""
+    labels = np.asarray([r.activating for r in records], bool)
+    failed = np.asarray([r.failure is not None for r in records], bool)
+    probabilities = np.asarray([statistics.FAILED_PROBABILITY if r.failure else r.probability for r in records])
+    effective = statistics.effective_predictions(labels, np.asarray([bool(r.prediction) for r in records]), failed)
+    return (statistics.auroc(labels, probabilities), statistics.balanced_accuracy(labels, effective),
+            statistics.f1_score(labels, effective), int(failed.sum()))
+
+
+def _source_label(sources: Counter[str]) -> str:
+    if not sources:
+        return "none"
+    if len(sources) == 1:
+        return next(iter(sources))
+    total = sum(sources.values())
+    return "mixed: " + ", ".join(f"{name} {count / total:.0%}" for name, count in sources.most_common())
+
+
+def write_latents_csv(path: Path, rows: Sequence[LatentResult]) -> None:
+    names = [field.name for field in dataclasses.fields(LatentResult)]
+    buffer = io.StringIO(newline="")
+    rows_out = [[_cell(getattr(row, name)) for name in names] for row in rows]
+    csv.writer(buffer, lineterminator="\n").writerows([names, *rows_out])
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN -> None (strict JSON), tuples and NamedTuples -> lists/dicts."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if hasattr(value, "_asdict"):
+        return _jsonable(value._asdict())
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def format_interp_table(summary: InterpSummary) -> str:
+    """The printed summary: one line per variant x layer, the scaling and judge above it."""
+    header = (f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<22} {'detect AUROC [95% CI]':<22} "
+              f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7}")
+    lines = [summary.scaling, header]
+    for sae in summary.saes:
+        fuzz, detection = sae.fuzz, sae.detection
+        failed = fuzz.n_failed + detection.n_failed
+        total = fuzz.n_examples + detection.n_examples
+        lines.append(
+            f"{sae.variant:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
+            f"{fuzz.latent_auroc.median:>8.3f} {fuzz.balanced_accuracy:>7.3f} {fuzz.f1:>5.2f} "
+            f"{sae.token_entropy.mean:>7.2f} {f'{sae.n_eligible}/{sae.n_sampled}/{sae.n_dead}':>18} "
+            f"{f'{failed}/{total}':>7}")
+    sources = sorted({sae.fuzz.probability_source for sae in summary.saes})
+    lines.append(f"probabilities from: {', '.join(sources)}; bal.acc and F1 are fuzzing's; "
+                 f"failed examples count as wrong and score 0.5")
+    return "\n".join(lines)
+
+
+def _interval(score: ScoreSummary) -> str:
+    return f"{score.auroc:.3f} [{score.auroc_low:.3f}, {score.auroc_high:.3f}]"
