@@ -61,8 +61,12 @@ def planted_activations(input_ids: np.ndarray, kinds: list[str], seed: int) -> n
 
 
 def build_run(root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_windows=(96, 64),
-              noise=0.3, seed=0) -> Path:
-    """Write tokens, activation caches and exact SAEs for every variant x layer; returns the run dir."""
+              noise=0.5, seed=0) -> Path:
+    """Write tokens, activation caches and exact SAEs for every variant x layer; returns the run dir.
+
+    `noise` is the noise variance relative to the planted variance, so every variant's exact SAE explains
+    about the same share of variance (SAE quality alike, as the paper found for trained and random models).
+    """
     rng = np.random.default_rng(seed)
     ids = {split: rng.integers(1, VOCAB, size=(n, CONTEXT)) for split, n in zip(("train", "heldout"), n_windows)}
     for split in ids:
@@ -75,10 +79,12 @@ def build_run(root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_
             basis = np.linalg.qr(np.random.default_rng(layer_seed).normal(size=(D_IN, D_IN)))[0].T
             dictionary, noise_basis = basis[:len(names)], basis[len(names):]
             offset = np.random.default_rng(layer_seed + 1).normal(size=D_IN)
+            signal_variance = planted_activations(ids["train"], names, seed=layer_seed).var(0).sum()
+            noise_std = np.sqrt(noise * signal_variance / noise_basis.shape[0])
             for s_index, split in enumerate(("train", "heldout")):
                 acts = planted_activations(ids[split], names, seed=layer_seed)
                 noise_rng = np.random.default_rng(layer_seed + 10 + s_index)
-                x = acts @ dictionary + noise * noise_rng.normal(size=(acts.shape[0], noise_basis.shape[0])) @ noise_basis
+                x = acts @ dictionary + noise_std * noise_rng.normal(size=(acts.shape[0], noise_basis.shape[0])) @ noise_basis
                 write_cache(root, variant, layer, split, (x + offset).astype(np.float32))
             sae = ReluSAE(SAEConfig("relu_l1", D_IN, len(names), l1_coefficient=0.0,
                                     metadata={"variant": variant, "layer": layer, "context_size": CONTEXT}))

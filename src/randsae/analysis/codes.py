@@ -10,7 +10,6 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
-from torch.nn.functional import embedding_bag
 
 from randsae.sae.base import SparseAutoencoder
 
@@ -73,8 +72,9 @@ class EncodedBlock(NamedTuple):
 def encode_block(sae: SparseAutoencoder, x: Tensor, first_row: int) -> EncodedBlock:
     """Sparse codes and reconstruction of `x` [n, d_in]; TopK SAEs skip the dense decoder matmul."""
     if hasattr(sae, "encode_topk"):
-        values, indices = sae.encode_topk(x)
-        reconstruction = embedding_bag(indices, sae.W_dec, per_sample_weights=values, mode="sum") + sae.b_dec
+        top = sae.encode_topk(x)
+        reconstruction = sae.decode_topk(top)
+        values, indices = top.values, top.indices
         rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)
         keep = values != 0
         row, latent, value = rows[keep], indices[keep].long(), values[keep]

@@ -25,6 +25,13 @@ import numpy as np
 
 REFERENCE = "trained"
 ALL_LAYERS = "all"
+VARIANT_ORDER = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted",
+                 "fresh_init")
+"""How variants are listed; names not in it follow, alphabetically."""
+
+
+def variant_rank(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), variant)
 
 
 class MeanSample(NamedTuple):
@@ -137,7 +144,7 @@ def separation_table(samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_
     per_layer: dict[str, list[SeparationRow]] = {}
     for metric, by_sae in samples.items():
         layers = sorted({layer for variant, layer in by_sae if variant == REFERENCE})
-        others = sorted({variant for variant, _ in by_sae if variant != REFERENCE})
+        others = sorted({variant for variant, _ in by_sae if variant != REFERENCE}, key=variant_rank)
         pooled[metric], per_layer[metric] = [], []
         for variant in others:
             shared = [layer for layer in layers if (variant, layer) in by_sae]

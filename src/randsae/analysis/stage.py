@@ -23,15 +23,13 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import read_interp_scores, split_by_latent_type
 from randsae.analysis.measure import LatentMeasures, SAEMeasurements, analyse_sae, summarize
 from randsae.analysis.results import AnalysisSummary, write_outputs
-from randsae.analysis.separation import REFERENCE, MeanSample, RatioSample, Sample, separation_table
+from randsae.analysis.separation import REFERENCE, MeanSample, RatioSample, Sample, separation_table, variant_rank
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.data.activations import ActivationCache, cache_folder
 from randsae.data.tokens import load_tokens
 from randsae.errors import UserError
 from randsae.sae.base import CONFIG_FILE, WEIGHTS_FILE, load_sae
 
-VARIANT_ORDER = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted",
-                 "fresh_init")
 INTERP_TABLE = Path("interp") / "latents.csv"
 # Settings that change the per-latent arrays (the thresholds only change what is derived from them).
 _MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens")
@@ -54,8 +52,7 @@ def discover_saes(run_dir: Path) -> list[SAEEntry]:
         entries.append(SAEEntry(variant, layer, folder))
     if not entries:
         raise UserError(f"no SAEs under {run_dir / 'saes'}", "Run `randsae run` first, or pass its --out folder")
-    rank = {name: i for i, name in enumerate(VARIANT_ORDER)}
-    return sorted(entries, key=lambda e: (rank.get(e.variant, len(rank)), e.variant, e.layer))
+    return sorted(entries, key=lambda e: (variant_rank(e.variant), e.layer))
 
 
 def _open_cache(run_dir: Path, entry: SAEEntry, split: str, input_ids: torch.Tensor) -> ActivationCache:

@@ -16,6 +16,7 @@ when the SAE reconstructs worse than the lookup table.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -89,11 +90,16 @@ class ExplainedVariances(NamedTuple):
     sae_beyond_lookup: float
 
 
+def _explained(error: float, variance: float) -> float:
+    """1 - error / variance; NaN when there is no variance to explain."""
+    return 1.0 - error / variance if variance > 0 else math.nan
+
+
 def explained_variances(errors: TokenErrors) -> ExplainedVariances:
     total = float(errors.sequence_variance.sum())
     sae, lookup = float(errors.sae_error.sum()), float(errors.lookup_error.sum())
-    return ExplainedVariances(lookup=1.0 - lookup / total, sae=1.0 - sae / total,
-                              sae_beyond_lookup=1.0 - sae / lookup)
+    return ExplainedVariances(lookup=_explained(lookup, total), sae=_explained(sae, total),
+                              sae_beyond_lookup=_explained(sae, lookup))
 
 
 class VarianceAccumulator:

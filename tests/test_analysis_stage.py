@@ -1,0 +1,133 @@
+"""The analysis stage end to end on a synthetic run directory with planted latents."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from randsae.analysis import AnalysisConfig, analyze_run, format_separation_table
+from randsae.analysis.separation import ALL_LAYERS
+from randsae.errors import UserError
+from test_analysis_synthetic import STRUCTURED, TOKEN_ONLY, build_run
+
+PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev",
+           "sae_ev_beyond_lookup"}
+NOT_PLANTED = {"single_token_fraction", "mean_top_token_share", "sae_ev"}
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory) -> Path:
+    return build_run(tmp_path_factory.mktemp("run"), {"trained": STRUCTURED, "step0": TOKEN_ONLY})
+
+
+@pytest.fixture(scope="module")
+def summary(planted_run: Path):
+    return analyze_run(planted_run, AnalysisConfig(bootstrap_samples=300), progress=False)
+
+
+def _strict_json(text: str):
+    def refuse(constant: str):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_separation_table_ranks_the_planted_metrics_first(summary):
+    pooled = [row for row in summary.separation if row.layer == ALL_LAYERS]
+    order = [row.metric for row in pooled]
+    assert set(order[:len(PLANTED)]) == PLANTED
+    assert set(order[len(PLANTED):]) == NOT_PLANTED
+    by_metric = {row.metric: row for row in pooled}
+    assert by_metric["positional_fraction"].difference == pytest.approx(0.25)
+    assert by_metric["positional_fraction"].ci_low > 0
+    assert by_metric["mean_context_dependence"].ci_low > 0.1
+    assert by_metric["lookup_ev"].ci_high < 0            # the lookup leaves the planted structure unexplained
+    for metric in ("single_token_fraction", "sae_ev"):   # alike by construction
+        row = by_metric[metric]
+        assert row.ci_low <= 0.0 <= row.ci_high and abs(row.effect_size) < 0.1
+
+
+def test_per_sae_measurements_match_the_planted_kinds(summary):
+    records = {(m.variant, m.layer): m for m in summary.saes}
+    assert list(records) == [("trained", 0), ("trained", 1), ("step0", 0), ("step0", 1)]
+    for layer in (0, 1):
+        trained, step0 = records[("trained", layer)], records[("step0", layer)]
+        assert trained.n_alive == step0.n_alive == 24
+        assert trained.single_token_fraction == step0.single_token_fraction == pytest.approx(6 / 24)
+        assert trained.positional_fraction == pytest.approx(6 / 24) and step0.positional_fraction == 0.0
+        assert step0.mean_context_dependence == pytest.approx(0.0, abs=1e-9)
+        assert step0.sae_ev_beyond_lookup == pytest.approx(0.0, abs=0.05)
+        assert trained.sae_ev_beyond_lookup > 0.3
+
+
+def test_files_are_written_and_readable(planted_run: Path, summary):
+    folder = planted_run / "analysis"
+    data = _strict_json((folder / "analysis.json").read_text())
+    assert [(s["variant"], s["layer"]) for s in data["saes"]] == [(m.variant, m.layer) for m in summary.saes]
+    assert data["config"]["single_token_threshold"] == 0.9
+    assert data["saes"][0]["fuzz_auroc_single_token"] is None          # NaN written as null
+    with open(folder / "separation.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(summary.separation) == 8 * 3
+    assert rows[0]["metric"] == summary.separation[0].metric
+    with open(folder / "latents.csv") as handle:
+        latents = list(csv.DictReader(handle))
+    assert len(latents) == 4 * 24
+    positional = [r for r in latents if r["variant"] == "trained" and r["positional"] == "1"]
+    assert len(positional) == 12 and all(float(r["positional_r2"]) > 0.9 for r in positional)
+    text = format_separation_table(summary)
+    assert "positional_fraction" in text and "note: auto-interp split skipped" in text
+
+
+def test_rerun_reuses_saved_measurements_and_applies_new_thresholds(planted_run: Path, summary):
+    part = planted_run / "analysis" / "parts" / "trained_layer0.npz"
+    stamp = part.stat().st_mtime_ns
+    strict = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, positional_threshold=1.0),
+                         progress=False)
+    assert part.stat().st_mtime_ns == stamp
+    assert strict.saes[0].positional_fraction < summary.saes[0].positional_fraction
+    rebinned = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, position_bins=4), progress=False)
+    assert part.stat().st_mtime_ns != stamp
+    assert rebinned.saes[0].mean_positional_r2 != summary.saes[0].mean_positional_r2
+
+
+def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Path):
+    run = tmp_path / "run"
+    shutil.copytree(planted_run, run)
+    (run / "interp").mkdir()
+    with open(run / "interp" / "latents.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["variant", "layer", "latent", "fuzz_auroc", "detection_auroc", "token_entropy"])
+        for variant in ("trained", "step0"):
+            for latent in range(24):   # latents 0-5 are single-token in both variants
+                fuzz = 0.9 if latent < 6 else (0.6 if variant == "trained" else 0.7)
+                writer.writerow([variant, 0, latent, fuzz, "" if latent == 7 else 0.8, 1.0])
+    result = analyze_run(run, AnalysisConfig(bootstrap_samples=50), progress=False)
+    records = {(m.variant, m.layer): m for m in result.saes}
+    trained = records[("trained", 0)]
+    assert trained.n_interp_single_token == 6 and trained.n_interp_contextual == 18
+    assert trained.fuzz_auroc_single_token == pytest.approx(0.9)
+    assert trained.fuzz_auroc_contextual == pytest.approx(0.6)
+    assert trained.detection_auroc_contextual == pytest.approx(0.8)
+    assert np.isnan(records[("trained", 1)].fuzz_auroc_contextual)
+    rows = {(r.metric, r.layer): r for r in result.separation if r.variant == "step0"}
+    assert rows[("fuzz_auroc_contextual", "0")].difference == pytest.approx(-0.1)
+    assert rows[("fuzz_auroc_single_token", "0")].difference == pytest.approx(0.0)
+    assert not any("auto-interp" in note for note in result.notes)
+
+
+def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path):
+    with pytest.raises(UserError, match="no SAEs"):
+        analyze_run(tmp_path, AnalysisConfig(), progress=False)
+    run = tmp_path / "run"
+    shutil.copytree(planted_run, run)
+    shutil.copy(run / "tokens" / "train.safetensors", run / "tokens" / "heldout.safetensors")
+    with pytest.raises(UserError, match="does not match"):
+        analyze_run(run, AnalysisConfig(), progress=False)
+    with pytest.raises(UserError, match="single_token_threshold"):
+        dataclasses.replace(AnalysisConfig(), single_token_threshold=1.5)

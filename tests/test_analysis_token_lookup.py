@@ -1,0 +1,108 @@
+"""Token-lookup baseline and the explained variances beside it, against numpy references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from randsae.analysis.codes import encode_block, row_layout
+from randsae.analysis.measure import encode_heldout
+from randsae.analysis.token_lookup import TokenErrors, explained_variances, fit_token_lookup
+from randsae.sae.base import SAEConfig
+from randsae.sae.relu import ReluSAE
+from randsae.sae.topk import TopKSAE
+
+CONTEXT, VOCAB, D = 17, 11, 12
+
+
+def token_windows(n_seq: int, seed: int) -> torch.Tensor:
+    ids = torch.from_numpy(np.random.default_rng(seed).integers(1, VOCAB, size=(n_seq, CONTEXT)))
+    ids[:, 0] = 0
+    return ids.int()
+
+
+def blocks(x: torch.Tensor, rows: int = 50):
+    return (x[i:i + rows] for i in range(0, x.shape[0], rows))
+
+
+def numpy_lookup(x: np.ndarray, token: np.ndarray, not_bos: np.ndarray) -> dict[int, np.ndarray]:
+    return {t: x[not_bos & (token == t)].mean(0) for t in np.unique(token[not_bos])}
+
+
+def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_train_mean():
+    table = torch.randn(VOCAB, D) * 3
+    train_ids, heldout_ids = token_windows(40, seed=0), token_windows(10, seed=1)
+    train_ids[train_ids == 7] = 6                                   # token 7 never appears in train
+    train_x = table[train_ids.reshape(-1).long()]
+    train_x[::CONTEXT] = 100.0                                      # BOS rows: outliers, must be skipped
+    lookup = fit_token_lookup(blocks(train_x), train_ids)
+    seen = torch.tensor([1, 2, 3])
+    torch.testing.assert_close(lookup.predict(seen), table[seen])
+    train_tokens = train_ids[:, 1:].reshape(-1).long()
+    torch.testing.assert_close(lookup.predict(torch.tensor([7])), table[train_tokens].mean(0, keepdim=True))
+
+    heldout_ids[heldout_ids == 7] = 8
+    heldout_x = table[heldout_ids.reshape(-1).long()]
+    layout = row_layout(heldout_ids, max_tokens=10 ** 6, window_tokens=8)
+    sae = ReluSAE(SAEConfig("relu_l1", D, 24, l1_coefficient=0.0))
+    _, errors = encode_heldout(sae, blocks(heldout_x), layout, lookup)
+    ev = explained_variances(errors)
+    assert ev.lookup == pytest.approx(1.0, abs=1e-6)
+    assert float(errors.lookup_error.max()) < 1e-8
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu_l1"])
+def test_explained_variances_match_numpy(architecture: str):
+    torch.manual_seed(0)
+    train_ids, heldout_ids = token_windows(30, seed=2), token_windows(12, seed=3)
+    table = torch.randn(VOCAB, D)
+    train_x = table[train_ids.reshape(-1).long()] + 0.5 * torch.randn(train_ids.numel(), D) + 2.0
+    heldout_x = table[heldout_ids.reshape(-1).long()] + 0.5 * torch.randn(heldout_ids.numel(), D) + 2.0
+    cfg = SAEConfig(architecture, D, 32, k=4 if architecture == "topk" else None,
+                    l1_coefficient=None if architecture == "topk" else 0.0)
+    sae = (TopKSAE if architecture == "topk" else ReluSAE)(cfg)
+    with torch.no_grad():
+        sae.b_dec.fill_(2.0)
+    lookup = fit_token_lookup(blocks(train_x), train_ids)
+    layout = row_layout(heldout_ids, max_tokens=8 * CONTEXT, window_tokens=8)   # first 8 sequences only
+    codes, errors = encode_heldout(sae, blocks(heldout_x, rows=23), layout, lookup)
+
+    # numpy reference on the same rows: sequences 0..7, BOS dropped
+    rows = layout.cache_row.numpy()
+    x = heldout_x.numpy()[rows].astype(np.float64)
+    with torch.no_grad():
+        x_hat = sae(heldout_x[rows]).double().numpy()
+    flat_train = train_ids.reshape(-1).numpy()
+    means = numpy_lookup(train_x.numpy().astype(np.float64), flat_train, np.arange(flat_train.size) % CONTEXT != 0)
+    predicted = np.stack([means[t] for t in layout.token.numpy()])
+    total = ((x - x.mean(0)) ** 2).sum()
+    sae_error, lookup_error = ((x - x_hat) ** 2).sum(), ((x - predicted) ** 2).sum()
+    ev = explained_variances(errors)
+    assert ev.sae == pytest.approx(1 - sae_error / total, rel=1e-5)
+    assert ev.lookup == pytest.approx(1 - lookup_error / total, rel=1e-5)
+    assert ev.sae_beyond_lookup == pytest.approx(1 - sae_error / lookup_error, rel=1e-5)
+    per_sequence = np.bincount(layout.sequence.numpy(), ((x - x.mean(0)) ** 2).sum(1))
+    np.testing.assert_allclose(errors.sequence_variance.numpy(), per_sequence, rtol=1e-8)
+
+    with torch.no_grad():
+        dense = sae.encode(heldout_x[rows]).numpy()
+    assert codes.n_rows == rows.size and codes.value.numel() == np.count_nonzero(dense)
+    np.testing.assert_allclose(dense[codes.row.numpy(), codes.latent.numpy()], codes.value.numpy(), rtol=1e-6)
+
+
+def test_encode_block_offsets_rows():
+    sae = TopKSAE(SAEConfig("topk", D, 16, k=3))
+    x = torch.randn(5, D)
+    block = encode_block(sae, x, first_row=100)
+    assert block.codes.row.min() >= 100 and block.codes.row.max() < 105
+    torch.testing.assert_close(block.reconstruction, sae(x))
+
+
+def test_sae_worse_than_lookup_gives_negative_ev_beyond_lookup():
+    errors = TokenErrors(torch.tensor([0, 0, 1]), torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64),
+                         torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+                         torch.tensor([10.0, 10.0], dtype=torch.float64))
+    ev = explained_variances(errors)
+    assert ev.sae_beyond_lookup == pytest.approx(1 - 12 / 6)
+    assert ev.lookup == pytest.approx(1 - 6 / 20) and ev.sae == pytest.approx(1 - 12 / 20)
