@@ -1,0 +1,240 @@
+"""What a latent dashboard shows, computed from the interp stage's sparse latent cache.
+
+The cache holds every nonzero activation of every latent over the held-out tokens, so a dashboard sees
+the latent's true top windows, windows from each rank quantile, its activation histogram and its top
+tokens by activation mass, not only the handful of windows the judge was shown. Windows are cut exactly
+as the interp stage cuts them (`randsae.interp.examples`), so a window here is a window there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from randsae.interp.entropy import token_activation_mass
+from randsae.interp.examples import window_of_rows, window_tokens
+from randsae.interp.explainers import StrTokens
+from randsae.interp.latent_cache import LatentEntries, load_latent_entries, open_latent_cache
+from randsae.interp.outputs import InterpPaths
+from randsae.interp.stage import tokenizer_str_tokens
+from randsae.report.run_inputs import RunInputs
+from randsae.sae.base import WEIGHTS_FILE
+
+DEFAULT_WINDOW_SIZE = 32
+N_TOP_WINDOWS = 10
+N_QUANTILES = 5
+WINDOWS_PER_QUANTILE = 3
+N_TOP_TOKENS = 10
+N_LOGITS = 10
+HISTOGRAM_BINS = 40
+
+
+class Window(NamedTuple):
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+
+    @property
+    def max_activation(self) -> float:
+        return max(self.activations)
+
+
+class QuantileGroup(NamedTuple):
+    """Windows drawn at random from one rank quantile of the latent's active windows (strongest first)."""
+
+    first_rank: int
+    last_rank: int
+    min_max_activation: float
+    """Smallest window max in the quantile."""
+    max_max_activation: float
+    windows: tuple[Window, ...]
+
+
+class TokenWeight(NamedTuple):
+    token: str
+    value: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentView:
+    """Everything one latent's dashboard and its Neuronpedia JSON show."""
+
+    variant: str
+    layer: int
+    latent: int
+    explanation: str | None
+    scores: Mapping[str, Any]
+    """The interp stage's row for this latent (AUROCs, entropy, ...)."""
+    n_firing: int
+    n_tokens: int
+    """Held-out positions the cache covers (BOS excluded): the denominator of the firing rate."""
+    max_activation: float
+    histogram_counts: tuple[int, ...]
+    histogram_edges: tuple[float, ...]
+    top_windows: tuple[Window, ...]
+    quantiles: tuple[QuantileGroup, ...]
+    top_tokens: tuple[TokenWeight, ...]
+    """Tokens carrying most activation mass, with their share of the total."""
+    promoted_logits: tuple[TokenWeight, ...] | None
+    """Top of W_dec[latent] @ W_U (final-norm scale applied); None when the run has no unembedding."""
+    suppressed_logits: tuple[TokenWeight, ...] | None
+
+    @property
+    def firing_rate(self) -> float:
+        return self.n_firing / self.n_tokens if self.n_tokens else math.nan
+
+
+class Unembedding(NamedTuple):
+    W_U: torch.Tensor
+    """[d_model, vocab]."""
+    final_norm_weight: torch.Tensor | None
+
+
+def read_unembedding(path: Path) -> Unembedding | None:
+    """`RUN/unembedding.safetensors` ("W_U", optional "final_norm_weight"), or None when absent."""
+    if not path.is_file():
+        return None
+    with safe_open(path, "pt") as file:
+        names = set(file.keys())
+        norm = file.get_tensor("final_norm_weight").float() if "final_norm_weight" in names else None
+        return Unembedding(file.get_tensor("W_U").float(), norm)
+
+
+def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembedding,
+                  decode: StrTokens) -> dict[int, tuple[tuple[TokenWeight, ...], tuple[TokenWeight, ...]]]:
+    """Per latent, the tokens its decoder direction promotes and suppresses most through the unembedding."""
+    with safe_open(sae_folder / WEIGHTS_FILE, "pt") as file:
+        directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float()
+    if unembedding.final_norm_weight is not None:
+        directions = directions * unembedding.final_norm_weight
+    logits = directions @ unembedding.W_U
+    k = min(N_LOGITS, logits.shape[1])
+    top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
+
+    def weights(values: torch.Tensor, ids: torch.Tensor) -> tuple[TokenWeight, ...]:
+        return tuple(TokenWeight(t, float(v)) for t, v in zip(decode(ids.tolist()), values))
+
+    return {latent: (weights(top.values[n], top.indices[n]), weights(bottom.values[n], bottom.indices[n]))
+            for n, latent in enumerate(latents)}
+
+
+class WindowLayout(NamedTuple):
+    """How held-out rows are cut into windows (the interp stage's settings)."""
+
+    tokens: np.ndarray
+    """int64 [n_tokens]: the flattened held-out input_ids."""
+    context_size: int
+    window_size: int
+
+
+def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, layout: WindowLayout,
+                n_tokens: int, decode: StrTokens, rng: np.random.Generator, *,
+                explanation: str | None, scores: Mapping[str, Any],
+                logits: tuple[tuple[TokenWeight, ...], tuple[TokenWeight, ...]] | None) -> LatentView:
+    """Build one latent's view from all its nonzero activations (rows sorted ascending)."""
+    ctx, size = layout.context_size, layout.window_size
+    windows = window_of_rows(entries.rows, ctx, size)
+    used = windows >= 0
+    windows, rows, values = windows[used], entries.rows[used], entries.values[used]
+    window_ids, starts = np.unique(windows, return_index=True)
+    ends = np.r_[starts[1:], len(windows)]
+    maxima = np.maximum.reduceat(values, starts) if len(values) else np.zeros(0, np.float32)
+    ranked = np.argsort(-maxima, kind="stable")
+
+    def window(k: int) -> Window:
+        ids = window_tokens(layout.tokens, window_ids[k:k + 1], ctx, size)[0]
+        dense = np.zeros(size, np.float32)
+        dense[(rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
+        return Window(tuple(decode(ids.tolist())), tuple(round(float(a), 4) for a in dense))
+
+    quantiles = []
+    for ranks in np.array_split(np.arange(len(ranked)), min(N_QUANTILES, len(ranked))):
+        picked = np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
+        group_max = maxima[ranked[ranks]]
+        quantiles.append(QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(group_max.min()),
+                                       float(group_max.max()), tuple(window(int(ranked[r])) for r in picked)))
+    mass = token_activation_mass(layout.tokens[entries.rows], entries.values)
+    total = float(mass.mass.sum()) or 1.0
+    counts, edges = np.histogram(entries.values, bins=HISTOGRAM_BINS,
+                                 range=(0.0, float(entries.values.max()) if len(entries.values) else 1.0))
+    return LatentView(
+        variant=variant, layer=layer, latent=latent, explanation=explanation, scores=scores,
+        n_firing=len(entries.values), n_tokens=n_tokens,
+        max_activation=float(entries.values.max()) if len(entries.values) else 0.0,
+        histogram_counts=tuple(int(c) for c in counts), histogram_edges=tuple(float(e) for e in edges),
+        top_windows=tuple(window(int(k)) for k in ranked[:N_TOP_WINDOWS]),
+        quantiles=tuple(quantiles),
+        top_tokens=tuple(TokenWeight(t, float(m) / total) for t, m in
+                         zip(decode(mass.token_ids[:N_TOP_TOKENS].tolist()), mass.mass[:N_TOP_TOKENS])),
+        promoted_logits=logits[0] if logits else None,
+        suppressed_logits=logits[1] if logits else None,
+    )
+
+
+class LatentViews(NamedTuple):
+    views: dict[tuple[str, int], list[LatentView]]
+    """(variant, layer) -> views of its scored latents, ascending latent index."""
+    notes: tuple[str, ...]
+    """Why some or all dashboards are missing, or shown with less (no tokenizer, no unembedding)."""
+
+
+def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
+    """Views of every latent the interp stage scored, one latent-cache pass per SAE."""
+    if run.interp is None or not run.interp.latents:
+        return LatentViews({}, ("No latent dashboards: the run has no interp/latents.csv "
+                                "(run `randsae interpret RUN_DIR`).",) if run.interp is not None else ())
+    heldout = run.run_dir / "tokens" / "heldout.safetensors"
+    if not heldout.is_file():
+        return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))
+    with safe_open(heldout, "pt") as file:
+        input_ids = file.get_tensor("input_ids")
+    window_size = int(run.interp.settings.get("window_size", DEFAULT_WINDOW_SIZE))
+    layout = WindowLayout(input_ids.flatten().numpy().astype(np.int64), int(input_ids.shape[1]), window_size)
+    notes = []
+    if (run.run_dir / "tokenizer").is_dir():
+        decode = tokenizer_str_tokens(run.run_dir / "tokenizer")
+    else:
+        decode = _token_ids_as_text
+        notes.append("The run has no tokenizer/ folder: tokens are shown as #id.")
+    unembedding = read_unembedding(run.run_dir / "unembedding.safetensors")
+    if unembedding is None:
+        notes.append("The run has no unembedding.safetensors: top promoted logits are not shown.")
+    scored: dict[tuple[str, int], dict[int, Mapping[str, Any]]] = {}
+    for row in run.interp.latents:
+        scored.setdefault((str(row["variant"]), int(row["layer"])), {})[int(row["latent"])] = row
+    paths = InterpPaths(run.interp.folder)
+    views = {}
+    items = sorted(scored.items(), key=lambda item: (run.variants.index(item[0][0])
+                                                     if item[0][0] in run.variants else len(run.variants), item[0][1]))
+    if progress:
+        from tqdm import tqdm
+
+        items = tqdm(items, desc="dashboards", unit="SAE", leave=False)
+    for (variant, layer), rows in items:
+        cache = open_latent_cache(paths.latent_cache(variant, layer))
+        if cache is None:
+            notes.append(f"No dashboards for {variant} layer {layer}: its latent cache is missing.")
+            continue
+        latents = sorted(rows)
+        entries = load_latent_entries(cache, latents)
+        sae_folder = run.run_dir / "saes" / variant / f"layer{layer}"
+        logits = (logit_effects(sae_folder, latents, unembedding, decode)
+                  if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file() else {})
+        n_tokens = cache.manifest.n_tokens - math.ceil(cache.manifest.n_tokens / cache.manifest.context_size)
+        rng = np.random.default_rng([layer, *variant.encode()])
+        views[(variant, layer)] = [
+            latent_view(variant, layer, latent, entries[latent], layout, n_tokens, decode, rng,
+                        explanation=rows[latent].get("explanation") or None, scores=rows[latent],
+                        logits=logits.get(latent))
+            for latent in latents]
+    return LatentViews(views, tuple(notes))
+
+
+def _token_ids_as_text(ids: Sequence[int]) -> list[str]:
+    return [f"#{i}" for i in ids]

@@ -1,0 +1,307 @@
+"""`write_report`: a run directory in, `report.html` and `dashboards/` out.
+
+The report puts the paper's figures for this run on one page (metric against layer per variant, ROC
+curves, token entropy against AUROC), the variant x layer tables, and a header saying exactly what was
+run. Missing optional stages (interp, analysis) become visible notes, not errors.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib.metadata
+import math
+import platform
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import safe_open
+
+from randsae.interp.outputs import InterpPaths, module_name, read_scores, write_text_atomic
+from randsae.interp.statistics import FAILED_PROBABILITY
+from randsae.report import plots
+from randsae.report.dashboards import write_dashboards
+from randsae.report.latent_data import collect_latent_views
+from randsae.report.palette import variant_colors
+from randsae.report.page import definition_list, figure, note, render_page
+from randsae.report.run_inputs import RunInputs, read_run
+from randsae.report.tables import Column, html_table, variant_chip
+
+REPORT_FILE = "report.html"
+DASHBOARDS_DIR = "dashboards"
+MAX_ROC_LAYERS = 6
+SOFTWARE = ("randsae", "torch", "numpy", "matplotlib", "transformers", "safetensors")
+TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
+
+QUALITY_COLUMNS = (
+    Column("explained_variance_pooled", "EV pooled", ".3f", "1 - sum|x - x_hat|^2 / sum|x - mean|^2"),
+    Column("explained_variance_legacy", "EV legacy", ".3f", "mean over tokens of per-token explained variance"),
+    Column("mse", "MSE", ".4g"), Column("cosine", "cosine", ".3f"), Column("l0", "L0", ".1f"),
+    Column("l1", "L1", ".3g"), Column("dead_fraction", "dead", ".3f"), Column("dense_fraction", "dense", ".3f"),
+    Column("ce_loss_score", "CE score", ".3f", "(CE_zero - CE_sae) / (CE_zero - CE_clean)"),
+    Column("kl_score", "KL score", ".3f"), Column("ce_clean", "CE clean", ".3f"),
+    Column("ce_zero", "CE zero", ".3f"), Column("ce_sae", "CE SAE", ".3f"),
+    Column("meaningful_downstream", "CE meaningful", "", "false for random variants: their CE is not a language"),
+    Column("n_eval_tokens", "eval tokens", "d"),
+)
+ANALYSIS_COLUMNS = (
+    Column("single_token_fraction", "single-token", ".3f"), Column("positional_fraction", "positional", ".3f"),
+    Column("mean_top_token_share", "top-token share", ".3f"), Column("mean_positional_r2", "positional R²", ".3f"),
+    Column("mean_context_dependence", "context dep.", ".3f"), Column("lookup_ev", "lookup EV", ".3f"),
+    Column("sae_ev", "SAE EV", ".3f"), Column("sae_ev_beyond_lookup", "SAE EV beyond lookup", ".3f"),
+    Column("n_alive", "alive", "d"), Column("n_rows", "rows", "d"),
+)
+SEPARATION_COLUMNS = (
+    Column("metric", "metric"), Column("variant", "variant"), Column("layer", "layer"),
+    Column("trained", "trained", ".3f"), Column("other", "variant value", ".3f"),
+    Column("difference", "trained − variant", "+.3f"), Column("ci_low", "CI low", "+.3f"),
+    Column("ci_high", "CI high", "+.3f"), Column("effect_size", "Cohen's d", "+.2f"),
+)
+
+
+def write_report(run_dir: Path, *, progress: bool = True) -> Path:
+    """Write RUN/report.html and RUN/dashboards/ (replaced whole); returns the report's path."""
+    start = time.perf_counter()
+    run = read_run(Path(run_dir))
+    colors = variant_colors(run.variants)
+    latent_views = collect_latent_views(run, progress)
+    staging = run.run_dir / (DASHBOARDS_DIR + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    n_pages = write_dashboards(staging, latent_views.views, run.variants, colors, latent_views.notes,
+                               str(run.config.get("model", {}).get("name", "")), _judge(run), write_text_atomic)
+    _replace_folder(staging, run.run_dir / DASHBOARDS_DIR)
+    body = _report_body(run, colors, latent_views.notes, n_pages)
+    report = run.run_dir / REPORT_FILE
+    write_text_atomic(report, render_page(f"randsae report: {_model_name(run)}", body))
+    if progress:
+        print(f"report: {report} and {n_pages} latent dashboards in {time.perf_counter() - start:.1f} s",
+              file=sys.stderr)
+    return report
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Swap a fully written folder into place, so no stale page of an earlier report survives."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _model_name(run: RunInputs) -> str:
+    return str(run.config.get("model", {}).get("name") or run.run_dir.name)
+
+
+def _judge(run: RunInputs) -> str | None:
+    return str(run.interp.saes[0].get("judge")) if run.interp and run.interp.saes else None
+
+
+def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Sequence[str], n_pages: int) -> str:
+    sections = [f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
+                '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
+                '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
+                f'<a href="{DASHBOARDS_DIR}/index.html">latent dashboards</a></nav>',
+                *(note(text) for text in run.notes), _header(run, colors),
+                '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
+                figure(plots.metric_grid(_panels(run), colors), "metrics against layer, one line per variant")]
+    sections += _interp_figures(run, colors)
+    sections += _tables(run, colors)
+    layers = sorted({int(row["layer"]) for row in run.interp.latents}) if run.interp else []
+    sections.append(f'<h2 id="dashboards">Latent dashboards</h2><p>{n_pages} latent pages: '
+                    f'<a href="{DASHBOARDS_DIR}/index.html">index</a> · '
+                    + " · ".join(f'<a href="{DASHBOARDS_DIR}/layer{layer}.html">layer {layer}, all variants</a>'
+                                 for layer in layers) + "</p>")
+    sections += [note(text) for text in dashboard_notes]
+    return "\n".join(sections)
+
+
+def _header(run: RunInputs, colors: Mapping[str, str]) -> str:
+    model = run.config.get("model", {})
+    items = [("model", f"{model.get('name', 'unknown')} (revision {model.get('revision') or 'default'})"),
+             ("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
+    items += [(f"data: {key}", _setting(value)) for key, value in run.config.get("data", {}).items()]
+    heldout = run.run_dir / "tokens" / "heldout.safetensors"
+    if heldout.is_file():
+        with safe_open(heldout, "pt") as file:
+            windows, context = file.get_slice("input_ids").get_shape()
+        items.append(("held-out tokens", f"{windows * context:,} ({windows} windows × {context})"))
+    eval_tokens = sorted({row.get("n_eval_tokens") for row in run.metrics if row.get("n_eval_tokens") is not None})
+    if eval_tokens:
+        items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
+    items.append(("SAE", ", ".join(f"{k} = {_setting(v)}" for k, v in run.config.get("sae", {}).items()) or "–"))
+    warning = ""
+    if run.interp and run.interp.saes:
+        first = run.interp.saes[0]
+        items += [("judge", f"{first.get('judge')} (explainer: {first.get('explainer')})"),
+                  ("auto-interp protocol", str(run.interp.summary.get("scaling", "")))]
+        if first.get("judge") == "token":
+            warning = note("Auto-interp used the LLM-free token judge: explanations are token lists scored by "
+                           "token membership, not an LLM's judgement. Its AUROCs measure how single-token the "
+                           "latents are, and are not comparable to the paper's LLM-judged numbers.", warning=True)
+    items.append(("software", f"python {platform.python_version()}, " + ", ".join(
+        f"{name} {_version(name)}" for name in SOFTWARE)))
+    if run.timings:
+        total = sum(run.timings.values())
+        items.append(("wall time", ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.timings.items())
+                      + f" (total {total:.1f} s)"))
+    chips = " ".join(variant_chip(v, colors) for v in run.variants)
+    return f'<h2 id="run">Run</h2>{warning}<p>{chips}</p>{definition_list(items)}'
+
+
+def _setting(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _series(rows: Iterable[Mapping[str, Any]], value, low=None, high=None) -> dict[str, list[plots.Point]]:
+    """variant -> points, from rows with `variant` and `layer` and accessor functions for the numbers."""
+    series: dict[str, list[plots.Point]] = {}
+    for row in rows:
+        number = value(row)
+        if number is None or (isinstance(number, float) and math.isnan(number)):
+            continue
+        point = plots.Point(int(row["layer"]), float(number), _float(low(row) if low else None),
+                            _float(high(row) if high else None))
+        series.setdefault(str(row["variant"]), []).append(point)
+    return series
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _panels(run: RunInputs) -> list[plots.Panel]:
+    """The metric-vs-layer panels this run has data for, auto-interp first as in the paper."""
+    panels = []
+    if run.interp:
+        for task in ("fuzz", "detection"):
+            panels.append(plots.Panel(f"{TASK_TITLES[task]} AUROC (95% CI)", _series(
+                run.interp.saes, lambda r, t=task: r[t]["auroc"], lambda r, t=task: r[t]["auroc_low"],
+                lambda r, t=task: r[t]["auroc_high"])))
+    metric = lambda key: lambda row: row.get(key)  # noqa: E731
+    random_variants = frozenset(str(r["variant"]) for r in run.metrics if r.get("meaningful_downstream") is False)
+    panels += [plots.Panel("explained variance (pooled)", _series(run.metrics, metric("explained_variance_pooled"))),
+               plots.Panel("cosine(x, x̂)", _series(run.metrics, metric("cosine"))),
+               plots.Panel("L1 of latent activations", _series(run.metrics, metric("l1"))),
+               plots.Panel("CE-loss score", _series(run.metrics, metric("ce_loss_score")), random_variants,
+                           "dashed: not meaningful (random weights)" if random_variants else "")]
+    if run.interp:
+        panels.append(plots.Panel("token entropy (bits, mean)", _series(
+            run.interp.saes, lambda r: r["token_entropy"]["mean"])))
+    if run.analysis:
+        panels += [plots.Panel(title, _series(run.analysis.saes, metric(key))) for key, title in (
+            ("single_token_fraction", "single-token latent fraction"),
+            ("positional_fraction", "positional latent fraction"),
+            ("lookup_ev", "token-lookup explained variance"),
+            ("sae_ev_beyond_lookup", "SAE EV beyond the lookup"))]
+    return [panel for panel in panels if panel.series]
+
+
+def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
+    if not run.interp or not run.interp.latents:
+        return ['<h2 id="roc">ROC curves</h2>', note("No auto-interp results: ROC curves and the entropy plot "
+                                                     "need interp/latents.csv and the score files.")]
+    layers = sorted({int(row["layer"]) for row in run.interp.latents})
+    if len(layers) > MAX_ROC_LAYERS:
+        layers = [layers[int(i)] for i in np.linspace(0, len(layers) - 1, MAX_ROC_LAYERS).round()]
+    out = ['<h2 id="roc">ROC curves (the paper\'s Figure 1)</h2>',
+           "<p>Every judged example of every scored latent of a variant, pooled; AUROC in the legend.</p>"]
+    for task in ("fuzz", "detection"):
+        curves = _roc_curves(run, task, layers)
+        if curves:
+            out.append(figure(plots.roc_grid(curves, colors, TASK_TITLES[task]), f"{task} ROC curves"))
+        else:
+            out.append(note(f"No {TASK_TITLES[task]} score files under interp/scores/{task}/."))
+    out.append('<h2 id="entropy">Token entropy against per-latent AUROC (the paper\'s Appendix H)</h2>')
+    points = {}
+    for variant in run.variants:
+        rows = [r for r in run.interp.latents if r["variant"] == variant]
+        if rows:
+            points[variant] = (np.array([r["token_entropy"] for r in rows], float),
+                               np.array([r["fuzz_auroc"] for r in rows], float))
+    out.append(figure(plots.entropy_scatter(points, colors, "fuzzing"), "token entropy against fuzzing AUROC"))
+    return out
+
+
+def _roc_curves(run: RunInputs, task: str, layers: Sequence[int]) -> dict[int, dict[str, plots.RocCurve]]:
+    """ROC of every (variant, layer) from its score files; failed examples score 0.5 as in the interp stage."""
+    paths = InterpPaths(run.interp.folder)
+    curves: dict[int, dict[str, plots.RocCurve]] = {}
+    for row_variant in run.variants:
+        for layer in layers:
+            labels, scores = [], []
+            for row in run.interp.latents:
+                if row["variant"] != row_variant or int(row["layer"]) != layer:
+                    continue
+                path = paths.score(task, module_name(row_variant, layer), int(row["latent"]))
+                if path.is_file():
+                    for record in read_scores(path):
+                        labels.append(record.activating)
+                        scores.append(FAILED_PROBABILITY if record.failure else record.probability)
+            if labels:
+                curves.setdefault(layer, {})[row_variant] = plots.roc_curve(np.array(labels), np.array(scores))
+    return curves
+
+
+def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
+    chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
+    ids = (Column("variant", "variant"), Column("layer", "layer"))
+    out = ['<h2 id="tables">Tables</h2><p>Click a column header to sort.</p><h3>SAE quality (variant × layer)</h3>']
+    present = [c for c in QUALITY_COLUMNS if any(c.key in row for row in run.metrics)]
+    out.append(html_table([*ids, *present], _ordered(run, run.metrics), table_id="quality", cell_html=chip))
+    if run.interp:
+        rows = [_interp_row(sae) for sae in run.interp.saes]
+        out += ["<h3>Auto-interpretability (variant × layer)</h3>",
+                html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip)]
+    if run.analysis:
+        out += ["<h3>What separates trained from random (variant × layer)</h3>",
+                html_table([*ids, *ANALYSIS_COLUMNS], _ordered(run, run.analysis.saes), table_id="analysis",
+                           cell_html=chip)]
+        pooled = [r for r in run.analysis.separation if str(r.get("layer")) == "all"]
+        per_layer = [r for r in run.analysis.separation if str(r.get("layer")) != "all"]
+        out += ["<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",
+                html_table(SEPARATION_COLUMNS, pooled, table_id="separation", cell_html=chip),
+                "<details><summary>Per layer</summary>",
+                html_table(SEPARATION_COLUMNS, per_layer, table_id="separation-layers", cell_html=chip),
+                "</details>", *(note(text) for text in run.analysis.notes)]
+    return out
+
+
+INTERP_COLUMNS = (
+    Column("fuzz_auroc", "fuzz AUROC", ".3f"), Column("fuzz_low", "fuzz CI low", ".3f"),
+    Column("fuzz_high", "fuzz CI high", ".3f"), Column("fuzz_median", "fuzz median per latent", ".3f"),
+    Column("detection_auroc", "detect AUROC", ".3f"), Column("detection_low", "detect CI low", ".3f"),
+    Column("detection_high", "detect CI high", ".3f"), Column("fuzz_balanced_accuracy", "fuzz bal. acc.", ".3f"),
+    Column("fuzz_f1", "fuzz F1", ".3f"), Column("token_entropy", "entropy (bits)", ".2f"),
+    Column("n_eligible", "eligible", "d"), Column("n_sampled", "sampled", "d"), Column("n_dead", "dead", "d"),
+    Column("n_failed", "failed examples", "d"), Column("probability_source", "probabilities from"),
+)
+
+
+def _interp_row(sae: Mapping[str, Any]) -> dict[str, Any]:
+    fuzz, detection = sae["fuzz"], sae["detection"]
+    return {"variant": sae["variant"], "layer": sae["layer"], "fuzz_auroc": _float(fuzz["auroc"]),
+            "fuzz_low": _float(fuzz["auroc_low"]), "fuzz_high": _float(fuzz["auroc_high"]),
+            "fuzz_median": _float(fuzz["latent_auroc"]["median"]), "detection_auroc": _float(detection["auroc"]),
+            "detection_low": _float(detection["auroc_low"]), "detection_high": _float(detection["auroc_high"]),
+            "fuzz_balanced_accuracy": _float(fuzz["balanced_accuracy"]), "fuzz_f1": _float(fuzz["f1"]),
+            "token_entropy": _float(sae["token_entropy"]["mean"]), "n_eligible": sae["n_eligible"],
+            "n_sampled": sae["n_sampled"], "n_dead": sae["n_dead"],
+            "n_failed": fuzz["n_failed"] + detection["n_failed"], "probability_source": fuzz["probability_source"]}
+
+
+def _ordered(run: RunInputs, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Rows in the run's variant order, then by layer."""
+    rank = {variant: i for i, variant in enumerate(run.variants)}
+    return sorted(rows, key=lambda row: (rank.get(str(row["variant"]), len(rank)), int(row["layer"])))
