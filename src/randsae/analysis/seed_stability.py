@@ -9,12 +9,20 @@ threshold (0.7 by default):
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+
+from randsae.data.activations import ActivationCache
+from randsae.errors import UserError
+from randsae.sae.base import SparseAutoencoder, load_sae
+from randsae.sae.trainer import TRAINING_LOG_FILE, TrainConfig, train_sae
 
 
 class LatentMatch(NamedTuple):
@@ -40,3 +48,26 @@ def match_decoders(w_dec_a: Tensor, w_dec_b: Tensor) -> LatentMatch:
 def stable_share(match: LatentMatch, threshold: float) -> float:
     """Share of SAE a's latents whose matched partner has cosine >= threshold."""
     return float(np.mean(np.nan_to_num(match.cosine, nan=-1.0) >= threshold))
+
+
+def second_seed_sae(first: SparseAutoencoder, first_folder: Path, train_cache: ActivationCache, out_folder: Path,
+                    seed: int, *, device: str | torch.device = "cpu", progress: bool = True) -> SparseAutoencoder:
+    """The SAE `first` retrained with `seed` on the same activations and settings (saved, reused when present).
+
+    The training settings come from the first SAE's `training.json`, so only the seed differs.
+    """
+    if (out_folder / TRAINING_LOG_FILE).is_file():
+        return load_sae(out_folder)
+    log_path = first_folder / TRAINING_LOG_FILE
+    if not log_path.is_file():
+        raise UserError(f"cannot retrain {first_folder} with another seed: it has no {TRAINING_LOG_FILE}",
+                        "Train the SAEs with `randsae run`, or turn analysis.seed_stability off")
+    log = json.loads(log_path.read_text())
+    if log.get("seed") == seed:
+        raise UserError(f"analysis.stability_seed = {seed} is the seed {first_folder} was trained with",
+                        "Set analysis.stability_seed to another value")
+    train_cfg = TrainConfig(**log["config"])
+    sae_cfg = dataclasses.replace(first.cfg, metadata={**first.cfg.metadata, "seed": seed})
+    result = train_sae(train_cache, train_cfg, sae_cfg, seed=seed, device=device, progress=progress)
+    result.save(out_folder)
+    return result.sae.cpu()

@@ -23,6 +23,7 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import read_interp_scores, split_by_latent_type
 from randsae.analysis.measure import LatentMeasures, SAEMeasurements, analyse_sae, summarize
 from randsae.analysis.results import AnalysisSummary, write_outputs
+from randsae.analysis.seed_stability import match_decoders, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, RatioSample, Sample, separation_table, variant_rank
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.data.activations import ActivationCache, cache_folder
@@ -148,8 +149,22 @@ def metric_samples(latents: Mapping[tuple[str, int], LatentMeasures], errors: Ma
     return samples
 
 
-def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True) -> AnalysisSummary:
-    """Measure every SAE in `run_dir`, build the separation table, write `RUN/analysis/`."""
+def seed_match_cosine(run_dir: Path, entry: SAEEntry, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
+                      device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+    """Per latent, the decoder cosine of its Hungarian partner in the SAE retrained with `cfg.stability_seed`."""
+    first = load_sae(entry.folder)
+    second = second_seed_sae(first, entry.folder, _open_cache(run_dir, entry, "train", train_ids),
+                             run_dir / "analysis" / f"seed{cfg.stability_seed}" / entry.variant / f"layer{entry.layer}",
+                             cfg.stability_seed, device=device, progress=progress)
+    return match_decoders(first.W_dec, second.W_dec).cosine
+
+
+def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
+                device: str | torch.device = "cpu") -> AnalysisSummary:
+    """Measure every SAE in `run_dir`, build the separation table, write `RUN/analysis/`.
+
+    `device` only serves the seed-stability retraining (when `cfg.seed_stability` is on).
+    """
     run_dir = Path(run_dir)
     entries = discover_saes(run_dir)
     heldout_ids = load_tokens(run_dir / "tokens", "heldout")
@@ -172,7 +187,12 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True) ->
 
     matches: dict[tuple[str, int], np.ndarray] = {}
     if cfg.seed_stability:
-        notes.append("seed stability not available yet: the SAE trainer has not landed")
+        for entry in entries:
+            key = entry[:2]
+            matches[key] = seed_match_cosine(run_dir, entry, train_ids, cfg, device=device, progress=progress)
+            stable = (np.nan_to_num(matches[key], nan=-1.0) >= cfg.match_threshold) * 1.0
+            measurements[key] = dataclasses.replace(measurements[key], seed_stable_share=float(stable.mean()))
+            samples.setdefault("seed_stable_share", {})[key] = MeanSample(stable)
 
     if REFERENCE not in {variant for variant, _ in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")

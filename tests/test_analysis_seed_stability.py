@@ -1,0 +1,103 @@
+"""Seed stability: Hungarian matching of decoder rows, retraining with another seed, and the stage wiring."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from randsae.analysis import AnalysisConfig, analyze_run
+from randsae.analysis.seed_stability import match_decoders, second_seed_sae, stable_share
+from randsae.data.activations import ActivationCache, cache_folder
+from randsae.errors import UserError
+from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
+from test_analysis_synthetic import CONTEXT, STRUCTURED, TOKEN_ONLY, build_run
+
+
+def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
+    w = torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+    return w / w.norm(dim=1, keepdim=True)
+
+
+def test_permuted_and_rescaled_decoder_matches_every_latent():
+    a = unit_rows(50, 32, seed=0)
+    order = torch.randperm(50, generator=torch.Generator().manual_seed(1))
+    b = a[order] * 3.0
+    match = match_decoders(a, b)
+    np.testing.assert_array_equal(order[match.partner].numpy(), np.arange(50))
+    np.testing.assert_allclose(match.cosine, 1.0, atol=1e-12)
+    assert stable_share(match, 0.7) == 1.0
+
+
+def test_matching_maximizes_total_cosine_like_brute_force():
+    a, b = unit_rows(6, 4, seed=2), unit_rows(6, 4, seed=3)
+    cosine = (a @ b.T).double().numpy()
+    best = max(sum(cosine[i, p[i]] for i in range(6)) for p in itertools.permutations(range(6)))
+    match = match_decoders(a, b)
+    assert match.cosine.sum() == pytest.approx(best)
+    assert sorted(match.partner.tolist()) == list(range(6))
+
+
+def test_stable_share_counts_partners_above_threshold():
+    a = unit_rows(40, 64, seed=4)
+    b = a.clone()
+    b[:10] = unit_rows(10, 64, seed=5)                  # random directions: cosine far below 0.7 in 64 dims
+    b[10:20] = a[10:20] + 0.4 * unit_rows(10, 64, seed=6)  # perturbed: cosine about 0.93
+    match = match_decoders(a, b)
+    assert stable_share(match, 0.7) == pytest.approx(30 / 40)
+    assert stable_share(match, 0.999) == pytest.approx(20 / 40)
+
+
+def test_fewer_latents_on_the_other_side_leave_some_unmatched():
+    match = match_decoders(unit_rows(8, 16, seed=7), unit_rows(5, 16, seed=8))
+    assert (match.partner == -1).sum() == 3 and np.isnan(match.cosine).sum() == 3
+    assert stable_share(match, 0.0) <= 5 / 8
+
+
+def _train_saes_in_place(run: Path, variants: tuple[str, ...], layer: int = 0) -> None:
+    """Replace the synthetic run's exact SAEs by trained ones (with training.json), as `randsae run` leaves them."""
+    for variant in variants:
+        cache = ActivationCache.open(cache_folder(run, variant, layer, "train"))
+        sae_cfg = SAEConfig("topk", cache.d_model, 32, k=4, metadata={"variant": variant, "layer": layer})
+        cfg = TrainConfig(batch_size=256, warmup_steps=2, context_size=CONTEXT)
+        train_sae(cache, cfg, sae_cfg, seed=0, progress=False).save(run / "saes" / variant / f"layer{layer}")
+
+
+def test_second_seed_is_trained_once_with_the_first_ones_settings(tmp_path: Path):
+    run = build_run(tmp_path, {"trained": STRUCTURED}, layers=(0,))
+    _train_saes_in_place(run, ("trained",))
+    folder = run / "saes" / "trained" / "layer0"
+    first = load_sae(folder)
+    cache = ActivationCache.open(cache_folder(run, "trained", 0, "train"))
+    out = tmp_path / "second"
+    second = second_seed_sae(first, folder, cache, out, seed=1, progress=False)
+    log = json.loads((out / "training.json").read_text())
+    assert log["seed"] == 1 and log["config"] == json.loads((folder / "training.json").read_text())["config"]
+    assert not torch.equal(first.W_dec, second.W_dec)
+    again = second_seed_sae(first, folder, cache, out, seed=1, progress=False)
+    torch.testing.assert_close(again.W_dec, second.W_dec)
+    with pytest.raises(UserError, match="is the seed"):
+        second_seed_sae(first, folder, cache, tmp_path / "other", seed=0, progress=False)
+    (folder / "training.json").unlink()
+    with pytest.raises(UserError, match="no training.json"):
+        second_seed_sae(first, folder, cache, tmp_path / "third", seed=2, progress=False)
+
+
+@pytest.mark.slow
+def test_stage_reports_seed_stability_per_sae(tmp_path: Path):
+    run = build_run(tmp_path, {"trained": STRUCTURED, "step0": TOKEN_ONLY}, layers=(0,))
+    _train_saes_in_place(run, ("trained", "step0"))
+    summary = analyze_run(run, AnalysisConfig(seed_stability=True, bootstrap_samples=50), progress=False)
+    for record in summary.saes:
+        assert 0.0 <= record.seed_stable_share <= 1.0
+    with open(run / "analysis" / "latents.csv") as handle:
+        cosines = [float(r["seed_match_cosine"]) for r in csv.DictReader(handle)]
+    assert len(cosines) == 2 * 32 and all(-1.0 <= c <= 1.0 + 1e-9 for c in cosines)
+    trained = summary.saes[0]
+    assert trained.seed_stable_share == pytest.approx(np.mean(np.array(cosines[:32]) >= 0.7))
+    assert any(row.metric == "seed_stable_share" for row in summary.separation)
