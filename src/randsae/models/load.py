@@ -68,13 +68,20 @@ def load_model(cfg: ModelConfig, device: torch.device, revision: str | None = No
     elif path.is_dir():
         model, tokenizer = _load_pretrained(str(path), None, dtype)
         display = path.name
-    elif path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+    elif not is_hub_id(name):
         raise UserError(f"model {name!r} is neither a folder, a .gguf file nor a hub id",
                         "Pass a hub id like EleutherAI/pythia-70m, a model folder or a .gguf file")
     else:
         model, tokenizer = _load_pretrained(name, revision or cfg.revision, dtype)
         display = name
     return LoadedModel(model.to(device).eval(), tokenizer, cfg, display)
+
+
+def is_hub_id(name: str) -> bool:
+    """`org/name` or `name` that is not a path on this machine (the step0 variant needs one)."""
+    if name == EMBEDDED or Path(name).expanduser().exists():
+        return False
+    return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith(".gguf")
 
 
 def _load_pretrained(name: str, revision: str | None, dtype: torch.dtype):
@@ -104,8 +111,10 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         reason = str(error).strip().splitlines()[0][:200]
         raise UserError(f"could not load GGUF file {path}: {reason}",
                         "Check that it is a GGUF causal LM of an architecture transformers supports") from None
-    model.config.quantization_config = None  # a dequantized model cannot be saved with it set
-    del model.config.quantization_config
+    # The weights are already dequantized: drop the GGUF markers that make transformers refuse to save.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     tmp = converted.with_name(converted.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)

@@ -1,0 +1,165 @@
+"""`randsae` command line: run | interpret | analyze | report | toy.
+
+Every command is a thin layer over the Python functions of its stage. A `UserError` is printed as one
+line and exits with code 2; an interrupted run exits with 130 and resumes when the command is rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import sys
+from importlib import resources
+from pathlib import Path
+
+from randsae.errors import UserError
+
+DEFAULT_CONFIG = "default.toml"
+
+
+def _default_config_path() -> Path:
+    return Path(str(resources.files("randsae") / "configs" / DEFAULT_CONFIG))
+
+
+def _fresh_run_dir() -> Path:
+    return Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _existing_run_dir(path: str) -> Path:
+    run_dir = Path(path)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir} is not a randsae run directory (no config.toml)",
+                        "Pass a folder written by `randsae run`")
+    return run_dir
+
+
+def command_run(args: argparse.Namespace) -> None:
+    from randsae.config import load_config
+    from randsae.experiment import Timings, format_metrics_table, run_pipeline
+
+    cfg = load_config(args.config or _default_config_path())
+    if args.device:
+        cfg = dataclasses.replace(cfg, device=args.device)
+    run_dir = Path(args.out) if args.out else _fresh_run_dir()
+    progress = not args.quiet
+    print(f"randsae run → {run_dir}  (config: {args.config or 'embedded default'})")
+    rows = run_pipeline(cfg, run_dir, progress=progress)
+    print(format_metrics_table(rows))
+    timings = Timings(run_dir)
+    if "interpret" not in args.skip:
+        with timings.stage("interpret"):
+            _interpret(run_dir, cfg.interp, progress)
+    if "analyze" not in args.skip:
+        with timings.stage("analyze"):
+            _analyze(run_dir, cfg.analysis, progress)
+    if "report" not in args.skip:
+        with timings.stage("report"):
+            _report(run_dir, progress)
+    total = sum(timings.seconds.values())
+    stages = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.seconds.items())
+    print(f"done in {total:.0f}s ({stages}); results in {run_dir}")
+
+
+def _interpret(run_dir: Path, cfg, progress: bool) -> None:
+    from randsae.interp import format_interp_table, interpret_run
+
+    print(format_interp_table(interpret_run(run_dir, cfg, progress=progress)))
+
+
+def _analyze(run_dir: Path, cfg, progress: bool) -> None:
+    from randsae.analysis import analyze_run, format_separation_table
+
+    print(format_separation_table(analyze_run(run_dir, cfg, progress=progress)))
+
+
+def _report(run_dir: Path, progress: bool) -> None:
+    from randsae.report import write_report
+
+    print(f"report: {write_report(run_dir, progress=progress)}")
+
+
+def _run_config(run_dir: Path):
+    from randsae.config import load_config
+
+    return load_config(run_dir / "config.toml")
+
+
+def command_interpret(args: argparse.Namespace) -> None:
+    run_dir = _existing_run_dir(args.run_dir)
+    cfg = _run_config(run_dir).interp
+    overrides = {key: value for key, value in (("judge", args.judge), ("base_url", args.base_url),
+                                                ("model", args.model)) if value is not None}
+    _interpret(run_dir, dataclasses.replace(cfg, **overrides), not args.quiet)
+
+
+def command_analyze(args: argparse.Namespace) -> None:
+    run_dir = _existing_run_dir(args.run_dir)
+    _analyze(run_dir, _run_config(run_dir).analysis, not args.quiet)
+
+
+def command_report(args: argparse.Namespace) -> None:
+    _report(_existing_run_dir(args.run_dir), not args.quiet)
+
+
+def command_toy(args: argparse.Namespace) -> None:
+    from randsae.toy import load_toy_config, run_toy
+
+    cfg = load_toy_config(args.config) if args.config else load_toy_config(None)
+    result = run_toy(cfg, Path(args.out), progress=not args.quiet)
+    print(result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="randsae", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="the whole pipeline: variants → activations → SAEs → metrics → "
+                                          "auto-interp → analysis → report")
+    run.add_argument("--config", help="experiment TOML (default: the embedded SmolLM2-135M experiment)")
+    run.add_argument("--out", help="run directory (default: runs/<timestamp>); rerun with it to resume")
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the config)")
+    run.add_argument("--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"],
+                     help="stages to leave out")
+    run.set_defaults(handler=command_run)
+
+    interpret = commands.add_parser("interpret", help="explain and score latents of a run's SAEs")
+    interpret.add_argument("run_dir")
+    interpret.add_argument("--judge", choices=["token", "http", "hf"], help="override the config's judge")
+    interpret.add_argument("--base-url", help="OpenAI-compatible endpoint for --judge http")
+    interpret.add_argument("--model", help="model name (http) or local model path (hf)")
+    interpret.set_defaults(handler=command_interpret)
+
+    analyze = commands.add_parser("analyze", help="measurements that separate trained from random")
+    analyze.add_argument("run_dir")
+    analyze.set_defaults(handler=command_analyze)
+
+    report = commands.add_parser("report", help="write report.html and per-latent dashboards")
+    report.add_argument("run_dir")
+    report.set_defaults(handler=command_report)
+
+    toy = commands.add_parser("toy", help="the paper's toy models: superposition through random networks")
+    toy.add_argument("--out", required=True)
+    toy.add_argument("--config", help="toy TOML (default: the small embedded sweep)")
+    toy.set_defaults(handler=command_toy)
+
+    for sub in (run, interpret, analyze, report, toy):
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as error:
+        print(f"randsae: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("randsae: interrupted; rerun the same command (same --out) to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
