@@ -18,7 +18,6 @@ import html
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from randsae.report.latent_data import LatentView, TokenWeight, Window
 from randsae.report.neuronpedia import feature_json
@@ -26,6 +25,8 @@ from randsae.report.page import definition_list, note, render_page
 from randsae.report.tables import Column, format_value, html_table, variant_chip
 
 IDENTITY_COLUMNS = ("variant", "layer", "latent")
+SHOWN_APART = ("n_activations", "max_activation")
+"""Interp-table columns the page states in its own words (firing count, max activation)."""
 HIGHLIGHT_RGB = "230,126,34"
 
 
@@ -38,7 +39,8 @@ def score_columns(views: Sequence[LatentView]) -> list[str]:
     """The interp table's numeric columns, in its order (AUROCs, entropy, ...)."""
     first = views[0].scores if views else {}
     return [key for key, value in first.items()
-            if key not in IDENTITY_COLUMNS and isinstance(value, (int, float)) and not isinstance(value, bool)]
+            if key not in IDENTITY_COLUMNS + SHOWN_APART and isinstance(value, (int, float))
+            and not isinstance(value, bool)]
 
 
 def render_window(window: Window, scale: float) -> str:
@@ -88,7 +90,8 @@ def latent_page(view: LatentView, variants: Sequence[str], colors: Mapping[str, 
     nav = (f'<nav><a href="../../../report.html">report</a><a href="../../index.html">all dashboards</a>'
            f'<a href="../../layer{view.layer}.html">layer {view.layer}, all variants</a>'
            f"other variants at this layer: {others}</nav>")
-    stats = [(key, format_value(view.scores[key], ".3f")) for key in score_columns([view])]
+    stats = [(key, format_value(value, "d" if isinstance(value, int) else ".3f"))
+             for key in score_columns([view]) for value in [view.scores[key]]]
     stats += [("fires on", f"{view.n_firing} of {view.n_tokens} held-out tokens ({view.firing_rate:.3%})"),
               ("max activation", f"{view.max_activation:.4g}")]
     explanation = (f"<p><b>Explanation:</b> {html.escape(view.explanation)}</p>" if view.explanation is not None
