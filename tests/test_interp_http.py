@@ -1,0 +1,146 @@
+"""The OpenAI-compatible HTTP backend against a scripted local server (the real server: test_interp_server.py)."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from randsae.interp.language_models import JudgeFailure
+from randsae.interp.llm_http import HttpLanguageModel
+from randsae.interp.prompts import Prompt
+
+PROMPT = Prompt("system words", "user words", "Answer:")
+
+
+class ScriptedServer:
+    """Answers each POST with the next scripted (status, body, delay); remembers requests and headers."""
+
+    def __init__(self, script):
+        self.script = list(script)
+        self.requests = []
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers["Content-Length"])
+                owner.requests.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
+                status, body, delay = owner.script.pop(0) if owner.script else (200, owner.fallback, 0)
+                time.sleep(delay)
+                payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.fallback = {}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(script):
+        servers.append(ScriptedServer(script))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def chat_reply(content, logprobs=None):
+    choice = {"message": {"role": "assistant", "content": content}}
+    if logprobs is not None:
+        choice["logprobs"] = {"content": logprobs}
+    return {"choices": [choice]}
+
+
+def entry(token, p, alternatives):
+    return {"token": token, "logprob": math.log(p),
+            "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in alternatives.items()]}
+
+
+def model(url, **overrides):
+    settings = dict(api="chat", api_key_env="RANDSAE_TEST_KEY", concurrency=2, timeout_s=5, retries=2, backoff_s=0)
+    settings.update(overrides)
+    return HttpLanguageModel(url, "judge-model", **settings)
+
+
+def test_chat_answers_use_logprobs_and_send_the_key_only_in_the_header(serve, monkeypatch):
+    monkeypatch.setenv("RANDSAE_TEST_KEY", "sk-secret-123")
+    logprobs = [entry("[", 1.0, {"[": 1.0}), entry("1", 0.7, {"1": 0.7, "0": 0.2}), entry(",", 1.0, {",": 1.0}),
+                entry(" 0", 0.6, {" 0": 0.6, " 1": 0.3}), entry("]", 1.0, {"]": 1.0})]
+    server = serve([(200, chat_reply("[1, 0]", logprobs), 0)])
+    answers = model(server.url).binary_answers(PROMPT, 2)
+    assert answers.predictions == [True, False] and answers.from_logprobs
+    assert answers.probabilities == pytest.approx([0.7 / 0.9, 0.3 / 0.9])
+    path, headers, body = server.requests[0]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-secret-123"
+    assert body["logprobs"] is True and body["top_logprobs"] >= 2 and body["model"] == "judge-model"
+    assert [m["role"] for m in body["messages"]] == ["system", "user"]
+    assert "sk-secret" not in json.dumps(body)
+
+
+def test_a_server_without_logprobs_gives_hard_answers(serve):
+    server = serve([(200, chat_reply("[0, 1, 1]"), 0)])
+    answers = model(server.url).binary_answers(PROMPT, 3)
+    assert answers.probabilities == [0.0, 1.0, 1.0] and not answers.from_logprobs
+
+
+def test_completion_api_reads_legacy_logprobs(serve):
+    reply = {"choices": [{"text": " [1]", "logprobs": {"tokens": [" [", "1", "]"], "token_logprobs": [0, -0.1, 0],
+                                                        "top_logprobs": [{" [": 0}, {"1": -0.1, "0": -2.0}, {"]": 0}]}}]}
+    server = serve([(200, reply, 0)])
+    answers = model(server.url, api="completion").binary_answers(PROMPT, 1)
+    assert answers.probabilities == pytest.approx([math.exp(-0.1) / (math.exp(-0.1) + math.exp(-2.0))])
+    path, _, body = server.requests[0]
+    assert path == "/v1/completions" and body["prompt"] == PROMPT.as_text() and body["logprobs"] >= 2
+
+
+def test_overload_is_retried_with_backoff_then_succeeds(serve):
+    server = serve([(503, {"error": "busy"}, 0), (429, {"error": "slow down"}, 0), (200, chat_reply("ok"), 0)])
+    assert model(server.url).generate(PROMPT, 5) == "ok"
+    assert len(server.requests) == 3
+
+
+def test_timeouts_exhaust_the_retries_into_a_request_failure(serve):
+    server = serve([(200, chat_reply("late"), 1.0)] * 2)
+    with pytest.raises(JudgeFailure) as caught:
+        model(server.url, timeout_s=0.2, retries=1).generate(PROMPT, 5)
+    assert caught.value.kind == "request" and "after 2 attempts" in caught.value.detail
+
+
+def test_client_errors_are_not_retried_and_garbage_is_a_parse_failure(serve):
+    server = serve([(400, {"error": "bad model"}, 0)])
+    with pytest.raises(JudgeFailure) as caught:
+        model(server.url).generate(PROMPT, 5)
+    assert caught.value.kind == "request" and "HTTP 400" in caught.value.detail and len(server.requests) == 1
+    server = serve([(200, b"<html>not json</html>", 0), (200, {"unexpected": True}, 0)])
+    for _ in range(2):
+        with pytest.raises(JudgeFailure) as caught:
+            model(server.url).generate(PROMPT, 5)
+        assert caught.value.kind == "parse"
+
+
+def test_unreachable_server_is_a_request_failure():
+    with pytest.raises(JudgeFailure) as caught:
+        model("http://127.0.0.1:9", retries=0).generate(PROMPT, 5)
+    assert caught.value.kind == "request"
