@@ -1,0 +1,281 @@
+"""Train any registered SAE architecture on shuffled batches streamed from an activation source.
+
+The source is read in row order, a buffer of `buffer_tokens` rows at a time; each buffer is shuffled with
+a seeded generator and served as batches, so memory stays bounded whatever the token count. Adam with
+the paper's learning rate, linear warm-up then linear decay to 0, gradient-norm clipping, and unit-norm
+decoder rows (the gradient component along each row removed before the step, rows renormalized after).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from randsae.errors import UserError
+from randsae.sae.base import SAEConfig, SparseAutoencoder, architecture_class
+
+TRAINING_LOG_FILE = "training.json"
+
+
+class ActivationSource(Protocol):
+    """What the trainer reads: `ActivationCache` provides it, `TensorSource` wraps a tensor."""
+
+    n_tokens: int
+    d_model: int
+
+    def iter_blocks(self, rows: int) -> Iterator[Tensor]:
+        """Blocks [≤ rows, d_model] of consecutive rows, in row order, covering all `n_tokens` rows."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSource:
+    """An in-memory activation source over one [n_tokens, d_model] tensor (tests, notebooks)."""
+
+    activations: Tensor
+
+    @property
+    def n_tokens(self) -> int:
+        return self.activations.shape[0]
+
+    @property
+    def d_model(self) -> int:
+        return self.activations.shape[1]
+
+    def iter_blocks(self, rows: int) -> Iterator[Tensor]:
+        yield from self.activations.split(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train one SAE (the architecture and its size are in `SAEConfig`)."""
+
+    batch_size: int = 4096
+    """Tokens per optimizer step (the paper: 8192)."""
+    n_epochs: int = 1
+    """Passes over the source, used when `total_tokens` is not set."""
+    total_tokens: int | None = None
+    """Train on exactly this many (non-BOS) tokens, cycling over the source as often as needed."""
+    lr: float | None = None
+    """Peak Adam learning rate; default 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
+    warmup_steps: int = 1000
+    """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this."""
+    buffer_tokens: int = 2**18
+    """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes."""
+    context_size: int | None = None
+    """Tokens per window of the source: row r is position r % context_size, position 0 is BOS."""
+    skip_bos: bool = True
+    """Leave out the BOS rows (position 0; an outlier in most models). Needs `context_size`."""
+    auxk_coefficient: float = 0.0
+    """Weight of the AuxK loss on dead latents (Gao et al. use 1/32); 0 turns it off, as in the paper."""
+    dead_tokens_threshold: int = 10_000_000
+    """A latent that has not fired for this many tokens counts as dead (AuxK, and the final log)."""
+    log_points: int = 100
+    """About how many points the logged loss curve has."""
+
+    def validate(self) -> None:
+        """UserError for values that cannot train."""
+        positive = {"batch_size": self.batch_size, "n_epochs": self.n_epochs, "buffer_tokens": self.buffer_tokens,
+                    "dead_tokens_threshold": self.dead_tokens_threshold, "log_points": self.log_points}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"train.{name} must be a positive integer, got {value}", f"Set train.{name} >= 1")
+        if self.total_tokens is not None and self.total_tokens < self.batch_size:
+            raise UserError(f"train.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})",
+                            "Raise total_tokens or lower batch_size")
+        if self.lr is not None and not self.lr > 0:
+            raise UserError(f"train.lr must be positive, got {self.lr}", "Set a positive lr or leave it unset")
+        if self.context_size is not None and self.context_size < 2:
+            raise UserError(f"train.context_size must be >= 2, got {self.context_size}",
+                            "Set it to the windows' length in tokens")
+        if self.warmup_steps < 0 or self.max_grad_norm <= 0 or self.auxk_coefficient < 0:
+            raise UserError("train.warmup_steps, max_grad_norm and auxk_coefficient must be >= 0 (max_grad_norm > 0)",
+                            "Fix the negative value")
+
+
+class LogPoint(NamedTuple):
+    """Training FVU averaged over the steps since the previous point."""
+
+    step: int
+    tokens: int
+    fvu: float
+    lr: float
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainLog:
+    """What happened during training; written next to the SAE as training.json."""
+
+    steps: int
+    tokens: int
+    final_fvu: float
+    """Mean training-batch FVU over the last logged interval."""
+    dead_fraction: float
+    """Latents that did not fire in the last min(dead_tokens_threshold, tokens) training tokens."""
+    loss_curve: tuple[LogPoint, ...]
+    peak_lr: float
+    warmup_steps: int
+    wall_time_s: float
+    tokens_per_s: float
+    seed: int
+    config: TrainConfig
+
+    def to_json(self) -> dict[str, Any]:
+        fields = dataclasses.asdict(self)
+        fields["loss_curve"] = [point._asdict() for point in self.loss_curve]
+        return fields
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    sae: SparseAutoencoder
+    log: TrainLog
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """The SAELens folder plus training.json, each written atomically."""
+        folder = Path(folder)
+        self.sae.save(folder)
+        tmp = folder / (TRAINING_LOG_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.log.to_json(), indent=2))
+        tmp.replace(folder / TRAINING_LOG_FILE)
+
+
+def default_lr(d_sae: int) -> float:
+    """Gao et al. 2024's scaling law for the learning rate, as the paper uses it."""
+    return 2e-4 / math.sqrt(d_sae / 2**14)
+
+
+def lr_factor(step: int, warmup_steps: int, n_steps: int) -> float:
+    """Multiplier of the peak lr at `step` (0-based): linear warm-up, then linear decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return (n_steps - step) / (n_steps - warmup_steps)
+
+
+def build_sae(sae_cfg: SAEConfig, seed: int) -> SparseAutoencoder:
+    """A freshly initialized SAE of `sae_cfg.architecture`, the same for the same seed."""
+    cls = architecture_class(sae_cfg.architecture)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(sae_cfg)
+
+
+def usable_rows(n_tokens: int, cfg: TrainConfig) -> int:
+    """Rows per epoch the trainer uses: all of them, less one BOS per window when skipping."""
+    if cfg.skip_bos and cfg.context_size is not None:
+        return n_tokens - math.ceil(n_tokens / cfg.context_size)
+    return n_tokens
+
+
+def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torch.Generator) -> Iterator[Tensor]:
+    """Endless shuffled buffers [multiple of batch_size, d] over epochs of the source, BOS rows left out.
+
+    A buffer holds at most 1.25 x buffer_tokens rows (it is served once it reaches buffer_tokens, read a
+    quarter at a time). Rows left over after its last whole batch are carried into the next one.
+    """
+    buffer_rows = max(cfg.buffer_tokens, cfg.batch_size)
+    skip_bos = cfg.skip_bos and cfg.context_size is not None
+    leftover = torch.empty(0, source.d_model)
+    while True:
+        pending, n_pending, row = [leftover], leftover.shape[0], 0
+        blocks = source.iter_blocks(max(1, min(buffer_rows // 4, 2**16)))
+        for block in _with_end_marker(blocks):
+            if block is not None:
+                rows = block.shape[0]
+                if skip_bos:
+                    block = block[(torch.arange(row, row + rows) % cfg.context_size) != 0]
+                row += rows
+                pending.append(block.float())
+                n_pending += block.shape[0]
+            if n_pending >= buffer_rows or (block is None and n_pending >= cfg.batch_size):
+                buffer = torch.cat(pending)
+                buffer = buffer[torch.randperm(buffer.shape[0], generator=generator)]
+                n_whole = buffer.shape[0] // cfg.batch_size * cfg.batch_size
+                yield buffer[:n_whole]
+                leftover = buffer[n_whole:]
+                pending, n_pending = [leftover], leftover.shape[0]
+        leftover = torch.cat(pending)
+
+
+def _with_end_marker(blocks: Iterator[Tensor]) -> Iterator[Tensor | None]:
+    """The blocks, then None: the end of the epoch flushes what is pending."""
+    yield from blocks
+    yield None
+
+
+def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, seed: int = 0,
+              device: str | torch.device = "cpu", progress: bool = True) -> TrainResult:
+    """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
+
+    The seed fixes the initialization and the shuffling (bit-identical on CPU).
+    """
+    cfg.validate()
+    if sae_cfg.d_in != source.d_model:
+        raise UserError(f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
+                        "Build the SAEConfig with d_in equal to the activations' width")
+    rows_per_epoch = usable_rows(source.n_tokens, cfg)
+    n_steps = (cfg.total_tokens or cfg.n_epochs * rows_per_epoch) // cfg.batch_size
+    if n_steps < 1:
+        raise UserError(f"{rows_per_epoch} usable tokens x {cfg.n_epochs} epochs is less than one batch "
+                        f"of {cfg.batch_size}", "Harvest more tokens, add epochs or lower batch_size")
+    warmup = min(cfg.warmup_steps, n_steps // 10)
+    peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
+    log_every = max(1, n_steps // cfg.log_points)
+
+    sae = build_sae(sae_cfg, seed)
+    buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
+    first = next(buffers)
+    sae.init_from_data(first)
+    sae.to(device)
+    optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr, fused=True)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, n_steps))
+    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
+    fvu_sum = torch.zeros((), device=device)
+    curve: list[LogPoint] = []
+    bar = tqdm(total=n_steps * cfg.batch_size, unit="tok", unit_scale=True, disable=not progress,
+               desc=f"train {sae_cfg.architecture} SAE")
+    start = time.perf_counter()
+    batches = (batch for buffer in itertools.chain([first], buffers) for batch in buffer.split(cfg.batch_size))
+    for step, batch in zip(range(n_steps), batches):
+        x = batch.to(device, non_blocking=True)
+        dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
+        out = sae.loss(x, dead_mask)
+        loss = out.loss if out.aux_loss is None else out.loss + cfg.auxk_coefficient * out.aux_loss
+        loss.backward()
+        sae.remove_parallel_decoder_grad()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        since_fired += x.shape[0]
+        since_fired[out.fired] = 0
+        fvu_sum += out.fvu
+        if (step + 1) % log_every == 0 or step + 1 == n_steps:
+            steps_in_interval = step + 1 - (curve[-1].step if curve else 0)
+            curve.append(LogPoint(step + 1, (step + 1) * cfg.batch_size, fvu_sum.item() / steps_in_interval,
+                                  peak_lr * lr_factor(step, warmup, n_steps)))
+            fvu_sum.zero_()
+            bar.set_postfix(fvu=f"{curve[-1].fvu:.3f}")
+        bar.update(x.shape[0])
+    bar.close()
+    wall = time.perf_counter() - start
+    tokens = n_steps * cfg.batch_size
+    dead = since_fired >= min(cfg.dead_tokens_threshold, tokens)
+    log = TrainLog(steps=n_steps, tokens=tokens, final_fvu=curve[-1].fvu, dead_fraction=dead.float().mean().item(),
+                   loss_curve=tuple(curve), peak_lr=peak_lr, warmup_steps=warmup, wall_time_s=wall,
+                   tokens_per_s=tokens / wall, seed=seed, config=cfg)
+    return TrainResult(sae.eval(), log)

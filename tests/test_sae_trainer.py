@@ -1,0 +1,152 @@
+"""Trainer: schedule, shuffled bounded-memory batches with BOS skipping, determinism, and that it learns."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from randsae.errors import UserError
+from randsae.sae import SAEConfig, TensorSource, TrainConfig, default_lr, load_sae, train_sae
+from randsae.sae.trainer import lr_factor, shuffled_buffers, usable_rows
+
+D = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These SAEs are tiny: a second thread only adds synchronization (and stalls on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def sparse_activations(n_tokens: int, seed: int = 0) -> torch.Tensor:
+    """Tokens made of 3 out of 64 ground-truth directions plus a little noise and an offset [n, D]."""
+    g = torch.Generator().manual_seed(seed)
+    directions = torch.nn.functional.normalize(torch.randn(64, D, generator=g), dim=1)
+    codes = torch.zeros(n_tokens, 64).scatter(1, torch.randint(0, 64, (n_tokens, 3), generator=g),
+                                              torch.rand(n_tokens, 3, generator=g) * 2 + 0.5)
+    return codes @ directions + 0.02 * torch.randn(n_tokens, D, generator=g) + 3.0
+
+
+def test_default_lr_follows_the_scaling_law():
+    assert default_lr(2**14) == pytest.approx(2e-4)
+    assert default_lr(2**16) == pytest.approx(1e-4)
+    assert default_lr(576 * 64) == pytest.approx(2e-4 / math.sqrt(576 * 64 / 16384))
+
+
+def test_lr_factor_warms_up_then_decays_to_zero():
+    factors = [lr_factor(step, 4, 14) for step in range(14)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0]
+    assert factors[4] == 1.0 and factors[9] == 0.5 and factors[13] == pytest.approx(0.1)
+    assert [lr_factor(step, 0, 4) for step in range(4)] == [1.0, 0.75, 0.5, 0.25]
+
+
+def test_usable_rows_counts_one_bos_per_window():
+    assert usable_rows(1000, TrainConfig(context_size=100)) == 990
+    assert usable_rows(1050, TrainConfig(context_size=100)) == 1039
+    assert usable_rows(1000, TrainConfig(context_size=100, skip_bos=False)) == 1000
+    assert usable_rows(1000, TrainConfig()) == 1000
+
+
+def test_shuffled_buffers_skip_bos_cover_each_epoch_and_stay_bounded():
+    n, context = 1000, 10
+    rows = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3)
+    cfg = TrainConfig(batch_size=32, buffer_tokens=200, context_size=context)
+    stream = shuffled_buffers(TensorSource(rows), cfg, torch.Generator().manual_seed(0))
+    served = []
+    while sum(len(b) for b in served) < 2 * usable_rows(n, cfg):
+        served.append(next(stream))
+    assert all(len(b) % 32 == 0 and len(b) <= 200 * 1.25 for b in served)
+    ids = torch.cat(served)[:, 0].long()
+    first_epoch = ids[: usable_rows(n, cfg) // 32 * 32]
+    assert (ids % context != 0).all(), "BOS rows never served"
+    assert len(set(first_epoch.tolist())) == len(first_epoch), "no row twice within an epoch"
+    assert not torch.equal(first_epoch[:200], first_epoch[:200].sort().values), "shuffled"
+    again = next(shuffled_buffers(TensorSource(rows), cfg, torch.Generator().manual_seed(0)))
+    other = next(shuffled_buffers(TensorSource(rows), cfg, torch.Generator().manual_seed(1)))
+    assert torch.equal(again, served[0]) and not torch.equal(other, served[0])
+
+
+@pytest.fixture(scope="module")
+def trained():
+    source = TensorSource(sparse_activations(24_000))
+    cfg = TrainConfig(batch_size=256, n_epochs=2, buffer_tokens=4096, warmup_steps=20, lr=3e-3, context_size=64)
+    return source, cfg, train_sae(source, cfg, SAEConfig("topk", D, 128, k=4), seed=0, progress=False)
+
+
+def test_training_learns_a_sparse_code(trained):
+    source, cfg, result = trained
+    log = result.log
+    assert log.steps == 2 * usable_rows(source.n_tokens, cfg) // 256 and log.tokens == log.steps * 256
+    assert log.loss_curve[0].fvu > 0.5, "starts poor"
+    assert log.final_fvu < 0.2, "3-sparse data is well reconstructed by a k=4 SAE (the mean alone: 1.0)"
+    assert log.warmup_steps == 18, "capped at 10% of the steps"
+    assert log.loss_curve[-1].step == log.steps and log.loss_curve[-1].lr == pytest.approx(3e-3 / (log.steps - 18))
+    assert 0 <= log.dead_fraction < 0.5 and log.tokens_per_s > 0
+    assert torch.allclose(result.sae.W_dec.norm(dim=1), torch.ones(128), atol=1e-5)
+    x = source.activations[:2000]
+    fvu = ((x - result.sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert fvu < 0.2
+
+
+def test_b_dec_starts_at_the_mean_of_the_first_buffer():
+    source = TensorSource(sparse_activations(4096))
+    cfg = TrainConfig(batch_size=256, lr=1e-12, buffer_tokens=2048)
+    result = train_sae(source, cfg, SAEConfig("topk", D, 64, k=4), seed=5, progress=False)
+    first = next(shuffled_buffers(source, cfg, torch.Generator().manual_seed(5)))
+    assert torch.allclose(result.sae.b_dec, first.mean(0), atol=1e-5)
+
+
+def test_same_seed_same_sae_other_seed_other_sae(trained):
+    source, cfg, result = trained
+    again = train_sae(source, cfg, SAEConfig("topk", D, 128, k=4), seed=0, progress=False)
+    other = train_sae(source, cfg, SAEConfig("topk", D, 128, k=4), seed=1, progress=False)
+    for name, tensor in result.sae.state_dict().items():
+        assert torch.equal(tensor, again.sae.state_dict()[name]), name
+    assert not torch.equal(result.sae.W_dec, other.sae.W_dec)
+
+
+def test_auxk_acts_only_once_latents_count_as_dead():
+    source = TensorSource(sparse_activations(8192, seed=2))
+    sae_cfg = SAEConfig("topk", D, 512, k=4)
+    cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, dead_tokens_threshold=1024)
+    plain = train_sae(source, cfg, sae_cfg, progress=False)
+    auxk = train_sae(source, dataclasses.replace(cfg, auxk_coefficient=1 / 32), sae_cfg, progress=False)
+    never_dead = train_sae(source, dataclasses.replace(cfg, auxk_coefficient=1 / 32, dead_tokens_threshold=10**6),
+                           sae_cfg, progress=False)
+    assert torch.equal(never_dead.sae.W_enc, plain.sae.W_enc), "no dead latent: AuxK adds nothing"
+    assert not torch.equal(auxk.sae.W_enc, plain.sae.W_enc)
+    assert auxk.log.final_fvu < auxk.log.loss_curve[0].fvu
+
+
+def test_relu_l1_trains_through_the_same_trainer():
+    source = TensorSource(sparse_activations(8192))
+    cfg = TrainConfig(batch_size=256, n_epochs=2, warmup_steps=10, lr=3e-3)
+    result = train_sae(source, cfg, SAEConfig("relu_l1", D, 64, l1_coefficient=1e-3), seed=0, progress=False)
+    assert result.log.final_fvu < 0.5 * result.log.loss_curve[0].fvu
+
+
+def test_save_writes_saelens_folder_and_training_log(trained, tmp_path):
+    _, cfg, result = trained
+    result.save(tmp_path / "sae")
+    log = json.loads((tmp_path / "sae" / "training.json").read_text())
+    assert log["steps"] == result.log.steps and log["config"]["batch_size"] == cfg.batch_size
+    assert len(log["loss_curve"]) == len(result.log.loss_curve)
+    assert torch.equal(load_sae(tmp_path / "sae").W_enc, result.sae.W_enc)
+    assert not list((tmp_path / "sae").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("cfg, sae_cfg, match", [
+    (TrainConfig(batch_size=512), SAEConfig("topk", D, 64, k=4), "less than one batch"),
+    (TrainConfig(batch_size=64), SAEConfig("topk", D + 1, 64, k=4), "d_in"),
+    (TrainConfig(batch_size=0), SAEConfig("topk", D, 64, k=4), "batch_size"),
+    (TrainConfig(batch_size=64, total_tokens=10), SAEConfig("topk", D, 64, k=4), "total_tokens"),
+    (TrainConfig(batch_size=64), SAEConfig("jumprelu", D, 64), "architecture"),
+])
+def test_bad_settings_are_user_errors(cfg, sae_cfg, match):
+    with pytest.raises(UserError, match=match):
+        train_sae(TensorSource(sparse_activations(300)), cfg, sae_cfg, progress=False)
