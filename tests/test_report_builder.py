@@ -90,7 +90,8 @@ def build_run(root: Path, *, variants=VARIANTS, layers=(0, 1, 2), d_model=24, d_
             sae = TopKSAE(SAEConfig("topk", d_model, d_sae, k=k,
                                     metadata={"variant": variant, "layer": layer, "hook_name": f"layers.{layer}"}))
             with torch.no_grad():
-                directions = torch.cat([embedding, torch.randn(d_sae - vocab_size, d_model)])[:d_sae]
+                # the most frequent tokens' embeddings (ids are Zipf-ranked) make single-token latents
+                directions = torch.cat([embedding[:d_sae], torch.randn(max(0, d_sae - vocab_size), d_model)])
                 sae.W_dec.copy_(directions / directions.norm(dim=1, keepdim=True))
                 sae.W_enc.copy_(sae.W_dec.T)
                 sae.b_enc.zero_()

@@ -1,0 +1,165 @@
+"""report.html against the run it describes: the tables hold the data's numbers, every figure is a real PNG,
+the header names what was run, and missing or broken inputs give notes or clear errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+
+from randsae.errors import UserError
+from randsae.report import write_report
+from randsae.report.palette import KNOWN_VARIANT_COLORS, variant_colors
+from randsae.report.plots import roc_curve
+from test_report_builder import build_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class TableReader(HTMLParser):
+    """Every table's cells as text, by table id."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table = self._row = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "table":
+            self._table = self.tables.setdefault(dict(attrs).get("id", f"table{len(self.tables)}"), [])
+        elif tag == "tr" and self._table is not None:
+            self._row = []
+            self._table.append(self._row)
+        elif tag in ("td", "th") and self._row is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def read_tables(html_text: str) -> dict[str, list[list[str]]]:
+    reader = TableReader()
+    reader.feed(html_text)
+    return reader.tables
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = build_run(tmp_path_factory.mktemp("content"), variants=("trained", "step0", "control"), layers=(0, 2))
+    write_report(run, progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def report(run):
+    return (run / "report.html").read_text()
+
+
+def test_every_figure_is_a_nonempty_png(report):
+    images = re.findall(r'<img class="plot" src="data:image/png;base64,([^"]+)"', report)
+    assert len(images) == 4
+    for data in images:
+        png = base64.b64decode(data)
+        assert png.startswith(PNG_SIGNATURE) and len(png) > 5000
+
+
+def test_quality_table_rows_match_metrics_json(run, report):
+    table = read_tables(report)["quality"]
+    header, rows = table[0], table[1:]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(rows) == len(metrics)
+    by_key = {(row["variant"], str(row["layer"])): row for row in metrics}
+    for cells in rows:
+        source = by_key[(cells[0], cells[1])]
+        shown = dict(zip(header, cells))
+        assert float(shown["EV pooled"]) == pytest.approx(source["explained_variance_pooled"], abs=5e-4)
+        assert float(shown["cosine"]) == pytest.approx(source["cosine"], abs=5e-4)
+        assert shown["CE meaningful"] == ("yes" if source["meaningful_downstream"] else "no")
+    assert [cells[0] for cells in rows] == ["trained"] * 2 + ["step0"] * 2 + ["control"] * 2
+
+
+def test_interp_and_separation_tables_match_their_stage_outputs(run, report):
+    tables = read_tables(report)
+    interp = json.loads((run / "interp" / "interp.json").read_text())["saes"]
+    header, rows = tables["interp"][0], tables["interp"][1:]
+    shown = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+    for sae in interp:
+        cells = shown[(sae["variant"], str(sae["layer"]))]
+        assert float(cells["fuzz AUROC"]) == pytest.approx(sae["fuzz"]["auroc"], abs=5e-4)
+        assert float(cells["detect CI high"]) == pytest.approx(sae["detection"]["auroc_high"], abs=5e-4)
+        assert int(cells["sampled"]) == sae["n_sampled"]
+    separation = json.loads((run / "analysis" / "analysis.json").read_text())["separation"]
+    pooled = [row for row in separation if row["layer"] == "all"]
+    assert [(r[0], r[1]) for r in tables["separation"][1:]] == [(row["metric"], row["variant"]) for row in pooled]
+
+
+def test_header_names_model_judge_software_and_stage_times(report):
+    assert "synthetic/tiny-model" in report and "revision main" in report
+    assert "LLM-free token judge" in report  # the warning box
+    assert re.search(r"torch [0-9.]", report) and re.search(r"matplotlib [0-9.]", report)
+    assert "harvest 12.0 s" in report and "total 43.8 s" in report
+    assert "2,048" in report  # held-out tokens: 32 windows x 64
+
+
+def test_each_variant_has_one_colour_everywhere(run, report):
+    colors = variant_colors(("trained", "step0", "control"))
+    assert colors["trained"] == KNOWN_VARIANT_COLORS["trained"]
+    assert len(set(colors.values())) == 3
+    assert variant_colors(("mine", "trained", "other"))["trained"] == colors["trained"]
+    page = next((run / "dashboards" / "control" / "layer2").glob("latent*.html")).read_text()
+    for text in (report, page):
+        assert f'background:{colors["control"]}' in text
+
+
+def test_roc_auroc_matches_scikit_learn_with_ties():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    labels = rng.random(300) < 0.4
+    scores = np.round(rng.random(300) + 0.3 * labels, 1)  # rounding makes many ties
+    curve = roc_curve(labels, scores)
+    assert curve.auroc == pytest.approx(sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12)
+    assert curve.false_positive_rate[0] == 0 and curve.true_positive_rate[-1] == 1
+
+
+def test_missing_metrics_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="metrics.json"):
+        write_report(tmp_path, progress=False)
+    (tmp_path / "metrics.json").write_text("{not json")
+    with pytest.raises(UserError, match="not valid JSON"):
+        write_report(tmp_path, progress=False)
+    (tmp_path / "metrics.json").write_text('[{"variant": "trained"}]')
+    with pytest.raises(UserError, match="'variant' and 'layer'"):
+        write_report(tmp_path, progress=False)
+    with pytest.raises(UserError, match="does not exist"):
+        write_report(tmp_path / "nowhere", progress=False)
+
+
+def test_a_run_without_interp_or_analysis_gets_notes_not_a_crash(tmp_path):
+    run = build_run(tmp_path, variants=("trained", "control"), layers=(1,), interp=False, analysis=False)
+    report = write_report(run, progress=False).read_text()
+    assert "No auto-interpretability results" in report and "No separation analysis" in report
+    tables = read_tables(report)
+    assert "interp" not in tables and "separation" not in tables and len(tables["quality"]) == 3
+    assert len(re.findall(r'<img class="plot"', report)) == 1  # only the metrics-by-layer grid
+    assert not list((run / "dashboards").glob("*/layer*/latent*.html"))
+
+
+def test_rewriting_the_report_leaves_no_stale_dashboard(run):
+    stale = run / "dashboards" / "trained" / "layer0" / "latent999999.html"
+    stale.write_text("old")
+    write_report(run, progress=False)
+    assert not stale.exists()
+    assert not (run / "dashboards.new").exists() and not (run / "dashboards.old").exists()
+    assert (run / "report.html").read_text().rstrip().endswith("</html>")
