@@ -58,6 +58,8 @@ def permute_tensor(tensor: Tensor, generator: torch.Generator, scale: float = 1.
     """The tensor's own entries in a random order (keeps its exact value distribution)."""
     flat = tensor.detach().flatten()
     shuffled = flat[torch.randperm(flat.numel(), generator=generator).to(flat.device)]
+    if scale == 1.0:  # exactly the same values, not values rounded through a rescaling
+        return shuffled.view_as(tensor)
     mean = shuffled.float().mean()
     return (mean + scale * (shuffled.float() - mean)).to(tensor.dtype).view_as(tensor)
 
@@ -112,10 +114,17 @@ def build_variant(trained: PreTrainedModel, name: str, cfg: VariantConfig,
     elif name == "permuted":
         _redraw_parameters(model, permute_tensor, cfg, keep=lambda _: False)
     else:
-        keep_embeddings = name == "rerandomized_keep_embeddings"
-        _redraw_parameters(model, rerandomize_tensor, cfg,
-                           keep=lambda param: keep_embeddings and "embed" in param.lower())
+        kept = embedding_parameter_names(model) if name == "rerandomized_keep_embeddings" else set()
+        _redraw_parameters(model, rerandomize_tensor, cfg, keep=kept.__contains__)
     return model
+
+
+def embedding_parameter_names(model: PreTrainedModel) -> set[str]:
+    """Parameters named like "embed" plus the input and output embedding modules' own, since
+    transformers 5 calls Pythia's `embed_out` `lm_head`."""
+    modules = [model.get_input_embeddings(), model.get_output_embeddings()]
+    owned = {id(param) for module in modules if module is not None for param in module.parameters()}
+    return {name for name, param in model.named_parameters() if "embed" in name.lower() or id(param) in owned}
 
 
 def _fresh_init(trained: PreTrainedModel, cfg: VariantConfig) -> PreTrainedModel:
