@@ -1,0 +1,72 @@
+"""Text sources, packing with explicit BOS, and the document-level train / held-out split."""
+
+import pytest
+import torch
+
+from randsae.data.text import TextConfig, iter_texts
+from randsae.data.tokens import TokenConfig, is_heldout, pack_windows, tokenize_splits
+from randsae.errors import UserError
+
+
+def test_pack_windows_joins_documents_with_the_separator_and_leads_with_bos():
+    docs = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    windows = pack_windows(docs, n_windows=3, context_size=4, bos=1, separator=2)
+    expected = torch.tensor([[1, 5, 6, 7], [1, 2, 8, 9], [1, 2, 10, 11]], dtype=torch.int32)
+    assert torch.equal(windows, expected)
+
+
+def test_pack_windows_returns_fewer_windows_when_text_runs_out():
+    assert pack_windows([[5, 6, 7]], n_windows=5, context_size=3, bos=1, separator=2).shape == (2, 3)
+
+
+def test_split_is_by_document_deterministic_and_disjoint(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    cfg = TokenConfig(context_size=16, train_tokens=512, heldout_tokens=256, heldout_fraction=0.3)
+    texts = list(iter_texts(TextConfig(source=str(tiny_corpus / "*.jsonl"))))
+    first = tokenize_splits(texts, tokenizer, cfg)
+    again = tokenize_splits(texts, tokenizer, cfg)
+    assert all(torch.equal(first[s], again[s]) for s in first)
+    assert first["train"].shape == (32, 16) and first["heldout"].shape == (16, 16)
+    assert torch.all(first["train"][:, 0] == tokenizer.bos_token_id)
+    heldout_docs = {t for t in texts if is_heldout(t, 0.3, 0)}
+    assert heldout_docs and len(heldout_docs) < len(set(texts))
+    train_text = tokenizer.decode(first["train"].flatten())
+    for doc in heldout_docs:
+        assert doc not in train_text, "a held-out document must never appear in train"
+
+
+def test_asking_for_more_tokens_than_the_text_has_is_a_clear_error(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = iter_texts(TextConfig(source=str(tiny_corpus / "*.jsonl")))
+    with pytest.raises(UserError, match="Lower data.train_tokens"):
+        tokenize_splits(texts, tokenizer, TokenConfig(context_size=16, train_tokens=10**7, heldout_tokens=16))
+
+
+def test_text_files_and_columns(tmp_path):
+    (tmp_path / "a.txt").write_text("plain text file")
+    (tmp_path / "b.jsonl").write_text('{"body": "json line"}\n')
+    assert list(iter_texts(TextConfig(source=str(tmp_path / "*.txt")))) == ["plain text file"]
+    assert list(iter_texts(TextConfig(source=str(tmp_path / "b.jsonl"), column="body"))) == ["json line"]
+    with pytest.raises(UserError, match="no column 'text'"):
+        list(iter_texts(TextConfig(source=str(tmp_path / "b.jsonl"))))
+    with pytest.raises(UserError, match="no files match"):
+        list(iter_texts(TextConfig(source=str(tmp_path / "*.md"))))
+
+
+def test_hub_dataset_that_cannot_be_reached_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(UserError, match="could not open dataset"):
+        next(iter_texts(TextConfig(source="no-such-org/no-such-dataset")))
+
+
+@pytest.mark.slow
+def test_embedded_corpus_is_real_english():
+    texts = iter_texts(TextConfig())
+    first = [next(texts) for _ in range(50)]
+    assert len(set(first)) == 50
+    words = " ".join(first).split()
+    assert len(words) > 2000 and sum(w.lower() in {"the", "of", "and", "in"} for w in words) > 0.08 * len(words)

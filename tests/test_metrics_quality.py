@@ -1,0 +1,69 @@
+"""Quality metrics against hand-computed cases and closed forms."""
+
+import numpy as np
+import pytest
+import torch
+
+from randsae.metrics.downstream import ce_loss_score, downstream_metrics, kl_score
+from randsae.metrics.quality import reconstruction_metrics
+
+
+def test_hand_computed_case():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
+    x_hat = torch.tensor([[1.0, 1.0], [3.0, 2.0]])
+    z = torch.tensor([[0.5, 0.0, 0.0], [2.0, 1.0, 0.0]])
+    m = reconstruction_metrics([(x, x_hat, z)])
+    # mean (2, 1); Σ‖x-μ‖² = (1+1) + (1+1) = 4; Σ‖x-x̂‖² = 1
+    assert m.explained_variance_pooled == pytest.approx(1 - 1 / 4)
+    # per token against the batch mean: token 0: 1 - 1/2, token 1: 1 - 0/2
+    assert m.explained_variance_legacy == pytest.approx((0.5 + 1.0) / 2)
+    assert m.mse == pytest.approx(1 / 4)
+    assert m.cosine == pytest.approx((1 / np.sqrt(2) + 1) / 2)
+    assert m.l0 == pytest.approx(1.5) and m.l1 == pytest.approx(1.75)
+    assert m.dead_fraction == pytest.approx(1 / 3) and m.dense_fraction == pytest.approx(2 / 3)
+
+
+def test_pooled_explained_variance_is_about_the_mean_not_zero_and_streams_exactly():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 8, generator=generator) + 50.0  # a large mean that EV about zero would reward
+    x_hat = x.mean(0, keepdim=True).expand_as(x) + 0.5 * (x - x.mean(0))
+    z = torch.rand(1000, 4, generator=generator)
+    expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert expected.item() == pytest.approx(0.75, abs=1e-6)
+    streamed = reconstruction_metrics(zip(x.split(128), x_hat.split(128), z.split(128)))
+    assert streamed.explained_variance_pooled == pytest.approx(expected.item(), abs=1e-6)
+    about_zero = 1 - ((x - x_hat) ** 2).sum() / (x**2).sum()
+    assert about_zero.item() > 0.999, "the flattering number an about-zero formula would give"
+
+
+def test_dense_fraction_uses_the_ten_percent_threshold():
+    z = torch.zeros(100, 3)
+    z[:11, 0] = 1.0  # 11% → dense
+    z[:10, 1] = 1.0  # exactly 10% → not dense
+    m = reconstruction_metrics([(torch.randn(100, 2), torch.randn(100, 2), z)])
+    assert m.dense_fraction == pytest.approx(1 / 3) and m.dead_fraction == pytest.approx(1 / 3)
+
+
+def test_score_formulas():
+    assert ce_loss_score(ce_clean=2.0, ce_zero=6.0, ce_sae=3.0) == pytest.approx(0.75)
+    assert kl_score(kl_zero=4.0, kl_sae=1.0) == pytest.approx(0.75)
+
+
+def test_perfect_reconstruction_scores_one_and_zero_ablation_scores_zero(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from randsae.models.hookpoints import find_blocks
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    _, blocks = find_blocks(model)
+    ids = torch.randint(1, model.config.vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
+    results = downstream_metrics(model, {1: (blocks[1], lambda r: r), 2: (blocks[2], torch.zeros_like)}, ids,
+                                 batch_size=3)
+    identity, zero = results[1], results[2]
+    assert identity.ce_sae == pytest.approx(identity.ce_clean, abs=1e-5)
+    assert identity.ce_loss_score == pytest.approx(1.0, abs=1e-4) and identity.kl_sae == pytest.approx(0, abs=1e-5)
+    assert zero.ce_loss_score == pytest.approx(0.0, abs=1e-6) and zero.kl_score == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    manual = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    assert identity.ce_clean == pytest.approx(manual.item(), rel=1e-5)
