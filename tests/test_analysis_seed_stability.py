@@ -16,7 +16,7 @@ from randsae.analysis.seed_stability import match_decoders, second_seed_sae, sta
 from randsae.data.activations import ActivationCache, cache_folder
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
-from test_analysis_synthetic import CONTEXT, STRUCTURED, TOKEN_ONLY, build_run
+from tests.test_analysis_synthetic import CONTEXT, STRUCTURED, TOKEN_ONLY, build_run
 
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:

@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from randsae.analysis.separation import (
-    ALL_LAYERS, MeanSample, RatioSample, cohens_d, compare_means, compare_ratios, format_rows, separation_table,
+    ALL_LAYERS, MeanSample, RatioSample, cohens_d, format_rows, separation_table,
 )
+
+
+def one_layer(metric: str, trained, other) -> dict:
+    return {metric: {("trained", 0): trained, ("step0", 0): other}}
 
 
 def test_cohens_d_closed_form_and_degenerate_cases():
@@ -26,13 +30,22 @@ def test_cohens_d_closed_form_and_degenerate_cases():
 def test_mean_interval_matches_the_normal_approximation():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 2.0, size=4000), rng.normal(0.8, 1.0, size=3000)
-    c = compare_means([MeanSample(a)], [MeanSample(b)], n_boot=2000, rng=np.random.default_rng(1))
+    row = separation_table(one_layer("m", MeanSample(a), MeanSample(b)), n_boot=2000, seed=1)[0]
     se = math.sqrt(a.var() / a.size + b.var() / b.size)
     diff = a.mean() - b.mean()
-    assert (c.trained, c.other) == (pytest.approx(a.mean()), pytest.approx(b.mean()))
-    assert c.ci_low == pytest.approx(diff - 1.96 * se, abs=0.15 * se)
-    assert c.ci_high == pytest.approx(diff + 1.96 * se, abs=0.15 * se)
-    assert c.effect_size == pytest.approx(cohens_d(a, b))
+    assert (row.trained, row.other, row.layer) == (pytest.approx(a.mean()), pytest.approx(b.mean()), ALL_LAYERS)
+    assert row.ci_low == pytest.approx(diff - 1.96 * se, abs=0.15 * se)
+    assert row.ci_high == pytest.approx(diff + 1.96 * se, abs=0.15 * se)
+    assert row.effect_size == pytest.approx(cohens_d(a, b))
+
+
+def test_binary_units_resample_like_generic_units():
+    flags = (np.random.default_rng(2).random(500) < 0.3) * 1.0
+    binomial = MeanSample(flags).bootstrap(4000, np.random.default_rng(3), np.zeros((1, 4000)))
+    generic = MeanSample(flags + 1e-12 * (flags == 0)).bootstrap(4000, np.random.default_rng(4), np.zeros((1, 4000)))
+    assert binomial.mean() == pytest.approx(flags.mean(), abs=0.003)
+    assert binomial.std() == pytest.approx(generic.std(), rel=0.1)
+    assert binomial.std() == pytest.approx(math.sqrt(flags.mean() * (1 - flags.mean()) / 500), rel=0.1)
 
 
 def test_ratio_metric_value_units_and_paired_interval():
@@ -43,15 +56,29 @@ def test_ratio_metric_value_units_and_paired_interval():
     sample = RatioSample.from_rows(error, variance, sequence)
     assert sample.value() == pytest.approx(1 - error.sum() / (3 * error.sum()))
     assert sample.units.mean() == pytest.approx(sample.value())
-    same = compare_ratios([sample], [sample], n_boot=200, rng=np.random.default_rng(3))
+    same = separation_table(one_layer("ev", sample, sample), n_boot=200, seed=3)[0]
     assert same.ci_low == same.ci_high == 0.0 and same.effect_size == 0.0
 
     better = RatioSample.from_rows(error * 0.5, variance, sequence)
-    c = compare_ratios([better], [sample], n_boot=500, rng=np.random.default_rng(4))
-    assert c.trained - c.other == pytest.approx(error.sum() / (3 * error.sum()) * 0.5)
+    row = separation_table(one_layer("ev", better, sample), n_boot=500, seed=4)[0]
+    assert row.difference == pytest.approx(error.sum() / (3 * error.sum()) * 0.5)
     # the numerators are proportional, so every paired resample has the same difference
-    assert c.ci_low == pytest.approx(c.ci_high) == pytest.approx(c.trained - c.other)
-    assert c.effect_size > 0
+    assert row.ci_low == pytest.approx(row.ci_high) == pytest.approx(row.difference)
+    assert row.effect_size > 0
+
+
+def test_pooled_rows_weight_layers_by_units_and_ratio_metrics_by_layer():
+    samples = {"frac": {("trained", 0): MeanSample(np.ones(30)), ("trained", 1): MeanSample(np.zeros(10)),
+                        ("step0", 0): MeanSample(np.zeros(5)), ("step0", 1): MeanSample(np.zeros(5))}}
+    sequence = np.arange(4)
+    for layer, share in ((0, 0.2), (1, 0.6)):
+        samples.setdefault("ev", {})[("trained", layer)] = RatioSample.from_rows(np.full(4, share), np.ones(4), sequence)
+        samples["ev"][("step0", layer)] = RatioSample.from_rows(np.full(4, 1.0), np.ones(4), sequence)
+    rows = {(r.metric, r.layer): r for r in separation_table(samples, n_boot=100, seed=0)}
+    assert rows[("frac", ALL_LAYERS)].trained == pytest.approx(0.75)
+    assert rows[("frac", ALL_LAYERS)].n_trained == 40
+    assert rows[("ev", ALL_LAYERS)].trained == pytest.approx(1 - (0.2 + 0.6) / 2)
+    assert rows[("ev", "1")].trained == pytest.approx(0.4)
 
 
 def test_table_puts_the_separating_metric_first_and_pooled_rows_before_layers():
@@ -80,3 +107,8 @@ def test_table_puts_the_separating_metric_first_and_pooled_rows_before_layers():
 def test_variant_without_a_trained_counterpart_layer_is_left_out():
     samples = {"m": {("trained", 0): MeanSample(np.ones(3)), ("step0", 1): MeanSample(np.zeros(3))}}
     assert separation_table(samples, n_boot=10, seed=0) == []
+
+
+def test_empty_sample_gives_nan_interval_not_an_error():
+    row = separation_table(one_layer("m", MeanSample(np.zeros(0)), MeanSample(np.ones(4))), n_boot=10, seed=0)[0]
+    assert math.isnan(row.trained) and math.isnan(row.ci_low) and math.isnan(row.effect_size)

@@ -14,7 +14,7 @@ import pytest
 from randsae.analysis import AnalysisConfig, analyze_run, format_separation_table
 from randsae.analysis.separation import ALL_LAYERS
 from randsae.errors import UserError
-from test_analysis_synthetic import STRUCTURED, TOKEN_ONLY, build_run
+from tests.test_analysis_synthetic import STRUCTURED, TOKEN_ONLY, build_run
 
 PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev",
            "sae_ev_beyond_lookup"}

@@ -2,17 +2,21 @@
 
 A metric comes as one of two kinds of sample per SAE:
 
-- `MeanSample`: per-unit values (one per latent) whose mean is the metric. Fractions are means of 0/1
-  flags. The bootstrap resamples units of each SAE independently.
+- `MeanSample`: per-unit values (one per latent) whose mean is the metric; fractions are means of 0/1
+  flags. The bootstrap resamples each SAE's units independently (for 0/1 flags that is exactly a binomial
+  draw, which is what is drawn).
 - `RatioSample`: metric = 1 - sum(num) / sum(den) over held-out rows (the explained variances). The
-  bootstrap resamples whole sequences, the same ones for trained and the other variant (they share the
-  held-out tokens), since rows of one sequence are not independent.
+  bootstrap resamples whole sequences, since rows of one sequence are not independent, and uses the same
+  resampled sequences for every SAE (all variants share the held-out tokens), so comparisons are paired.
+
+Each SAE is resampled once and that draw serves every comparison it is in. Over all layers, the value is
+the mean of the layers' values weighted by their units (a ratio metric counts each layer once), and it is
+resampled layer by layer (a stratified bootstrap).
 
 difference = trained - variant, with a percentile 95% interval over `bootstrap_samples` resamples.
 effect size = Cohen's d = (mean_T - mean_V) / sqrt((sd_T^2 + sd_V^2) / 2) on the per-unit values (for a
 ratio metric, row i's unit is 1 - num_i / (sum(den) / n_rows), whose mean is the metric). With zero spread
 on both sides d is +-inf when the means differ and 0 when they do not.
-Rows over all layers pool the units of every layer; for ratio metrics the value is the mean over layers.
 """
 
 from __future__ import annotations
@@ -35,8 +39,27 @@ def variant_rank(variant: str) -> tuple[int, str]:
 
 
 class MeanSample(NamedTuple):
-    values: np.ndarray
-    """float64 [n_units], finite."""
+    units: np.ndarray
+    """float64 [n_units], finite: the metric is their mean."""
+
+    @property
+    def weight(self) -> int:
+        return self.units.size
+
+    def value(self) -> float:
+        return float(self.units.mean()) if self.units.size else math.nan
+
+    def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
+        n = self.units.size
+        if n == 0:
+            return np.full(n_boot, math.nan)
+        if np.isin(self.units, (0.0, 1.0)).all():
+            return rng.binomial(n, self.units.mean(), size=n_boot) / n
+        means = np.empty(n_boot)
+        for start in range(0, n_boot, 128):
+            rows = min(128, n_boot - start)
+            means[start:start + rows] = self.units[rng.integers(0, n, size=(rows, n), dtype=np.int32)].mean(1)
+        return means
 
 
 class RatioSample(NamedTuple):
@@ -52,21 +75,18 @@ class RatioSample(NamedTuple):
         num = np.bincount(sequence, num_rows, den_by_sequence.size)
         return cls(num, den_by_sequence, 1.0 - num_rows / (den_by_sequence.sum() / num_rows.size))
 
+    @property
+    def weight(self) -> int:
+        return 1
+
     def value(self) -> float:
         return float(1.0 - self.num.sum() / self.den.sum())
 
+    def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
+        return 1.0 - (self.num @ sequence_counts) / (self.den @ sequence_counts)
+
 
 Sample = MeanSample | RatioSample
-
-
-class Comparison(NamedTuple):
-    trained: float
-    other: float
-    ci_low: float
-    ci_high: float
-    effect_size: float
-    n_trained: int
-    n_other: int
 
 
 class SeparationRow(NamedTuple):
@@ -83,6 +103,7 @@ class SeparationRow(NamedTuple):
     effect_size: float
     """Cohen's d, trained minus other."""
     n_trained: int
+    """Units behind the trained value (latents, or held-out rows for the explained variances)."""
     n_other: int
 
 
@@ -96,40 +117,36 @@ def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
     return diff / spread
 
 
-def _resampled_means(values: np.ndarray, n_boot: int, rng: np.random.Generator, chunk: int = 128) -> np.ndarray:
-    means = np.empty(n_boot)
-    for start in range(0, n_boot, chunk):
-        rows = min(chunk, n_boot - start)
-        means[start:start + rows] = values[rng.integers(0, values.size, size=(rows, values.size))].mean(1)
-    return means
+class _Resampled(NamedTuple):
+    """One SAE's sample with its bootstrap draw."""
+
+    sample: Sample
+    draws: np.ndarray
+    """[n_boot] resampled metric values."""
 
 
-def compare_means(trained: Sequence[MeanSample], other: Sequence[MeanSample], n_boot: int,
-                  rng: np.random.Generator) -> Comparison:
-    a = np.concatenate([s.values for s in trained])
-    b = np.concatenate([s.values for s in other])
-    if a.size == 0 or b.size == 0:
-        return Comparison(math.nan, math.nan, math.nan, math.nan, math.nan, a.size, b.size)
-    diffs = _resampled_means(a, n_boot, rng) - _resampled_means(b, n_boot, rng)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return Comparison(float(a.mean()), float(b.mean()), float(low), float(high), cohens_d(a, b), a.size, b.size)
+def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray]:
+    """Value, bootstrap draws and units of several layers taken together."""
+    weights = np.array([p.sample.weight for p in parts], dtype=np.float64)
+    if weights.sum() == 0:
+        return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0)
+    weights /= weights.sum()
+    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts) if w > 0))
+    draws = sum(w * p.draws for w, p in zip(weights, parts) if w > 0)
+    return value, draws, np.concatenate([p.sample.units for p in parts])
 
 
-def compare_ratios(trained: Sequence[RatioSample], other: Sequence[RatioSample], n_boot: int,
-                   rng: np.random.Generator) -> Comparison:
-    """Paired over sequences: every resample draws one set of sequences for all layers and both sides."""
-    n_seq = trained[0].num.size
-    counts = rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot).T
-
-    def resampled(samples: Sequence[RatioSample]) -> np.ndarray:
-        return np.mean([1.0 - (s.num @ counts) / (s.den @ counts) for s in samples], axis=0)
-
-    diffs = resampled(trained) - resampled(other)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    a = np.concatenate([s.units for s in trained])
-    b = np.concatenate([s.units for s in other])
-    return Comparison(float(np.mean([s.value() for s in trained])), float(np.mean([s.value() for s in other])),
-                      float(low), float(high), cohens_d(a, b), a.size, b.size)
+def compare(trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: str, variant: str,
+            layer: str) -> SeparationRow:
+    t_value, t_draws, t_units = _pooled(trained)
+    o_value, o_draws, o_units = _pooled(other)
+    differences = t_draws - o_draws
+    if np.isnan(differences).any():
+        low = high = math.nan
+    else:
+        low, high = (float(q) for q in np.percentile(differences, [2.5, 97.5]))
+    return SeparationRow(metric, variant, layer, t_value, o_value, t_value - o_value, low, high,
+                         cohens_d(t_units, o_units), t_units.size, o_units.size)
 
 
 def separation_table(samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_boot: int,
@@ -140,24 +157,25 @@ def separation_table(samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_
     variants (best separating first); per-layer rows follow in the same metric order.
     """
     rng = np.random.default_rng(seed)
+    n_sequences = {s.num.size for by_sae in samples.values() for s in by_sae.values() if isinstance(s, RatioSample)}
+    if len(n_sequences) > 1:
+        raise ValueError(f"ratio samples over different held-out sequences: {sorted(n_sequences)}")
+    n_seq = n_sequences.pop() if n_sequences else 1
+    sequence_counts = rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot).T
     pooled: dict[str, list[SeparationRow]] = {}
     per_layer: dict[str, list[SeparationRow]] = {}
     for metric, by_sae in samples.items():
-        layers = sorted({layer for variant, layer in by_sae if variant == REFERENCE})
+        resampled = {key: _Resampled(s, s.bootstrap(n_boot, rng, sequence_counts)) for key, s in by_sae.items()}
+        layers = sorted(layer for variant, layer in by_sae if variant == REFERENCE)
         others = sorted({variant for variant, _ in by_sae if variant != REFERENCE}, key=variant_rank)
         pooled[metric], per_layer[metric] = [], []
         for variant in others:
             shared = [layer for layer in layers if (variant, layer) in by_sae]
             if not shared:
                 continue
-            groups = [(ALL_LAYERS, shared)] + [(str(layer), [layer]) for layer in shared]
-            for label, group in groups:
-                ref = [by_sae[(REFERENCE, layer)] for layer in group]
-                oth = [by_sae[(variant, layer)] for layer in group]
-                compare = compare_ratios if isinstance(ref[0], RatioSample) else compare_means
-                c = compare(ref, oth, n_boot, rng)
-                row = SeparationRow(metric, variant, label, c.trained, c.other, c.trained - c.other,
-                                    c.ci_low, c.ci_high, c.effect_size, c.n_trained, c.n_other)
+            for label, group in [(ALL_LAYERS, shared)] + [(str(layer), [layer]) for layer in shared]:
+                row = compare([resampled[(REFERENCE, layer)] for layer in group],
+                              [resampled[(variant, layer)] for layer in group], metric, variant, label)
                 (pooled if label == ALL_LAYERS else per_layer)[metric].append(row)
     order = sorted(pooled, key=lambda metric: -_separation(pooled[metric]))
     return [row for m in order for row in pooled[m]] + [row for m in order for row in per_layer[m]]
