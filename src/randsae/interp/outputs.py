@@ -60,8 +60,8 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, indent=1, ensure_ascii=False, allow_nan=True))
+def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:
+    write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False))
 
 
 def write_scores(path: Path, records: list[ScoredExample]) -> None:

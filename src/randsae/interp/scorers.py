@@ -100,7 +100,7 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
 def _record(test: _TestItem, verdict: Verdict) -> ScoredExample:
     return ScoredExample(
         str_tokens=test.item.str_tokens,
-        activations=[round(float(a), 4) for a in test.activations],
+        activations=np.round(test.activations.astype(np.float64), 4).tolist(),
         distance=test.distance,
         activating=test.activating,
         prediction=verdict.prediction,

@@ -269,9 +269,9 @@ def _explanations(paths: InterpPaths, module: str, latents: list[int], examples:
             "n_active_windows": examples[i].n_active_windows,
             "explanation_windows": [
                 {"window": int(w), "quantile": int(q), "str_tokens": str_tokens(ids.tolist()),
-                 "activations": [round(float(a), 4) for a in acts]}
+                 "activations": np.round(acts.astype(np.float64), 4).tolist()}
                 for w, q, ids, acts in zip(windows.window_ids, windows.quantile, windows.token_ids,
-                                           windows.activations)]})
+                                           windows.activations)]}, indent=None)
         write_text_atomic(paths.explanation(module, latent), json.dumps(explanation.text, ensure_ascii=False))
         stored[latent] = explanation
     return [stored[latent] for latent in latents]

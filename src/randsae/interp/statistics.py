@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import rankdata
 
 FAILED_PROBABILITY = 0.5
 
@@ -40,13 +39,10 @@ class Spread(NamedTuple):
 
 
 def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with mid-ranks for ties); NaN without both classes."""
+    """Area under the ROC curve: P(positive scores above negative), ties counting 1/2 (Mann-Whitney U);
+    NaN without both classes."""
     labels = np.asarray(labels, bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, np.float64))
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return pooled_auroc(pair_counts(labels, scores, np.zeros(len(labels), np.int64), 1))
 
 
 class PairCounts(NamedTuple):
