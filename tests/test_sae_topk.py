@@ -95,3 +95,20 @@ def test_parallel_gradient_removal_and_renormalization(sae):
 def test_bad_k_is_a_user_error(k):
     with pytest.raises(UserError, match="k"):
         TopKSAE(SAEConfig("topk", D, M, k=k))
+
+
+def test_training_gradients_after_projection_match_a_dense_reference(sae, x):
+    """The sparse fast path's gradients for the whole loss, then projected, equal plain dense autograd."""
+    sae.loss(x).loss.backward()
+    sae.remove_parallel_decoder_grad()
+    fast = {name: p.grad.clone() for name, p in sae.named_parameters()}
+
+    params = {name: p.detach().clone().requires_grad_() for name, p in sae.named_parameters()}
+    pre = (x - params["b_dec"]) @ params["W_enc"] + params["b_enc"]
+    keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, pre.topk(K, dim=1).indices, True)
+    recon = torch.where(keep, pre.relu(), 0.0) @ params["W_dec"] + params["b_dec"]
+    (((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()).backward()
+    w, g = params["W_dec"].detach(), params["W_dec"].grad
+    params["W_dec"].grad = g - (g * w).sum(1, keepdim=True) * w
+    for name, p in params.items():
+        assert torch.allclose(fast[name], p.grad, atol=1e-6, rtol=1e-4), name
