@@ -1,0 +1,122 @@
+"""The whole pipeline on the tiny model, its outputs, resuming, and the CLI's one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from randsae.cli import main
+from randsae.config import dump_config, load_config
+from randsae.experiment import load_metrics, run_pipeline, sae_folder
+from randsae.sae import load_sae
+from tests.conftest import tiny_config
+
+
+def test_run_directory_has_every_stage_output(tiny_run):
+    cfg = load_config(tiny_run / "config.toml")
+    rows = load_metrics(tiny_run)
+    assert [(r.variant, r.layer) for r in rows] == [(v, l) for v in cfg.variants for l in cfg.layers]
+    for row in rows:
+        assert 0.0 < row.explained_variance_pooled <= 1.0 and row.l0 == pytest.approx(4.0)
+        assert row.meaningful_downstream == (row.variant in ("trained", "control"))
+        folder = sae_folder(tiny_run, row.variant, row.layer)
+        assert {"cfg.json", "sae_weights.safetensors", "training.json"} <= {p.name for p in folder.iterdir()}
+        meta = json.loads((folder / "cfg.json").read_text())["metadata"]
+        assert meta["variant"] == row.variant and meta["hook_name"] == f"gpt_neox.layers.{row.layer}"
+    assert (tiny_run / "metrics.csv").read_text().count("\n") == len(rows) + 1
+    assert (tiny_run / "tokens" / "heldout.safetensors").is_file() and (tiny_run / "tokenizer").is_dir()
+    assert set(json.loads((tiny_run / "timings.json").read_text())) >= {"harvest", "train", "evaluate"}
+
+
+def test_rerunning_resumes_without_recomputing(tiny_run, tiny_model_dir, tiny_corpus):
+    before = {p: p.stat().st_mtime_ns for p in (tiny_run / "saes").rglob("*.safetensors")}
+    rows = run_pipeline(tiny_config(tiny_model_dir, tiny_corpus), tiny_run, progress=False)
+    assert rows == load_metrics(tiny_run)
+    assert before == {p: p.stat().st_mtime_ns for p in (tiny_run / "saes").rglob("*.safetensors")}
+
+
+def test_a_trained_sae_reconstructs_its_heldout_activations(tiny_run):
+    from randsae.data.activations import ActivationCache, cache_folder
+
+    sae = load_sae(sae_folder(tiny_run, "trained", 1))
+    x = ActivationCache.open(cache_folder(tiny_run, "trained", 1, "heldout")).load()
+    x = x.view(-1, 32, x.shape[1])[:, 1:].reshape(-1, x.shape[1])
+    fvu = ((x - sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    row = next(r for r in load_metrics(tiny_run) if (r.variant, r.layer) == ("trained", 1))
+    assert 1 - fvu.item() == pytest.approx(row.explained_variance_pooled, abs=1e-4)
+
+
+def test_config_round_trips_and_rejects_unknown_keys(tmp_path, tiny_model_dir, tiny_corpus):
+    cfg = tiny_config(tiny_model_dir, tiny_corpus)
+    path = tmp_path / "c.toml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    path.write_text("[sae]\nexpanson = 4\n")
+    from randsae.errors import UserError
+
+    with pytest.raises(UserError, match=r"unknown config key 'expanson' in \[sae\]"):
+        load_config(path)
+
+
+def _cli(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def _bad_config(tiny_model_dir, tiny_corpus, case):
+    import dataclasses
+
+    from randsae.models.load import ModelConfig
+
+    cfg = tiny_config(tiny_model_dir, tiny_corpus, variants=("trained",))
+    if case == "model":
+        return dump_config(dataclasses.replace(cfg, model=ModelConfig(name="/nowhere/model.gguf")))
+    if case == "layer":
+        return dump_config(dataclasses.replace(cfg, layers=(1, 9)))
+    if case == "step0":
+        return dump_config(dataclasses.replace(cfg, variants=("step0",)))
+    if case == "variant":
+        return dump_config(cfg).replace('variants = [\n    "trained",', 'variants = [\n    "shuffled",')
+    return dump_config(cfg).replace("[sae]\n", "[sae]\nk_value = 3\n")
+
+
+@pytest.mark.parametrize("case, message", [
+    ("model", "GGUF file /nowhere/model.gguf does not exist"),
+    ("layer", "layer 9 is out of range: the model has 4 blocks"),
+    ("variant", "unknown variant 'shuffled'"),
+    ("step0", "the step0 variant needs a Hub model"),
+    ("key", "unknown config key 'k_value' in [sae]"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, tiny_model_dir, tiny_corpus, case, message):
+    config = tmp_path / "bad.toml"
+    config.write_text(_bad_config(tiny_model_dir, tiny_corpus, case))
+    out = tmp_path / "run"
+    code, err = _cli(["run", "--config", str(config), "--out", str(out), "--quiet"], capsys)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (out / "activations").exists(), "nothing half-written is left behind"
+
+
+def test_cli_corrupt_cache_is_a_one_line_error(tmp_path, capsys, tiny_run):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    (run / "metrics.json").unlink()
+    shutil.rmtree(run / "saes" / "control")
+    shard = next((run / "activations" / "control" / "layer1" / "train").glob("shard_*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
+    code, err = _cli(["run", "--config", str(run / "config.toml"), "--out", str(run), "--quiet",
+                      "--skip", "interpret", "analyze", "report"], capsys)
+    assert code == 2 and len(err) == 1 and "is missing or corrupt" in err[0] and "Delete" in err[0]
+
+
+def test_interpret_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    code, err = _cli(["report", str(tmp_path)], capsys)
+    assert code == 2 and "not a randsae run directory" in err[0]
+
+
+def test_console_script_is_installed():
+    done = subprocess.run([sys.executable, "-m", "randsae.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "run" in done.stdout and "interpret" in done.stdout
