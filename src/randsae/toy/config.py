@@ -1,0 +1,141 @@
+"""Settings of a toy run: the planted-feature data, the random networks and the ReLU-L1 sweep.
+
+A TOML file holds the same flat keys as `ToyConfig`; anything it leaves out keeps the default below,
+which is the small sweep that finishes in minutes (`configs/toy-default.toml` spells it out;
+`configs/toy-paper.toml` is the paper's full sweep).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from randsae.errors import UserError
+
+NETWORK_PATTERN = re.compile(r"mlp([2-9]|[1-9][0-9])|transformer_block")
+"""`mlpN`: N random linear layers with ReLU between (the paper's is mlp2); `transformer_block`: one random
+pre-LN causal transformer block."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    """One toy experiment; every field is a TOML key of the same name."""
+
+    n_features: int = 512
+    """Planted ground-truth features (n_s)."""
+    n_dims: int = 256
+    """Dimension of the data (n_d)."""
+    mean_active: float = 5.0
+    """Average number of features active in a sample (m)."""
+    frequency_decay: float = 0.99
+    """Feature i fires with probability ∝ u^(decay·i), u the correlated uniform (Sharkey et al.'s λ)."""
+    n_samples: int = 10_000
+    """Samples generated per dataset (train + test)."""
+    test_fraction: float = 0.1
+    """Share of the samples held out for the metrics."""
+    networks: tuple[str, ...] = ("mlp2",)
+    """Random networks the data is passed through; the untouched data is always included."""
+    l1_log10_min: float = -1.0
+    l1_log10_max: float = 2.0
+    l1_count: int = 6
+    """The L1 coefficients λ: `l1_count` values log-spaced from 10^min to 10^max."""
+    latent_counts: tuple[int, ...] = (1024,)
+    """SAE widths to sweep."""
+    seeds: tuple[int, ...] = (0,)
+    """SAE initialization seeds; every (λ, width, seed) is its own SAE."""
+    epochs: int = 8
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    data_seed: int = 0
+    """Seeds the features, the samples, the Gaussian control and the random networks."""
+    device: str = "cpu"
+    """Where the SAEs train: `cpu`, or `cuda` for the paper's full sweep."""
+
+    def __post_init__(self) -> None:
+        positive = ("n_features", "n_dims", "n_samples", "l1_count", "epochs", "batch_size")
+        for name in positive:
+            if getattr(self, name) < 1:
+                _bad(name, getattr(self, name), "a positive integer")
+        if not 0 < self.mean_active <= self.n_features:
+            _bad("mean_active", self.mean_active, f"a number in (0, n_features={self.n_features}]")
+        if not 0 < self.frequency_decay:
+            _bad("frequency_decay", self.frequency_decay, "a positive number (the paper uses 0.99)")
+        if not 0 < self.test_fraction < 1:
+            _bad("test_fraction", self.test_fraction, "a fraction strictly between 0 and 1")
+        n_test = round(self.n_samples * self.test_fraction)
+        if n_test < 1 or self.n_samples - n_test < self.batch_size:
+            _bad("n_samples", self.n_samples, "enough samples for one test sample and one training batch")
+        if not self.learning_rate > 0:
+            _bad("learning_rate", self.learning_rate, "a positive number")
+        if self.l1_log10_min > self.l1_log10_max:
+            _bad("l1_log10_min", self.l1_log10_min, f"at most l1_log10_max={self.l1_log10_max}")
+        for name in ("latent_counts", "seeds", "networks"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values) or (name != "networks" and not values):
+                _bad(name, list(values), "a non-empty list without repeats" if name != "networks" else
+                     "a list without repeats")
+        if any(count < 1 for count in self.latent_counts):
+            _bad("latent_counts", list(self.latent_counts), "positive integers")
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            _bad("device", self.device, "'cpu' or 'cuda'")
+        for network in self.networks:
+            if not NETWORK_PATTERN.fullmatch(network):
+                _bad("networks", network, "'mlp2' (the paper's), 'mlpN' for a deeper one, or 'transformer_block'")
+
+    @property
+    def l1_coefficients(self) -> tuple[float, ...]:
+        return tuple(np.logspace(self.l1_log10_min, self.l1_log10_max, self.l1_count).tolist())
+
+    def to_toml_dict(self) -> dict[str, Any]:
+        """Flat dict for tomli_w (tuples as lists); `load_toy_config` reads it back to an equal config."""
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in dataclasses.asdict(self).items()}
+
+
+def _bad(name: str, value: Any, expected: str) -> None:
+    raise UserError(f"toy config: {name} = {value!r} is invalid", f"Use {expected}")
+
+
+def load_toy_config(path: str | Path) -> ToyConfig:
+    """Read a flat TOML file of `ToyConfig` keys; missing keys keep their defaults."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"toy config {path} does not exist", "Pass an existing TOML file to --config") from None
+    except tomllib.TOMLDecodeError as error:
+        raise UserError(f"toy config {path} is not valid TOML ({error})", "Fix the syntax on that line") from None
+    return toy_config_from_dict(raw, source=str(path))
+
+
+def toy_config_from_dict(raw: dict[str, Any], source: str = "toy config") -> ToyConfig:
+    """Build a checked `ToyConfig` from plain values (lists become tuples)."""
+    fields = {field.name: field for field in dataclasses.fields(ToyConfig)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise UserError(f"{source}: unknown key {unknown[0]!r}", f"Valid keys: {', '.join(fields)}")
+    values = {}
+    for key, value in raw.items():
+        default = fields[key].default
+        values[key] = _coerce(key, value, default)
+    return ToyConfig(**values)
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check a TOML value against the type of the field's default (ints are accepted where floats go)."""
+    if isinstance(default, tuple):
+        if not isinstance(value, list):
+            _bad(key, value, f"a list like {list(default)}")
+        return tuple(_coerce(key, item, default[0]) for item in value)
+    if isinstance(default, bool) or isinstance(value, bool):
+        _bad(key, value, f"a value like {default!r}")
+    if isinstance(default, float) and isinstance(value, int):
+        return float(value)
+    if type(value) is not type(default):
+        _bad(key, value, f"a {type(default).__name__} like {default!r}")
+    return value
