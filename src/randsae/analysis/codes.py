@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -100,6 +101,13 @@ def firing_counts(codes: SparseCodes) -> Tensor:
     return torch.bincount(codes.latent, minlength=codes.d_sae)
 
 
+def group_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
+    """Sorted distinct keys and each key's index among them (numpy's sort-based unique is several times
+    faster than torch.unique on CPU)."""
+    distinct, inverse = np.unique(keys.numpy(), return_inverse=True)
+    return torch.from_numpy(distinct), torch.from_numpy(inverse.reshape(-1))
+
+
 def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size: Tensor,
                         d_sae: int) -> Tensor:
     """Per latent, the share of its activation variance explained by group means (one-way ANOVA eta^2).
@@ -113,7 +121,7 @@ def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size
     total = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, latent, v)
     total_sq = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, latent, v * v)
     n_groups = group_size.numel()
-    cells, cell_of = torch.unique(latent * n_groups + group, return_inverse=True)
+    cells, cell_of = group_keys(latent * n_groups + group)
     cell_sum = torch.zeros(cells.numel(), dtype=torch.float64).index_add_(0, cell_of, v)
     cell_term = cell_sum.square() / group_size[cells % n_groups].double()
     between_raw = torch.zeros(d_sae, dtype=torch.float64).index_add_(0, cells // n_groups, cell_term)

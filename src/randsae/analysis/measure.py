@@ -83,7 +83,7 @@ def encode_heldout(sae: SparseAutoencoder, blocks: Iterable[Tensor], layout: Row
     """Stream the held-out cache (all rows, in order) and keep what the analysed rows need."""
     n = layout.cache_row.numel()
     codes, sae_error, lookup_error = [], [], []
-    variance = VarianceAccumulator(layout.n_sequences)
+    variance = VarianceAccumulator(layout.n_sequences, center=lookup.fallback)
     start = 0
     for block in blocks:
         stop = start + block.shape[0]
@@ -92,8 +92,8 @@ def encode_heldout(sae: SparseAutoencoder, blocks: Iterable[Tensor], layout: Row
             x = block[layout.cache_row[first:last] - start].float()
             encoded = encode_block(sae, x, first)
             codes.append(encoded.codes)
-            sae_error.append((x - encoded.reconstruction).double().square().sum(1))
-            lookup_error.append((x - lookup.predict(layout.token[first:last])).double().square().sum(1))
+            sae_error.append((x - encoded.reconstruction).square().sum(1).double())
+            lookup_error.append((x - lookup.predict(layout.token[first:last])).square().sum(1).double())
             variance.add(x, layout.sequence[first:last])
         start = stop
         if last == n:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from randsae.analysis.codes import SparseCodes
+from randsae.analysis.codes import SparseCodes, group_keys
 
 
 class TopTokenShare(NamedTuple):
@@ -46,7 +46,7 @@ def top_token_share(codes: SparseCodes, window: Tensor, token: Tensor, top_windo
         return TopTokenShare(share, top)
     value = codes.value.double()
     n_windows = int(window.max()) + 1
-    pairs, pair_of = torch.unique(codes.latent * n_windows + window[codes.row], return_inverse=True)
+    pairs, pair_of = group_keys(codes.latent * n_windows + window[codes.row])
     pair_max = torch.zeros(pairs.numel(), dtype=torch.float64).scatter_reduce_(
         0, pair_of, value, "amax", include_self=False)
     in_top = _rank_within(pairs // n_windows, pair_max) < top_windows
@@ -54,7 +54,7 @@ def top_token_share(codes: SparseCodes, window: Tensor, token: Tensor, top_windo
     latent, tok, value = codes.latent[keep], token[codes.row[keep]], value[keep]
 
     vocab = int(token.max()) + 1
-    cells, cell_of = torch.unique(latent * vocab + tok, return_inverse=True)
+    cells, cell_of = group_keys(latent * vocab + tok)
     mass = torch.zeros(cells.numel(), dtype=torch.float64).index_add_(0, cell_of, value)
     cell_latent, cell_token = cells // vocab, cells % vocab
     best = torch.zeros(d_sae, dtype=torch.float64).scatter_reduce_(0, cell_latent, mass, "amax", include_self=False)

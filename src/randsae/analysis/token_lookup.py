@@ -45,26 +45,26 @@ class TokenLookup:
 def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
     """Per-token means of the activation rows `blocks` (in cache row order), BOS rows skipped.
 
-    `input_ids` [n_seq, context] are the tokens of the same split.
+    `input_ids` [n_seq, context] are the tokens of the same split. Each block is summed in float32 (fast
+    on CPU) and the block sums are accumulated in float64.
     """
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
     not_bos = torch.arange(flat.numel()) % context_size != 0
     token_ids = torch.unique(flat[not_bos])
     sums: Tensor | None = None
-    counts = torch.zeros(token_ids.numel(), dtype=torch.float64)
     start = 0
     for block in blocks:
         stop = start + block.shape[0]
         keep = not_bos[start:stop]
         index = torch.searchsorted(token_ids, flat[start:stop][keep])
-        if sums is None:
-            sums = torch.zeros(token_ids.numel(), block.shape[1], dtype=torch.float64)
-        sums.index_add_(0, index, block[keep].double())
-        counts.index_add_(0, index, torch.ones(index.numel(), dtype=torch.float64))
+        block_sums = torch.zeros(token_ids.numel(), block.shape[1]).index_add_(0, index, block[keep].float())
+        sums = block_sums.double() if sums is None else sums.add_(block_sums)
         start = stop
     if sums is None:
         raise ValueError("no activation rows to fit the token lookup on")
+    counts = torch.bincount(torch.searchsorted(token_ids, flat[:start][not_bos[:start]]),
+                            minlength=token_ids.numel()).double()
     seen = counts > 0
     means = sums[seen] / counts[seen].unsqueeze(1)
     fallback = sums.sum(0) / counts.sum()
@@ -103,23 +103,29 @@ def explained_variances(errors: TokenErrors) -> ExplainedVariances:
 
 
 class VarianceAccumulator:
-    """Streams rows and returns per-sequence sums of ||x - mu||^2, mu the mean of all rows streamed."""
+    """Streams rows and returns per-sequence sums of ||x - mu||^2, mu the mean of all rows streamed.
 
-    def __init__(self, n_sequences: int):
-        self.n_sequences = n_sequences
-        self.row_sum: Tensor | None = None
+    Rows are centred on a reference close to mu (the train mean) before summing, so the float64 identity
+    sum ||x - mu||^2 = sum ||x - c||^2 - 2 (mu - c) . sum (x - c) + n ||mu - c||^2 loses no precision
+    even when the activations' mean is large next to their spread.
+    """
+
+    def __init__(self, n_sequences: int, center: Tensor):
+        self.center = center.float()
+        self.row_sum = torch.zeros(n_sequences, center.numel(), dtype=torch.float64)
         self.square_sum = torch.zeros(n_sequences, dtype=torch.float64)
         self.count = torch.zeros(n_sequences, dtype=torch.float64)
 
     def add(self, x: Tensor, sequence: Tensor) -> None:
-        x = x.double()
-        if self.row_sum is None:
-            self.row_sum = torch.zeros(self.n_sequences, x.shape[1], dtype=torch.float64)
-        self.row_sum.index_add_(0, sequence, x)
-        self.square_sum.index_add_(0, sequence, x.square().sum(1))
+        """Rows x [n, d] of the sequences `sequence` [n] (ascending, as rows come in cache order)."""
+        centred = x - self.center
+        first, last = int(sequence[0]), int(sequence[-1]) + 1
+        local = sequence - first
+        block_sum = torch.zeros(last - first, x.shape[1]).index_add_(0, local, centred)
+        self.row_sum[first:last] += block_sum.double()
+        self.square_sum.index_add_(0, sequence, centred.square().sum(1).double())
         self.count.index_add_(0, sequence, torch.ones(sequence.numel(), dtype=torch.float64))
 
     def sequence_variance(self) -> Tensor:
-        assert self.row_sum is not None, "no rows streamed"
-        mu = self.row_sum.sum(0) / self.count.sum()
-        return self.square_sum - 2.0 * (self.row_sum @ mu) + self.count * mu.dot(mu)
+        shift = self.row_sum.sum(0) / self.count.sum()
+        return self.square_sum - 2.0 * (self.row_sum @ shift) + self.count * shift.dot(shift)
