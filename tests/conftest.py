@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+sys.path.insert(0, str(Path(__file__).parent))  # test helpers import each other by module name
 
 CORPUS = """The cat sat on the mat and looked at the dog. The dog ran to the park with a red ball.
 A small bird sang in the tall tree while the sun rose over the quiet town.
