@@ -21,7 +21,7 @@ import pytest
 
 from randsae.report import write_report
 from randsae.report.latent_data import HISTOGRAM_BINS, N_TOP_WINDOWS
-from test_report_builder import build_run
+from tests.test_report_builder import build_run
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)

@@ -17,7 +17,7 @@ from randsae.data.activations import ActivationCache, cache_folder
 from randsae.report import write_report
 from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS
 from randsae.sae import load_sae
-from test_report_builder import build_run
+from tests.test_report_builder import build_run
 
 
 @pytest.fixture(scope="module")

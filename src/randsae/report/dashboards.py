@@ -7,6 +7,8 @@ Layout under RUN/dashboards/:
     {variant}/layer{L}/latent{i}.html one latent: explanation, scores, windows, histogram, tokens, logits
     {variant}/layer{L}/latent{i}.json the same latent as Neuronpedia-style feature JSON
 
+Files are rewritten in place, each atomically; the caller removes what an earlier report left behind.
+
 The activation histogram is a hand-drawn inline SVG rather than a matplotlib PNG: a report has a thousand
 or more of them and matplotlib takes ~70 ms per figure on two cores, which alone would break the report's
 30-second budget.
@@ -14,11 +16,13 @@ or more of them and matplotlib takes ~70 ms per figure on two cores, which alone
 
 from __future__ import annotations
 
+import functools
 import html
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from randsae.interp.outputs import write_text_atomic
 from randsae.report.latent_data import LatentView, TokenWeight, Window
 from randsae.report.neuronpedia import feature_json
 from randsae.report.page import definition_list, note, render_page
@@ -43,11 +47,17 @@ def score_columns(views: Sequence[LatentView]) -> list[str]:
             and not isinstance(value, bool)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def token_html(token: str) -> str:
+    """A token's escaped display text, newlines shown as arrows (memoized: pages repeat tokens a lot)."""
+    return html.escape(token.replace("\n", "\u21b5"))
+
+
 def render_window(window: Window, scale: float) -> str:
     """A window as text, each active token shaded by its activation relative to the latent's max."""
     parts = [f'<span class="max">{window.max_activation:.3g}</span>']
     for token, value in zip(window.tokens, window.activations):
-        text = html.escape(token.replace("\n", "\u21b5"))
+        text = token_html(token)
         if value > 0:
             alpha = min(1.0, value / scale) if scale > 0 else 1.0
             parts.append(f'<span class="tok" style="background:rgba({HIGHLIGHT_RGB},{alpha:.2f})" '
@@ -150,18 +160,19 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def write_dashboards(folder: Path, views: Mapping[tuple[str, int], Sequence[LatentView]], variants: Sequence[str],
-                     colors: Mapping[str, str], notes: Sequence[str], model_name: str, judge: str | None,
-                     write_text: Callable[[Path, str], None]) -> int:
-    """Write every page and feature JSON; returns the number of latent pages."""
-    n_pages = 0
+                     colors: Mapping[str, str], notes: Sequence[str], model_name: str,
+                     judge: str | None) -> set[Path]:
+    """Write every page and feature JSON (each file atomically); returns the paths written."""
+    pages: dict[Path, str] = {}
     for (variant, layer), latents in views.items():
         for view in latents:
             path = folder / latent_path(variant, layer, view.latent)
-            write_text(path, latent_page(view, variants, colors))
-            write_text(path.with_suffix(".json"), json.dumps(feature_json(view, model_name, judge), allow_nan=False))
-            n_pages += 1
+            pages[path] = latent_page(view, variants, colors)
+            pages[path.with_suffix(".json")] = json.dumps(feature_json(view, model_name, judge), allow_nan=False)
     for layer in sorted({layer for _, layer in views}):
         by_variant = {v: views[(v, layer)] for v in variants if (v, layer) in views}
-        write_text(folder / f"layer{layer}.html", layer_page(layer, by_variant, colors))
-    write_text(folder / "index.html", index_page(views, variants, colors, notes))
-    return n_pages
+        pages[folder / f"layer{layer}.html"] = layer_page(layer, by_variant, colors)
+    pages[folder / "index.html"] = index_page(views, variants, colors, notes)
+    for path, text in pages.items():
+        write_text_atomic(path, text)
+    return set(pages)

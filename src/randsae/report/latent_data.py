@@ -116,26 +116,37 @@ def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembed
     logits = directions @ unembedding.W_U
     k = min(N_LOGITS, logits.shape[1])
     top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
-
-    def weights(values: torch.Tensor, ids: torch.Tensor) -> tuple[TokenWeight, ...]:
-        return tuple(TokenWeight(t, float(v)) for t, v in zip(decode(ids.tolist()), values))
-
-    return {latent: (weights(top.values[n], top.indices[n]), weights(bottom.values[n], bottom.indices[n]))
-            for n, latent in enumerate(latents)}
+    values = torch.cat([top.values, bottom.values], dim=1).tolist()
+    texts = decode(torch.cat([top.indices, bottom.indices], dim=1).flatten().tolist())
+    effects = {}
+    for n, latent in enumerate(latents):
+        weights = [TokenWeight(text, value) for text, value in zip(texts[2 * k * n: 2 * k * (n + 1)], values[n])]
+        effects[latent] = (tuple(weights[:k]), tuple(weights[k:]))
+    return effects
 
 
 class WindowLayout(NamedTuple):
-    """How held-out rows are cut into windows (the interp stage's settings)."""
+    """The held-out tokens, their display text, and how rows are cut into windows (the interp stage's way)."""
 
     tokens: np.ndarray
     """int64 [n_tokens]: the flattened held-out input_ids."""
+    token_texts: np.ndarray
+    """object [max id + 1]: display text of every id that occurs in `tokens`."""
     context_size: int
     window_size: int
 
+    @classmethod
+    def build(cls, input_ids: torch.Tensor, window_size: int, decode: StrTokens) -> WindowLayout:
+        """Decode every distinct held-out token once, so windows are looked up, not decoded, per page."""
+        tokens = input_ids.flatten().numpy().astype(np.int64)
+        distinct = np.unique(tokens)
+        texts = np.empty(int(distinct.max()) + 1 if distinct.size else 0, dtype=object)
+        texts[distinct] = decode(distinct.tolist())
+        return cls(tokens, texts, int(input_ids.shape[1]), window_size)
+
 
 def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, layout: WindowLayout,
-                n_tokens: int, decode: StrTokens, rng: np.random.Generator, *,
-                explanation: str | None, scores: Mapping[str, Any],
+                n_tokens: int, rng: np.random.Generator, *, explanation: str | None, scores: Mapping[str, Any],
                 logits: tuple[tuple[TokenWeight, ...], tuple[TokenWeight, ...]] | None) -> LatentView:
     """Build one latent's view from all its nonzero activations (rows sorted ascending)."""
     ctx, size = layout.context_size, layout.window_size
@@ -147,18 +158,21 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
     maxima = np.maximum.reduceat(values, starts) if len(values) else np.zeros(0, np.float32)
     ranked = np.argsort(-maxima, kind="stable")
 
-    def window(k: int) -> Window:
-        ids = window_tokens(layout.tokens, window_ids[k:k + 1], ctx, size)[0]
-        dense = np.zeros(size, np.float32)
-        dense[(rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
-        return Window(tuple(decode(ids.tolist())), tuple(round(float(a), 4) for a in dense))
+    rank_groups = np.array_split(np.arange(len(ranked)), min(N_QUANTILES, len(ranked)))
+    picks = [np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
+             for ranks in rank_groups]
+    shown = np.concatenate([ranked[:N_TOP_WINDOWS], *(ranked[p] for p in picks)]).astype(np.int64)
+    texts = layout.token_texts[window_tokens(layout.tokens, window_ids[shown], ctx, size)]
+    dense = np.zeros((len(shown), size), np.float32)
+    for j, k in enumerate(shown):
+        dense[j, (rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
+    shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense)]
+    top_windows, rest = shown_windows[:N_TOP_WINDOWS], iter(shown_windows[N_TOP_WINDOWS:])
+    quantiles = tuple(
+        QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(maxima[ranked[ranks]].min()),
+                      float(maxima[ranked[ranks]].max()), tuple(next(rest) for _ in picked))
+        for ranks, picked in zip(rank_groups, picks))
 
-    quantiles = []
-    for ranks in np.array_split(np.arange(len(ranked)), min(N_QUANTILES, len(ranked))):
-        picked = np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
-        group_max = maxima[ranked[ranks]]
-        quantiles.append(QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(group_max.min()),
-                                       float(group_max.max()), tuple(window(int(ranked[r])) for r in picked)))
     mass = token_activation_mass(layout.tokens[entries.rows], entries.values)
     total = float(mass.mass.sum()) or 1.0
     counts, edges = np.histogram(entries.values, bins=HISTOGRAM_BINS,
@@ -167,11 +181,10 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
         variant=variant, layer=layer, latent=latent, explanation=explanation, scores=scores,
         n_firing=len(entries.values), n_tokens=n_tokens,
         max_activation=float(entries.values.max()) if len(entries.values) else 0.0,
-        histogram_counts=tuple(int(c) for c in counts), histogram_edges=tuple(float(e) for e in edges),
-        top_windows=tuple(window(int(k)) for k in ranked[:N_TOP_WINDOWS]),
-        quantiles=tuple(quantiles),
+        histogram_counts=tuple(counts.tolist()), histogram_edges=tuple(edges.tolist()),
+        top_windows=tuple(top_windows), quantiles=quantiles,
         top_tokens=tuple(TokenWeight(t, float(m) / total) for t, m in
-                         zip(decode(mass.token_ids[:N_TOP_TOKENS].tolist()), mass.mass[:N_TOP_TOKENS])),
+                         zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS])),
         promoted_logits=logits[0] if logits else None,
         suppressed_logits=logits[1] if logits else None,
     )
@@ -194,14 +207,13 @@ def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
         return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))
     with safe_open(heldout, "pt") as file:
         input_ids = file.get_tensor("input_ids")
-    window_size = int(run.interp.settings.get("window_size", DEFAULT_WINDOW_SIZE))
-    layout = WindowLayout(input_ids.flatten().numpy().astype(np.int64), int(input_ids.shape[1]), window_size)
     notes = []
     if (run.run_dir / "tokenizer").is_dir():
         decode = tokenizer_str_tokens(run.run_dir / "tokenizer")
     else:
         decode = _token_ids_as_text
         notes.append("The run has no tokenizer/ folder: tokens are shown as #id.")
+    layout = WindowLayout.build(input_ids, int(run.interp.settings.get("window_size", DEFAULT_WINDOW_SIZE)), decode)
     unembedding = read_unembedding(run.run_dir / "unembedding.safetensors")
     if unembedding is None:
         notes.append("The run has no unembedding.safetensors: top promoted logits are not shown.")
@@ -210,8 +222,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
         scored.setdefault((str(row["variant"]), int(row["layer"])), {})[int(row["latent"])] = row
     paths = InterpPaths(run.interp.folder)
     views = {}
-    items = sorted(scored.items(), key=lambda item: (run.variants.index(item[0][0])
-                                                     if item[0][0] in run.variants else len(run.variants), item[0][1]))
+    items = sorted(scored.items(), key=lambda item: (run.variants.index(item[0][0]), item[0][1]))
     if progress:
         from tqdm import tqdm
 
@@ -229,7 +240,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
         n_tokens = cache.manifest.n_tokens - math.ceil(cache.manifest.n_tokens / cache.manifest.context_size)
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
-            latent_view(variant, layer, latent, entries[latent], layout, n_tokens, decode, rng,
+            latent_view(variant, layer, latent, entries[latent], layout, n_tokens, rng,
                         explanation=rows[latent].get("explanation") or None, scores=rows[latent],
                         logits=logits.get(latent))
             for latent in latents]

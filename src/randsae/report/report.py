@@ -11,7 +11,6 @@ import html
 import importlib.metadata
 import math
 import platform
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -64,16 +63,16 @@ SEPARATION_COLUMNS = (
 
 
 def write_report(run_dir: Path, *, progress: bool = True) -> Path:
-    """Write RUN/report.html and RUN/dashboards/ (replaced whole); returns the report's path."""
+    """Write RUN/report.html and RUN/dashboards/; returns the report's path."""
     start = time.perf_counter()
     run = read_run(Path(run_dir))
     colors = variant_colors(run.variants)
     latent_views = collect_latent_views(run, progress)
-    staging = run.run_dir / (DASHBOARDS_DIR + ".new")
-    shutil.rmtree(staging, ignore_errors=True)
-    n_pages = write_dashboards(staging, latent_views.views, run.variants, colors, latent_views.notes,
-                               str(run.config.get("model", {}).get("name", "")), _judge(run), write_text_atomic)
-    _replace_folder(staging, run.run_dir / DASHBOARDS_DIR)
+    folder = run.run_dir / DASHBOARDS_DIR
+    written = write_dashboards(folder, latent_views.views, run.variants, colors, latent_views.notes,
+                               str(run.config.get("model", {}).get("name", "")), _judge(run))
+    _remove_stale_files(folder, written)
+    n_pages = sum(len(latents) for latents in latent_views.views.values())
     body = _report_body(run, colors, latent_views.notes, n_pages)
     report = run.run_dir / REPORT_FILE
     write_text_atomic(report, render_page(f"randsae report: {_model_name(run)}", body))
@@ -83,14 +82,15 @@ def write_report(run_dir: Path, *, progress: bool = True) -> Path:
     return report
 
 
-def _replace_folder(new: Path, target: Path) -> None:
-    """Swap a fully written folder into place, so no stale page of an earlier report survives."""
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def _remove_stale_files(folder: Path, written: set[Path]) -> None:
+    """Delete what an earlier report left in `folder` and this one did not rewrite (pages of latents no
+    longer scored), so the folder holds exactly this report's dashboards. Files are rewritten in place
+    (each atomically) rather than the folder replaced: deleting thousands of files is slow on some disks."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        if path.is_file() and path not in written:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
 
 
 def _model_name(run: RunInputs) -> str:
@@ -107,8 +107,10 @@ def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Seq
                 '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
                 f'<a href="{DASHBOARDS_DIR}/index.html">latent dashboards</a></nav>',
                 *(note(text) for text in run.notes), _header(run, colors),
-                '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
-                figure(plots.metric_grid(_panels(run), colors), "metrics against layer, one line per variant")]
+                '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>']
+    panels = _panels(run)
+    sections.append(figure(plots.metric_grid(panels, colors), "metrics against layer, one line per variant")
+                    if panels else note("metrics.json has none of the plotted metrics."))
     sections += _interp_figures(run, colors)
     sections += _tables(run, colors)
     layers = sorted({int(row["layer"]) for row in run.interp.latents}) if run.interp else []
@@ -230,7 +232,8 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         if rows:
             points[variant] = (np.array([r["token_entropy"] for r in rows], float),
                                np.array([r["fuzz_auroc"] for r in rows], float))
-    out.append(figure(plots.entropy_scatter(points, colors, "fuzzing"), "token entropy against fuzzing AUROC"))
+    if points:
+        out.append(figure(plots.entropy_scatter(points, colors, "fuzzing"), "token entropy against fuzzing AUROC"))
     return out
 
 

@@ -81,7 +81,8 @@ def read_run(run_dir: Path) -> RunInputs:
         notes.append(f"{TIMINGS_JSON} is missing: wall time per stage is not shown.")
     interp = _read_interp(run_dir, notes)
     analysis = _read_analysis(run_dir, notes)
-    found = [row["variant"] for row in metrics]
+    found = [str(row["variant"]) for rows in (metrics, interp.saes if interp else (),
+                                               analysis.saes if analysis else ()) for row in rows]
     configured = [v for v in config.get("variants", []) if isinstance(v, str)]
     variants = tuple(dict.fromkeys([*(v for v in configured if v in found), *found]))
     layers = tuple(sorted({int(row["layer"]) for row in metrics}))
