@@ -129,6 +129,7 @@ class TrainLog:
     peak_lr: float
     warmup_steps: int
     wall_time_s: float
+    """The training loop (after the first buffer is read and b_dec initialized)."""
     tokens_per_s: float
     seed: int
     config: TrainConfig
@@ -239,6 +240,8 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
     first = next(buffers)
     sae.init_from_data(first)
+    buffers = itertools.chain([first], buffers)
+    del first  # the chain drops it once served: one buffer in memory at a time
     sae.to(device)
     optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr, fused=True)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, n_steps))
@@ -248,7 +251,7 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     bar = tqdm(total=n_steps * cfg.batch_size, unit="tok", unit_scale=True, disable=not progress,
                desc=f"train {sae_cfg.architecture} SAE")
     start = time.perf_counter()
-    batches = (batch for buffer in itertools.chain([first], buffers) for batch in buffer.split(cfg.batch_size))
+    batches = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
     for step, batch in zip(range(n_steps), batches):
         x = batch.to(device, non_blocking=True)
         dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
