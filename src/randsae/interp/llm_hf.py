@@ -43,7 +43,7 @@ class HFLanguageModel:
         if self.tokenizer.chat_template:
             messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return prompt.as_text() + " "
+        return prompt.as_text()
 
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
@@ -53,11 +53,14 @@ class HFLanguageModel:
         ids = self._ids(self._prompt_text(prompt))
         out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
                                   pad_token_id=self.tokenizer.eos_token_id)
-        return self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        reply = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        # Without a chat template the prompt ends with the answer lead: put it back so replies read alike.
+        return reply if self.tokenizer.chat_template else prompt.answer_lead + reply
 
     @torch.no_grad()
     def binary_answers(self, prompt: Prompt, n: int) -> BinaryAnswers:
-        out = self.model(self._ids(self._prompt_text(prompt) + "["), use_cache=True)
+        opening = "[" if self.tokenizer.chat_template else " ["
+        out = self.model(self._ids(self._prompt_text(prompt) + opening), use_cache=True)
         predictions, probabilities = [], []
         for i in range(n):
             pair = out.logits[0, -1, self.digit_ids].float()

@@ -65,7 +65,8 @@ class HttpLanguageModel:
         reply = self._post("/completions", payload)
         try:
             choice = reply["choices"][0]
-            return choice["text"] or "", _completion_logprobs(choice.get("logprobs"))
+            # The prompt ends with the answer lead ("Explanation:"): put it back so replies read alike.
+            return prompt.answer_lead + (choice["text"] or ""), _completion_logprobs(choice.get("logprobs"))
         except (KeyError, IndexError, TypeError) as error:
             raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}")
 
