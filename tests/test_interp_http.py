@@ -23,14 +23,21 @@ class ScriptedServer:
     def __init__(self, script):
         self.script = list(script)
         self.requests = []
+        self.in_flight = self.peak_in_flight = 0
+        lock = threading.Lock()
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 length = int(self.headers["Content-Length"])
-                owner.requests.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
-                status, body, delay = owner.script.pop(0) if owner.script else (200, owner.fallback, 0)
+                with lock:
+                    owner.requests.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
+                    status, body, delay = owner.script.pop(0) if owner.script else owner.fallback
+                    owner.in_flight += 1
+                    owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
                 time.sleep(delay)
+                with lock:
+                    owner.in_flight -= 1
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(status)
@@ -43,7 +50,7 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
-        self.fallback = {}
+        self.fallback = (200, {}, 0)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -144,3 +151,16 @@ def test_unreachable_server_is_a_request_failure():
     with pytest.raises(JudgeFailure) as caught:
         model("http://127.0.0.1:9", retries=0).generate(PROMPT, 5)
     assert caught.value.kind == "request"
+
+
+def test_the_judge_keeps_concurrency_requests_in_flight(serve):
+    from randsae.interp.judges import JudgeItem, JudgeRequest, LLMJudge
+
+    server = serve([])
+    server.fallback = (200, chat_reply("[1, 0, 1, 0, 1]"), 0.3)
+    items = [JudgeItem([" a", " b"], None)] * 5
+    requests = [JudgeRequest("detection", "letters", items)] * 12
+    verdicts = LLMJudge(model(server.url, concurrency=4)).judge_many(requests)
+    assert len(server.requests) == 12 and server.peak_in_flight == 4
+    assert all(len(v) == 5 and v[0].source == "hard_answers" for v in verdicts)
+    assert "Excerpt 5:" in server.requests[0][2]["messages"][1]["content"]  # five windows per prompt
