@@ -20,6 +20,8 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import numpy as np
+import scipy.sparse
 import torch
 from torch import Tensor
 
@@ -42,6 +44,15 @@ class TokenLookup:
         return torch.where(seen.unsqueeze(1), self.means[index], self.fallback)
 
 
+def sum_rows_by_group(x: Tensor, group: Tensor, n_groups: int) -> Tensor:
+    """[n_groups, d] float64 sums of the rows x [n, d] of each group [n], as a sparse one-hot product
+    (an order of magnitude faster than index_add_ on CPU)."""
+    n = group.numel()
+    one_hot = scipy.sparse.csr_matrix((np.ones(n, dtype=np.float32), (group.numpy(), np.arange(n))),
+                                      shape=(n_groups, n))
+    return torch.from_numpy(np.asarray(one_hot @ x.float().numpy(), dtype=np.float64))
+
+
 def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
     """Per-token means of the activation rows `blocks` (in cache row order), BOS rows skipped.
 
@@ -51,20 +62,19 @@ def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
     not_bos = torch.arange(flat.numel()) % context_size != 0
-    token_ids = torch.unique(flat[not_bos])
+    distinct, index_of_row = np.unique(flat.numpy(), return_inverse=True)
+    token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(index_of_row.reshape(-1))
     sums: Tensor | None = None
     start = 0
     for block in blocks:
         stop = start + block.shape[0]
         keep = not_bos[start:stop]
-        index = torch.searchsorted(token_ids, flat[start:stop][keep])
-        block_sums = torch.zeros(token_ids.numel(), block.shape[1]).index_add_(0, index, block[keep].float())
-        sums = block_sums.double() if sums is None else sums.add_(block_sums)
+        block_sums = sum_rows_by_group(block[keep], index_of_row[start:stop][keep], token_ids.numel())
+        sums = block_sums if sums is None else sums.add_(block_sums)
         start = stop
     if sums is None:
         raise ValueError("no activation rows to fit the token lookup on")
-    counts = torch.bincount(torch.searchsorted(token_ids, flat[:start][not_bos[:start]]),
-                            minlength=token_ids.numel()).double()
+    counts = torch.bincount(index_of_row[:start][not_bos[:start]], minlength=token_ids.numel()).double()
     seen = counts > 0
     means = sums[seen] / counts[seen].unsqueeze(1)
     fallback = sums.sum(0) / counts.sum()
@@ -120,9 +130,7 @@ class VarianceAccumulator:
         """Rows x [n, d] of the sequences `sequence` [n] (ascending, as rows come in cache order)."""
         centred = x - self.center
         first, last = int(sequence[0]), int(sequence[-1]) + 1
-        local = sequence - first
-        block_sum = torch.zeros(last - first, x.shape[1]).index_add_(0, local, centred)
-        self.row_sum[first:last] += block_sum.double()
+        self.row_sum[first:last] += sum_rows_by_group(centred, sequence - first, last - first)
         self.square_sum.index_add_(0, sequence, centred.square().sum(1).double())
         self.count.index_add_(0, sequence, torch.ones(sequence.numel(), dtype=torch.float64))
 
