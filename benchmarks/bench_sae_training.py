@@ -7,6 +7,9 @@ kept, which damps noise from other processes sharing the CPU.
     python benchmarks/bench_sae_training.py                 # expansions 16 and 64
     python benchmarks/bench_sae_training.py --expansions 16 --steps 3 --rounds 1
 
+"selection" is `TrainConfig.topk_selection_dtype`: bfloat16 picks the top k with a bf16 encoder product
+(AMX on this CPU) and keeps float32 values and gradients; its roofline fraction is still against fp32.
+
 Roofline: tokens/s x 2·d·m FLOPs (the one dense product a TopK step cannot avoid) against a large fp32
 matmul timed in every round (best kept). sparsify's step is its trainer's: decoder renorm, forward, FVU backward, parallel
 gradient removal, torch Adam (its eager CPU path: no Triton here).
@@ -42,9 +45,10 @@ def matmul_gflops(size: int = 4096, repeats: int = 3) -> float:
     return 2 * size**3 / best / 1e9
 
 
-def ours_tokens_per_s(data: torch.Tensor, d_sae: int, steps: int) -> float:
+def ours_tokens_per_s(data: torch.Tensor, d_sae: int, steps: int, selection_dtype: str | None = None) -> float:
     """The real trainer (shuffling, schedule, clipping, renorm included) for `steps` batches."""
-    cfg = TrainConfig(batch_size=BATCH, total_tokens=steps * BATCH, warmup_steps=0, buffer_tokens=data.shape[0])
+    cfg = TrainConfig(batch_size=BATCH, total_tokens=steps * BATCH, warmup_steps=0, buffer_tokens=data.shape[0],
+                      topk_selection_dtype=selection_dtype)
     result = train_sae(TensorSource(data), cfg, SAEConfig("topk", D_MODEL, d_sae, k=K), seed=0, progress=False)
     return result.log.tokens_per_s
 
@@ -92,26 +96,27 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D_MODEL} k={K} batch={BATCH}")
     peak = 0.0
     data = synthetic_activations(BATCH * args.steps)
-    header = f"{'expansion':>9} {'d_sae':>6} {'ours tok/s':>11} {'sparsify tok/s':>15} {'ours/sparsify':>14} " \
-             f"{'ours GFLOP/s':>13} {'of roofline':>12}"
+    header = f"{'expansion':>9} {'d_sae':>6} {'selection':>9} {'ours tok/s':>11} {'sparsify tok/s':>15} " \
+             f"{'ours/sparsify':>14} {'ours GFLOP/s':>13} {'of roofline':>12}"
     results = []
     for expansion in args.expansions:
         d_sae = D_MODEL * expansion
-        ours, theirs = 0.0, 0.0
+        ours, ours_bf16, theirs = 0.0, 0.0, 0.0
         for _ in range(args.rounds):
             peak = max(peak, matmul_gflops())
             ours = max(ours, ours_tokens_per_s(data, d_sae, args.steps))
+            ours_bf16 = max(ours_bf16, ours_tokens_per_s(data, d_sae, args.steps, "bfloat16"))
             if sparsify is not None:
                 theirs = max(theirs, sparsify_tokens_per_s(data, d_sae, args.steps))
-        results.append((expansion, d_sae, ours, theirs))
+        results += [(expansion, d_sae, "float32", ours, theirs), (expansion, d_sae, "bfloat16", ours_bf16, theirs)]
         print(f"  done expansion {expansion}", flush=True)
     print(f"roofline: fp32 4096^3 matmul, best of all rounds: {peak:.1f} GFLOP/s")
     print(header)
-    for expansion, d_sae, ours, theirs in results:
+    for expansion, d_sae, selection, ours, theirs in results:
         gflops = ours * 2 * D_MODEL * d_sae / 1e9
         ratio = f"{ours / theirs:.2f}x" if theirs else "n/a"
-        print(f"{expansion:>9} {d_sae:>6} {ours:>11.0f} {theirs or float('nan'):>15.0f} {ratio:>14} "
-              f"{gflops:>13.1f} {gflops / peak:>11.0%}")
+        print(f"{expansion:>9} {d_sae:>6} {selection:>9} {ours:>11.0f} {theirs or float('nan'):>15.0f} "
+              f"{ratio:>14} {gflops:>13.1f} {gflops / peak:>11.0%}")
 
 
 if __name__ == "__main__":

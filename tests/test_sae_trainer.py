@@ -123,6 +123,17 @@ def test_auxk_acts_only_once_latents_count_as_dead():
     assert auxk.log.final_fvu < auxk.log.loss_curve[0].fvu
 
 
+def test_bf16_selection_trains_as_well_and_saves_an_exact_sae(trained):
+    source, cfg, result = trained
+    fast = train_sae(source, dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
+                     SAEConfig("topk", D, 128, k=4), seed=0, progress=False)
+    assert fast.log.final_fvu < result.log.final_fvu + 0.03
+    assert fast.sae.selection_dtype is None
+    with pytest.raises(UserError, match="TopK"):
+        train_sae(source, dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
+                  SAEConfig("relu_l1", D, 64, l1_coefficient=1e-3), progress=False)
+
+
 def test_relu_l1_trains_through_the_same_trainer():
     source = TensorSource(sparse_activations(8192))
     cfg = TrainConfig(batch_size=256, n_epochs=2, warmup_steps=10, lr=3e-3)

@@ -32,13 +32,16 @@ class TopKOutput(NamedTuple):
     """[n, k] int64 latent ids, ascending within each token."""
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int) -> TopKOutput:
+def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
+                selection_dtype: torch.dtype | None = None) -> TopKOutput:
     """ReLU of the k largest pre-activations `(x - b_dec) @ W_enc + b_enc`.
 
     x [n, d], W_enc [d, m], b_enc [m], b_dec [d] -> TopKOutput([n, k], [n, k]); differentiable in x, W_enc,
-    b_enc and b_dec through `values`.
+    b_enc and b_dec through `values`. With `selection_dtype` (e.g. bfloat16, fast on CPUs with AMX and on
+    GPUs) the dense product that picks the k latents runs in that dtype; the k values are then recomputed
+    in the input's dtype, so only near-ties at the k-th place can pick differently.
     """
-    values, indices = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k)
+    values, indices = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k, selection_dtype)
     return TopKOutput(values, indices)
 
 
@@ -63,30 +66,37 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n_latents: int)
     return torch.sparse.mm(selection, rows)
 
 
-def gather_dots(indices: Tensor, table: Tensor, rows: Tensor) -> Tensor:
-    """out[n, j] = <rows[n], table[indices[n, j]]>: [n, k], [m, d], [n, d] -> [n, k].
+def gather_dots(indices: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
+    """out[n, j] = <rows[n], columns[:, indices[n, j]]>: [n, k], [n, d], [d, m] -> [n, k].
 
-    A matrix product `rows @ table.T` sampled only at the (n, indices[n, j]) pairs.
+    The matrix product `rows @ columns` sampled only at the (n, indices[n, j]) pairs.
     """
     n, k = indices.shape
     row_starts = torch.arange(0, n * k + 1, k, device=indices.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         pattern = torch.sparse_csr_tensor(row_starts, indices.reshape(-1), rows.new_zeros(n * k),
-                                          (n, table.shape[0]), check_invariants=False)
-    return torch.sparse.sampled_addmm(pattern, rows, table.T, beta=0.0).values().view(n, k)
+                                          (n, columns.shape[1]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, rows, columns, beta=0.0).values().view(n, k)
 
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int):
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
+                selection_dtype: torch.dtype | None):
         centred = x - b_dec
-        pre = torch.addmm(b_enc, centred, W_enc)
-        values, indices = pre.topk(k, dim=1, sorted=False)
-        del pre
-        # Latent ids ascending within each token: the CSR pattern in `gather_dots` wants sorted columns.
-        indices, order = indices.sort(dim=1)
-        values = values.gather(1, order).relu_()
+        if selection_dtype is None or selection_dtype == x.dtype:
+            pre = torch.addmm(b_enc, centred, W_enc)
+            values, indices = pre.topk(k, dim=1, sorted=False)
+            del pre
+            # Latent ids ascending within each token: the CSR pattern in `gather_dots` wants sorted columns.
+            indices, order = indices.sort(dim=1)
+            values = values.gather(1, order).relu_()
+        else:
+            pre = torch.addmm(b_enc.to(selection_dtype), centred.to(selection_dtype), W_enc.to(selection_dtype))
+            indices = pre.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+            del pre
+            values = (gather_dots(indices, centred, W_enc) + b_enc[indices]).relu_()
         ctx.save_for_backward(centred, W_enc, values, indices)
         ctx.mark_non_differentiable(indices)
         return values, indices
@@ -108,7 +118,7 @@ class _TopKEncode(torch.autograd.Function):
             # Σ_n of the per-token input gradient, without forming it: W_enc @ per_latent.
             grad_b_dec = -(W_enc @ per_latent)
         grad_b_enc = per_latent if ctx.needs_input_grad[2] else None
-        return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None
+        return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None, None
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -121,6 +131,6 @@ class _SparseDecode(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         values, indices, W_dec = ctx.saved_tensors
         grad_out = grad_out.contiguous()
-        grad_values = gather_dots(indices, W_dec, grad_out) if ctx.needs_input_grad[0] else None
+        grad_values = gather_dots(indices, grad_out, W_dec.T) if ctx.needs_input_grad[0] else None
         grad_W_dec = scatter_rows(indices, values, grad_out, W_dec.shape[0]) if ctx.needs_input_grad[2] else None
         return grad_values, None, grad_W_dec

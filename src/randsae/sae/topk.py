@@ -20,6 +20,9 @@ class TopKSAE(SparseAutoencoder):
     """TopK SAE; `cfg.k` latents are active per token."""
 
     architecture = "topk"
+    selection_dtype: torch.dtype | None = None
+    """Dtype of the dense product that picks the top k (values stay exact); the trainer sets it from
+    `TrainConfig.topk_selection_dtype` while training. None: the weights' own dtype."""
 
     def __init__(self, cfg: SAEConfig):
         if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
@@ -29,7 +32,7 @@ class TopKSAE(SparseAutoencoder):
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
         """[n, d_in] -> the k active latents per token: TopKOutput(values [n, k], indices [n, k])."""
-        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k)
+        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k, self.selection_dtype)
 
     def encode(self, x: Tensor) -> Tensor:
         """[n, d_in] -> dense latents [n, d_sae], zero outside each token's top k."""

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from randsae.errors import UserError
 from randsae.sae.base import SAEConfig, SparseAutoencoder, architecture_class
+from randsae.sae.topk import TopKSAE
 
 TRAINING_LOG_FILE = "training.json"
 
@@ -85,6 +86,10 @@ class TrainConfig:
     """A latent that has not fired for this many tokens counts as dead (AuxK, and the final log)."""
     log_points: int = 100
     """About how many points the logged loss curve has."""
+    topk_selection_dtype: str | None = None
+    """TopK only: run the dense encoder product that picks the k latents in this dtype ("bfloat16" is
+    faster on CPUs with AMX and on GPUs, see benchmarks/README.md; sparsify autocasts to bf16 likewise).
+    The k values and all gradients stay float32. None: float32 throughout, as saved SAEs always encode."""
 
     def validate(self) -> None:
         """UserError for values that cannot train."""
@@ -101,6 +106,9 @@ class TrainConfig:
         if self.context_size is not None and self.context_size < 2:
             raise UserError(f"train.context_size must be >= 2, got {self.context_size}",
                             "Set it to the windows' length in tokens")
+        if self.topk_selection_dtype not in (None, "bfloat16", "float16", "float32"):
+            raise UserError(f"train.topk_selection_dtype={self.topk_selection_dtype!r} is not a float dtype",
+                            'Use "bfloat16", "float16", "float32" or leave it unset')
         if self.warmup_steps < 0 or self.max_grad_norm <= 0 or self.auxk_coefficient < 0:
             raise UserError("train.warmup_steps, max_grad_norm and auxk_coefficient must be >= 0 (max_grad_norm > 0)",
                             "Fix the negative value")
@@ -237,6 +245,11 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     log_every = max(1, n_steps // cfg.log_points)
 
     sae = build_sae(sae_cfg, seed)
+    if cfg.topk_selection_dtype is not None:
+        if not isinstance(sae, TopKSAE):
+            raise UserError(f"train.topk_selection_dtype applies to TopK SAEs, not {sae_cfg.architecture}",
+                            "Leave topk_selection_dtype unset for this architecture")
+        sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
     first = next(buffers)
     sae.init_from_data(first)
@@ -281,4 +294,6 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     log = TrainLog(steps=n_steps, tokens=tokens, final_fvu=curve[-1].fvu, dead_fraction=dead.float().mean().item(),
                    loss_curve=tuple(curve), peak_lr=peak_lr, warmup_steps=warmup, wall_time_s=wall,
                    tokens_per_s=tokens / wall, seed=seed, config=cfg)
+    if isinstance(sae, TopKSAE):
+        sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
     return TrainResult(sae.eval(), log)
