@@ -104,7 +104,8 @@ def build_run(root: Path, *, variants=VARIANTS, layers=(0, 1, 2), d_model=24, d_
     (run / "config.toml").write_text(tomli_w.dumps({
         "variants": list(variants), "layers": list(layers),
         "model": {"name": "synthetic/tiny-model", "revision": "main"},
-        "data": {"source": "synthetic", "train_tokens": n_windows * context_size, "context_size": context_size},
+        "data": {"source": "synthetic"},
+        "tokens": {"context_size": context_size, "train_tokens": n_windows * context_size},
         "sae": {"architecture": "topk", "expansion": d_sae // d_model, "k": k}}))
     (run / "timings.json").write_text(json.dumps({"tokenize": 1.5, "harvest": 12.0, "train": 30.25}))
     if unembedding:

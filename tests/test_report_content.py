@@ -111,6 +111,7 @@ def test_header_names_model_judge_software_and_stage_times(report):
     assert re.search(r"torch [0-9.]", report) and re.search(r"matplotlib [0-9.]", report)
     assert "harvest 12.0 s" in report and "total 43.8 s" in report
     assert "2,048" in report  # held-out tokens: 32 windows x 64
+    assert "context_size = 64, train_tokens = 2048" in report and "expansion = 4, k = 4" in report
 
 
 def test_each_variant_has_one_colour_everywhere(run, report):

@@ -161,13 +161,14 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
     rank_groups = np.array_split(np.arange(len(ranked)), min(N_QUANTILES, len(ranked)))
     picks = [np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
              for ranks in rank_groups]
-    shown = np.concatenate([ranked[:N_TOP_WINDOWS], *(ranked[p] for p in picks)]).astype(np.int64)
+    n_top = min(N_TOP_WINDOWS, len(ranked))
+    shown = np.concatenate([ranked[:n_top], *(ranked[p] for p in picks)]).astype(np.int64)
     texts = layout.token_texts[window_tokens(layout.tokens, window_ids[shown], ctx, size)]
     dense = np.zeros((len(shown), size), np.float32)
     for j, k in enumerate(shown):
         dense[j, (rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
     shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense)]
-    top_windows, rest = shown_windows[:N_TOP_WINDOWS], iter(shown_windows[N_TOP_WINDOWS:])
+    top_windows, rest = shown_windows[:n_top], iter(shown_windows[n_top:])
     quantiles = tuple(
         QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(maxima[ranked[ranks]].min()),
                       float(maxima[ranked[ranks]].max()), tuple(next(rest) for _ in picked))

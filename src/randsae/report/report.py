@@ -126,7 +126,9 @@ def _header(run: RunInputs, colors: Mapping[str, str]) -> str:
     model = run.config.get("model", {})
     items = [("model", f"{model.get('name', 'unknown')} (revision {model.get('revision') or 'default'})"),
              ("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
-    items += [(f"data: {key}", _setting(value)) for key, value in run.config.get("data", {}).items()]
+    items += [(title, ", ".join(f"{key} = {_setting(value)}" for key, value in run.config[table].items()))
+              for table, title in (("data", "data"), ("tokens", "tokens"), ("sae", "SAE"), ("train", "SAE training"))
+              if isinstance(run.config.get(table), dict)]
     heldout = run.run_dir / "tokens" / "heldout.safetensors"
     if heldout.is_file():
         with safe_open(heldout, "pt") as file:
@@ -135,7 +137,6 @@ def _header(run: RunInputs, colors: Mapping[str, str]) -> str:
     eval_tokens = sorted({row.get("n_eval_tokens") for row in run.metrics if row.get("n_eval_tokens") is not None})
     if eval_tokens:
         items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
-    items.append(("SAE", ", ".join(f"{k} = {_setting(v)}" for k, v in run.config.get("sae", {}).items()) or "–"))
     warning = ""
     if run.interp and run.interp.saes:
         first = run.interp.saes[0]
