@@ -209,3 +209,10 @@ def test_selection_is_matched_across_variants_and_the_reduction_reported(tmp_pat
     assert len(sampled) == 1
     assert sampled.pop() == min(sae.n_eligible for sae in summary.saes)
     assert all(sae.n_requested == 1000 for sae in summary.saes)
+
+
+def test_an_unreachable_judge_server_is_one_clear_error(tmp_path):
+    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    cfg = small_config(judge="http", model="m", base_url="http://127.0.0.1:9/v1", retries=0, timeout_s=2)
+    with pytest.raises(UserError, match="does not answer"):
+        interpret_run(run, cfg, progress=False, str_tokens=str_tokens)

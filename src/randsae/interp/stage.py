@@ -174,7 +174,7 @@ def load_or_select(paths: InterpPaths, caches: dict[str, LatentCache], cfg: Inte
 
 def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel | None):
     """The explainer and judge `cfg` names; an HTTP server is checked once before any real work."""
-    if cfg.judge == "token" and language_model is None:
+    if cfg.judge == "token":
         return TokenListExplainer(cfg.n_list_tokens), TokenJudge()
     if language_model is None and cfg.judge == "http":
         from randsae.interp.llm_http import HttpLanguageModel
@@ -193,8 +193,7 @@ def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel |
         language_model = HFLanguageModel(cfg.model)
     explainer = (TokenListExplainer(cfg.n_list_tokens) if cfg.resolved_explainer == "token_list"
                  else LLMExplainer(language_model, cfg.highlight_threshold, cfg.explanation_max_tokens))
-    judge = TokenJudge() if cfg.judge == "token" else LLMJudge(language_model)
-    return explainer, judge
+    return explainer, LLMJudge(language_model)
 
 
 def latent_rng(seed: int, module: str, latent: int, stream: int) -> np.random.Generator:
