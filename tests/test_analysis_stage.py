@@ -131,3 +131,23 @@ def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path
         analyze_run(run, AnalysisConfig(), progress=False)
     with pytest.raises(UserError, match="single_token_threshold"):
         dataclasses.replace(AnalysisConfig(), single_token_threshold=1.5)
+
+
+@pytest.mark.slow
+def test_real_pipeline_run_is_analysed(tmp_path: Path, tiny_run: Path):
+    """On a run made by the real pipeline (tiny GPT-NeoX, TopK SAEs): every SAE measured, values in range."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    summary = analyze_run(run, AnalysisConfig(bootstrap_samples=100, min_token_count=5), progress=False)
+    variants = {m.variant for m in summary.saes}
+    assert variants == {"trained", "rerandomized", "rerandomized_keep_embeddings", "control"}
+    for m in summary.saes:
+        assert 0 < m.n_alive <= m.d_sae
+        assert 0.0 <= m.single_token_fraction <= 1.0 and 0.0 <= m.positional_fraction <= 1.0
+        assert m.lookup_ev <= 1.0 and m.sae_ev <= 1.0
+    # The control feeds every token fresh noise instead of its embedding: token identity explains less there.
+    control = [m for m in summary.saes if m.variant == "control"]
+    trained = [m for m in summary.saes if m.variant == "trained"]
+    assert max(m.lookup_ev for m in control) < min(m.lookup_ev for m in trained)
+    assert {row.variant for row in summary.separation} == variants - {"trained"}
+    assert (run / "analysis" / "separation.csv").is_file()
