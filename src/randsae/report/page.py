@@ -22,6 +22,7 @@ th{background:#f4f4f4;cursor:pointer;user-select:none;position:relative}
 th[data-dir=asc]::after{content:" \\25B2"}th[data-dir=desc]::after{content:" \\25BC"}
 td.text{text-align:left;max-width:520px}
 .chip{display:inline-block;width:10px;height:10px;margin-right:5px;border-radius:2px}
+.variant{white-space:nowrap}
 .note{background:#f6f8fa;border-left:4px solid #999;padding:6px 10px;margin:8px 0}
 .warning{background:#fff4e5;border-left:4px solid #e67e22;padding:6px 10px;margin:8px 0}
 dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px;margin:6px 0}

@@ -28,7 +28,7 @@ from randsae.report.latent_data import collect_latent_views
 from randsae.report.palette import variant_colors
 from randsae.report.page import definition_list, figure, note, render_page
 from randsae.report.run_inputs import RunInputs, read_run
-from randsae.report.tables import Column, html_table, variant_chip
+from randsae.report.tables import Column, html_table, present_columns, variant_chip
 
 REPORT_FILE = "report.html"
 DASHBOARDS_DIR = "dashboards"
@@ -52,6 +52,11 @@ ANALYSIS_COLUMNS = (
     Column("mean_top_token_share", "top-token share", ".3f"), Column("mean_positional_r2", "positional R²", ".3f"),
     Column("mean_context_dependence", "context dep.", ".3f"), Column("lookup_ev", "lookup EV", ".3f"),
     Column("sae_ev", "SAE EV", ".3f"), Column("sae_ev_beyond_lookup", "SAE EV beyond lookup", ".3f"),
+    Column("fuzz_auroc_single_token", "fuzz AUROC single-token", ".3f"),
+    Column("fuzz_auroc_contextual", "fuzz AUROC contextual", ".3f"),
+    Column("detection_auroc_single_token", "detect AUROC single-token", ".3f"),
+    Column("detection_auroc_contextual", "detect AUROC contextual", ".3f"),
+    Column("seed_stable_share", "seed-stable share", ".3f"),
     Column("n_alive", "alive", "d"), Column("n_rows", "rows", "d"),
 )
 SEPARATION_COLUMNS = (
@@ -262,16 +267,16 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
     ids = (Column("variant", "variant"), Column("layer", "layer"))
     out = ['<h2 id="tables">Tables</h2><p>Click a column header to sort.</p><h3>SAE quality (variant × layer)</h3>']
-    present = [c for c in QUALITY_COLUMNS if any(c.key in row for row in run.metrics)]
-    out.append(html_table([*ids, *present], _ordered(run, run.metrics), table_id="quality", cell_html=chip))
+    out.append(html_table([*ids, *present_columns(QUALITY_COLUMNS, run.metrics)], _ordered(run, run.metrics),
+                          table_id="quality", cell_html=chip))
     if run.interp:
         rows = [_interp_row(sae) for sae in run.interp.saes]
         out += ["<h3>Auto-interpretability (variant × layer)</h3>",
                 html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip)]
     if run.analysis:
         out += ["<h3>What separates trained from random (variant × layer)</h3>",
-                html_table([*ids, *ANALYSIS_COLUMNS], _ordered(run, run.analysis.saes), table_id="analysis",
-                           cell_html=chip)]
+                html_table([*ids, *present_columns(ANALYSIS_COLUMNS, run.analysis.saes)],
+                           _ordered(run, run.analysis.saes), table_id="analysis", cell_html=chip)]
         pooled = [r for r in run.analysis.separation if str(r.get("layer")) == "all"]
         per_layer = [r for r in run.analysis.separation if str(r.get("layer")) != "all"]
         out += ["<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",

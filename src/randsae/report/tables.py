@@ -38,6 +38,11 @@ def _sort_key(value: Any) -> str | None:
     return "-Infinity" if math.isnan(value) else repr(float(value))
 
 
+def present_columns(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> list[Column]:
+    """The columns at least one row has a value for."""
+    return [column for column in columns if any(column.key in row for row in rows)]
+
+
 def html_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, table_id: str,
                cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] | None = None) -> str:
     """A sortable `<table>`; `cell_html[key](row)` renders a column as trusted HTML (links, colour chips)."""
@@ -49,7 +54,7 @@ def html_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, 
         for column in columns:
             value = row.get(column.key)
             sort = _sort_key(value)
-            attribute = f' data-sort="{sort}"' if sort is not None else ""
+            attribute = f' data-sort="{sort}"' if sort is not None else ' class="text"'
             content = (cell_html[column.key](row) if column.key in cell_html
                        else html.escape(format_value(value, column.format)))
             cells.append(f"<td{attribute}>{content}</td>")
@@ -60,5 +65,5 @@ def html_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, 
 
 def variant_chip(variant: str, colors: Mapping[str, str]) -> str:
     """The variant's name after a square of its colour."""
-    return (f'<span class="chip" style="background:{colors.get(variant, "#000")}"></span>'
-            f"{html.escape(variant)}")
+    return (f'<span class="variant"><span class="chip" style="background:{colors.get(variant, "#000")}"></span>'
+            f"{html.escape(variant)}</span>")
