@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from randsae.analysis.codes import encode_block, row_layout
-from randsae.analysis.measure import encode_heldout
-from randsae.analysis.token_lookup import TokenErrors, VarianceAccumulator, explained_variances, fit_token_lookup
+from randsae.analysis.measure import encode_heldout, token_samples
+from randsae.analysis.token_lookup import TokenErrors, VarianceAccumulator, fit_token_lookup
 from randsae.sae.base import SAEConfig
 from randsae.sae.relu import ReluSAE
 from randsae.sae.topk import TopKSAE
@@ -24,6 +24,10 @@ def token_windows(n_seq: int, seed: int) -> torch.Tensor:
 
 def blocks(x: torch.Tensor, rows: int = 50):
     return (x[i:i + rows] for i in range(0, x.shape[0], rows))
+
+
+def explained_variances(errors: TokenErrors) -> dict[str, float]:
+    return {name: sample.value() for name, sample in token_samples(errors).items()}
 
 
 def numpy_lookup(x: np.ndarray, token: np.ndarray, not_bos: np.ndarray) -> dict[int, np.ndarray]:
@@ -48,7 +52,7 @@ def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_trai
     sae = ReluSAE(SAEConfig("relu_l1", D, 24, l1_coefficient=0.0))
     _, errors = encode_heldout(sae, blocks(heldout_x), layout, lookup)
     ev = explained_variances(errors)
-    assert ev.lookup == pytest.approx(1.0, abs=1e-6)
+    assert ev["lookup_ev"] == pytest.approx(1.0, abs=1e-6)
     assert float(errors.lookup_error.max()) < 1e-8
 
 
@@ -79,9 +83,9 @@ def test_explained_variances_match_numpy(architecture: str):
     total = ((x - x.mean(0)) ** 2).sum()
     sae_error, lookup_error = ((x - x_hat) ** 2).sum(), ((x - predicted) ** 2).sum()
     ev = explained_variances(errors)
-    assert ev.sae == pytest.approx(1 - sae_error / total, rel=1e-5)
-    assert ev.lookup == pytest.approx(1 - lookup_error / total, rel=1e-5)
-    assert ev.sae_beyond_lookup == pytest.approx(1 - sae_error / lookup_error, rel=1e-5)
+    assert ev["sae_ev"] == pytest.approx(1 - sae_error / total, rel=1e-5)
+    assert ev["lookup_ev"] == pytest.approx(1 - lookup_error / total, rel=1e-5)
+    assert ev["sae_ev_beyond_lookup"] == pytest.approx(1 - sae_error / lookup_error, rel=1e-5)
     per_sequence = np.bincount(layout.sequence.numpy(), ((x - x.mean(0)) ** 2).sum(1))
     np.testing.assert_allclose(errors.sequence_variance.numpy(), per_sequence, rtol=1e-6)
 
@@ -104,8 +108,8 @@ def test_sae_worse_than_lookup_gives_negative_ev_beyond_lookup():
                          torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
                          torch.tensor([10.0, 10.0], dtype=torch.float64))
     ev = explained_variances(errors)
-    assert ev.sae_beyond_lookup == pytest.approx(1 - 12 / 6)
-    assert ev.lookup == pytest.approx(1 - 6 / 20) and ev.sae == pytest.approx(1 - 12 / 20)
+    assert ev["sae_ev_beyond_lookup"] == pytest.approx(1 - 12 / 6)
+    assert ev["lookup_ev"] == pytest.approx(1 - 6 / 20) and ev["sae_ev"] == pytest.approx(1 - 12 / 20)
 
 
 def test_sequence_variance_stays_accurate_when_the_mean_dwarfs_the_spread():

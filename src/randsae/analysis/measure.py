@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import numpy as np
@@ -20,7 +20,8 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
 from randsae.analysis.positional import positional_r2
 from randsae.analysis.single_token import top_token_share
-from randsae.analysis.token_lookup import TokenErrors, TokenLookup, VarianceAccumulator, explained_variances
+from randsae.analysis.separation import MeanSample, RatioSample, Sample
+from randsae.analysis.token_lookup import TokenErrors, TokenLookup, VarianceAccumulator
 from randsae.sae.base import SparseAutoencoder
 
 
@@ -60,6 +61,8 @@ class SAEMeasurements:
     lookup_ev: float
     sae_ev: float
     sae_ev_beyond_lookup: float
+    """The metric fields hold the value of the sample of the same name (see latent_samples, token_samples);
+    the ones below stay NaN unless the auto-interp table or seed stability provides their samples."""
     fuzz_auroc_single_token: float = math.nan
     """Mean fuzzing AUROC of the interp stage over scored single-token latents (NaN without interp scores)."""
     fuzz_auroc_contextual: float = math.nan
@@ -116,31 +119,42 @@ def measure_latents(codes: SparseCodes, layout: RowLayout, cfg: AnalysisConfig) 
     )
 
 
-def _mean(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    return float(values.mean()) if values.size else math.nan
-
-
-def summarize(variant: str, layer: int, latents: LatentMeasures, errors: TokenErrors,
-              cfg: AnalysisConfig) -> SAEMeasurements:
+def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
+    """Per-latent units whose means are the SAE's latent metrics (fractions are means of 0/1 flags)."""
     alive = latents.firing_count > 0
-    n_alive = int(alive.sum())
+    share = latents.top_token_share[alive]
+    r2 = np.nan_to_num(latents.positional_r2[alive])   # NaN only for a latent constant on every row
+    cd = latents.context_dependence
+    return {
+        "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0),
+        "mean_top_token_share": MeanSample(share),
+        "positional_fraction": MeanSample((r2 >= cfg.positional_threshold) * 1.0),
+        "mean_positional_r2": MeanSample(r2),
+        "mean_context_dependence": MeanSample(cd[np.isfinite(cd)]),
+    }
 
-    def fraction(flags: np.ndarray) -> float:
-        return float(flags[alive].mean()) if n_alive else math.nan
 
-    ev = explained_variances(errors)
-    eligible = np.isfinite(latents.context_dependence)
+def token_samples(errors: TokenErrors) -> dict[str, RatioSample]:
+    """The explained variances (see token_lookup.py) as ratios of per-sequence sums."""
+    sae_error, lookup_error = errors.sae_error.numpy(), errors.lookup_error.numpy()
+    sequence, variance = errors.sequence.numpy(), errors.sequence_variance.numpy()
+    lookup_by_sequence = np.bincount(sequence, lookup_error, variance.size)
+    return {
+        "lookup_ev": RatioSample.from_rows(lookup_error, variance, sequence),
+        "sae_ev": RatioSample.from_rows(sae_error, variance, sequence),
+        "sae_ev_beyond_lookup": RatioSample.from_rows(sae_error, lookup_by_sequence, sequence),
+    }
+
+
+def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample]) -> SAEMeasurements:
+    """The SAE's record: every sample's value, plus the counts behind them."""
+    values = {name: sample.value() for name, sample in samples.items()}
+    interp_counts = {f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight
+                     for kind in ("single_token", "contextual") if f"fuzz_auroc_{kind}" in samples}
     return SAEMeasurements(
-        variant=variant, layer=layer, d_sae=int(alive.size), n_rows=int(errors.sae_error.numel()), n_alive=n_alive,
-        single_token_fraction=fraction(latents.top_token_share >= cfg.single_token_threshold),
-        mean_top_token_share=_mean(latents.top_token_share[alive]),
-        positional_fraction=fraction(np.nan_to_num(latents.positional_r2) >= cfg.positional_threshold),
-        mean_positional_r2=_mean(latents.positional_r2[alive]),
-        n_context_eligible=int(eligible.sum()),
-        mean_context_dependence=_mean(latents.context_dependence),
-        lookup_ev=ev.lookup, sae_ev=ev.sae, sae_ev_beyond_lookup=ev.sae_beyond_lookup,
-    )
+        variant=variant, layer=layer, d_sae=int(latents.firing_count.size),
+        n_rows=int(samples["sae_ev"].units.size), n_alive=int((latents.firing_count > 0).sum()),
+        n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
 
 
 def analyse_sae(variant: str, layer: int, sae: SparseAutoencoder, heldout_blocks: Iterable[Tensor],
@@ -148,4 +162,5 @@ def analyse_sae(variant: str, layer: int, sae: SparseAutoencoder, heldout_blocks
     """Every measurement of one SAE on the held-out rows of `layout`."""
     codes, errors = encode_heldout(sae, heldout_blocks, layout, lookup)
     latents = measure_latents(codes, layout, cfg)
-    return SAEAnalysis(summarize(variant, layer, latents, errors, cfg), latents, errors)
+    samples = {**latent_samples(latents, cfg), **token_samples(errors)}
+    return SAEAnalysis(summarize(variant, layer, latents, samples), latents, errors)

@@ -80,7 +80,9 @@ class RatioSample(NamedTuple):
         return 1
 
     def value(self) -> float:
-        return float(1.0 - self.num.sum() / self.den.sum())
+        """NaN when there is nothing to explain (zero denominator)."""
+        den = self.den.sum()
+        return float(1.0 - self.num.sum() / den) if den > 0 else math.nan
 
     def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
         return 1.0 - (self.num @ sequence_counts) / (self.den @ sequence_counts)

@@ -7,10 +7,8 @@ the settings and inputs they depend on, so an interrupted or re-thresholded anal
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,11 +18,11 @@ from tqdm.auto import tqdm
 
 from randsae.analysis.codes import row_layout
 from randsae.analysis.config import AnalysisConfig
-from randsae.analysis.interp_split import read_interp_scores, split_by_latent_type
-from randsae.analysis.measure import LatentMeasures, SAEMeasurements, analyse_sae, summarize
+from randsae.analysis.interp_split import LatentScores, read_interp_scores, split_by_latent_type
+from randsae.analysis.measure import LatentMeasures, analyse_sae, latent_samples, summarize, token_samples
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, second_seed_sae
-from randsae.analysis.separation import REFERENCE, MeanSample, RatioSample, Sample, separation_table, variant_rank
+from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table, variant_rank
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.data.activations import ActivationCache, cache_folder
 from randsae.data.tokens import load_tokens
@@ -113,40 +111,11 @@ def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_i
     return analysis.latents, analysis.errors
 
 
-def _with_interp(measurements: SAEMeasurements, latents: LatentMeasures, scores, cfg: AnalysisConfig
-                 ) -> tuple[SAEMeasurements, dict[str, np.ndarray]]:
+def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
+    """Per-latent AUROCs by latent type, named `{score}_{kind}` like the SAEMeasurements fields."""
     split = split_by_latent_type(scores, latents.top_token_share, cfg.single_token_threshold)
-    per_latent = {f"{score}_{kind}": values for score, kinds in split.scores.items() for kind, values in kinds.items()}
-    means = {name: float(values.mean()) if values.size else float("nan") for name, values in per_latent.items()}
-    return dataclasses.replace(measurements, **means, n_interp_single_token=per_latent["fuzz_auroc_single_token"].size,
-                               n_interp_contextual=per_latent["fuzz_auroc_contextual"].size), per_latent
-
-
-def metric_samples(latents: Mapping[tuple[str, int], LatentMeasures], errors: Mapping[tuple[str, int], TokenErrors],
-                   cfg: AnalysisConfig) -> dict[str, dict[tuple[str, int], Sample]]:
-    """The per-unit samples behind each SAEMeasurements field, for the separation table."""
-    samples: dict[str, dict[tuple[str, int], Sample]] = {}
-
-    def add(metric: str, key: tuple[str, int], sample: Sample) -> None:
-        samples.setdefault(metric, {})[key] = sample
-
-    for key, m in latents.items():
-        alive = m.firing_count > 0
-        add("single_token_fraction", key, MeanSample((m.top_token_share[alive] >= cfg.single_token_threshold) * 1.0))
-        add("mean_top_token_share", key, MeanSample(m.top_token_share[alive]))
-        r2 = np.nan_to_num(m.positional_r2[alive])
-        add("positional_fraction", key, MeanSample((r2 >= cfg.positional_threshold) * 1.0))
-        add("mean_positional_r2", key, MeanSample(r2))
-        cd = m.context_dependence
-        add("mean_context_dependence", key, MeanSample(cd[np.isfinite(cd)]))
-    for key, e in errors.items():
-        sae_error, lookup_error, sequence = e.sae_error.numpy(), e.lookup_error.numpy(), e.sequence.numpy()
-        variance = e.sequence_variance.numpy()
-        lookup_by_sequence = np.bincount(sequence, lookup_error, variance.size)
-        add("lookup_ev", key, RatioSample.from_rows(lookup_error, variance, sequence))
-        add("sae_ev", key, RatioSample.from_rows(sae_error, variance, sequence))
-        add("sae_ev_beyond_lookup", key, RatioSample.from_rows(sae_error, lookup_by_sequence, sequence))
-    return samples
+    return {f"{score}_{kind}": MeanSample(values) for score, kinds in split.scores.items()
+            for kind, values in kinds.items()}
 
 
 def seed_match_cosine(run_dir: Path, entry: SAEEntry, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
@@ -170,33 +139,35 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     heldout_ids = load_tokens(run_dir / "tokens", "heldout")
     train_ids = load_tokens(run_dir / "tokens", "train")
     latents: dict[tuple[str, int], LatentMeasures] = {}
-    errors: dict[tuple[str, int], TokenErrors] = {}
+    samples: dict[tuple[str, int], dict[str, Sample]] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
-        latents[entry[:2]], errors[entry[:2]] = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
-    measurements = {key: summarize(*key, latents[key], errors[key], cfg) for key in latents}
-    samples = metric_samples(latents, errors, cfg)
+        key = (entry.variant, entry.layer)
+        latents[key], errors = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
+        samples[key] = {**latent_samples(latents[key], cfg), **token_samples(errors)}
     notes = []
 
     interp = read_interp_scores(run_dir / INTERP_TABLE)
     if not interp:
         notes.append(f"auto-interp split skipped: no {INTERP_TABLE} (run `randsae interpret` first)")
     for key in latents.keys() & interp.keys():
-        measurements[key], per_latent = _with_interp(measurements[key], latents[key], interp[key], cfg)
-        for metric, values in per_latent.items():
-            samples.setdefault(metric, {})[key] = MeanSample(values)
+        samples[key].update(interp_samples(interp[key], latents[key], cfg))
 
     matches: dict[tuple[str, int], np.ndarray] = {}
     if cfg.seed_stability:
         for entry in entries:
-            key = entry[:2]
+            key = (entry.variant, entry.layer)
             matches[key] = seed_match_cosine(run_dir, entry, train_ids, cfg, device=device, progress=progress)
-            stable = (np.nan_to_num(matches[key], nan=-1.0) >= cfg.match_threshold) * 1.0
-            measurements[key] = dataclasses.replace(measurements[key], seed_stable_share=float(stable.mean()))
-            samples.setdefault("seed_stable_share", {})[key] = MeanSample(stable)
+            stable = np.nan_to_num(matches[key], nan=-1.0) >= cfg.match_threshold
+            samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
 
     if REFERENCE not in {variant for variant, _ in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")
-    rows = separation_table(samples, cfg.bootstrap_samples, cfg.seed)
-    summary = AnalysisSummary(cfg, tuple(measurements[entry[:2]] for entry in entries), tuple(rows), tuple(notes))
+    by_metric: dict[str, dict[tuple[str, int], Sample]] = {}
+    for key, named in samples.items():
+        for metric, sample in named.items():
+            by_metric.setdefault(metric, {})[key] = sample
+    rows = separation_table(by_metric, cfg.bootstrap_samples, cfg.seed)
+    records = tuple(summarize(*key, latents[key], samples[key]) for key in latents)
+    summary = AnalysisSummary(cfg, records, tuple(rows), tuple(notes))
     write_outputs(run_dir / "analysis", summary, latents, matches)
     return summary

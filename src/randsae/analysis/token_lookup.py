@@ -10,13 +10,13 @@ per-dimension mean of the held-out rows, over held-out rows i:
     SAE EV beyond lookup   = 1 - sum ||x_i - xhat_i||^2 / sum ||x_i - m(t_i)||^2
 
 The last is the share of what the lookup leaves (x - m(t)) that the SAE reconstructs; it is negative
-when the SAE reconstructs worse than the lookup table.
+when the SAE reconstructs worse than the lookup table. This module fits the lookup and defines the
+per-row errors; `measure.token_samples` turns them into the three ratios.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -92,24 +92,6 @@ class TokenErrors(NamedTuple):
     """float64 [n]: ||x - m(t)||^2."""
     sequence_variance: Tensor
     """float64 [n_sequences]: sum over the sequence's rows of ||x - mu||^2."""
-
-
-class ExplainedVariances(NamedTuple):
-    lookup: float
-    sae: float
-    sae_beyond_lookup: float
-
-
-def _explained(error: float, variance: float) -> float:
-    """1 - error / variance; NaN when there is no variance to explain."""
-    return 1.0 - error / variance if variance > 0 else math.nan
-
-
-def explained_variances(errors: TokenErrors) -> ExplainedVariances:
-    total = float(errors.sequence_variance.sum())
-    sae, lookup = float(errors.sae_error.sum()), float(errors.lookup_error.sum())
-    return ExplainedVariances(lookup=_explained(lookup, total), sae=_explained(sae, total),
-                              sae_beyond_lookup=_explained(sae, lookup))
 
 
 class VarianceAccumulator:
