@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -164,3 +165,16 @@ def test_rewriting_the_report_leaves_no_stale_dashboard(run):
     assert not stale.exists()
     assert (run / "dashboards" / "index.html").is_file()
     assert (run / "report.html").read_text().rstrip().endswith("</html>")
+
+
+def test_hard_answer_aurocs_and_failed_examples_are_flagged(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("dashboards", "activations"))
+    summary = json.loads((copy / "interp" / "interp.json").read_text())
+    summary["saes"][0]["fuzz"]["probability_source"] = "hard_answers"
+    summary["saes"][1]["detection"]["n_failed"] = 3
+    (copy / "interp" / "interp.json").write_text(json.dumps(summary))
+    report = write_report(copy, progress=False).read_text()
+    assert "no log-probabilities" in report and "hard_answers" in report
+    assert re.search(r"3 of \d+ judged examples failed", report)
+    assert "no log-probabilities" not in (run / "report.html").read_text()

@@ -148,7 +148,7 @@ def index_page(views: Mapping[tuple[str, int], Sequence[LatentView]], variants: 
     rows = "".join(f'<tr><td><a href="layer{layer}.html">layer {layer}</a></td>'
                    + "".join(f"<td>{len(views.get((v, layer), ()))}</td>" for v in variants) + "</tr>"
                    for layer in layers)
-    body = (f'<nav><a href="../report.html">report</a></nav><h1>Latent dashboards</h1>'
+    body = ('<nav><a href="../report.html">report</a></nav><h1>Latent dashboards</h1>'
             + "".join(note(text) for text in notes)
             + f"<p>Scored latents per variant and layer:</p><table><thead><tr><th>layer</th>{head}</tr></thead>"
             f"<tbody>{rows}</tbody></table>")

@@ -8,9 +8,7 @@ run. Missing optional stages (interp, analysis) become visible notes, not errors
 from __future__ import annotations
 
 import html
-import importlib.metadata
 import math
-import platform
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
 
 from randsae.interp.outputs import InterpPaths, module_name, read_scores, write_text_atomic
 from randsae.interp.statistics import FAILED_PROBABILITY
@@ -26,14 +23,14 @@ from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
 from randsae.report.latent_data import collect_latent_views
 from randsae.report.palette import variant_colors
-from randsae.report.page import definition_list, figure, note, render_page
+from randsae.report.run_header import run_header
+from randsae.report.page import figure, note, render_page
 from randsae.report.run_inputs import RunInputs, read_run
 from randsae.report.tables import Column, html_table, present_columns, variant_chip
 
 REPORT_FILE = "report.html"
 DASHBOARDS_DIR = "dashboards"
 MAX_ROC_LAYERS = 6
-SOFTWARE = ("randsae", "torch", "numpy", "matplotlib", "transformers", "safetensors")
 TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
 
 QUALITY_COLUMNS = (
@@ -78,7 +75,7 @@ def write_report(run_dir: Path, *, progress: bool = True) -> Path:
                                str(run.config.get("model", {}).get("name", "")), _judge(run))
     _remove_stale_files(folder, written)
     n_pages = sum(len(latents) for latents in latent_views.views.values())
-    body = _report_body(run, colors, latent_views.notes, n_pages)
+    body = _report_body(run, colors, latent_views.notes, n_pages, sorted({layer for _, layer in latent_views.views}))
     report = run.run_dir / REPORT_FILE
     write_text_atomic(report, render_page(f"randsae report: {_model_name(run)}", body))
     if progress:
@@ -106,70 +103,25 @@ def _judge(run: RunInputs) -> str | None:
     return str(run.interp.saes[0].get("judge")) if run.interp and run.interp.saes else None
 
 
-def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Sequence[str], n_pages: int) -> str:
+def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Sequence[str], n_pages: int,
+                 dashboard_layers: Sequence[int]) -> str:
     sections = [f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
                 '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
                 '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
                 f'<a href="{DASHBOARDS_DIR}/index.html">latent dashboards</a></nav>',
-                *(note(text) for text in run.notes), _header(run, colors),
+                *(note(text) for text in run.notes), run_header(run, colors),
                 '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>']
     panels = _panels(run)
     sections.append(figure(plots.metric_grid(panels, colors), "metrics against layer, one line per variant")
                     if panels else note("metrics.json has none of the plotted metrics."))
     sections += _interp_figures(run, colors)
     sections += _tables(run, colors)
-    layers = sorted({int(row["layer"]) for row in run.interp.latents}) if run.interp else []
     sections.append(f'<h2 id="dashboards">Latent dashboards</h2><p>{n_pages} latent pages: '
                     f'<a href="{DASHBOARDS_DIR}/index.html">index</a> · '
                     + " · ".join(f'<a href="{DASHBOARDS_DIR}/layer{layer}.html">layer {layer}, all variants</a>'
-                                 for layer in layers) + "</p>")
+                                 for layer in dashboard_layers) + "</p>")
     sections += [note(text) for text in dashboard_notes]
     return "\n".join(sections)
-
-
-def _header(run: RunInputs, colors: Mapping[str, str]) -> str:
-    model = run.config.get("model", {})
-    items = [("model", f"{model.get('name', 'unknown')} (revision {model.get('revision') or 'default'})"),
-             ("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
-    items += [(title, ", ".join(f"{key} = {_setting(value)}" for key, value in run.config[table].items()))
-              for table, title in (("data", "data"), ("tokens", "tokens"), ("sae", "SAE"), ("train", "SAE training"))
-              if isinstance(run.config.get(table), dict)]
-    heldout = run.run_dir / "tokens" / "heldout.safetensors"
-    if heldout.is_file():
-        with safe_open(heldout, "pt") as file:
-            windows, context = file.get_slice("input_ids").get_shape()
-        items.append(("held-out tokens", f"{windows * context:,} ({windows} windows × {context})"))
-    eval_tokens = sorted({row.get("n_eval_tokens") for row in run.metrics if row.get("n_eval_tokens") is not None})
-    if eval_tokens:
-        items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
-    warning = ""
-    if run.interp and run.interp.saes:
-        first = run.interp.saes[0]
-        items += [("judge", f"{first.get('judge')} (explainer: {first.get('explainer')})"),
-                  ("auto-interp protocol", str(run.interp.summary.get("scaling", "")))]
-        if first.get("judge") == "token":
-            warning = note("Auto-interp used the LLM-free token judge: explanations are token lists scored by "
-                           "token membership, not an LLM's judgement. Its AUROCs measure how single-token the "
-                           "latents are, and are not comparable to the paper's LLM-judged numbers.", warning=True)
-    items.append(("software", f"python {platform.python_version()}, " + ", ".join(
-        f"{name} {_version(name)}" for name in SOFTWARE)))
-    if run.timings:
-        total = sum(run.timings.values())
-        items.append(("wall time", ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.timings.items())
-                      + f" (total {total:.1f} s)"))
-    chips = " ".join(variant_chip(v, colors) for v in run.variants)
-    return f'<h2 id="run">Run</h2>{warning}<p>{chips}</p>{definition_list(items)}'
-
-
-def _setting(value: Any) -> str:
-    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _series(rows: Iterable[Mapping[str, Any]], value, low=None, high=None) -> dict[str, list[plots.Point]]:
