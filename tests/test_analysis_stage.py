@@ -129,6 +129,11 @@ def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path
     shutil.copy(run / "tokens" / "train.safetensors", run / "tokens" / "heldout.safetensors")
     with pytest.raises(UserError, match="does not match"):
         analyze_run(run, AnalysisConfig(), progress=False)
+    shutil.copy(planted_run / "tokens" / "heldout.safetensors", run / "tokens" / "heldout.safetensors")
+    (run / "interp").mkdir()
+    (run / "interp" / "latents.csv").write_text("variant,latent,fuzz_auroc\ntrained,3,0.7\n")
+    with pytest.raises(UserError, match="lacks the column"):
+        analyze_run(run, AnalysisConfig(), progress=False)
     with pytest.raises(UserError, match="single_token_threshold"):
         dataclasses.replace(AnalysisConfig(), single_token_threshold=1.5)
 

@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from randsae.errors import UserError
+
 SCORES = ("fuzz_auroc", "detection_auroc")
 KINDS = ("single_token", "contextual")
 
@@ -51,10 +53,19 @@ def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
         return {}
     columns: dict[tuple[str, int], list[tuple[int, float, float]]] = defaultdict(list)
     with open(path, newline="") as handle:
-        for record in csv.DictReader(handle):
-            key = (record["variant"], int(record["layer"]))
-            columns[key].append((int(record["latent"]), _float(record.get("fuzz_auroc")),
-                                 _float(record.get("detection_auroc"))))
+        reader = csv.DictReader(handle)
+        missing = {"variant", "layer", "latent"} - set(reader.fieldnames or ())
+        if missing:
+            raise UserError(f"{path} lacks the column(s) {', '.join(sorted(missing))}",
+                            "Rerun `randsae interpret` to rewrite it, or delete it to skip the auto-interp split")
+        for line, record in enumerate(reader, start=2):
+            try:
+                key = (record["variant"], int(record["layer"]))
+                latent = int(record["latent"])
+            except (TypeError, ValueError):
+                raise UserError(f"{path} line {line}: layer and latent must be integers",
+                                "Rerun `randsae interpret` to rewrite it") from None
+            columns[key].append((latent, _float(record.get("fuzz_auroc")), _float(record.get("detection_auroc"))))
     return {key: LatentScores(np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows]),
                               np.array([r[2] for r in rows])) for key, rows in columns.items()}
 

@@ -136,6 +136,7 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     """
     run_dir = Path(run_dir)
     entries = discover_saes(run_dir)
+    interp = read_interp_scores(run_dir / INTERP_TABLE)   # read first: a malformed table fails before the work
     heldout_ids = load_tokens(run_dir / "tokens", "heldout")
     train_ids = load_tokens(run_dir / "tokens", "train")
     latents: dict[tuple[str, int], LatentMeasures] = {}
@@ -145,8 +146,6 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
         latents[key], errors = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
         samples[key] = {**latent_samples(latents[key], cfg), **token_samples(errors)}
     notes = []
-
-    interp = read_interp_scores(run_dir / INTERP_TABLE)
     if not interp:
         notes.append(f"auto-interp split skipped: no {INTERP_TABLE} (run `randsae interpret` first)")
     for key in latents.keys() & interp.keys():
