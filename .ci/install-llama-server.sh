@@ -37,7 +37,9 @@ if ! command -v cc >/dev/null && ! command -v gcc >/dev/null && ! command -v cla
 fi
 
 # Only the library and its Python server are needed: skip the multimodal (llava/mtmd) targets.
-export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
+# A portable AVX2 build, not -march=native: on VMs that advertise AMX without enabling it (seen here),
+# a native build dies with an invalid opcode (tilezero) on the first request.
+export CMAKE_ARGS="${CMAKE_ARGS:--DLLAVA_BUILD=OFF -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}"
 
 start=$(date +%s)
