@@ -8,6 +8,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -15,7 +16,10 @@ from transformers import AutoTokenizer
 
 from randsae.data.activations import ActivationCache, cache_folder
 from randsae.report import write_report
-from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS
+from randsae.interp.latent_cache import LatentEntries
+from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
+from randsae.report.dashboards import latent_page
+from randsae.report.neuronpedia import feature_json
 from randsae.sae import load_sae
 from tests.test_report_builder import build_run
 
@@ -110,3 +114,14 @@ def test_without_unembedding_or_tokenizer_the_pages_say_so(tmp_path):
     page = path.read_text()
     assert "Top promoted logits" not in page and re.search(r"#\d+", page)
     assert json.loads(path.with_suffix(".json").read_text())["pos_str"] == []
+
+
+def test_a_latent_that_never_fires_gets_an_empty_view_not_an_error():
+    layout = WindowLayout(np.arange(64) % 7, np.array([f"t{i}" for i in range(7)], dtype=object), 32, 16)
+    empty = LatentEntries(np.zeros(0, np.int64), np.zeros(0, np.float32))
+    view = latent_view("trained", 0, 5, empty, layout, 62, np.random.default_rng(0), explanation=None,
+                       scores={}, logits=None)
+    assert view.n_firing == 0 and view.top_windows == () and view.quantiles == () and view.top_tokens == ()
+    assert sum(view.histogram_counts) == 0
+    assert feature_json(view, "m", None)["activations"] == []
+    assert "latent 5" in latent_page(view, ["trained"], {"trained": "#000000"})

@@ -158,7 +158,7 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
     maxima = np.maximum.reduceat(values, starts) if len(values) else np.zeros(0, np.float32)
     ranked = np.argsort(-maxima, kind="stable")
 
-    rank_groups = np.array_split(np.arange(len(ranked)), min(N_QUANTILES, len(ranked)))
+    rank_groups = [g for g in np.array_split(np.arange(len(ranked)), max(1, min(N_QUANTILES, len(ranked)))) if len(g)]
     picks = [np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
              for ranks in rank_groups]
     n_top = min(N_TOP_WINDOWS, len(ranked))
