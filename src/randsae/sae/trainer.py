@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from randsae.errors import UserError
-from randsae.sae.base import SAEConfig, SparseAutoencoder, architecture_class
+from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, architecture_class
 from randsae.sae.topk import TopKSAE
 
 TRAINING_LOG_FILE = "training.json"
@@ -40,7 +40,7 @@ class ActivationSource(Protocol):
         ...
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class TensorSource:
     """An in-memory activation source over one [n_tokens, d_model] tensor (tests, notebooks)."""
 
@@ -225,6 +225,21 @@ def _with_end_marker(blocks: Iterator[Tensor]) -> Iterator[Tensor | None]:
     yield None
 
 
+def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: Tensor, cfg: TrainConfig,
+               dead_mask: Tensor | None = None) -> LossOutput:
+    """One optimizer step on a batch x [n, d_in]: loss (+ weighted AuxK), backward, removal of the gradient
+    along each decoder row, clipping, the update, and decoder rows back to unit norm."""
+    out = sae.loss(x, dead_mask)
+    loss = out.loss if out.aux_loss is None else out.loss + cfg.auxk_coefficient * out.aux_loss
+    loss.backward()
+    sae.remove_parallel_decoder_grad()
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    sae.normalize_decoder()
+    return out
+
+
 def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, seed: int = 0,
               device: str | torch.device = "cpu", progress: bool = True) -> TrainResult:
     """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
@@ -268,15 +283,8 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     for step, batch in zip(range(n_steps), batches):
         x = batch.to(device, non_blocking=True)
         dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
-        out = sae.loss(x, dead_mask)
-        loss = out.loss if out.aux_loss is None else out.loss + cfg.auxk_coefficient * out.aux_loss
-        loss.backward()
-        sae.remove_parallel_decoder_grad()
-        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
-        optimizer.step()
+        out = train_step(sae, optimizer, x, cfg, dead_mask)
         schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        sae.normalize_decoder()
         since_fired += x.shape[0]
         since_fired[out.fired] = 0
         fvu_sum += out.fvu
