@@ -32,14 +32,6 @@ class LatentScores(NamedTuple):
     detection_auroc: np.ndarray
 
 
-class InterpSplit(NamedTuple):
-    """Per-latent AUROCs of one SAE grouped by latent type: `scores[score][kind]` is a float64 array."""
-
-    scores: dict[str, dict[str, np.ndarray]]
-    n_unlabelled: int
-    """Scored latents that never fired on the analysed rows (no top-token share)."""
-
-
 def _float(text: str | None) -> float:
     try:
         return float(text) if text not in (None, "") else math.nan
@@ -70,14 +62,17 @@ def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
                               np.array([r[2] for r in rows])) for key, rows in columns.items()}
 
 
-def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float) -> InterpSplit:
-    """Group the scored latents' AUROCs into single-token and contextual by their top-token share."""
+def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float
+                         ) -> dict[str, np.ndarray]:
+    """The scored latents' finite AUROCs by latent type, as `{score}_{kind}` -> float64 array
+    (e.g. `fuzz_auroc_contextual`)."""
     in_range = scores.latent < top_token_share.size
     share = np.full(scores.latent.size, np.nan)
     share[in_range] = top_token_share[scores.latent[in_range]]
-    kinds = {"single_token": share >= threshold, "contextual": share < threshold}
+    kinds = dict(zip(KINDS, (share >= threshold, share < threshold)))
     split = {}
     for score in SCORES:
         values = getattr(scores, score)
-        split[score] = {kind: values[mask & np.isfinite(values)] for kind, mask in kinds.items()}
-    return InterpSplit(split, int(np.isnan(share).sum()))
+        for kind, mask in kinds.items():
+            split[f"{score}_{kind}"] = values[mask & np.isfinite(values)]
+    return split

@@ -18,6 +18,7 @@ from torch import Tensor
 from randsae.analysis.codes import RowLayout, SparseCodes, concat_codes, encode_block, firing_counts
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
+from randsae.analysis.interp_split import KINDS
 from randsae.analysis.positional import positional_r2
 from randsae.analysis.single_token import top_token_share
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
@@ -76,7 +77,8 @@ class SAEMeasurements:
 
 
 class SAEAnalysis(NamedTuple):
-    measurements: SAEMeasurements
+    """What one pass over the held-out activations leaves: the arrays every value is derived from."""
+
     latents: LatentMeasures
     errors: TokenErrors
 
@@ -150,17 +152,15 @@ def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mappin
     """The SAE's record: every sample's value, plus the counts behind them."""
     values = {name: sample.value() for name, sample in samples.items()}
     interp_counts = {f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight
-                     for kind in ("single_token", "contextual") if f"fuzz_auroc_{kind}" in samples}
+                     for kind in KINDS if f"fuzz_auroc_{kind}" in samples}
     return SAEMeasurements(
         variant=variant, layer=layer, d_sae=int(latents.firing_count.size),
         n_rows=int(samples["sae_ev"].units.size), n_alive=int((latents.firing_count > 0).sum()),
         n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
 
 
-def analyse_sae(variant: str, layer: int, sae: SparseAutoencoder, heldout_blocks: Iterable[Tensor],
-                layout: RowLayout, lookup: TokenLookup, cfg: AnalysisConfig) -> SAEAnalysis:
-    """Every measurement of one SAE on the held-out rows of `layout`."""
+def analyse_sae(sae: SparseAutoencoder, heldout_blocks: Iterable[Tensor], layout: RowLayout, lookup: TokenLookup,
+                cfg: AnalysisConfig) -> SAEAnalysis:
+    """The per-latent and per-row arrays of one SAE on the held-out rows of `layout`."""
     codes, errors = encode_heldout(sae, heldout_blocks, layout, lookup)
-    latents = measure_latents(codes, layout, cfg)
-    samples = {**latent_samples(latents, cfg), **token_samples(errors)}
-    return SAEAnalysis(summarize(variant, layer, latents, samples), latents, errors)
+    return SAEAnalysis(measure_latents(codes, layout, cfg), errors)

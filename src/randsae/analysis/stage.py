@@ -19,7 +19,9 @@ from tqdm.auto import tqdm
 from randsae.analysis.codes import row_layout
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import LatentScores, read_interp_scores, split_by_latent_type
-from randsae.analysis.measure import LatentMeasures, analyse_sae, latent_samples, summarize, token_samples
+from randsae.analysis.measure import (
+    LatentMeasures, SAEAnalysis, analyse_sae, latent_samples, summarize, token_samples,
+)
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table, variant_rank
@@ -74,7 +76,7 @@ def _part_key(entry: SAEEntry, caches: list[ActivationCache], cfg: AnalysisConfi
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
 
-def _load_part(path: Path, key: str) -> tuple[LatentMeasures, TokenErrors] | None:
+def _load_part(path: Path, key: str) -> SAEAnalysis | None:
     try:
         with np.load(path) as part:
             if str(part["key"]) != key:
@@ -83,18 +85,19 @@ def _load_part(path: Path, key: str) -> tuple[LatentMeasures, TokenErrors] | Non
             errors = TokenErrors(*(torch.from_numpy(part[name]) for name in TokenErrors._fields))
     except (OSError, KeyError, ValueError):
         return None
-    return latents, errors
+    return SAEAnalysis(latents, errors)
 
 
-def _save_part(path: Path, key: str, latents: LatentMeasures, errors: TokenErrors) -> None:
+def _save_part(path: Path, key: str, analysis: SAEAnalysis) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, key=np.array(key), **latents._asdict(), **{k: v.numpy() for k, v in errors._asdict().items()})
+    errors = {name: value.numpy() for name, value in analysis.errors._asdict().items()}
+    np.savez(tmp, key=np.array(key), **analysis.latents._asdict(), **errors)
     tmp.replace(path)
 
 
 def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_ids: torch.Tensor,
-                  train_ids: torch.Tensor) -> tuple[LatentMeasures, TokenErrors]:
+                  train_ids: torch.Tensor) -> SAEAnalysis:
     """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged."""
     heldout = _open_cache(run_dir, entry, "heldout", heldout_ids)
     train = _open_cache(run_dir, entry, "train", train_ids)
@@ -106,16 +109,15 @@ def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_i
     lookup = fit_token_lookup(train.iter_blocks(cfg.block_rows), train_ids)
     layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
     sae = load_sae(entry.folder)
-    analysis = analyse_sae(entry.variant, entry.layer, sae, heldout.iter_blocks(cfg.block_rows), layout, lookup, cfg)
-    _save_part(part_path, key, analysis.latents, analysis.errors)
-    return analysis.latents, analysis.errors
+    analysis = analyse_sae(sae, heldout.iter_blocks(cfg.block_rows), layout, lookup, cfg)
+    _save_part(part_path, key, analysis)
+    return analysis
 
 
 def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
     """Per-latent AUROCs by latent type, named `{score}_{kind}` like the SAEMeasurements fields."""
     split = split_by_latent_type(scores, latents.top_token_share, cfg.single_token_threshold)
-    return {f"{score}_{kind}": MeanSample(values) for score, kinds in split.scores.items()
-            for kind, values in kinds.items()}
+    return {name: MeanSample(values) for name, values in split.items()}
 
 
 def seed_match_cosine(run_dir: Path, entry: SAEEntry, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
@@ -143,8 +145,9 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     samples: dict[tuple[str, int], dict[str, Sample]] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
         key = (entry.variant, entry.layer)
-        latents[key], errors = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
-        samples[key] = {**latent_samples(latents[key], cfg), **token_samples(errors)}
+        analysis = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
+        latents[key] = analysis.latents
+        samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
     notes = []
     if not interp:
         notes.append(f"auto-interp split skipped: no {INTERP_TABLE} (run `randsae interpret` first)")
