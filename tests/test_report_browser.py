@@ -129,7 +129,7 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run = build_run(tmp_path_factory.mktemp("browser"))
+    run = build_run(tmp_path_factory.mktemp("browser"), layers=(0, 1))
     write_report(run, progress=False)
     return run
 

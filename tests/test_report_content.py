@@ -178,3 +178,10 @@ def test_hard_answer_aurocs_and_failed_examples_are_flagged(run, tmp_path):
     assert "no log-probabilities" in report and "hard_answers" in report
     assert re.search(r"3 of \d+ judged examples failed", report)
     assert "no log-probabilities" not in (run / "report.html").read_text()
+
+
+def test_pages_load_nothing_from_outside(run, report):
+    pages = [report, *(path.read_text() for path in list(run.glob("dashboards/**/*.html"))[:50])]
+    for page in pages:
+        assert not re.search(r'(src|href)="(https?:)?//', page)
+        assert "<link" not in page and "<script src" not in page
