@@ -122,3 +122,17 @@ def test_sequence_variance_stays_accurate_when_the_mean_dwarfs_the_spread():
     x64 = x.astype(np.float64)
     expected = np.bincount(sequence, ((x64 - x64.mean(0)) ** 2).sum(1))
     np.testing.assert_allclose(accumulator.sequence_variance().numpy(), expected, rtol=1e-5)
+
+
+def test_lookup_fitted_on_a_prefix_reads_only_those_rows():
+    ids = token_windows(20, seed=6)
+    x = torch.randn(ids.numel(), D)
+    prefix = fit_token_lookup(blocks(x, rows=45), ids[:7])
+    alone = fit_token_lookup(blocks(x[:7 * CONTEXT], rows=45), ids[:7])
+    torch.testing.assert_close(prefix.means, alone.means)
+    torch.testing.assert_close(prefix.token_ids, alone.token_ids)
+    flat = ids[:7].reshape(-1).long().numpy()
+    rows = x[:7 * CONTEXT].numpy().astype(np.float64)
+    keep = (np.arange(flat.size) % CONTEXT != 0) & (flat == 3)
+    torch.testing.assert_close(prefix.predict(torch.tensor([3]))[0].double(), torch.from_numpy(rows[keep].mean(0)),
+                               rtol=1e-5, atol=1e-6)

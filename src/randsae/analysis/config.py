@@ -27,6 +27,8 @@ class AnalysisConfig:
     latents whose top token is one of them (a token seen once has no within-token variance)."""
     max_heldout_tokens: int = 262_144
     """Analyse at most this many held-out rows (whole cache rows, taken from the start)."""
+    max_lookup_tokens: int = 4_194_304
+    """Fit the token lookup on at most this many train rows (whole cache rows, from the start)."""
     bootstrap_samples: int = 1000
     """Resamples for the 95% intervals of the separation table."""
     seed: int = 0
@@ -47,7 +49,7 @@ class AnalysisConfig:
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"analysis {name} = {value} is outside [0, 1]", f"Set {name} between 0 and 1")
         for name in ("top_windows", "window_tokens", "position_bins", "min_token_count",
-                     "max_heldout_tokens", "bootstrap_samples", "block_rows"):
+                     "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "block_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"analysis {name} = {value!r} must be a positive integer",

@@ -33,7 +33,8 @@ from randsae.sae.base import CONFIG_FILE, WEIGHTS_FILE, load_sae
 
 INTERP_TABLE = Path("interp") / "latents.csv"
 # Settings that change the per-latent arrays (the thresholds only change what is derived from them).
-_MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens")
+_MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens",
+                     "max_lookup_tokens")
 
 
 class SAEEntry(NamedTuple):
@@ -106,7 +107,8 @@ def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_i
     saved = _load_part(part_path, key)
     if saved is not None:
         return saved
-    lookup = fit_token_lookup(train.iter_blocks(cfg.block_rows), train_ids)
+    lookup_sequences = max(1, cfg.max_lookup_tokens // train_ids.shape[1])
+    lookup = fit_token_lookup(train.iter_blocks(cfg.block_rows), train_ids[:lookup_sequences])
     layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
     sae = load_sae(entry.folder)
     analysis = analyse_sae(sae, heldout.iter_blocks(cfg.block_rows), layout, lookup, cfg)

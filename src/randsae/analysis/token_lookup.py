@@ -56,8 +56,9 @@ def sum_rows_by_group(x: Tensor, group: Tensor, n_groups: int) -> Tensor:
 def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
     """Per-token means of the activation rows `blocks` (in cache row order), BOS rows skipped.
 
-    `input_ids` [n_seq, context] are the tokens of the same split. Each block is summed in float32 (fast
-    on CPU) and the block sums are accumulated in float64.
+    `input_ids` [n_seq, context] are the tokens of the first rows; rows past them are not read, so a
+    prefix of the sequences fits the lookup on a prefix of the cache. Each block is summed in float32
+    (fast on CPU) and the block sums are accumulated in float64.
     """
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
@@ -67,11 +68,13 @@ def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     sums: Tensor | None = None
     start = 0
     for block in blocks:
-        stop = start + block.shape[0]
+        stop = min(start + block.shape[0], flat.numel())
         keep = not_bos[start:stop]
-        block_sums = sum_rows_by_group(block[keep], index_of_row[start:stop][keep], token_ids.numel())
+        block_sums = sum_rows_by_group(block[:stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
         sums = block_sums if sums is None else sums.add_(block_sums)
         start = stop
+        if start == flat.numel():
+            break
     if sums is None:
         raise ValueError("no activation rows to fit the token lookup on")
     counts = torch.bincount(index_of_row[:start][not_bos[:start]], minlength=token_ids.numel()).double()
