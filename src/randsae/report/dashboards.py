@@ -32,6 +32,9 @@ IDENTITY_COLUMNS = ("variant", "layer", "latent")
 SHOWN_APART = ("n_activations", "max_activation")
 """Interp-table columns the page states in its own words (firing count, max activation)."""
 HIGHLIGHT_RGB = "230,126,34"
+LAYER_PAGE_SCORES = {"fuzz_auroc": "fuzz", "detection_auroc": "detect"}
+"""Interp-table columns shown per latent on the side-by-side layer pages (short headers: four variants
+share the width)."""
 
 
 def latent_path(variant: str, layer: int, latent: int) -> str:
@@ -127,14 +130,14 @@ def layer_page(layer: int, views: Mapping[str, Sequence[LatentView]], colors: Ma
     """Every variant's scored latents at one layer, side by side."""
     columns = []
     for variant, latents in views.items():
-        scores = [key for key in score_columns(latents) if "auroc" in key or "entropy" in key]
+        scores = [key for key in LAYER_PAGE_SCORES if key in score_columns(latents)]
         table_columns = [Column("latent", "latent"), Column("explanation", "explanation"),
-                         *(Column(key, key.replace("_", " "), ".3f") for key in scores)]
+                         *(Column(key, LAYER_PAGE_SCORES[key], ".2f") for key in scores)]
         rows = [{"latent": v.latent, "explanation": v.explanation or "", **{k: v.scores[k] for k in scores},
                  "href": latent_path(variant, layer, v.latent)} for v in latents]
         table = html_table(table_columns, rows, table_id=f"latents-{variant}", cell_html={
             "latent": lambda row: f'<a href="{html.escape(row["href"])}">{row["latent"]}</a>',
-            "explanation": lambda row: html.escape(_shorten(row["explanation"], 90))})
+            "explanation": lambda row: html.escape(_shorten(row["explanation"], 60))})
         columns.append(f'<div id="{html.escape(variant)}"><h2>{variant_chip(variant, colors)}</h2>{table}</div>')
     body = (f'<nav><a href="../report.html">report</a><a href="index.html">all dashboards</a></nav>'
             f'<h1>Layer {layer}: scored latents of every variant</h1><div class="columns">{"".join(columns)}</div>')

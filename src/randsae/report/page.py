@@ -33,6 +33,7 @@ img.plot{max-width:100%;height:auto;display:block;margin:6px 0}
 .window .max{font-weight:600;color:#555;margin-right:6px}
 .tok{border-radius:2px}
 .columns{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:16px}
+.columns>div{min-width:0;overflow-x:auto}
 svg.histogram rect{fill:#e67e22}
 """
 
