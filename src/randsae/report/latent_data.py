@@ -106,8 +106,15 @@ def read_unembedding(path: Path) -> Unembedding | None:
         return Unembedding(file.get_tensor("W_U").float(), norm)
 
 
+class LogitEffects(NamedTuple):
+    promoted: tuple[TokenWeight, ...]
+    """Largest logits of W_dec[latent] @ W_U, largest first."""
+    suppressed: tuple[TokenWeight, ...]
+    """Smallest, smallest first."""
+
+
 def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembedding,
-                  decode: StrTokens) -> dict[int, tuple[tuple[TokenWeight, ...], tuple[TokenWeight, ...]]]:
+                  decode: StrTokens) -> dict[int, LogitEffects]:
     """Per latent, the tokens its decoder direction promotes and suppresses most through the unembedding."""
     with safe_open(sae_folder / WEIGHTS_FILE, "pt") as file:
         directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float()
@@ -121,7 +128,7 @@ def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembed
     effects = {}
     for n, latent in enumerate(latents):
         weights = [TokenWeight(text, value) for text, value in zip(texts[2 * k * n: 2 * k * (n + 1)], values[n])]
-        effects[latent] = (tuple(weights[:k]), tuple(weights[k:]))
+        effects[latent] = LogitEffects(tuple(weights[:k]), tuple(weights[k:]))
     return effects
 
 
@@ -147,7 +154,7 @@ class WindowLayout(NamedTuple):
 
 def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, layout: WindowLayout,
                 n_tokens: int, rng: np.random.Generator, *, explanation: str | None, scores: Mapping[str, Any],
-                logits: tuple[tuple[TokenWeight, ...], tuple[TokenWeight, ...]] | None) -> LatentView:
+                logits: LogitEffects | None) -> LatentView:
     """Build one latent's view from all its nonzero activations (rows sorted ascending)."""
     ctx, size = layout.context_size, layout.window_size
     windows = window_of_rows(entries.rows, ctx, size)
@@ -186,8 +193,8 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
         top_windows=tuple(top_windows), quantiles=quantiles,
         top_tokens=tuple(TokenWeight(t, float(m) / total) for t, m in
                          zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS])),
-        promoted_logits=logits[0] if logits else None,
-        suppressed_logits=logits[1] if logits else None,
+        promoted_logits=logits.promoted if logits else None,
+        suppressed_logits=logits.suppressed if logits else None,
     )
 
 
