@@ -1,4 +1,5 @@
-"""Single-token share, positional R^2 and context dependence: known cases and independent references."""
+"""Single-token share, positional R^2 and context dependence: known cases and independent references;
+then how the per-latent arrays become an SAE's values."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from randsae.analysis.codes import SparseCodes, between_group_share, row_layout
+from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
+from randsae.analysis.measure import LatentMeasures, latent_samples
 from randsae.analysis.positional import position_bin, positional_r2
 from randsae.analysis.single_token import top_token_share
 
@@ -170,3 +173,20 @@ def test_context_dependence_matches_reference_and_skips_rare_top_tokens():
         else:
             assert np.isnan(cd[j])
     assert np.isfinite(cd[1:]).sum() > 10
+
+
+# ----- from per-latent arrays to the SAE's values ------------------------------------------------------
+
+def test_latent_metrics_cover_only_latents_active_often_enough():
+    latents = LatentMeasures(firing_count=np.array([0, 2, 50, 80]), top_token=np.array([-1, 4, 5, 6]),
+                             top_token_share=np.array([np.nan, 1.0, 0.5, 0.95]),
+                             positional_r2=np.array([np.nan, 0.9, 0.1, 0.7]),
+                             context_dependence=np.array([np.nan, np.nan, 0.3, np.nan]))
+    strict = latent_samples(latents, AnalysisConfig(min_activations=10))
+    assert strict["single_token_fraction"].value() == pytest.approx(0.5)       # latents 2 and 3
+    assert strict["positional_fraction"].value() == pytest.approx(0.5)
+    assert strict["mean_positional_r2"].value() == pytest.approx(0.4)
+    assert strict["mean_context_dependence"].value() == pytest.approx(0.3)
+    loose = latent_samples(latents, AnalysisConfig(min_activations=1))
+    assert loose["single_token_fraction"].value() == pytest.approx(2 / 3)      # latent 1, seen twice, counts
+    assert loose["mean_top_token_share"].weight == 3

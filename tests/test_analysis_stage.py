@@ -57,7 +57,7 @@ def test_per_sae_measurements_match_the_planted_kinds(summary):
     assert list(records) == [("trained", 0), ("trained", 1), ("step0", 0), ("step0", 1)]
     for layer in (0, 1):
         trained, step0 = records[("trained", layer)], records[("step0", layer)]
-        assert trained.n_alive == step0.n_alive == 24
+        assert trained.n_alive == step0.n_alive == trained.n_measured == step0.n_measured == 24
         assert trained.single_token_fraction == step0.single_token_fraction == pytest.approx(6 / 24)
         assert trained.positional_fraction == pytest.approx(6 / 24) and step0.positional_fraction == 0.0
         assert step0.mean_context_dependence == pytest.approx(0.0, abs=1e-9)

@@ -14,6 +14,9 @@ class AnalysisConfig:
     single_token_threshold: float = 0.9
     """A latent is single-token when its top token carries at least this share of its activation mass
     in its top windows."""
+    min_activations: int = 10
+    """Latent metrics cover the latents active on at least this many analysed rows (a latent seen once
+    is trivially single-token)."""
     top_windows: int = 20
     """How many of a latent's highest-activating windows the single-token share looks at."""
     window_tokens: int = 32
@@ -48,7 +51,7 @@ class AnalysisConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"analysis {name} = {value} is outside [0, 1]", f"Set {name} between 0 and 1")
-        for name in ("top_windows", "window_tokens", "position_bins", "min_token_count",
+        for name in ("min_activations", "top_windows", "window_tokens", "position_bins", "min_token_count",
                      "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "block_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -51,13 +51,16 @@ class SAEMeasurements:
     n_rows: int
     """Analysed held-out rows (BOS rows excluded)."""
     n_alive: int
-    """Latents active on at least one analysed row: the denominator of the fractions below."""
+    """Latents active on at least one analysed row."""
+    n_measured: int
+    """Latents active on at least `min_activations` analysed rows: the denominator of the fractions and
+    means of the latent metrics below."""
     single_token_fraction: float
     mean_top_token_share: float
     positional_fraction: float
     mean_positional_r2: float
     n_context_eligible: int
-    """Alive latents whose top token is frequent (the ones with a context dependence)."""
+    """Measured latents whose top token is frequent (the ones with a context dependence)."""
     mean_context_dependence: float
     lookup_ev: float
     sae_ev: float
@@ -122,11 +125,12 @@ def measure_latents(codes: SparseCodes, layout: RowLayout, cfg: AnalysisConfig) 
 
 
 def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
-    """Per-latent units whose means are the SAE's latent metrics (fractions are means of 0/1 flags)."""
-    alive = latents.firing_count > 0
-    share = latents.top_token_share[alive]
-    r2 = np.nan_to_num(latents.positional_r2[alive])   # NaN only for a latent constant on every row
-    cd = latents.context_dependence
+    """Per-latent units whose means are the SAE's latent metrics (fractions are means of 0/1 flags), over
+    the latents active on at least `min_activations` rows."""
+    measured = latents.firing_count >= cfg.min_activations
+    share = latents.top_token_share[measured]
+    r2 = np.nan_to_num(latents.positional_r2[measured])   # NaN only for a latent constant on every row
+    cd = latents.context_dependence[measured]
     return {
         "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0),
         "mean_top_token_share": MeanSample(share),
@@ -156,6 +160,7 @@ def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mappin
     return SAEMeasurements(
         variant=variant, layer=layer, d_sae=int(latents.firing_count.size),
         n_rows=int(samples["sae_ev"].units.size), n_alive=int((latents.firing_count > 0).sum()),
+        n_measured=samples["single_token_fraction"].weight,
         n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
 
 
