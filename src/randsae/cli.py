@@ -62,8 +62,9 @@ def command_run(args: argparse.Namespace) -> None:
 
 
 def _interpret(run_dir: Path, cfg, progress: bool) -> None:
-    from randsae.interp import format_interp_table, interpret_run
+    from randsae.interp import describe_scaling, format_interp_table, interpret_run
 
+    print(describe_scaling(cfg))
     print(format_interp_table(interpret_run(run_dir, cfg, progress=progress)))
 
 
@@ -76,7 +77,7 @@ def _analyze(run_dir: Path, cfg, progress: bool) -> None:
 def _report(run_dir: Path, progress: bool) -> None:
     from randsae.report import write_report
 
-    print(f"report: {write_report(run_dir, progress=progress)}")
+    write_report(run_dir, progress=progress)  # it says where the report is
 
 
 def _run_config(run_dir: Path):
