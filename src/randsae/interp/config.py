@@ -127,7 +127,7 @@ class InterpConfig:
         a latent of a TopK SAE fires on ~100 positions there, so the paper's 200-position floor and
         10 x 10 + 100 test windows cannot be met."""
         scaled = dict(n_latents=32, min_examples=24, n_top_windows=1000, n_explanation_windows=10,
-                      n_quantiles=4, n_per_quantile=4, n_negatives=16, n_bootstrap=500, verify_rows=256)
+                      n_quantiles=4, n_per_quantile=4, n_negatives=16)
         scaled.update(overrides)
         return cls(**scaled)
 
