@@ -42,8 +42,8 @@ def test_all_gradients_match_dense_reference(with_input_grad):
     top = topk_encode(x, W_enc, b_enc, b_dec, K)
     recon = sparse_decode(top.values, top.indices, W_dec) + b_dec
     ((recon - target).pow(2) * torch.linspace(0.5, 2, D, dtype=x.dtype)).sum().backward()
-    fast = {name: p.grad.clone() for name, p in zip("x W_enc b_enc b_dec W_dec".split(), (x, W_enc, b_enc, b_dec, W_dec))
-            if p.grad is not None}
+    named = dict(zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], (x, W_enc, b_enc, b_dec, W_dec)))
+    fast = {name: p.grad.clone() for name, p in named.items() if p.grad is not None}
     for p in (x, W_enc, b_enc, b_dec, W_dec):
         p.grad = None
 
@@ -52,7 +52,7 @@ def test_all_gradients_match_dense_reference(with_input_grad):
     assert torch.allclose(recon, recon_ref)
     expected = {"W_enc", "b_enc", "b_dec", "W_dec"} | ({"x"} if with_input_grad else set())
     assert set(fast) == expected
-    for name, p in zip("x W_enc b_enc b_dec W_dec".split(), (x, W_enc, b_enc, b_dec, W_dec)):
+    for name, p in named.items():
         if name in fast:
             assert torch.allclose(fast[name], p.grad), name
 
@@ -60,7 +60,8 @@ def test_all_gradients_match_dense_reference(with_input_grad):
 def test_scatter_rows_and_gather_dots_match_dense():
     g = torch.Generator().manual_seed(3)
     indices = torch.rand(N, M, generator=g).topk(K, dim=1).indices.sort(dim=1).values
-    weights, rows, table = torch.randn(N, K, generator=g), torch.randn(N, D, generator=g), torch.randn(M, D, generator=g)
+    weights, rows = torch.randn(N, K, generator=g), torch.randn(N, D, generator=g)
+    table = torch.randn(M, D, generator=g)
     dense_weights = torch.zeros(N, M).scatter(1, indices, weights)
     assert torch.allclose(scatter_rows(indices, weights, rows, M), dense_weights.T @ rows, atol=1e-5)
     assert torch.allclose(gather_dots(indices, rows, table.T), (rows @ table.T).gather(1, indices), atol=1e-5)
