@@ -134,6 +134,38 @@ def test_bf16_selection_trains_as_well_and_saves_an_exact_sae(trained):
                   SAEConfig("relu_l1", D, 64, l1_coefficient=1e-3), progress=False)
 
 
+class InterruptedSource(TensorSource):
+    """Raises once, partway through its first pass, as a killed run would stop."""
+
+    def __init__(self, activations, fail_after_blocks):
+        super().__init__(activations)
+        object.__setattr__(self, "fail_after_blocks", fail_after_blocks)
+
+    def iter_blocks(self, rows):
+        for i, block in enumerate(super().iter_blocks(rows)):
+            if i == self.fail_after_blocks:
+                object.__setattr__(self, "fail_after_blocks", None)
+                raise KeyboardInterrupt
+            yield block
+
+
+def test_interrupted_training_resumes_to_the_same_sae(tmp_path):
+    data = sparse_activations(6000)
+    cfg = TrainConfig(batch_size=256, n_epochs=2, buffer_tokens=1024, warmup_steps=4, checkpoint_every_s=0.0)
+    sae_cfg = SAEConfig("topk", D, 64, k=4)
+    uninterrupted = train_sae(TensorSource(data), cfg, sae_cfg, seed=3, progress=False)
+    source = InterruptedSource(data, fail_after_blocks=9)
+    checkpoint = tmp_path / "ckpt" / "train.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint)
+    assert checkpoint.is_file() and 0 < torch.load(checkpoint, weights_only=True)["step"] < uninterrupted.log.steps
+    resumed = train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint)
+    for name, tensor in uninterrupted.sae.state_dict().items():
+        assert torch.equal(resumed.sae.state_dict()[name], tensor), name
+    assert resumed.log.loss_curve == uninterrupted.log.loss_curve
+    assert not checkpoint.exists(), "removed once training finished"
+
+
 def test_relu_l1_trains_through_the_same_trainer():
     source = TensorSource(sparse_activations(8192))
     cfg = TrainConfig(batch_size=256, n_epochs=2, warmup_steps=10, lr=3e-3)

@@ -86,6 +86,8 @@ class TrainConfig:
     """A latent that has not fired for this many tokens counts as dead (AuxK, and the final log)."""
     log_points: int = 100
     """About how many points the logged loss curve has."""
+    checkpoint_every_s: float = 300.0
+    """With a `checkpoint` path given to `train_sae`, how often (seconds) to save the training state."""
     topk_selection_dtype: str | None = None
     """TopK only: run the dense encoder product that picks the k latents in this dtype ("bfloat16" is
     faster on CPUs with AMX and on GPUs, see benchmarks/README.md; sparsify autocasts to bf16 likewise).
@@ -241,10 +243,14 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: Tens
 
 
 def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, seed: int = 0,
-              device: str | torch.device = "cpu", progress: bool = True) -> TrainResult:
+              device: str | torch.device = "cpu", progress: bool = True,
+              checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
 
-    The seed fixes the initialization and the shuffling (bit-identical on CPU).
+    The seed fixes the initialization and the shuffling (bit-identical on CPU). With `checkpoint` (a file
+    path), the training state is saved there atomically every `cfg.checkpoint_every_s` seconds; a later
+    call with the same arguments resumes from it (replaying the data order without computing) and ends
+    with the same SAE as an uninterrupted run. The file is removed once training finishes.
     """
     cfg.validate()
     if sae_cfg.d_in != source.d_model:
@@ -278,9 +284,21 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     curve: list[LogPoint] = []
     bar = tqdm(total=n_steps * cfg.batch_size, unit="tok", unit_scale=True, disable=not progress,
                desc=f"train {sae_cfg.architecture} SAE")
-    start = time.perf_counter()
     batches = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
-    for step, batch in zip(range(n_steps), batches):
+    fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_steps])
+    resumed = _load_checkpoint(checkpoint, fingerprint, device)
+    first_step, wall_before = 0, 0.0
+    if resumed is not None:
+        sae.load_state_dict(resumed["sae"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        since_fired, fvu_sum = resumed["since_fired"], resumed["fvu_sum"]
+        curve = [LogPoint(*point) for point in resumed["curve"]]
+        first_step, wall_before = resumed["step"], resumed["wall"]
+        batches = itertools.islice(batches, first_step, None)
+        bar.update(first_step * cfg.batch_size)
+    start = last_save = time.perf_counter()
+    for step, batch in zip(range(first_step, n_steps), batches):
         x = batch.to(device, non_blocking=True)
         dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
         out = train_step(sae, optimizer, x, cfg, dead_mask)
@@ -295,13 +313,39 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
             fvu_sum.zero_()
             bar.set_postfix(fvu=f"{curve[-1].fvu:.3f}")
         bar.update(x.shape[0])
+        if checkpoint is not None and time.perf_counter() - last_save >= cfg.checkpoint_every_s:
+            _save_checkpoint(checkpoint, {
+                "fingerprint": fingerprint, "step": step + 1, "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
+                "schedule": schedule.state_dict(), "since_fired": since_fired, "fvu_sum": fvu_sum,
+                "curve": [tuple(point) for point in curve], "wall": wall_before + time.perf_counter() - start})
+            last_save = time.perf_counter()
     bar.close()
-    wall = time.perf_counter() - start
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    wall = wall_before + time.perf_counter() - start
     tokens = n_steps * cfg.batch_size
+    trained_here = (n_steps - first_step) * cfg.batch_size
     dead = since_fired >= min(cfg.dead_tokens_threshold, tokens)
     log = TrainLog(steps=n_steps, tokens=tokens, final_fvu=curve[-1].fvu, dead_fraction=dead.float().mean().item(),
                    loss_curve=tuple(curve), peak_lr=peak_lr, warmup_steps=warmup, wall_time_s=wall,
-                   tokens_per_s=tokens / wall, seed=seed, config=cfg)
+                   tokens_per_s=trained_here / (wall - wall_before), seed=seed, config=cfg)
     if isinstance(sae, TopKSAE):
         sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
     return TrainResult(sae.eval(), log)
+
+
+def _save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _load_checkpoint(path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
+                     ) -> dict[str, Any] | None:
+    """The saved state if `path` holds one for exactly this run (same configs, seed and data size)."""
+    if path is None or not Path(path).is_file():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state if state.get("fingerprint") == fingerprint else None
