@@ -93,11 +93,12 @@ def test_top_token_share_matches_reference(top: int):
 # ----- positional R^2 -----------------------------------------------------------------------------------
 
 def reference_group_r2(a: np.ndarray, group: np.ndarray) -> float:
-    """R^2 of least squares on one-hot group indicators."""
+    """Adjusted R^2 of least squares on one-hot group indicators."""
     onehot = (group[:, None] == np.unique(group)[None, :]).astype(float)
     coef, *_ = np.linalg.lstsq(onehot, a, rcond=None)
     residual = a - onehot @ coef
-    return 1.0 - residual @ residual / ((a - a.mean()) @ (a - a.mean()))
+    n, g = onehot.shape
+    return 1.0 - (residual @ residual / (n - g)) / ((a - a.mean()) @ (a - a.mean()) / (n - 1))
 
 
 def test_latent_that_is_a_function_of_position_has_r2_one():
@@ -119,6 +120,7 @@ def test_positional_r2_matches_least_squares_with_bins():
     expected = [reference_group_r2(acts[:, j], bins) for j in range(acts.shape[1])]
     np.testing.assert_allclose(r2, expected, rtol=1e-6, atol=1e-9)
     assert r2[0] > 0.3 > r2[1:].max()
+    assert abs(np.mean(r2[1:])) < 0.02          # chance-adjusted: unrelated latents score about 0
 
 
 def test_between_group_share_counts_inactive_rows_as_zero():
@@ -135,8 +137,9 @@ def reference_context_dependence(a: np.ndarray, token: np.ndarray, min_count: in
     counts = np.bincount(token)
     frequent = counts[token] >= min_count
     a, token = a[frequent], token[frequent]
-    within = sum(((a[token == t] - a[token == t].mean()) ** 2).sum() for t in np.unique(token))
-    return within / ((a - a.mean()) ** 2).sum()
+    groups = np.unique(token)
+    within = sum(((a[token == t] - a[token == t].mean()) ** 2).sum() for t in groups)
+    return (within / (a.size - groups.size)) / (((a - a.mean()) ** 2).sum() / (a.size - 1))
 
 
 def test_token_lookup_latent_has_no_context_dependence_and_contextual_latent_has_some():
@@ -182,7 +185,7 @@ def test_latent_metrics_cover_only_latents_active_often_enough():
                              top_token_share=np.array([np.nan, 1.0, 0.5, 0.95]),
                              positional_r2=np.array([np.nan, 0.9, 0.1, 0.7]),
                              context_dependence=np.array([np.nan, np.nan, 0.3, np.nan]))
-    strict = latent_samples(latents, AnalysisConfig(min_activations=10))
+    strict = latent_samples(latents, AnalysisConfig(min_activations=10, positional_threshold=0.5))
     assert strict["single_token_fraction"].value() == pytest.approx(0.5)       # latents 2 and 3
     assert strict["positional_fraction"].value() == pytest.approx(0.5)
     assert strict["mean_positional_r2"].value() == pytest.approx(0.4)

@@ -110,8 +110,13 @@ def group_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
 
 def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size: Tensor,
                         d_sae: int) -> Tensor:
-    """Per latent, the share of its activation variance explained by group means (one-way ANOVA eta^2).
+    """Per latent, the share of its activation variance explained by group means, adjusted for chance:
 
+        epsilon^2 = 1 - (SS_within / (n - G)) / (SS_total / (n - 1))
+
+    (the one-way ANOVA eta^2 with the adjusted-R^2 correction, G the non-empty groups). Plain eta^2 of a
+    latent unrelated to the groups is about (G - 1)/(n - 1), which depends on bins and sample size;
+    epsilon^2 is about 0 then (a little below or above by chance), and 1 when group means explain all.
     `latent`, `value`, `group` describe the non-zero activations; every row belongs to one group and
     `group_size` [n_groups] counts rows per group, so the zeros of inactive rows are counted too.
     Returns float64 [d_sae], NaN where a latent has no variance over these rows.
@@ -128,6 +133,9 @@ def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size
     grand = total.square() / n
     ss_total = total_sq - grand
     ss_between = between_raw - grand
-    has_variance = ss_total > 1e-12 * total_sq.clamp_min(1e-300)
-    share = (ss_between / torch.where(has_variance, ss_total, 1.0)).clamp(0.0, 1.0)
-    return torch.where(has_variance, share, torch.nan)
+    ss_within = (ss_total - ss_between).clamp_min(0.0)
+    n_nonempty = int((group_size > 0).sum())
+    has_variance = (ss_total > 1e-12 * total_sq.clamp_min(1e-300)) & (n > n_nonempty)
+    mean_square_total = torch.where(has_variance, ss_total, 1.0) / (n - 1)
+    share = 1.0 - (ss_within / max(float(n) - n_nonempty, 1.0)) / mean_square_total
+    return torch.where(has_variance, share.clamp_max(1.0), torch.nan)

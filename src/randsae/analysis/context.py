@@ -4,9 +4,11 @@ A latent of a random transformer that "fires on token X" fires on X whatever sur
 reads context fires on X in some contexts and not others. Per latent, over the rows whose token is
 frequent (seen at least `min_token_count` times, so every token has a within-token variance):
 
-    context_dependence_j = SS_within tokens / SS_total = 1 - eta^2 of a_j on token identity
+    context_dependence_j = (SS_within / (n - G)) / (SS_total / (n - 1)) = 1 - epsilon^2 of a_j on the token
 
-0 means token identity determines the activation (a lookup); 1 means token identity tells nothing.
+(within-token over total variance, each per degree of freedom, G the frequent tokens: the chance-adjusted
+version of SS_within / SS_total). 0 means token identity determines the activation (a lookup); about 1
+means token identity tells nothing (it can pass 1 slightly by chance).
 Only latents whose top token is frequent get a value (NaN otherwise), since a latent living on rare
 tokens would look token-determined for lack of repeats.
 """

@@ -1,12 +1,14 @@
 """Positional latents: how much of a latent's activation token position alone explains.
 
 Trained transformers grow latents that track where a token sits in the context; a random transformer
-has no reason to. Per latent, over every analysed held-out row (zeros included):
+has no reason to. Per latent, over every analysed held-out row (zeros included), the one-way ANOVA of
+a_j on the position bin, adjusted for chance (see codes.between_group_share):
 
-    R^2_j = SS_between position bins / SS_total     (one-way ANOVA of a_j on the position bin)
+    R^2_j = 1 - (SS_within / (n - B)) / (SS_total / (n - 1))
 
-Bins are equal-width over positions 1..context-1, or one per position when there are few enough. With B
-bins and n rows, a latent unrelated to position scores about (B - 1) / (n - 1).
+1 for a latent that is a function of the bin; about 0 for one unrelated to position, whatever the number
+of bins B and rows n. Bins are equal-width over positions 1..context-1, or one per position when there
+are few enough.
 """
 
 from __future__ import annotations
