@@ -27,7 +27,8 @@ def test_paper_file_is_the_papers_sweep():
 def test_toml_round_trip(tmp_path):
     import tomli_w
 
-    config = ToyConfig(networks=("mlp2", "mlp4", "transformer_block"), seeds=(3, 4), mean_active=3)
+    config = ToyConfig(networks=("mlp2", "mlp4", "transformer_block"), seeds=(3, 4), mean_active=3,
+                       center_data=False)
     path = tmp_path / "c.toml"
     path.write_text(tomli_w.dumps(config.to_toml_dict()))
     assert load_toy_config(path) == config
@@ -64,6 +65,8 @@ def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
     ({"n_samples": 100}, "n_samples"),
     ({"device": "tpu"}, "device"),
     ({"epochs": True}, "epochs"),
+    ({"center_data": 1}, "center_data"),
+    ({"workers": 0}, "workers"),
 ])
 def test_bad_values_are_user_errors_naming_the_key(raw, key):
     with pytest.raises(UserError, match=key):
