@@ -171,7 +171,9 @@ def train_variant_saes(cfg: ExperimentConfig, run_dir: Path, variant: str, model
         train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size)
         if progress:
             print(f"training {cfg.sae.architecture} SAE {variant} layer {layer} (d_sae {sae_cfg.d_sae})")
-        result = train_sae(cache, train_cfg, sae_cfg, seed=cfg.seed, device=device, progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        result = train_sae(cache, train_cfg, sae_cfg, seed=cfg.seed, device=device, progress=progress,
+                           checkpoint=folder / "train_checkpoint.pt")  # an interrupted training resumes
         result.save(folder)
 
 
