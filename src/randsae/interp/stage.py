@@ -68,7 +68,6 @@ def interpret_run(run_dir: Path, cfg: InterpConfig, *, progress: bool = True, st
     tokens, context_size = load_heldout_tokens(run_dir)
     str_tokens = str_tokens or tokenizer_str_tokens(run_dir / "tokenizer")
     scaling = describe_scaling(cfg)
-    _say(progress, scaling)
     caches = {sae.module: ensure_latent_cache(run_dir, paths, sae, cfg, progress) for sae in saes}
     for sae in saes:
         if caches[sae.module].manifest.context_size != context_size:
