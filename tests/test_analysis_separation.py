@@ -56,6 +56,7 @@ def test_ratio_metric_value_units_and_paired_interval():
     sample = RatioSample.from_rows(error, variance, sequence)
     assert sample.value() == pytest.approx(1 - error.sum() / (3 * error.sum()))
     assert sample.units.mean() == pytest.approx(sample.value())
+    assert sample.units.size == 50                # one unit per sequence, the resampling unit
     same = separation_table(one_layer("ev", sample, sample), n_boot=200, seed=3)[0]
     assert same.ci_low == same.ci_high == 0.0 and same.effect_size == 0.0
 

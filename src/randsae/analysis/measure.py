@@ -152,14 +152,15 @@ def token_samples(errors: TokenErrors) -> dict[str, RatioSample]:
     }
 
 
-def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample]) -> SAEMeasurements:
-    """The SAE's record: every sample's value, plus the counts behind them."""
+def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample],
+              n_rows: int) -> SAEMeasurements:
+    """The SAE's record: every sample's value, plus the counts behind them (`n_rows` analysed rows)."""
     values = {name: sample.value() for name, sample in samples.items()}
     interp_counts = {f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight
                      for kind in KINDS if f"fuzz_auroc_{kind}" in samples}
     return SAEMeasurements(
         variant=variant, layer=layer, d_sae=int(latents.firing_count.size),
-        n_rows=int(samples["sae_ev"].units.size), n_alive=int((latents.firing_count > 0).sum()),
+        n_rows=n_rows, n_alive=int((latents.firing_count > 0).sum()),
         n_measured=samples["single_token_fraction"].weight,
         n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
 

@@ -14,9 +14,10 @@ the mean of the layers' values weighted by their units (a ratio metric counts ea
 resampled layer by layer (a stratified bootstrap).
 
 difference = trained - variant, with a percentile 95% interval over `bootstrap_samples` resamples.
-effect size = Cohen's d = (mean_T - mean_V) / sqrt((sd_T^2 + sd_V^2) / 2) on the per-unit values (for a
-ratio metric, row i's unit is 1 - num_i / (sum(den) / n_rows), whose mean is the metric). With zero spread
-on both sides d is +-inf when the means differ and 0 when they do not.
+effect size = Cohen's d = (mean_T - mean_V) / sqrt((sd_T^2 + sd_V^2) / 2) on the per-unit values, the units
+being what the bootstrap resamples: latents, or for a ratio metric sequences, sequence s's unit being
+1 - num_s / mean(den), whose mean is the metric (single tokens' errors are too heavy-tailed to compare).
+With zero spread on both sides d is +-inf when the means differ and 0 when they do not.
 """
 
 from __future__ import annotations
@@ -68,12 +69,12 @@ class RatioSample(NamedTuple):
     den: np.ndarray
     """float64 [n_sequences]: per-sequence sum of the denominator."""
     units: np.ndarray
-    """float64 [n_rows]: 1 - num_i / (sum(den) / n_rows), whose mean is the metric (for Cohen's d)."""
+    """float64 [n_sequences]: 1 - num_s / mean_s(den_s), whose mean is the metric (for Cohen's d)."""
 
     @classmethod
     def from_rows(cls, num_rows: np.ndarray, den_by_sequence: np.ndarray, sequence: np.ndarray) -> RatioSample:
         num = np.bincount(sequence, num_rows, den_by_sequence.size)
-        return cls(num, den_by_sequence, 1.0 - num_rows / (den_by_sequence.sum() / num_rows.size))
+        return cls(num, den_by_sequence, 1.0 - num / den_by_sequence.mean())
 
     @property
     def weight(self) -> int:
@@ -105,7 +106,7 @@ class SeparationRow(NamedTuple):
     effect_size: float
     """Cohen's d, trained minus other."""
     n_trained: int
-    """Units behind the trained value (latents, or held-out rows for the explained variances)."""
+    """Units behind the trained value (latents, or held-out sequences for the explained variances)."""
     n_other: int
 
 

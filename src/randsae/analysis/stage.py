@@ -145,10 +145,11 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     train_ids = load_tokens(run_dir / "tokens", "train")
     latents: dict[tuple[str, int], LatentMeasures] = {}
     samples: dict[tuple[str, int], dict[str, Sample]] = {}
+    n_rows: dict[tuple[str, int], int] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
         key = (entry.variant, entry.layer)
         analysis = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
-        latents[key] = analysis.latents
+        latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
         samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
     notes = []
     if not interp:
@@ -171,7 +172,7 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
         for metric, sample in named.items():
             by_metric.setdefault(metric, {})[key] = sample
     rows = separation_table(by_metric, cfg.bootstrap_samples, cfg.seed)
-    records = tuple(summarize(*key, latents[key], samples[key]) for key in latents)
+    records = tuple(summarize(*key, latents[key], samples[key], n_rows[key]) for key in latents)
     summary = AnalysisSummary(cfg, records, tuple(rows), tuple(notes))
     write_outputs(run_dir / "analysis", summary, latents, matches)
     return summary
