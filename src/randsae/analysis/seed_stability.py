@@ -45,9 +45,10 @@ def match_decoders(w_dec_a: Tensor, w_dec_b: Tensor) -> LatentMatch:
     return LatentMatch(partner, matched)
 
 
-def stable_share(match: LatentMatch, threshold: float) -> float:
-    """Share of SAE a's latents whose matched partner has cosine >= threshold."""
-    return float(np.mean(np.nan_to_num(match.cosine, nan=-1.0) >= threshold))
+def reproduced(cosine: np.ndarray, threshold: float) -> np.ndarray:
+    """Bool per latent of SAE a: its matched partner's cosine is at least `threshold` (its mean is the
+    stable share; unmatched latents count as not reproduced)."""
+    return cosine >= threshold   # False for NaN (unmatched)
 
 
 def second_seed_sae(first: SparseAutoencoder, first_folder: Path, train_cache: ActivationCache, out_folder: Path,

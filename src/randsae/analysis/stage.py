@@ -23,7 +23,7 @@ from randsae.analysis.measure import (
     LatentMeasures, SAEAnalysis, analyse_sae, latent_samples, summarize, token_samples,
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
-from randsae.analysis.seed_stability import match_decoders, second_seed_sae
+from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table, variant_rank
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.data.activations import ActivationCache, cache_folder
@@ -162,8 +162,7 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
         for entry in entries:
             key = (entry.variant, entry.layer)
             matches[key] = seed_match_cosine(run_dir, entry, train_ids, cfg, device=device, progress=progress)
-            stable = np.nan_to_num(matches[key], nan=-1.0) >= cfg.match_threshold
-            samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
+            samples[key]["seed_stable_share"] = MeanSample(reproduced(matches[key], cfg.match_threshold) * 1.0)
 
     if REFERENCE not in {variant for variant, _ in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")
