@@ -131,7 +131,8 @@ def pareto_figure(rows: tuple[ToyRow, ...]) -> str:
             if measure != "hoyer":
                 axis.set_xscale("symlog", linthresh=1e-2)
             axis.set(xlabel=MEASURE_LABELS[measure] + (" (higher = sparser)" if higher_is_sparser else ""),
-                     ylabel="explained variance", title=f"network: {network}", ylim=(-0.05, 1.05))
+                     ylabel="explained variance", title=f"network: {network}")
+            axis.set_ylim(top=1.05)  # no floor: uncentred data can explain less than its mean does
             axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     figure.tight_layout()

@@ -131,6 +131,9 @@ def run_toy(config: ToyConfig, out_dir: Path, *, progress: bool = True) -> ToyRe
     units = [Unit(dataset, d_sae, seed) for dataset in build_datasets(config)
              for d_sae in config.latent_counts for seed in config.seeds]
     todo = [unit for unit in units if not (parts / unit.file_name).exists()]
+    if progress and todo:
+        print(f"toy: {len(todo)} sweeps of {config.l1_count} SAEs to train ({len(units) - len(todo)} resumed), "
+              f"{min(config.workers, len(todo))} at a time", flush=True)
     for done, (unit, unit_rows) in enumerate(_train_units(todo, config, progress), start=1):
         write_text_atomic(parts / unit.file_name, json.dumps([dataclasses.asdict(row) for row in unit_rows], indent=1))
         if progress:
