@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_default_file_spells_out_the_defaults():
-    assert load_toy_config(CONFIGS / "toy-default.toml") == ToyConfig()
+    assert load_toy_config(CONFIGS / "toy-default.toml") == ToyConfig() == load_toy_config(None)
 
 
 def test_paper_file_is_the_papers_sweep():

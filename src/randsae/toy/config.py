@@ -120,8 +120,10 @@ def _bad(name: str, value: Any, expected: str) -> None:
     raise UserError(f"toy config: {name} = {value!r} is invalid", f"Use {expected}")
 
 
-def load_toy_config(path: str | Path) -> ToyConfig:
-    """Read a flat TOML file of `ToyConfig` keys; missing keys keep their defaults."""
+def load_toy_config(path: str | Path | None = None) -> ToyConfig:
+    """Read a flat TOML file of `ToyConfig` keys; missing keys keep their defaults (no file: all defaults)."""
+    if path is None:
+        return ToyConfig()
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
