@@ -44,6 +44,8 @@ def test_run_writes_csv_json_and_a_self_contained_report(tmp_path):
     assert page.count("data:image/png;base64,") == 2
     assert "src=\"http" not in page and "<script" not in page
     assert not list(tmp_path.glob("*.tmp")) and not list((tmp_path / "toy_parts").glob("*.tmp"))
+    summary = result.summary()
+    assert str(tmp_path / "toy_report.html") in summary and "toy/mlp2/16" in summary and "18 SAEs" in summary
 
 
 def test_recovery_summary_takes_the_best_lambda_of_the_seed_mean():
