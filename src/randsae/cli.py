@@ -106,9 +106,9 @@ def command_report(args: argparse.Namespace) -> None:
 def command_toy(args: argparse.Namespace) -> None:
     from randsae.toy import load_toy_config, run_toy
 
-    cfg = load_toy_config(args.config) if args.config else load_toy_config(None)
+    cfg = load_toy_config(args.config)
     result = run_toy(cfg, Path(args.out), progress=not args.quiet)
-    print(result)
+    print(result.summary())
 
 
 def build_parser() -> argparse.ArgumentParser:
