@@ -141,4 +141,4 @@ def test_llm_judge_marks_failed_requests_and_keeps_order():
 def test_judge_prompt_numbers_every_excerpt():
     prompt = judge_prompt("detection", "animals", ["a cat", "a dog"])
     assert "Excerpt 1: a cat\nExcerpt 2: a dog" in prompt.user and "2 numbers" in prompt.user
-    assert prompt.as_text().endswith("Answer:")
+    assert prompt.as_text().endswith("Answer: [")

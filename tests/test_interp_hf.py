@@ -31,7 +31,7 @@ def test_answer_probabilities_equal_a_plain_forward_pass(judge):
     answers = judge.binary_answers(prompt, 3)
     assert answers.from_logprobs and len(answers.probabilities) == 3
 
-    text = judge._prompt_text(prompt) + "["
+    text = judge.answer_prefix(prompt)
     ids = judge.tokenizer.encode(text, add_special_tokens=False)
     positions = []
     for i, answer in enumerate(answers.predictions):

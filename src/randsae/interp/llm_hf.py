@@ -45,6 +45,10 @@ class HFLanguageModel:
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return prompt.as_text()
 
+    def answer_prefix(self, prompt: Prompt) -> str:
+        """The text just before the first 0/1 answer (the completion-style prompt already opens the list)."""
+        return self._prompt_text(prompt) + ("[" if self.tokenizer.chat_template else "")
+
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
 
@@ -59,8 +63,7 @@ class HFLanguageModel:
 
     @torch.no_grad()
     def binary_answers(self, prompt: Prompt, n: int) -> BinaryAnswers:
-        opening = "[" if self.tokenizer.chat_template else " ["
-        out = self.model(self._ids(self._prompt_text(prompt) + opening), use_cache=True)
+        out = self.model(self._ids(self.answer_prefix(prompt)), use_cache=True)
         predictions, probabilities = [], []
         for i in range(n):
             pair = out.logits[0, -1, self.digit_ids].float()

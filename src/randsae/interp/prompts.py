@@ -78,4 +78,5 @@ def judge_prompt(task: str, explanation: str, texts: Sequence[str]) -> Prompt:
     excerpts = "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(texts, start=1))
     user = (f"Explanation: {explanation}\n\n{excerpts}\n\n"
             f"Reply with a list of {len(texts)} numbers, each 1 or 0.")
-    return Prompt(system, user, "Answer:")
+    # Completion-style prompts open the list for the model: small models then keep to the format.
+    return Prompt(system, user, "Answer: [")
