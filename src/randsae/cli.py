@@ -62,9 +62,8 @@ def command_run(args: argparse.Namespace) -> None:
 
 
 def _interpret(run_dir: Path, cfg, progress: bool) -> None:
-    from randsae.interp import describe_scaling, format_interp_table, interpret_run
+    from randsae.interp import format_interp_table, interpret_run
 
-    print(describe_scaling(cfg))
     print(format_interp_table(interpret_run(run_dir, cfg, progress=progress)))
 
 
