@@ -209,13 +209,11 @@ def evaluate_variant(cfg: ExperimentConfig, run_dir: Path, model: nn.Module, blo
 
 def _row(variant: str, layer: int, sae: SparseAutoencoder, rec: ReconstructionMetrics,
          down: DownstreamMetrics) -> MetricsRow:
-    return MetricsRow(
-        variant=variant, layer=layer, hook_name=sae.cfg.metadata.get("hook_name", ""), d_sae=sae.cfg.d_sae,
-        explained_variance_pooled=rec.explained_variance_pooled,
-        explained_variance_legacy=rec.explained_variance_legacy, mse=rec.mse, cosine=rec.cosine, l0=rec.l0,
-        l1=rec.l1, dead_fraction=rec.dead_fraction, dense_fraction=rec.dense_fraction,
-        ce_loss_score=down.ce_loss_score, kl_score=down.kl_score, ce_clean=down.ce_clean, ce_zero=down.ce_zero,
-        ce_sae=down.ce_sae, meaningful_downstream=variant not in RANDOM_VARIANTS, n_eval_tokens=rec.n_tokens)
+    names = {field.name for field in dataclasses.fields(MetricsRow)}
+    measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
+    return MetricsRow(variant=variant, layer=layer, hook_name=sae.cfg.metadata.get("hook_name", ""),
+                      d_sae=sae.cfg.d_sae, meaningful_downstream=variant not in RANDOM_VARIANTS,
+                      n_eval_tokens=rec.n_tokens, **{k: v for k, v in measured.items() if k in names})
 
 
 def load_metrics(run_dir: Path) -> list[MetricsRow]:
