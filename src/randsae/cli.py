@@ -89,7 +89,8 @@ def command_interpret(args: argparse.Namespace) -> None:
     run_dir = _existing_run_dir(args.run_dir)
     cfg = _run_config(run_dir).interp
     overrides = {key: value for key, value in (("judge", args.judge), ("base_url", args.base_url),
-                                                ("model", args.model)) if value is not None}
+                                                ("model", args.model), ("api", args.api),
+                                                ("concurrency", args.concurrency)) if value is not None}
     _interpret(run_dir, dataclasses.replace(cfg, **overrides), not args.quiet)
 
 
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     interpret.add_argument("--judge", choices=["token", "http", "hf"], help="override the config's judge")
     interpret.add_argument("--base-url", help="OpenAI-compatible endpoint for --judge http")
     interpret.add_argument("--model", help="model name (http) or local model path (hf)")
+    interpret.add_argument("--api", choices=["chat", "completion"], help="OpenAI API flavour for --judge http")
+    interpret.add_argument("--concurrency", type=int, help="HTTP requests in flight at once")
     interpret.set_defaults(handler=command_interpret)
 
     analyze = commands.add_parser("analyze", help="measurements that separate trained from random")
