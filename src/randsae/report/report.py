@@ -19,6 +19,7 @@ import numpy as np
 
 from randsae.interp.outputs import InterpPaths, module_name, read_scores, write_text_atomic
 from randsae.interp.statistics import FAILED_PROBABILITY
+from randsae.models.load import display_name
 from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
 from randsae.report.latent_data import collect_latent_views
@@ -96,7 +97,8 @@ def _remove_stale_files(folder: Path, written: set[Path]) -> None:
 
 
 def _model_name(run: RunInputs) -> str:
-    return str(run.config.get("model", {}).get("name") or run.run_dir.name)
+    name = run.config.get("model", {}).get("name")
+    return display_name(str(name)) if name else run.run_dir.name
 
 
 def _judge(run: RunInputs) -> str | None:

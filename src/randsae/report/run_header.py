@@ -10,6 +10,7 @@ from typing import Any
 
 from safetensors import safe_open
 
+from randsae.models.load import display_name
 from randsae.report.page import definition_list, note
 from randsae.report.run_inputs import RunInputs
 from randsae.report.tables import variant_chip
@@ -20,7 +21,7 @@ CONFIG_TABLES = (("data", "data"), ("tokens", "tokens"), ("sae", "SAE"), ("train
 
 def run_header(run: RunInputs, colors: Mapping[str, str]) -> str:
     model = run.config.get("model", {})
-    items = [("model", f"{model.get('name', 'unknown')} (revision {model.get('revision') or 'default'})"),
+    items = [("model", f"{display_name(str(model.get('name', 'unknown')))} (revision {model.get('revision') or 'default'})"),
              ("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
     items += [(title, ", ".join(f"{key} = {_setting(value)}" for key, value in run.config[table].items()))
               for table, title in CONFIG_TABLES if isinstance(run.config.get(table), dict)]
