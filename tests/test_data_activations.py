@@ -1,6 +1,5 @@
 """The activation cache: shards + manifest, row order, resume after an interruption, corruption detected."""
 
-import json
 
 import pytest
 import torch

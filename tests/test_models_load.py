@@ -1,6 +1,5 @@
 """Loading (local folder, Hub cache with a revision, GGUF), hookpoints and the truncated forward."""
 
-import json
 import os
 import shutil
 import subprocess

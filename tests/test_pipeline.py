@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from randsae.cli import main
 from randsae.config import dump_config, load_config

@@ -18,17 +18,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.config import ExperimentConfig, dump_config
-from randsae.data.activations import ActivationCache, CacheManifest, CacheWriter, cache_folder, harvest
+from randsae.data.activations import (
+    ActivationCache,
+    CacheManifest,
+    CacheWriter,
+    cache_folder,
+    harvest,
+)
 from randsae.data.text import iter_texts
 from randsae.data.tokens import SPLITS, load_tokens, save_tokens, tokenize_splits
 from randsae.errors import UserError
 from randsae.metrics.downstream import DownstreamMetrics, downstream_metrics
 from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMetrics
-from randsae.models.hookpoints import check_layers, find_blocks, hook_name, residual_stream
+from randsae.models.hookpoints import (
+    check_layers,
+    find_blocks,
+    hook_name,
+    residual_stream,
+)
 from randsae.models.load import LoadedModel, is_hub_id, load_model
 from randsae.models.variants import RANDOM_VARIANTS, NoiseEmbedding, build_variant
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
@@ -94,12 +105,6 @@ class Timings:
             write_text_atomic(self.path, json.dumps(self.seconds, indent=1))
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def sae_folder(run_dir: Path, variant: str, layer: int) -> Path:
     return run_dir / "saes" / variant / f"layer{layer}"
 
@@ -128,10 +133,7 @@ def _save_unembedding(model: nn.Module, path: Path) -> None:
     output = model.get_output_embeddings()
     if path.is_file() or output is None:
         return
-    tensors = {"W_U": output.weight.detach().T.to(torch.float16).contiguous().cpu()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, tmp)
-    tmp.replace(path)
+    save_safetensors_atomic(path, {"W_U": output.weight.detach().T.to(torch.float16).cpu()})
 
 
 def harvest_variant(cfg: ExperimentConfig, run_dir: Path, model: nn.Module, blocks: nn.ModuleList,

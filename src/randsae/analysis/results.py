@@ -18,6 +18,7 @@ import numpy as np
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.measure import LatentMeasures, SAEMeasurements
 from randsae.analysis.separation import SeparationRow, format_rows
+from randsae.atomic import write_text_atomic
 
 ANALYSIS_JSON = "analysis.json"
 SEPARATION_CSV = "separation.csv"
@@ -44,12 +45,6 @@ def _finite_or_none(value: object) -> object:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def analysis_json(summary: AnalysisSummary) -> str:
@@ -98,9 +93,9 @@ def _cells(values: np.ndarray) -> list[str]:
 def write_outputs(folder: Path, summary: AnalysisSummary, latents: Mapping[tuple[str, int], LatentMeasures],
                   matches: Mapping[tuple[str, int], np.ndarray]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / LATENTS_CSV, latents_csv(latents, matches, summary.config))
-    _write_atomic(folder / SEPARATION_CSV, separation_csv(summary.separation))
-    _write_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
+    write_text_atomic(folder / LATENTS_CSV, latents_csv(latents, matches, summary.config))
+    write_text_atomic(folder / SEPARATION_CSV, separation_csv(summary.separation))
+    write_text_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
 
 
 def format_separation_table(summary: AnalysisSummary) -> str:

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -62,12 +63,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 class ActivationCache:
@@ -162,15 +157,13 @@ class CacheWriter:
         data = torch.cat(self.buffer)
         self.buffer = []
         name = f"shard_{len(self.manifest.shards):05d}.safetensors"
-        tmp = self.folder / (name + ".tmp")
-        save_file({"activations": data.contiguous()}, tmp)
-        tmp.replace(self.folder / name)
+        save_safetensors_atomic(self.folder / name, {"activations": data})
         shard = Shard(name, data.shape[0], _sha256(self.folder / name))
         self.manifest = dataclasses.replace(self.manifest, shards=(*self.manifest.shards, shard))
         self._save_manifest()
 
     def _save_manifest(self) -> None:
-        _write_atomic(self.folder / MANIFEST, self.manifest.to_json())
+        write_text_atomic(self.folder / MANIFEST, self.manifest.to_json())
 
 
 def harvest(forward: Callable[[Tensor], dict[int, Tensor]], input_ids: Tensor,

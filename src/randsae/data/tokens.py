@@ -13,10 +13,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from randsae.atomic import save_safetensors_atomic
 from randsae.errors import UserError
 
 SPLITS = ("train", "heldout")
@@ -106,11 +107,8 @@ def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
 
 
 def save_tokens(folder: Path, windows: dict[str, Tensor]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
     for split, tensor in windows.items():
-        tmp = folder / f"{split}.safetensors.tmp"
-        save_file({"input_ids": tensor.contiguous()}, tmp)
-        tmp.replace(folder / f"{split}.safetensors")
+        save_safetensors_atomic(folder / f"{split}.safetensors", {"input_ids": tensor})
 
 
 def load_tokens(folder: Path, split: str) -> Tensor:

@@ -21,9 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
+from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 from randsae.sae.base import WEIGHTS_FILE, SparseAutoencoder
 
@@ -126,7 +127,7 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
         max_values.scatter_reduce_(0, latents, values, reduce="amax")
         value_dtype = torch.float16 if values.numel() == 0 or values.max() <= FLOAT16_MAX else torch.float32
         name = f"shard_{len(shards):05d}.safetensors"
-        _save_atomic(folder / name, {"rows": rows.to(torch.int32), "latents": latents.to(latent_dtype),
+        save_safetensors_atomic(folder / name, {"rows": rows.to(torch.int32), "latents": latents.to(latent_dtype),
                                      "values": values.to(value_dtype)})
         shards.append(name)
         in_block = check_rows[(check_rows >= start) & (check_rows < stop)]
@@ -136,15 +137,13 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
         raise UserError(f"activation cache gave {start} rows but its manifest says {n_tokens}",
                         "Delete the activation cache and re-run the harvest")
     reference = sae.encode(torch.cat(checked_x)) if checked_x else torch.zeros(0, d_sae)
-    _save_atomic(folder / STATS_FILE, {"counts": counts, "max_values": max_values})
+    save_safetensors_atomic(folder / STATS_FILE, {"counts": counts, "max_values": max_values})
     manifest = LatentCacheManifest(n_tokens=n_tokens, context_size=context_size, d_sae=d_sae,
                                    sae_sha256=sae_sha256, n_entries=int(counts.sum()), shards=tuple(shards),
                                    verified_rows=len(check_rows))
     cache = LatentCache(folder, manifest, counts.numpy(), max_values.numpy())
     verify_against_encode(cache, check_rows, reference)
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(manifest), indent=1))
-    tmp.replace(folder / MANIFEST)
+    write_text_atomic(folder / MANIFEST, json.dumps(dataclasses.asdict(manifest), indent=1))
     return cache
 
 
@@ -197,12 +196,6 @@ def _verification_sample(n_tokens: int, context_size: int, verify_rows: int, see
     rng = np.random.default_rng(seed)
     sample = rng.choice(n_tokens, size=min(verify_rows, n_tokens), replace=False) if verify_rows else []
     return np.unique(np.concatenate([np.asarray(sample, dtype=np.int64), [0]])) if n_tokens else np.zeros(0, np.int64)
-
-
-def _save_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, tmp)
-    tmp.replace(path)
 
 
 def _progress(items: Iterable, enabled: bool, description: str) -> Iterable:

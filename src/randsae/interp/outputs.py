@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from randsae.atomic import write_text_atomic
 from randsae.interp.scorers import ScoredExample
 
 TASKS = ("fuzz", "detection")
@@ -51,13 +52,6 @@ class InterpPaths:
     @property
     def table(self) -> Path:
         return self.root / "latents.csv"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from randsae.atomic import write_text_atomic
 from randsae.interp import statistics
-from randsae.interp.outputs import write_text_atomic
 from randsae.interp.scorers import ScoredExample
 
 

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from randsae.interp.outputs import write_text_atomic
+from randsae.atomic import write_text_atomic
 from randsae.report.latent_data import LatentView, TokenWeight, Window
 from randsae.report.neuronpedia import feature_json
 from randsae.report.page import definition_list, note, render_page

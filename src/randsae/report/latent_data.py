@@ -21,7 +21,11 @@ from safetensors import safe_open
 from randsae.interp.entropy import token_activation_mass
 from randsae.interp.examples import window_of_rows, window_tokens
 from randsae.interp.explainers import StrTokens
-from randsae.interp.latent_cache import LatentEntries, load_latent_entries, open_latent_cache
+from randsae.interp.latent_cache import (
+    LatentEntries,
+    load_latent_entries,
+    open_latent_cache,
+)
 from randsae.interp.outputs import InterpPaths
 from randsae.interp.stage import tokenizer_str_tokens
 from randsae.report.run_inputs import RunInputs

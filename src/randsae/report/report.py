@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
-from randsae.interp.outputs import InterpPaths, module_name, read_scores, write_text_atomic
+from randsae.atomic import write_text_atomic
+from randsae.interp.outputs import InterpPaths, module_name, read_scores
 from randsae.interp.statistics import FAILED_PROBABILITY
 from randsae.models.load import display_name
 from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
 from randsae.report.latent_data import collect_latent_views
+from randsae.report.page import figure, note, render_page
 from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
-from randsae.report.page import figure, note, render_page
 from randsae.report.run_inputs import RunInputs, read_run
 from randsae.report.tables import Column, html_table, present_columns, variant_chip
 

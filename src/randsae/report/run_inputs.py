@@ -11,9 +11,10 @@ import csv
 import dataclasses
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from randsae.errors import UserError
 from randsae.interp.outputs import InterpPaths

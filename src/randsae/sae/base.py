@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
+from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 
 CONFIG_FILE = "cfg.json"
@@ -127,12 +128,8 @@ class SparseAutoencoder(nn.Module):
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {name: p.detach().contiguous().cpu() for name, p in self.state_dict().items()}
-        tmp = folder / (WEIGHTS_FILE + ".tmp")
-        save_file(tensors, tmp)
-        tmp.replace(folder / WEIGHTS_FILE)
-        tmp = folder / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.cfg.to_json(), indent=2))
-        tmp.replace(folder / CONFIG_FILE)
+        save_safetensors_atomic(folder / WEIGHTS_FILE, tensors)
+        write_text_atomic(folder / CONFIG_FILE, json.dumps(self.cfg.to_json(), indent=2))
 
 
 _ARCHITECTURES: dict[str, type[SparseAutoencoder]] = {}

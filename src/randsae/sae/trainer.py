@@ -22,8 +22,14 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
-from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, architecture_class
+from randsae.sae.base import (
+    LossOutput,
+    SAEConfig,
+    SparseAutoencoder,
+    architecture_class,
+)
 from randsae.sae.topk import TopKSAE
 
 TRAINING_LOG_FILE = "training.json"
@@ -159,9 +165,7 @@ class TrainResult:
         """The SAELens folder plus training.json, each written atomically."""
         folder = Path(folder)
         self.sae.save(folder)
-        tmp = folder / (TRAINING_LOG_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.log.to_json(), indent=2))
-        tmp.replace(folder / TRAINING_LOG_FILE)
+        write_text_atomic(folder / TRAINING_LOG_FILE, json.dumps(self.log.to_json(), indent=2))
 
 
 def default_lr(d_sae: int) -> float:

@@ -12,8 +12,6 @@ import html
 import io
 import json
 import math
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import matplotlib
@@ -22,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
+from randsae.atomic import write_text_atomic
 from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front  # noqa: E402
 
 if TYPE_CHECKING:
@@ -33,13 +32,6 @@ JSON_FILE = "toy_results.json"
 MEASURE_LABELS = {"l0": "L0 (active latents)", "l1": "L1 (‖z‖₁)", "l1_over_sqrt_l2": "‖z‖₁ / √‖z‖₂",
                   "hoyer": "Hoyer sparsity"}
 DATA_STYLE = {"toy": ("tab:blue", "planted features"), "gaussian": ("tab:orange", "Gaussian control")}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary sibling and rename it into place, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_outputs(result: ToyResult) -> None:

@@ -10,7 +10,6 @@ import dataclasses
 import json
 import multiprocessing
 import time
-import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -18,15 +17,17 @@ from typing import NamedTuple
 
 import numpy as np
 import tomli_w
+import tomllib
 import torch
 from torch import Tensor
 
+from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
 from randsae.toy.config import ToyConfig, derived_seed, toy_config_from_dict
 from randsae.toy.data import gaussian_control, generate_toy_data, unit_rms
 from randsae.toy.metrics import SPARSITY_MEASURES, code_stats, front_gap, mmcs
 from randsae.toy.networks import build_network, map_through
-from randsae.toy.report import write_outputs, write_text_atomic
+from randsae.toy.report import write_outputs
 from randsae.toy.sweep import train_relu_sweep
 
 CONFIG_FILE = "toy_config.toml"
