@@ -111,7 +111,7 @@ def test_cli_corrupt_cache_is_a_one_line_error(tmp_path, capsys, tiny_run):
     assert code == 2 and len(err) == 1 and "is missing or corrupt" in err[0] and "Delete" in err[0]
 
 
-def test_interpret_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+def test_report_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
     code, err = _cli(["report", str(tmp_path)], capsys)
     assert code == 2 and "not a randsae run directory" in err[0]
 
