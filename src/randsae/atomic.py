@@ -1,23 +1,65 @@
-"""Atomic file writes: write a temporary sibling, then rename it into place, so an interrupted run never
-leaves half a file that a resume would trust."""
+"""Atomic file writes and file checksums.
+
+Every output is written to a temporary sibling, then renamed into place, so an interrupted run never
+leaves half a file that a resume would trust.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` to write (a file or a folder); renamed onto `path` when the block
+    ends without an error, left behind (and overwritten by the next try) when it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    yield tmp
     tmp.replace(path)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def save_safetensors_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, tmp)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, tmp)
+
+
+def json_ready(value: Any) -> Any:
+    """`value` as strict JSON takes it: NaN and infinities become None (null), NamedTuples dicts, tuples lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_ready(item) for key, item in value.items()}
+    if hasattr(value, "_asdict"):
+        return json_ready(value._asdict())
+    if isinstance(value, (list, tuple)):
+        return [json_ready(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:
+    """Strict JSON (see `json_ready`), so any JSON reader can read it."""
+    write_text_atomic(path, json.dumps(json_ready(value), indent=indent, ensure_ascii=False, allow_nan=False))
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -8,17 +8,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.measure import LatentMeasures, SAEMeasurements
 from randsae.analysis.separation import SeparationRow, format_rows
-from randsae.atomic import write_text_atomic
+from randsae.atomic import write_json_atomic, write_text_atomic
 
 ANALYSIS_JSON = "analysis.json"
 SEPARATION_CSV = "separation.csv"
@@ -41,22 +41,15 @@ class AnalysisSummary:
     """What could not be measured and why (no interp scores, no trained SAE, ...)."""
 
 
-def _finite_or_none(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def analysis_json(summary: AnalysisSummary) -> str:
-    """Strict JSON (NaN and infinities become null)."""
-    data = {
+def analysis_json(summary: AnalysisSummary) -> dict[str, Any]:
+    """The content of analysis.json."""
+    return {
         "config": dataclasses.asdict(summary.config),
-        "saes": [{k: _finite_or_none(v) for k, v in dataclasses.asdict(m).items()} for m in summary.saes],
-        "separation": [{k: _finite_or_none(v) for k, v in row._asdict().items()} for row in summary.separation],
+        "saes": [dataclasses.asdict(m) for m in summary.saes],
+        "separation": [row._asdict() for row in summary.separation],
         "notes": list(summary.notes),
         "latents_file": LATENTS_CSV,
     }
-    return json.dumps(data, indent=1)
 
 
 def separation_csv(rows: tuple[SeparationRow, ...]) -> str:
@@ -95,7 +88,7 @@ def write_outputs(folder: Path, summary: AnalysisSummary, latents: Mapping[tuple
     folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(folder / LATENTS_CSV, latents_csv(latents, matches, summary.config))
     write_text_atomic(folder / SEPARATION_CSV, separation_csv(summary.separation))
-    write_text_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
+    write_json_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
 
 
 def format_separation_table(summary: AnalysisSummary) -> str:

@@ -26,6 +26,7 @@ from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table, variant_rank
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
+from randsae.atomic import atomic_path
 from randsae.data.activations import ActivationCache, cache_folder
 from randsae.data.tokens import load_tokens
 from randsae.errors import UserError
@@ -90,11 +91,9 @@ def _load_part(path: Path, key: str) -> SAEAnalysis | None:
 
 
 def _save_part(path: Path, key: str, analysis: SAEAnalysis) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     errors = {name: value.numpy() for name, value in analysis.errors._asdict().items()}
-    np.savez(tmp, key=np.array(key), **analysis.latents._asdict(), **errors)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        np.savez(file, key=np.array(key), **analysis.latents._asdict(), **errors)
 
 
 def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_ids: torch.Tensor,

@@ -8,7 +8,6 @@ first missing shard; memory holds one shard per layer, whatever the token count.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from randsae.atomic import save_safetensors_atomic, write_text_atomic
+from randsae.atomic import file_sha256, save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -57,14 +56,6 @@ class CacheManifest:
         return cls(**data)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class ActivationCache:
     """Read access to one finished cache folder; rows in token order (row r = window r // C, position r % C)."""
 
@@ -89,7 +80,7 @@ class ActivationCache:
         if verify:
             for shard in manifest.shards:
                 path = folder / shard.file
-                if not path.is_file() or _sha256(path) != shard.sha256:
+                if not path.is_file() or file_sha256(path) != shard.sha256:
                     raise UserError(f"activation cache shard {path} is missing or corrupt (checksum mismatch)", fix)
         return cls(folder, manifest)
 
@@ -158,7 +149,7 @@ class CacheWriter:
         self.buffer = []
         name = f"shard_{len(self.manifest.shards):05d}.safetensors"
         save_safetensors_atomic(self.folder / name, {"activations": data})
-        shard = Shard(name, data.shape[0], _sha256(self.folder / name))
+        shard = Shard(name, data.shape[0], file_sha256(self.folder / name))
         self.manifest = dataclasses.replace(self.manifest, shards=(*self.manifest.shards, shard))
         self._save_manifest()
 

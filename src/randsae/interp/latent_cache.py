@@ -13,7 +13,6 @@ rows read back from disk, so a broken fast path, dtype overflow or stale cache s
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from randsae.atomic import save_safetensors_atomic, write_text_atomic
+from randsae.atomic import file_sha256, save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 from randsae.sae.base import WEIGHTS_FILE, SparseAutoencoder
 
@@ -69,11 +68,7 @@ class LatentCache(NamedTuple):
 
 def sae_fingerprint(sae_folder: Path) -> str:
     """sha256 of the SAE's weight file."""
-    digest = hashlib.sha256()
-    with open(sae_folder / WEIGHTS_FILE, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_sha256(sae_folder / WEIGHTS_FILE)
 
 
 def sparse_encode(sae: SparseAutoencoder, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:

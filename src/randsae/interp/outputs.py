@@ -9,9 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
-from randsae.atomic import write_text_atomic
+from randsae.atomic import write_json_atomic, write_text_atomic
 from randsae.interp.scorers import ScoredExample
 
 TASKS = ("fuzz", "detection")
@@ -52,10 +51,6 @@ class InterpPaths:
     @property
     def table(self) -> Path:
         return self.root / "latents.csv"
-
-
-def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:
-    write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False))
 
 
 def write_scores(path: Path, records: list[ScoredExample]) -> None:

@@ -109,9 +109,9 @@ class InterpSummary:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        """interp.json: everything but the per-latent rows (those are latents.csv)."""
-        return _jsonable({"run_dir": self.run_dir, "scaling": self.scaling, "seconds": round(self.seconds, 2),
-                          "saes": [dataclasses.asdict(sae) for sae in self.saes]})
+        """interp.json (written with `write_json_atomic`): everything but the per-latent rows (those are latents.csv)."""
+        return {"run_dir": self.run_dir, "scaling": self.scaling, "seconds": round(self.seconds, 2),
+                "saes": [dataclasses.asdict(sae) for sae in self.saes]}
 
 
 def summarize_scores(records_per_latent: Sequence[Sequence[ScoredExample]], n_bootstrap: int,
@@ -176,19 +176,6 @@ def write_latents_csv(path: Path, rows: Sequence[LatentResult]) -> None:
 def _cell(value: Any) -> Any:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.6g}"
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    """NaN -> None (strict JSON), tuples and NamedTuples -> lists/dicts."""
-    if isinstance(value, float):
-        return None if math.isnan(value) else value
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if hasattr(value, "_asdict"):
-        return _jsonable(value._asdict())
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
     return value
 
 

@@ -14,6 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from randsae.assets import cache_home, embedded_model_gguf
+from randsae.atomic import atomic_path
 from randsae.errors import UserError
 
 EMBEDDED = "embedded"
@@ -121,8 +122,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = converted.with_name(converted.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.replace(converted)
+    with atomic_path(converted) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     return model.to(dtype), tokenizer

@@ -9,9 +9,9 @@ per example window with `tokens`, `values`, `maxValue`, `maxValueTokenIndex`, `m
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from randsae.atomic import json_ready
 from randsae.report.latent_data import LatentView, QuantileGroup, Window
 
 
@@ -25,10 +25,6 @@ def model_id(model_name: str) -> str:
     return model_name.rstrip("/").rsplit("/", 1)[-1].lower() or "unknown-model"
 
 
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def _activation(window: Window, bin_min: float, bin_max: float, bin_contains: float) -> dict[str, Any]:
     values = list(window.activations)
     return {"tokens": list(window.tokens), "values": values, "maxValue": max(values),
@@ -37,7 +33,7 @@ def _activation(window: Window, bin_min: float, bin_max: float, bin_contains: fl
 
 
 def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[str, Any]:
-    """The feature record of one latent."""
+    """The feature record of one latent, ready for strict JSON (an undefined number is null)."""
     n_windows = view.quantiles[-1].last_rank if view.quantiles else 0
     top_min = min((w.max_activation for w in view.top_windows), default=0.0)
     activations = [_activation(w, top_min, view.max_activation, len(view.top_windows) / max(n_windows, 1))
@@ -50,7 +46,7 @@ def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[s
         "layer": source_id(view.variant, view.layer),
         "index": str(view.latent),
         "maxActApprox": view.max_activation,
-        "frac_nonzero": _finite(view.firing_rate),
+        "frac_nonzero": view.firing_rate,
         "pos_str": [t.token for t in view.promoted_logits or ()],
         "pos_values": [t.value for t in view.promoted_logits or ()],
         "neg_str": [t.token for t in view.suppressed_logits or ()],
@@ -62,14 +58,14 @@ def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[s
         "activations": activations,
         "explanations": [],
         "randsae": {"variant": view.variant, "layer": view.layer,
-                    "scores": {k: (_finite(v) if isinstance(v, float) else v) for k, v in view.scores.items()},
+                    "scores": dict(view.scores),
                     "top_tokens": [[t.token, t.value] for t in view.top_tokens]},
     }
     if view.explanation is not None:
         feature["explanations"].append({"description": view.explanation,
                                         "explanationModelName": judge or "unknown",
                                         "typeName": "randsae-interp"})
-    return feature
+    return json_ready(feature)
 
 
 def _quantile_activation(window: Window, group: QuantileGroup, n_windows: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from randsae.atomic import write_text_atomic
+from randsae.atomic import atomic_path, write_text_atomic
 from randsae.errors import UserError
 from randsae.sae.base import (
     LossOutput,
@@ -339,11 +339,8 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
 
 
 def _save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    with atomic_path(Path(path)) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
