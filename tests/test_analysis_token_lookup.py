@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from randsae.analysis.codes import encode_block, row_layout
+from randsae.analysis.codes import row_layout
 from randsae.analysis.measure import encode_heldout, token_samples
 from randsae.analysis.token_lookup import TokenErrors, VarianceAccumulator, fit_token_lookup
 from randsae.sae.base import SAEConfig
@@ -93,14 +93,6 @@ def test_explained_variances_match_numpy(architecture: str):
         dense = sae.encode(heldout_x[rows]).numpy()
     assert codes.n_rows == rows.size and codes.value.numel() == np.count_nonzero(dense)
     np.testing.assert_allclose(dense[codes.row.numpy(), codes.latent.numpy()], codes.value.numpy(), rtol=1e-6)
-
-
-def test_encode_block_offsets_rows():
-    sae = TopKSAE(SAEConfig("topk", D, 16, k=3))
-    x = torch.randn(5, D)
-    block = encode_block(sae, x, first_row=100)
-    assert block.codes.row.min() >= 100 and block.codes.row.max() < 105
-    torch.testing.assert_close(block.reconstruction, sae(x))
 
 
 def test_sae_worse_than_lookup_gives_negative_ev_beyond_lookup():

@@ -21,15 +21,15 @@ from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
 from randsae.interp.outputs import InterpPaths, read_explanation, read_scores
-from randsae.sae.base import SAEConfig, SparseAutoencoder, register
+from randsae.sae import SAEConfig, TopKOutput, TopKSAE, register
 
 VOCAB = [f" w{i}" for i in range(40)]
 D_MODEL, D_SAE, K, CONTEXT, N_ROWS = 16, 48, 3, 64, 24
 
 
 @register
-class TinyTopK(SparseAutoencoder):
-    """A minimal TopK SAE with the `encode_topk` fast path the latent cache uses."""
+class TinyTopK(TopKSAE):
+    """A minimal TopK SAE: its own `encode_topk`, the fast path the latent cache uses."""
 
     architecture = "interp_test_topk"
 
@@ -50,7 +50,7 @@ class BrokenTopK(TinyTopK):
 
     def encode_topk(self, x):
         values, indices = super().encode_topk(x)
-        return values.clone().index_fill_(1, torch.tensor([0]), 0.0), indices
+        return TopKOutput(values.clone().index_fill_(1, torch.tensor([0]), 0.0), indices)
 
 
 def str_tokens(ids):

@@ -41,6 +41,19 @@ def test_encode_decode_and_loss_match_numpy():
     np.testing.assert_array_equal(out.fired.numpy(), (z > 0).any(axis=0))
 
 
+def test_encode_sparse_lists_the_nonzero_latents_with_the_reconstruction():
+    sae = make_sae()
+    x = torch.randn(50, 6, generator=torch.Generator().manual_seed(1))
+    z, x_hat, _, _ = numpy_reference(sae, x)
+    with torch.no_grad():
+        latents, reconstruction = sae.encode_sparse(x)
+    rows, columns = np.nonzero(z)
+    np.testing.assert_array_equal(latents.rows.numpy(), rows)
+    np.testing.assert_array_equal(latents.latents.numpy(), columns)
+    np.testing.assert_allclose(latents.values.numpy(), z[rows, columns], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(reconstruction.numpy(), x_hat, rtol=1e-5, atol=1e-6)
+
+
 def test_l1_term_scales_with_lambda():
     x = torch.randn(40, 6, generator=torch.Generator().manual_seed(2))
     small, large = make_sae(l1=0.0), make_sae(l1=2.0)

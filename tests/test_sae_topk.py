@@ -45,6 +45,17 @@ def test_encode_forward_and_decode_agree_with_dense_formulas(sae, x):
     assert torch.allclose(sae.decode(z), z @ sae.W_dec + sae.b_dec)
 
 
+def test_encode_sparse_is_the_nonzero_part_of_encode_and_the_forward(sae, x):
+    with torch.no_grad():
+        sae.b_enc[:] = -3.0  # some tokens get fewer than k positive pre-activations: their zeros are dropped
+        z = sae.encode(x)
+        latents, reconstruction = sae.encode_sparse(x)
+    assert (latents.values != 0).all() and latents.values.numel() == (z != 0).sum() < N * K
+    assert torch.equal(latents.rows, z.nonzero()[:, 0]) and torch.equal(latents.latents, z.nonzero()[:, 1])
+    assert torch.equal(latents.values, z[latents.rows, latents.latents])
+    torch.testing.assert_close(reconstruction, sae(x))
+
+
 def test_loss_is_batch_fvu_and_fired_mask(sae, x):
     out = sae.loss(x)
     z = dense_latents(sae, x)

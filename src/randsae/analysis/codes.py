@@ -12,7 +12,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from randsae.sae.base import SparseAutoencoder
 
 
 class RowLayout(NamedTuple):
@@ -61,31 +60,6 @@ class SparseCodes(NamedTuple):
     """float32 [nnz], non-zero."""
     n_rows: int
     d_sae: int
-
-
-class EncodedBlock(NamedTuple):
-    codes: SparseCodes
-    reconstruction: Tensor
-    """[n, d_in] the SAE's reconstruction of the block."""
-
-
-@torch.no_grad()
-def encode_block(sae: SparseAutoencoder, x: Tensor, first_row: int) -> EncodedBlock:
-    """Sparse codes and reconstruction of `x` [n, d_in]; TopK SAEs skip the dense decoder matmul."""
-    if hasattr(sae, "encode_topk"):
-        top = sae.encode_topk(x)
-        reconstruction = sae.decode_topk(top)
-        values, indices = top.values, top.indices
-        rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)
-        keep = values != 0
-        row, latent, value = rows[keep], indices[keep].long(), values[keep]
-    else:
-        z = sae.encode(x)
-        reconstruction = sae.decode(z)
-        row, latent = z.nonzero(as_tuple=True)
-        value = z[row, latent]
-    codes = SparseCodes(row + first_row, latent, value.float(), x.shape[0], sae.cfg.d_sae)
-    return EncodedBlock(codes, reconstruction)
 
 
 def concat_codes(parts: list[SparseCodes], n_rows: int, d_sae: int) -> SparseCodes:

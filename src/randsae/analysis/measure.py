@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from randsae.analysis.codes import RowLayout, SparseCodes, concat_codes, encode_block, firing_counts
+from randsae.analysis.codes import RowLayout, SparseCodes, concat_codes, firing_counts
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
 from randsae.analysis.interp_split import KINDS
@@ -86,6 +86,7 @@ class SAEAnalysis(NamedTuple):
     errors: TokenErrors
 
 
+@torch.no_grad()
 def encode_heldout(sae: SparseAutoencoder, blocks: Iterable[Tensor], layout: RowLayout,
                    lookup: TokenLookup) -> tuple[SparseCodes, TokenErrors]:
     """Stream the held-out cache (all rows, in order) and keep what the analysed rows need."""
@@ -98,9 +99,10 @@ def encode_heldout(sae: SparseAutoencoder, blocks: Iterable[Tensor], layout: Row
         first, last = torch.searchsorted(layout.cache_row, torch.tensor([start, stop])).tolist()
         if first < last:
             x = block[layout.cache_row[first:last] - start].float()
-            encoded = encode_block(sae, x, first)
-            codes.append(encoded.codes)
-            sae_error.append((x - encoded.reconstruction).square().sum(1).double())
+            latents, reconstruction = sae.encode_sparse(x)
+            codes.append(SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0],
+                                     sae.cfg.d_sae))
+            sae_error.append((x - reconstruction).square().sum(1).double())
             lookup_error.append((x - lookup.predict(layout.token[first:last])).square().sum(1).double())
             variance.add(x, layout.sequence[first:last])
         start = stop

@@ -71,19 +71,6 @@ def sae_fingerprint(sae_folder: Path) -> str:
     return file_sha256(sae_folder / WEIGHTS_FILE)
 
 
-def sparse_encode(sae: SparseAutoencoder, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(row offsets, latents, values) of the nonzero activations of a block, via `encode_topk` when the SAE
-    has one (no dense [n, d_sae] copy kept) and `encode` otherwise."""
-    if hasattr(sae, "encode_topk"):
-        values, indices = sae.encode_topk(x)
-        rows = torch.arange(x.shape[0]).unsqueeze(1).expand_as(indices)
-        keep = values > 0
-        return rows[keep], indices[keep], values[keep]
-    dense = sae.encode(x)
-    rows, latents = dense.nonzero(as_tuple=True)
-    return rows, latents, dense[rows, latents]
-
-
 def open_latent_cache(folder: Path) -> LatentCache | None:
     """The cache in `folder`, or None when it is missing or was never completed."""
     if not (folder / MANIFEST).is_file() or not (folder / STATS_FILE).is_file():
@@ -114,7 +101,7 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
     start = 0
     for block in _progress(blocks, progress, f"latent cache {folder.parent.name}/{folder.name}"):
         stop = start + block.shape[0]
-        offsets, latents, values = sparse_encode(sae, block)
+        (offsets, latents, values), _ = sae.encode_sparse(block)
         rows = offsets + start
         keep = (rows % context_size != 0) & (values > 0)
         rows, latents, values = rows[keep], latents[keep], values[keep].float()

@@ -3,7 +3,15 @@
 Importing this package registers every architecture, so `load_sae` can build any saved SAE.
 """
 
-from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, architecture_class, load_sae, register
+from randsae.sae.base import (
+    LossOutput,
+    SAEConfig,
+    SparseAutoencoder,
+    SparseLatents,
+    architecture_class,
+    load_sae,
+    register,
+)
 from randsae.sae.kernels import TopKOutput
 from randsae.sae.relu import ReluSAE
 from randsae.sae.topk import TopKSAE
@@ -20,7 +28,7 @@ from randsae.sae.trainer import (
 )
 
 __all__ = [
-    "ActivationSource", "LogPoint", "LossOutput", "ReluSAE", "SAEConfig", "SparseAutoencoder", "TensorSource",
-    "TopKOutput", "TopKSAE", "TrainConfig", "TrainLog", "TrainResult", "architecture_class", "build_sae",
-    "default_lr", "load_sae", "register", "train_sae",
+    "ActivationSource", "LogPoint", "LossOutput", "ReluSAE", "SAEConfig", "SparseAutoencoder", "SparseLatents",
+    "TensorSource", "TopKOutput", "TopKSAE", "TrainConfig", "TrainLog", "TrainResult", "architecture_class",
+    "build_sae", "default_lr", "load_sae", "register", "train_sae",
 ]

@@ -70,6 +70,17 @@ class LossOutput(NamedTuple):
     coefficient. Not included in `loss`."""
 
 
+class SparseLatents(NamedTuple):
+    """The non-zero latent activations of a batch [n, d_in], in COO form, in row order."""
+
+    rows: Tensor
+    """int64 [nnz]: row of the batch."""
+    latents: Tensor
+    """int64 [nnz]."""
+    values: Tensor
+    """[nnz], non-zero."""
+
+
 class SparseAutoencoder(nn.Module):
     """Base class: subclasses set `architecture` and implement `encode` and `loss`.
 
@@ -105,6 +116,14 @@ class SparseAutoencoder(nn.Module):
     def decode(self, z: Tensor) -> Tensor:
         """[n, d_sae] -> reconstruction [n, d_in]."""
         return z @ self.W_dec + self.b_dec
+
+    def encode_sparse(self, x: Tensor) -> tuple[SparseLatents, Tensor]:
+        """The non-zero latents of x [n, d_in] and its reconstruction [n, d_in], from one encode: what a pass
+        over many activations keeps. Architectures with a sparse encoder (TopK) override it, so that no
+        dense [n, d_sae] tensor is built."""
+        z = self.encode(x)
+        rows, latents = z.nonzero(as_tuple=True)
+        return SparseLatents(rows, latents, z[rows, latents]), self.decode(z)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from randsae.errors import UserError
-from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, register
+from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, SparseLatents, register
 from randsae.sae.kernels import TopKOutput, sparse_decode, topk_encode
 
 
@@ -42,6 +42,14 @@ class TopKSAE(SparseAutoencoder):
     def decode_topk(self, top: TopKOutput) -> Tensor:
         """Sparse decode of `encode_topk`'s output -> reconstruction [n, d_in]."""
         return sparse_decode(top.values, top.indices, self.W_dec) + self.b_dec
+
+    def encode_sparse(self, x: Tensor) -> tuple[SparseLatents, Tensor]:
+        """`encode_topk`'s latents less the zeros (a token with fewer than k positive pre-activations), and
+        the sparse decode."""
+        top = self.encode_topk(x)
+        rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1).expand_as(top.indices)
+        active = top.values != 0
+        return SparseLatents(rows[active], top.indices[active], top.values[active]), self.decode_topk(top)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode_topk(self.encode_topk(x))
