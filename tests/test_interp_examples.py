@@ -6,7 +6,7 @@ import numpy as np
 
 from randsae.interp.config import InterpConfig
 from randsae.interp.entropy import token_activation_mass, token_entropy
-from randsae.interp.examples import sample_examples, window_of_rows, window_tokens
+from randsae.interp.examples import active_windows, sample_examples, window_of_rows, window_tokens
 from randsae.interp.latent_cache import LatentEntries
 
 CONTEXT, WINDOW, N_ROWS = 64, 16, 50
@@ -37,6 +37,22 @@ def test_window_mapping_matches_a_direct_loop():
         list(range(0, 16)), list(range(80, 96))]
     # a row's tail shorter than a window is not used
     assert window_of_rows(np.array([0, 47, 48, 95, 99]), 50, 16).tolist() == [0, 2, -1, 5, -1]
+
+
+def test_active_windows_groups_entries_and_ranks_windows_by_their_max():
+    entries, dense = latent_entries(seed=3)
+    active = active_windows(entries, CONTEXT, WINDOW)
+    per_window = dense.reshape(-1, WINDOW).max(axis=1)
+    assert active.ids.tolist() == np.flatnonzero(per_window).tolist()
+    np.testing.assert_array_equal(active.maxima, per_window[active.ids])
+    expected = sorted(range(len(active.ids)), key=lambda i: (-per_window[active.ids[i]], active.ids[i]))
+    assert active.by_strength.tolist() == expected
+    for i, start in enumerate(active.first):
+        stop = active.first[i + 1] if i + 1 < len(active.first) else len(active.rows)
+        assert set(active.window[start:stop]) == {active.ids[i]}
+    # rows in a row's unused tail are left out
+    tail = active_windows(LatentEntries(np.array([1, 48, 60]), np.ones(3, np.float32)), 50, 16)
+    assert tail.rows.tolist() == [1, 60] and tail.ids.tolist() == [0, 3]
 
 
 def test_explanation_and_test_sets_are_disjoint_and_follow_the_protocol():

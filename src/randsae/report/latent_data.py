@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from randsae.interp.entropy import token_activation_mass
-from randsae.interp.examples import window_of_rows, window_tokens
+from randsae.interp.examples import active_windows, window_tokens
 from randsae.interp.explainers import StrTokens
 from randsae.interp.latent_cache import (
     LatentEntries,
@@ -161,13 +161,10 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
                 logits: LogitEffects | None) -> LatentView:
     """Build one latent's view from all its nonzero activations (rows sorted ascending)."""
     ctx, size = layout.context_size, layout.window_size
-    windows = window_of_rows(entries.rows, ctx, size)
-    used = windows >= 0
-    windows, rows, values = windows[used], entries.rows[used], entries.values[used]
-    window_ids, starts = np.unique(windows, return_index=True)
-    ends = np.r_[starts[1:], len(windows)]
-    maxima = np.maximum.reduceat(values, starts) if len(values) else np.zeros(0, np.float32)
-    ranked = np.argsort(-maxima, kind="stable")
+    active = active_windows(entries, ctx, size)
+    rows, values, window_ids, starts, maxima = active.rows, active.values, active.ids, active.first, active.maxima
+    ends = np.r_[starts[1:], len(rows)]
+    ranked = active.by_strength
 
     rank_groups = [g for g in np.array_split(np.arange(len(ranked)), max(1, min(N_QUANTILES, len(ranked)))) if len(g)]
     picks = [np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
