@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from randsae.data.text import TextConfig, iter_texts
-from randsae.data.tokens import TokenConfig, is_heldout, pack_windows, tokenize_splits
+from randsae.data.tokens import TokenConfig, count_not_bos, is_heldout, not_bos, pack_windows, tokenize_splits
 from randsae.errors import UserError
 
 
@@ -17,6 +17,14 @@ def test_pack_windows_joins_documents_with_the_separator_and_leads_with_bos():
 
 def test_pack_windows_returns_fewer_windows_when_text_runs_out():
     assert pack_windows([[5, 6, 7]], n_windows=5, context_size=3, bos=1, separator=2).shape == (2, 3)
+
+
+def test_not_bos_marks_every_row_but_each_windows_first():
+    windows = pack_windows([list(range(10, 40))], n_windows=4, context_size=5, bos=1, separator=2)
+    flat = windows.flatten()
+    mask = not_bos(torch.arange(flat.numel()), context_size=5)
+    assert (flat[~mask] == 1).all() and (flat[mask] != 1).all()
+    assert [count_not_bos(n, 5) for n in (0, 1, 5, 6, 20)] == [int(mask[:n].sum()) for n in (0, 1, 5, 6, 20)]
 
 
 def test_split_is_by_document_deterministic_and_disjoint(tiny_model_dir, tiny_corpus):

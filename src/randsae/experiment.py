@@ -30,7 +30,7 @@ from randsae.data.activations import (
     harvest,
 )
 from randsae.data.text import iter_texts
-from randsae.data.tokens import SPLITS, load_tokens, save_tokens, tokenize_splits
+from randsae.data.tokens import SPLITS, load_tokens, not_bos, save_tokens, tokenize_splits
 from randsae.errors import UserError
 from randsae.metrics.downstream import DownstreamMetrics, downstream_metrics
 from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMetrics
@@ -187,7 +187,7 @@ def reconstruction_on_heldout(sae: SparseAutoencoder, cache: ActivationCache, de
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     start = 0
     for block in cache.iter_blocks(rows=rows):
-        keep = (torch.arange(start, start + block.shape[0]) % context) != 0
+        keep = not_bos(torch.arange(start, start + block.shape[0]), context)
         start += block.shape[0]
         x = block[keep].to(device)
         z = sae.encode(x)

@@ -25,6 +25,8 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
+from randsae.data.tokens import not_bos
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenLookup:
@@ -62,14 +64,14 @@ def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     """
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
-    not_bos = torch.arange(flat.numel()) % context_size != 0
+    keep_row = not_bos(torch.arange(flat.numel()), context_size)
     distinct, index_of_row = np.unique(flat.numpy(), return_inverse=True)
     token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(index_of_row.reshape(-1))
     sums: Tensor | None = None
     start = 0
     for block in blocks:
         stop = min(start + block.shape[0], flat.numel())
-        keep = not_bos[start:stop]
+        keep = keep_row[start:stop]
         block_sums = sum_rows_by_group(block[:stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
         sums = block_sums if sums is None else sums.add_(block_sums)
         start = stop
@@ -77,7 +79,7 @@ def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
             break
     if sums is None:
         raise ValueError("no activation rows to fit the token lookup on")
-    counts = torch.bincount(index_of_row[:start][not_bos[:start]], minlength=token_ids.numel()).double()
+    counts = torch.bincount(index_of_row[:start][keep_row[:start]], minlength=token_ids.numel()).double()
     seen = counts > 0
     means = sums[seen] / counts[seen].unsqueeze(1)
     fallback = sums.sum(0) / counts.sum()

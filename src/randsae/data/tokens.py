@@ -3,6 +3,8 @@
 The split is by document (a stable hash of its text), so no document, and hence no token, is in both.
 Documents are joined by EOS and cut into windows of `context_size - 1` tokens; each window starts with
 an explicit BOS token, so position 0 is always the same token whatever the tokenizer adds by itself.
+Activation caches flatten the windows (row r = window r // context_size, position r % context_size), and
+everything downstream leaves the BOS rows out (`not_bos`): their activations are attention-sink outliers.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 from randsae.atomic import save_safetensors_atomic
 from randsae.errors import UserError
@@ -37,6 +42,16 @@ class TokenConfig:
     """Share of documents assigned to the held-out split."""
     split_seed: int = 0
     """Salt of the document hash that assigns documents to splits."""
+
+
+def not_bos(rows: Tensor, context_size: int) -> Tensor:
+    """Bool mask of the flattened rows `rows` (int) that are not a window's BOS token."""
+    return rows % context_size != 0
+
+
+def count_not_bos(n_rows: int, context_size: int) -> int:
+    """How many of the first `n_rows` flattened rows are not BOS."""
+    return n_rows - -(-n_rows // context_size)
 
 
 def is_heldout(text: str, fraction: float, seed: int) -> bool:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from randsae.atomic import file_sha256, save_safetensors_atomic, write_text_atomic
+from randsae.data.tokens import not_bos
 from randsae.errors import UserError
 from randsae.sae.base import WEIGHTS_FILE, SparseAutoencoder
 
@@ -103,7 +104,7 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
         stop = start + block.shape[0]
         (offsets, latents, values), _ = sae.encode_sparse(block)
         rows = offsets + start
-        keep = (rows % context_size != 0) & (values > 0)
+        keep = not_bos(rows, context_size) & (values > 0)
         rows, latents, values = rows[keep], latents[keep], values[keep].float()
         counts += torch.bincount(latents, minlength=d_sae)
         max_values.scatter_reduce_(0, latents, values, reduce="amax")
@@ -141,7 +142,7 @@ def verify_against_encode(cache: LatentCache, rows: np.ndarray, reference: Tenso
             where = torch.as_tensor([position[int(r)] for r in shard["rows"].numpy()[hit]], dtype=torch.long)
             stored[where, shard["latents"][hit].long()] = shard["values"][hit].float()
     expected = reference.clone()
-    expected[torch.as_tensor(rows % cache.manifest.context_size == 0)] = 0
+    expected[~not_bos(torch.as_tensor(rows), cache.manifest.context_size)] = 0
     tolerance = 2e-3 * expected.abs() + 1e-4 * expected.abs().amax(dim=1, keepdim=True) + 1e-6
     bad = ((stored - expected).abs() > tolerance).any(dim=1)
     if bad.any():

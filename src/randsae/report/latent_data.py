@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
+from randsae.data.tokens import count_not_bos
 from randsae.interp.entropy import token_activation_mass
 from randsae.interp.examples import active_windows, window_tokens
 from randsae.interp.explainers import StrTokens
@@ -246,7 +247,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
         sae_folder = run.run_dir / "saes" / variant / f"layer{layer}"
         logits = (logit_effects(sae_folder, latents, unembedding, decode)
                   if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file() else {})
-        n_tokens = cache.manifest.n_tokens - math.ceil(cache.manifest.n_tokens / cache.manifest.context_size)
+        n_tokens = count_not_bos(cache.manifest.n_tokens, cache.manifest.context_size)
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
             latent_view(variant, layer, latent, entries[latent], layout, n_tokens, rng,

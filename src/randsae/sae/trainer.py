@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from randsae.atomic import atomic_path, write_text_atomic
+from randsae.data.tokens import count_not_bos, not_bos
 from randsae.errors import UserError
 from randsae.sae.base import (
     LossOutput,
@@ -191,7 +192,7 @@ def build_sae(sae_cfg: SAEConfig, seed: int) -> SparseAutoencoder:
 def usable_rows(n_tokens: int, cfg: TrainConfig) -> int:
     """Rows per epoch the trainer uses: all of them, less one BOS per window when skipping."""
     if cfg.skip_bos and cfg.context_size is not None:
-        return n_tokens - math.ceil(n_tokens / cfg.context_size)
+        return count_not_bos(n_tokens, cfg.context_size)
     return n_tokens
 
 
@@ -211,7 +212,7 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
             if block is not None:
                 rows = block.shape[0]
                 if skip_bos:
-                    block = block[(torch.arange(row, row + rows) % cfg.context_size) != 0]
+                    block = block[not_bos(torch.arange(row, row + rows), cfg.context_size)]
                 row += rows
                 pending.append(block.float())
                 n_pending += block.shape[0]
