@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from randsae.errors import UserError
-from randsae.models.variants import (NoiseEmbedding, VariantConfig, build_variant, norm_parameter_names,
-                                     permute_tensor, rerandomize_tensor)
+from randsae.models.variants import (DEFAULT_VARIANTS, VARIANTS, NoiseEmbedding, VariantConfig, build_variant,
+                                     norm_parameter_names, permute_tensor, predicts_language, rerandomize_tensor)
 
 
 @pytest.fixture()
@@ -22,6 +22,11 @@ def trained(tiny_model_dir):
 
 def _params(model):
     return dict(model.named_parameters())
+
+
+def test_only_the_trained_model_predicts_language():
+    assert [name for name in VARIANTS if predicts_language(name)] == ["trained"]
+    assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and not predicts_language("control")
 
 
 def test_trained_is_the_model_itself(trained):

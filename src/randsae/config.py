@@ -15,7 +15,7 @@ from randsae.data.tokens import TokenConfig
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig
 from randsae.models.load import ModelConfig
-from randsae.models.variants import VariantConfig, check_variant_names
+from randsae.models.variants import DEFAULT_VARIANTS, VariantConfig, check_variant_names
 from randsae.sae.trainer import TrainConfig
 from randsae.toml_config import build_dataclass, dump_toml, read_toml
 
@@ -48,7 +48,7 @@ class EvalConfig:
 class ExperimentConfig:
     layers: tuple[int, ...] = (3, 10, 17)
     """Blocks whose output (the residual stream) gets an SAE."""
-    variants: tuple[str, ...] = ("trained", "rerandomized", "rerandomized_keep_embeddings", "control")
+    variants: tuple[str, ...] = DEFAULT_VARIANTS
     device: str = "auto"
     """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
     seed: int = 0

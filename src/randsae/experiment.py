@@ -41,7 +41,7 @@ from randsae.models.hookpoints import (
     residual_stream,
 )
 from randsae.models.load import LoadedModel, is_hub_id, load_model
-from randsae.models.variants import RANDOM_VARIANTS, NoiseEmbedding, build_variant
+from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
 from randsae.sae.trainer import train_sae
 
@@ -72,7 +72,7 @@ class MetricsRow:
     ce_zero: float
     ce_sae: float
     meaningful_downstream: bool
-    """False for random variants: their next-token predictions mean nothing, so neither do CE/KL scores."""
+    """False for every variant but `trained` (`predicts_language`): CE/KL scores need a language model."""
     n_eval_tokens: int
 
 
@@ -214,7 +214,7 @@ def _row(variant: str, layer: int, sae: SparseAutoencoder, rec: ReconstructionMe
     names = {field.name for field in dataclasses.fields(MetricsRow)}
     measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
     return MetricsRow(variant=variant, layer=layer, hook_name=sae.cfg.metadata.get("hook_name", ""),
-                      d_sae=sae.cfg.d_sae, meaningful_downstream=variant not in RANDOM_VARIANTS,
+                      d_sae=sae.cfg.d_sae, meaningful_downstream=predicts_language(variant),
                       n_eval_tokens=rec.n_tokens, **{k: v for k, v in measured.items() if k in names})
 
 
@@ -292,5 +292,5 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
             f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}")
     if any(not row.meaningful_downstream for row in rows):
-        lines.append("* CE/KL scores of random variants are not meaningful: their predictions carry no language model.")
+        lines.append("* CE/KL scores are not meaningful for variants other than trained: no language model predicts.")
     return "\n".join(lines)

@@ -28,15 +28,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from randsae.models.variants import VARIANTS
+
 REFERENCE = "trained"
 ALL_LAYERS = "all"
-VARIANT_ORDER = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted",
-                 "fresh_init")
-"""How variants are listed; names not in it follow, alphabetically."""
 
 
 def variant_rank(variant: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), variant)
+    """Sort key: the known variants in `VARIANTS` order, then any other name alphabetically."""
+    return (VARIANTS.index(variant) if variant in VARIANTS else len(VARIANTS), variant)
 
 
 class MeanSample(NamedTuple):

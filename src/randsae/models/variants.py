@@ -18,7 +18,16 @@ from randsae.errors import UserError
 
 VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control",
             "permuted", "fresh_init")
-RANDOM_VARIANTS = frozenset(VARIANTS) - {"trained", "control"}
+"""Every variant, in the order tables, plots and palettes list them."""
+DEFAULT_VARIANTS = ("trained", "rerandomized", "rerandomized_keep_embeddings", "control")
+"""What a run compares unless its config says otherwise (`step0` needs a model with a step-0 checkpoint)."""
+
+
+def predicts_language(variant: str) -> bool:
+    """Whether the variant's next-token predictions are a language model's: only `trained`'s. Every other
+    variant's weights or embeddings are random (the control's embeddings are fresh noise), so CE-loss and KL
+    scores with an SAE spliced in mean nothing there."""
+    return variant == "trained"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -43,7 +43,7 @@ QUALITY_COLUMNS = (
     Column("ce_loss_score", "CE score", ".3f", "(CE_zero - CE_sae) / (CE_zero - CE_clean)"),
     Column("kl_score", "KL score", ".3f"), Column("ce_clean", "CE clean", ".3f"),
     Column("ce_zero", "CE zero", ".3f"), Column("ce_sae", "CE SAE", ".3f"),
-    Column("meaningful_downstream", "CE meaningful", "", "false for random variants: their CE is not a language"),
+    Column("meaningful_downstream", "CE meaningful", "", "false for every variant but trained: no language model predicts"),
     Column("n_eval_tokens", "eval tokens", "d"),
 )
 ANALYSIS_COLUMNS = (
