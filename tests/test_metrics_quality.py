@@ -16,7 +16,7 @@ def test_hand_computed_case():
     # mean (2, 1); Σ‖x-μ‖² = (1+1) + (1+1) = 4; Σ‖x-x̂‖² = 1
     assert m.explained_variance_pooled == pytest.approx(1 - 1 / 4)
     # per token against the batch mean: token 0: 1 - 1/2, token 1: 1 - 0/2
-    assert m.explained_variance_legacy == pytest.approx((0.5 + 1.0) / 2)
+    assert m.explained_variance_per_token == pytest.approx((0.5 + 1.0) / 2)
     assert m.mse == pytest.approx(1 / 4)
     assert m.cosine == pytest.approx((1 / np.sqrt(2) + 1) / 2)
     assert m.l0 == pytest.approx(1.5) and m.l1 == pytest.approx(1.75)

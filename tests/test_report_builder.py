@@ -51,7 +51,7 @@ def metrics_rows(variants, layers, rng: np.random.Generator) -> list[dict]:
         for layer in layers:
             rows.append({
                 "variant": variant, "layer": layer, "explained_variance_pooled": float(rng.uniform(0.5, 0.9)),
-                "explained_variance_legacy": float(rng.uniform(0.5, 0.9)), "mse": float(rng.uniform(0.01, 0.1)),
+                "explained_variance_per_token": float(rng.uniform(0.5, 0.9)), "mse": float(rng.uniform(0.01, 0.1)),
                 "cosine": float(rng.uniform(0.7, 0.95)), "l0": 4.0, "l1": float(rng.uniform(1, 10)),
                 "dead_fraction": float(rng.uniform(0, 0.2)), "dense_fraction": 0.0,
                 "ce_loss_score": float(rng.uniform(0.5, 1.0)), "kl_score": float(rng.uniform(0.5, 1.0)),

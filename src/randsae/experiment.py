@@ -59,7 +59,7 @@ class MetricsRow:
     hook_name: str
     d_sae: int
     explained_variance_pooled: float
-    explained_variance_legacy: float
+    explained_variance_per_token: float
     mse: float
     cosine: float
     l0: float
@@ -282,13 +282,14 @@ def _row_order(cfg: ExperimentConfig):
 
 def format_metrics_table(rows: list[MetricsRow]) -> str:
     """The variant × layer table printed at the end of a run."""
-    header = (f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV tok':>8}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
+    header = (f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV per-token':>13}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
               f"{'dead':>7}{'dense':>7}{'CE scr':>8}{'KL scr':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
         flag = "" if row.meaningful_downstream else "*"
         lines.append(
-            f"{row.variant:<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}{row.explained_variance_legacy:>8.3f}"
+            f"{row.variant:<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}"
+            f"{row.explained_variance_per_token:>13.3f}"
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
             f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}")
     if any(not row.meaningful_downstream for row in rows):

@@ -109,7 +109,7 @@ class InterpSummary:
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        """interp.json (written with `write_json_atomic`): everything but the per-latent rows (those are latents.csv)."""
+        """interp.json: everything but the per-latent rows (those are latents.csv); NaN is written as null."""
         return {"run_dir": self.run_dir, "scaling": self.scaling, "seconds": round(self.seconds, 2),
                 "saes": [dataclasses.asdict(sae) for sae in self.saes]}
 

@@ -2,7 +2,7 @@
 
 Explained variance comes in two named forms because tools disagree:
 - pooled: 1 - Σ‖x - x̂‖² / Σ‖x - μ‖², μ the per-dimension mean of the whole evaluation set;
-- legacy per-token: the mean over tokens of 1 - ‖x - x̂‖² / ‖x - μ_batch‖², μ_batch the mean of the
+- per-token: the mean over tokens of 1 - ‖x - x̂‖² / ‖x - μ_batch‖², μ_batch the mean of the
   token's evaluation batch (what older SAELens versions report; noisier, and biased by batch size).
 Neither is taken about zero, which flatters models with a large mean residual direction.
 """
@@ -22,7 +22,9 @@ DENSE_THRESHOLD = 0.1
 @dataclasses.dataclass(frozen=True)
 class ReconstructionMetrics:
     explained_variance_pooled: float
-    explained_variance_legacy: float
+    """1 - Σ‖x - x̂‖² / Σ‖x - μ‖² over the whole evaluation set."""
+    explained_variance_per_token: float
+    """Mean over tokens of 1 - ‖x - x̂‖² / ‖x - μ_batch‖² (older SAELens' explained variance)."""
     mse: float
     """Mean over tokens and dimensions of (x - x̂)²."""
     cosine: float
@@ -49,7 +51,7 @@ class ReconstructionAccumulator:
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
         self.sum_x2 = torch.zeros(d_in, dtype=torch.float64)
         self.sum_err2 = 0.0
-        self.sum_legacy = 0.0
+        self.sum_ev_per_token = 0.0
         self.sum_cos = 0.0
         self.sum_l0 = 0.0
         self.sum_l1 = 0.0
@@ -65,7 +67,7 @@ class ReconstructionAccumulator:
         err2 = (err**2).sum(1)
         self.sum_err2 += err2.sum().item()
         batch_var = ((x64 - x64.mean(0)) ** 2).sum(1)
-        self.sum_legacy += (1 - err2 / batch_var.clamp_min(1e-12)).sum().item()
+        self.sum_ev_per_token += (1 - err2 / batch_var.clamp_min(1e-12)).sum().item()
         self.sum_cos += torch.nn.functional.cosine_similarity(x.float(), x_hat.float(), dim=1).sum().item()
         active = z > 0
         self.sum_l0 += active.sum().item()
@@ -77,7 +79,7 @@ class ReconstructionAccumulator:
         total_var = (self.sum_x2 - self.sum_x**2 / n).sum().item()
         return ReconstructionMetrics(
             explained_variance_pooled=1 - self.sum_err2 / total_var,
-            explained_variance_legacy=self.sum_legacy / n,
+            explained_variance_per_token=self.sum_ev_per_token / n,
             mse=self.sum_err2 / (n * d_in),
             cosine=self.sum_cos / n,
             l0=self.sum_l0 / n,

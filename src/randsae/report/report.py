@@ -37,13 +37,13 @@ TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
 
 QUALITY_COLUMNS = (
     Column("explained_variance_pooled", "EV pooled", ".3f", "1 - sum|x - x_hat|^2 / sum|x - mean|^2"),
-    Column("explained_variance_legacy", "EV legacy", ".3f", "mean over tokens of per-token explained variance"),
+    Column("explained_variance_per_token", "EV per-token", ".3f", "mean over tokens of per-token explained variance"),
     Column("mse", "MSE", ".4g"), Column("cosine", "cosine", ".3f"), Column("l0", "L0", ".1f"),
     Column("l1", "L1", ".3g"), Column("dead_fraction", "dead", ".3f"), Column("dense_fraction", "dense", ".3f"),
     Column("ce_loss_score", "CE score", ".3f", "(CE_zero - CE_sae) / (CE_zero - CE_clean)"),
     Column("kl_score", "KL score", ".3f"), Column("ce_clean", "CE clean", ".3f"),
     Column("ce_zero", "CE zero", ".3f"), Column("ce_sae", "CE SAE", ".3f"),
-    Column("meaningful_downstream", "CE meaningful", "", "false for every variant but trained: no language model predicts"),
+    Column("meaningful_downstream", "CE meaningful", "", "false except for trained (no language model predicts)"),
     Column("n_eval_tokens", "eval tokens", "d"),
 )
 ANALYSIS_COLUMNS = (
