@@ -22,7 +22,7 @@ def token_windows(n_seq: int, seed: int) -> torch.Tensor:
     return ids.int()
 
 
-def blocks(x: torch.Tensor, rows: int = 50):
+def chunks(x: torch.Tensor, rows: int = 50):
     return (x[i:i + rows] for i in range(0, x.shape[0], rows))
 
 
@@ -40,7 +40,7 @@ def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_trai
     train_ids[train_ids == 7] = 6                                   # token 7 never appears in train
     train_x = table[train_ids.reshape(-1).long()]
     train_x[::CONTEXT] = 100.0                                      # BOS rows: outliers, must be skipped
-    lookup = fit_token_lookup(blocks(train_x), train_ids)
+    lookup = fit_token_lookup(chunks(train_x), train_ids)
     seen = torch.tensor([1, 2, 3])
     torch.testing.assert_close(lookup.predict(seen), table[seen])
     train_tokens = train_ids[:, 1:].reshape(-1).long()
@@ -50,7 +50,7 @@ def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_trai
     heldout_x = table[heldout_ids.reshape(-1).long()]
     layout = row_layout(heldout_ids, max_tokens=10 ** 6, window_tokens=8)
     sae = ReluSAE(SAEConfig("relu_l1", D, 24, l1_coefficient=0.0))
-    _, errors = encode_heldout(sae, blocks(heldout_x), layout, lookup)
+    _, errors = encode_heldout(sae, chunks(heldout_x), layout, lookup)
     ev = explained_variances(errors)
     assert ev["lookup_ev"] == pytest.approx(1.0, abs=1e-6)
     assert float(errors.lookup_error.max()) < 1e-8
@@ -68,9 +68,9 @@ def test_explained_variances_match_numpy(architecture: str):
     sae = (TopKSAE if architecture == "topk" else ReluSAE)(cfg)
     with torch.no_grad():
         sae.b_dec.fill_(2.0)
-    lookup = fit_token_lookup(blocks(train_x), train_ids)
+    lookup = fit_token_lookup(chunks(train_x), train_ids)
     layout = row_layout(heldout_ids, max_tokens=8 * CONTEXT, window_tokens=8)   # first 8 sequences only
-    codes, errors = encode_heldout(sae, blocks(heldout_x, rows=23), layout, lookup)
+    codes, errors = encode_heldout(sae, chunks(heldout_x, rows=23), layout, lookup)
 
     # numpy reference on the same rows: sequences 0..7, BOS dropped
     rows = layout.cache_row.numpy()
@@ -119,8 +119,8 @@ def test_sequence_variance_stays_accurate_when_the_mean_dwarfs_the_spread():
 def test_lookup_fitted_on_a_prefix_reads_only_those_rows():
     ids = token_windows(20, seed=6)
     x = torch.randn(ids.numel(), D)
-    prefix = fit_token_lookup(blocks(x, rows=45), ids[:7])
-    alone = fit_token_lookup(blocks(x[:7 * CONTEXT], rows=45), ids[:7])
+    prefix = fit_token_lookup(chunks(x, rows=45), ids[:7])
+    alone = fit_token_lookup(chunks(x[:7 * CONTEXT], rows=45), ids[:7])
     torch.testing.assert_close(prefix.means, alone.means)
     torch.testing.assert_close(prefix.token_ids, alone.token_ids)
     flat = ids[:7].reshape(-1).long().numpy()

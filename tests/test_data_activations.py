@@ -37,9 +37,9 @@ def test_rows_follow_token_order_and_every_layer_comes_from_one_forward(tmp_path
     assert cache.n_tokens == 40 and len(cache.manifest.shards) == 3
     torch.testing.assert_close(cache.load()[:, 0], ids.flatten().float())
     torch.testing.assert_close(ActivationCache.open(tmp_path / "1").load()[:, 1], ids.flatten().float() + 100)
-    blocks = list(cache.iter_blocks(rows=6))
-    assert max(block.shape[0] for block in blocks) <= 6
-    torch.testing.assert_close(torch.cat(blocks), cache.load())
+    chunks = list(cache.iter_chunks(rows=6))
+    assert max(chunk.shape[0] for chunk in chunks) <= 6
+    torch.testing.assert_close(torch.cat(chunks), cache.load())
 
 
 def test_interrupted_harvest_resumes_at_the_first_missing_shard(tmp_path):

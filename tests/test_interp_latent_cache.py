@@ -24,14 +24,14 @@ def tiny_sae(cls=TinyTopK, d_sae=40, k=3, seed=0):
     return sae
 
 
-def blocks(x: torch.Tensor, rows: int):
+def chunks(x: torch.Tensor, rows: int):
     return [x[i:i + rows] for i in range(0, len(x), rows)]
 
 
 def test_entries_equal_dense_encode_without_bos(tmp_path):
     sae = tiny_sae()
     x = torch.randn(10 * CONTEXT, 8)
-    cache = build_latent_cache(tmp_path / "c", sae, "hash", blocks(x, 70), n_tokens=len(x), context_size=CONTEXT,
+    cache = build_latent_cache(tmp_path / "c", sae, "hash", chunks(x, 70), n_tokens=len(x), context_size=CONTEXT,
                                verify_rows=50, seed=0)
     dense = sae.encode(x).detach()
     dense[::CONTEXT] = 0  # BOS rows are left out

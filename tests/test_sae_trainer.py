@@ -137,16 +137,16 @@ def test_bf16_selection_trains_as_well_and_saves_an_exact_sae(trained):
 class InterruptedSource(TensorSource):
     """Raises once, partway through its first pass, as a killed run would stop."""
 
-    def __init__(self, activations, fail_after_blocks):
+    def __init__(self, activations, fail_after_chunks):
         super().__init__(activations)
-        object.__setattr__(self, "fail_after_blocks", fail_after_blocks)
+        object.__setattr__(self, "fail_after_chunks", fail_after_chunks)
 
-    def iter_blocks(self, rows):
-        for i, block in enumerate(super().iter_blocks(rows)):
-            if i == self.fail_after_blocks:
-                object.__setattr__(self, "fail_after_blocks", None)
+    def iter_chunks(self, rows):
+        for i, chunk in enumerate(super().iter_chunks(rows)):
+            if i == self.fail_after_chunks:
+                object.__setattr__(self, "fail_after_chunks", None)
                 raise KeyboardInterrupt
-            yield block
+            yield chunk
 
 
 def test_interrupted_training_resumes_to_the_same_sae(tmp_path):
@@ -154,7 +154,7 @@ def test_interrupted_training_resumes_to_the_same_sae(tmp_path):
     cfg = TrainConfig(batch_size=256, n_epochs=2, buffer_tokens=1024, warmup_steps=4, checkpoint_every_s=0.0)
     sae_cfg = SAEConfig("topk", D, 64, k=4)
     uninterrupted = train_sae(TensorSource(data), cfg, sae_cfg, seed=3, progress=False)
-    source = InterruptedSource(data, fail_after_blocks=9)
+    source = InterruptedSource(data, fail_after_chunks=9)
     checkpoint = tmp_path / "ckpt" / "train.pt"
     with pytest.raises(KeyboardInterrupt):
         train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint)

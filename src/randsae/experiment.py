@@ -186,10 +186,10 @@ def reconstruction_on_heldout(sae: SparseAutoencoder, cache: ActivationCache, de
     context = cache.manifest.context_size
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     start = 0
-    for block in cache.iter_blocks(rows=rows):
-        keep = not_bos(torch.arange(start, start + block.shape[0]), context)
-        start += block.shape[0]
-        x = block[keep].to(device)
+    for chunk in cache.iter_chunks(rows=rows):
+        keep = not_bos(torch.arange(start, start + chunk.shape[0]), context)
+        start += chunk.shape[0]
+        x = chunk[keep].to(device)
         z = sae.encode(x)
         accumulator.add(x, sae.decode(z), z)
     return accumulator.result()

@@ -46,7 +46,7 @@ class AnalysisConfig:
     """Seed of the second SAE."""
     match_threshold: float = 0.7
     """Decoder-row cosine at or above which a Hungarian-matched pair of latents counts as the same latent."""
-    block_rows: int = 8192
+    chunk_rows: int = 8192
     """Activation rows encoded at a time (bounds memory)."""
 
     def __post_init__(self) -> None:
@@ -55,7 +55,7 @@ class AnalysisConfig:
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"analysis {name} = {value} is outside [0, 1]", f"Set {name} between 0 and 1")
         for name in ("min_activations", "top_windows", "window_tokens", "position_bins", "min_token_count",
-                     "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "block_rows"):
+                     "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "chunk_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise UserError(f"analysis {name} = {value!r} must be a positive integer",

@@ -1,6 +1,6 @@
 """One SAE, one pass over the held-out activations: every per-latent and per-token measurement.
 
-The pass encodes the analysed rows block by block, keeps the sparse codes and the squared errors of the
+The pass encodes the analysed rows chunk by chunk, keeps the sparse codes and the squared errors of the
 SAE and of the token lookup, then derives the latent measurements from the codes with scatters.
 """
 
@@ -87,18 +87,18 @@ class SAEAnalysis(NamedTuple):
 
 
 @torch.no_grad()
-def encode_heldout(sae: SparseAutoencoder, blocks: Iterable[Tensor], layout: RowLayout,
+def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: RowLayout,
                    lookup: TokenLookup) -> tuple[SparseCodes, TokenErrors]:
     """Stream the held-out cache (all rows, in order) and keep what the analysed rows need."""
     n = layout.cache_row.numel()
     codes, sae_error, lookup_error = [], [], []
     variance = VarianceAccumulator(layout.n_sequences, center=lookup.fallback)
     start = 0
-    for block in blocks:
-        stop = start + block.shape[0]
+    for chunk in chunks:
+        stop = start + chunk.shape[0]
         first, last = torch.searchsorted(layout.cache_row, torch.tensor([start, stop])).tolist()
         if first < last:
-            x = block[layout.cache_row[first:last] - start].float()
+            x = chunk[layout.cache_row[first:last] - start].float()
             latents, reconstruction = sae.encode_sparse(x)
             codes.append(SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0],
                                      sae.cfg.d_sae))
@@ -167,8 +167,8 @@ def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mappin
         n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
 
 
-def analyse_sae(sae: SparseAutoencoder, heldout_blocks: Iterable[Tensor], layout: RowLayout, lookup: TokenLookup,
+def analyse_sae(sae: SparseAutoencoder, heldout_chunks: Iterable[Tensor], layout: RowLayout, lookup: TokenLookup,
                 cfg: AnalysisConfig) -> SAEAnalysis:
     """The per-latent and per-row arrays of one SAE on the held-out rows of `layout`."""
-    codes, errors = encode_heldout(sae, heldout_blocks, layout, lookup)
+    codes, errors = encode_heldout(sae, heldout_chunks, layout, lookup)
     return SAEAnalysis(measure_latents(codes, layout, cfg), errors)

@@ -107,10 +107,10 @@ def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_i
     if saved is not None:
         return saved
     lookup_sequences = max(1, cfg.max_lookup_tokens // train_ids.shape[1])
-    lookup = fit_token_lookup(train.iter_blocks(cfg.block_rows), train_ids[:lookup_sequences])
+    lookup = fit_token_lookup(train.iter_chunks(cfg.chunk_rows), train_ids[:lookup_sequences])
     layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
     sae = load_sae(entry.folder)
-    analysis = analyse_sae(sae, heldout.iter_blocks(cfg.block_rows), layout, lookup, cfg)
+    analysis = analyse_sae(sae, heldout.iter_chunks(cfg.chunk_rows), layout, lookup, cfg)
     _save_part(part_path, key, analysis)
     return analysis
 

@@ -55,12 +55,12 @@ def sum_rows_by_group(x: Tensor, group: Tensor, n_groups: int) -> Tensor:
     return torch.from_numpy(np.asarray(one_hot @ x.float().numpy(), dtype=np.float64))
 
 
-def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
-    """Per-token means of the activation rows `blocks` (in cache row order), BOS rows skipped.
+def fit_token_lookup(chunks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
+    """Per-token means of the activation rows `chunks` (in cache row order), BOS rows skipped.
 
     `input_ids` [n_seq, context] are the tokens of the first rows; rows past them are not read, so a
-    prefix of the sequences fits the lookup on a prefix of the cache. Each block is summed in float32
-    (fast on CPU) and the block sums are accumulated in float64.
+    prefix of the sequences fits the lookup on a prefix of the cache. Each chunk is summed in float32
+    (fast on CPU) and the chunk sums are accumulated in float64.
     """
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
@@ -69,11 +69,11 @@ def fit_token_lookup(blocks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(index_of_row.reshape(-1))
     sums: Tensor | None = None
     start = 0
-    for block in blocks:
-        stop = min(start + block.shape[0], flat.numel())
+    for chunk in chunks:
+        stop = min(start + chunk.shape[0], flat.numel())
         keep = keep_row[start:stop]
-        block_sums = sum_rows_by_group(block[:stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
-        sums = block_sums if sums is None else sums.add_(block_sums)
+        chunk_sums = sum_rows_by_group(chunk[:stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
+        sums = chunk_sums if sums is None else sums.add_(chunk_sums)
         start = stop
         if start == flat.numel():
             break

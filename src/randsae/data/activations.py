@@ -92,8 +92,8 @@ class ActivationCache:
     def d_model(self) -> int:
         return self.manifest.d_model
 
-    def iter_blocks(self, rows: int = 65_536) -> Iterator[Tensor]:
-        """float32 blocks of at most `rows` rows [n, d_model], in row order; one shard in memory at a time."""
+    def iter_chunks(self, rows: int = 65_536) -> Iterator[Tensor]:
+        """float32 chunks of at most `rows` rows [n, d_model], in row order; one shard in memory at a time."""
         for shard in self.manifest.shards:
             try:
                 data = load_file(self.folder / shard.file)["activations"]
@@ -105,7 +105,7 @@ class ActivationCache:
 
     def load(self) -> Tensor:
         """Every row at once [n_tokens, d_model] (float32)."""
-        return torch.cat(list(self.iter_blocks(rows=1 << 30)))
+        return torch.cat(list(self.iter_chunks(rows=1 << 30)))
 
 
 class CacheWriter:
@@ -135,7 +135,7 @@ class CacheWriter:
     def add(self, activations: Tensor) -> None:
         """Add the activations of a batch of windows, [batch, context_size, d_model]."""
         self.buffer.append(activations.reshape(-1, activations.shape[-1]).to("cpu", DTYPES[self.manifest.dtype]))
-        if sum(block.shape[0] for block in self.buffer) >= self.windows_per_shard * self.manifest.context_size:
+        if sum(chunk.shape[0] for chunk in self.buffer) >= self.windows_per_shard * self.manifest.context_size:
             self._flush()
 
     def finish(self) -> None:

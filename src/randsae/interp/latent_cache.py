@@ -83,10 +83,10 @@ def open_latent_cache(folder: Path) -> LatentCache | None:
 
 
 @torch.no_grad()
-def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, blocks: Iterable[Tensor],
+def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, chunks: Iterable[Tensor],
                        *, n_tokens: int, context_size: int, verify_rows: int, seed: int,
                        progress: bool = False) -> LatentCache:
-    """Encode every activation block, write the nonzero entries as shards, then verify a sample.
+    """Encode every chunk of activation rows, write the nonzero entries as shards, then verify a sample.
 
     The manifest is written last, so an interrupted build is simply redone.
     """
@@ -100,9 +100,9 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
     shards: list[str] = []
     checked_x: list[Tensor] = []
     start = 0
-    for block in _progress(blocks, progress, f"latent cache {folder.parent.name}/{folder.name}"):
-        stop = start + block.shape[0]
-        (offsets, latents, values), _ = sae.encode_sparse(block)
+    for chunk in _progress(chunks, progress, f"latent cache {folder.parent.name}/{folder.name}"):
+        stop = start + chunk.shape[0]
+        (offsets, latents, values), _ = sae.encode_sparse(chunk)
         rows = offsets + start
         keep = not_bos(rows, context_size) & (values > 0)
         rows, latents, values = rows[keep], latents[keep], values[keep].float()
@@ -113,8 +113,8 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, bl
         save_safetensors_atomic(folder / name, {"rows": rows.to(torch.int32), "latents": latents.to(latent_dtype),
                                      "values": values.to(value_dtype)})
         shards.append(name)
-        in_block = check_rows[(check_rows >= start) & (check_rows < stop)]
-        checked_x.append(block[torch.as_tensor(in_block - start, dtype=torch.long)])
+        in_chunk = check_rows[(check_rows >= start) & (check_rows < stop)]
+        checked_x.append(chunk[torch.as_tensor(in_chunk - start, dtype=torch.long)])
         start = stop
     if start != n_tokens:
         raise UserError(f"activation cache gave {start} rows but its manifest says {n_tokens}",
@@ -186,4 +186,4 @@ def _progress(items: Iterable, enabled: bool, description: str) -> Iterable:
         return items
     from tqdm import tqdm
 
-    return tqdm(items, desc=description, unit="block", leave=False)
+    return tqdm(items, desc=description, unit="chunk", leave=False)

@@ -147,8 +147,8 @@ def ensure_latent_cache(run_dir: Path, paths: InterpPaths, sae: SAEEntry, cfg: I
             and existing.manifest.n_tokens == activations.manifest.n_tokens):
         return existing
     model = load_sae(sae.folder)
-    block_rows = max(256, (1 << 26) // model.cfg.d_sae)
-    return build_latent_cache(folder, model, fingerprint, activations.iter_blocks(rows=block_rows),
+    chunk_rows = max(256, (1 << 26) // model.cfg.d_sae)
+    return build_latent_cache(folder, model, fingerprint, activations.iter_chunks(rows=chunk_rows),
                               n_tokens=activations.manifest.n_tokens, context_size=activations.manifest.context_size,
                               verify_rows=cfg.verify_rows, seed=cfg.seed, progress=progress)
 

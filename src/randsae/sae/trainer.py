@@ -42,8 +42,8 @@ class ActivationSource(Protocol):
     n_tokens: int
     d_model: int
 
-    def iter_blocks(self, rows: int) -> Iterator[Tensor]:
-        """Blocks [≤ rows, d_model] of consecutive rows, in row order, covering all `n_tokens` rows."""
+    def iter_chunks(self, rows: int) -> Iterator[Tensor]:
+        """Chunks [≤ rows, d_model] of consecutive rows, in row order, covering all `n_tokens` rows."""
         ...
 
 
@@ -61,7 +61,7 @@ class TensorSource:
     def d_model(self) -> int:
         return self.activations.shape[1]
 
-    def iter_blocks(self, rows: int) -> Iterator[Tensor]:
+    def iter_chunks(self, rows: int) -> Iterator[Tensor]:
         yield from self.activations.split(rows)
 
 
@@ -207,16 +207,16 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
     leftover = torch.empty(0, source.d_model)
     while True:
         pending, n_pending, row = [leftover], leftover.shape[0], 0
-        blocks = source.iter_blocks(max(1, min(buffer_rows // 4, 2**16)))
-        for block in _with_end_marker(blocks):
-            if block is not None:
-                rows = block.shape[0]
+        chunks = source.iter_chunks(max(1, min(buffer_rows // 4, 2**16)))
+        for chunk in _with_end_marker(chunks):
+            if chunk is not None:
+                rows = chunk.shape[0]
                 if skip_bos:
-                    block = block[not_bos(torch.arange(row, row + rows), cfg.context_size)]
+                    chunk = chunk[not_bos(torch.arange(row, row + rows), cfg.context_size)]
                 row += rows
-                pending.append(block.float())
-                n_pending += block.shape[0]
-            if n_pending >= buffer_rows or (block is None and n_pending >= cfg.batch_size):
+                pending.append(chunk.float())
+                n_pending += chunk.shape[0]
+            if n_pending >= buffer_rows or (chunk is None and n_pending >= cfg.batch_size):
                 buffer = torch.cat(pending)
                 buffer = buffer[torch.randperm(buffer.shape[0], generator=generator)]
                 n_whole = buffer.shape[0] // cfg.batch_size * cfg.batch_size
@@ -226,9 +226,9 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
         leftover = torch.cat(pending)
 
 
-def _with_end_marker(blocks: Iterator[Tensor]) -> Iterator[Tensor | None]:
-    """The blocks, then None: the end of the epoch flushes what is pending."""
-    yield from blocks
+def _with_end_marker(chunks: Iterator[Tensor]) -> Iterator[Tensor | None]:
+    """The chunks, then None: the end of the epoch flushes what is pending."""
+    yield from chunks
     yield None
 
 
