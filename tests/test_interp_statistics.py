@@ -105,7 +105,7 @@ def test_summary_keeps_failures_in_every_denominator():
     assert summary.f1 == pytest.approx(f1_score(labels, effective))
     assert (summary.n_examples, summary.n_failed, summary.n_parse_failures, summary.n_request_failures) == (7, 2, 1, 1)
     assert summary.latent_auroc.n == 2
-    auroc_a = latent_scores(latent_a)[0]
+    auroc_a = latent_scores(latent_a).auroc
     assert auroc_a == pytest.approx(roc_auc_score(labels[:4], probabilities[:4]))
 
 

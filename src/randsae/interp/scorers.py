@@ -41,16 +41,18 @@ class ScoredExample(NamedTuple):
     source: str
 
 
-class _TestItem(NamedTuple):
+class _ItemToJudge(NamedTuple):
+    """One test window as the judge sees it, and what its record keeps."""
+
     item: JudgeItem
     activating: bool
     distance: int
     activations: np.ndarray
 
 
-def test_items(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator,
-               str_tokens: StrTokens) -> list[_TestItem]:
-    """Positives then negatives of one latent, marked for fuzzing."""
+def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator,
+                   str_tokens: StrTokens) -> list[_ItemToJudge]:
+    """The test windows of one latent, positives then negatives, marked for fuzzing."""
     positives, negatives = examples.positives, examples.negatives
     width = positives.token_ids.shape[1] if len(positives.window_ids) else cfg.window_size
     if task == "fuzz":
@@ -65,7 +67,7 @@ def test_items(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.r
     for windows, marks, activating in ((positives, positive_marks, True), (negatives, negative_marks, False)):
         marks = repeat(None) if marks is None else marks
         for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks):
-            items.append(_TestItem(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
+            items.append(_ItemToJudge(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
     return items
 
 
@@ -73,10 +75,10 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
                   judge: Judge, cfg: InterpConfig, rngs: Sequence[np.random.Generator], str_tokens: StrTokens,
                   progress: bool = False) -> list[list[ScoredExample]]:
     """Judge every latent's test windows under its explanation; one record list per latent."""
-    plans: list[list[tuple[list[_TestItem], int | None]]] = []
+    plans: list[list[tuple[list[_ItemToJudge], int | None]]] = []
     requests: list[JudgeRequest] = []
     for latent_examples, explanation, rng in zip(examples, explanations, rngs):
-        items = test_items(task, latent_examples, cfg, rng, str_tokens)
+        items = items_to_judge(task, latent_examples, cfg, rng, str_tokens)
         shuffled = [items[i] for i in rng.permutation(len(items))]
         plan = []
         for batch in chunks(shuffled, cfg.examples_per_prompt):
@@ -97,7 +99,7 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
     return results
 
 
-def _record(test: _TestItem, verdict: Verdict) -> ScoredExample:
+def _record(test: _ItemToJudge, verdict: Verdict) -> ScoredExample:
     return ScoredExample(
         str_tokens=test.item.str_tokens,
         activations=np.round(test.activations.astype(np.float64), 4).tolist(),

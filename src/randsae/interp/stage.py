@@ -290,9 +290,9 @@ def _latent_row(sae: SAEEntry, latent: int, cache: LatentCache, examples: Latent
         n_positives=len(examples.positives.window_ids), n_negatives=len(examples.negatives.window_ids),
         explanation=record["explanation"], explanation_failure=record["explanation_failure"],
         token_entropy=token_entropy(windows.token_ids, windows.activations), top_token=top_token,
-        top_token_share=share, fuzz_auroc=fuzz[0], detection_auroc=detection[0],
-        fuzz_balanced_accuracy=fuzz[1], detection_balanced_accuracy=detection[1], fuzz_f1=fuzz[2],
-        detection_f1=detection[2], fuzz_failed=fuzz[3], detection_failed=detection[3])
+        top_token_share=share, fuzz_auroc=fuzz.auroc, detection_auroc=detection.auroc,
+        fuzz_balanced_accuracy=fuzz.balanced_accuracy, detection_balanced_accuracy=detection.balanced_accuracy,
+        fuzz_f1=fuzz.f1, detection_f1=detection.f1, fuzz_failed=fuzz.n_failed, detection_failed=detection.n_failed)
 
 
 def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpPaths) -> None:

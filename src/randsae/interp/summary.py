@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -146,14 +146,24 @@ def summarize_scores(records_per_latent: Sequence[Sequence[ScoredExample]], n_bo
         n_explanation_failures=failures["explanation"], probability_source=_source_label(sources))
 
 
-def latent_scores(records: Sequence[ScoredExample]) -> tuple[float, float, float, int]:
-    """(AUROC, balanced accuracy, F1, failed) of one latent, failures handled as in `summarize_scores`."""
+class LatentTaskScores(NamedTuple):
+    """One latent's scores in one task (fuzz or detection)."""
+
+    auroc: float
+    balanced_accuracy: float
+    f1: float
+    n_failed: int
+    """Examples the judge failed on (scored as in `summarize_scores`)."""
+
+
+def latent_scores(records: Sequence[ScoredExample]) -> LatentTaskScores:
+    """One latent's scores, failures handled as in `summarize_scores`."""
     labels = np.asarray([r.activating for r in records], bool)
     failed = np.asarray([r.failure is not None for r in records], bool)
     probabilities = np.asarray([statistics.FAILED_PROBABILITY if r.failure else r.probability for r in records])
     effective = statistics.effective_predictions(labels, np.asarray([bool(r.prediction) for r in records]), failed)
-    return (statistics.auroc(labels, probabilities), statistics.balanced_accuracy(labels, effective),
-            statistics.f1_score(labels, effective), int(failed.sum()))
+    return LatentTaskScores(statistics.auroc(labels, probabilities), statistics.balanced_accuracy(labels, effective),
+                            statistics.f1_score(labels, effective), int(failed.sum()))
 
 
 def _source_label(sources: Counter[str]) -> str:
