@@ -59,11 +59,11 @@ def test_latent_on_one_token_is_single_token_and_dead_latent_is_nan():
     acts[:, 1] = np.where(np.isin(token, [3, 4]), 1.0, 0.0)                   # tokens 3 and 4 alike
     result = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000)
     assert result.share[0] == pytest.approx(1.0)
-    assert int(result.top_token[0]) == 5
+    assert int(result.top_token_id[0]) == 5
     n3, n4 = (token == 3).sum(), (token == 4).sum()
     assert result.share[1] == pytest.approx(max(n3, n4) / (n3 + n4))
-    assert int(result.top_token[1]) == (3 if n3 >= n4 else 4)
-    assert np.isnan(float(result.share[2])) and int(result.top_token[2]) == -1
+    assert int(result.top_token_id[1]) == (3 if n3 >= n4 else 4)
+    assert np.isnan(float(result.share[2])) and int(result.top_token_id[2]) == -1
 
 
 def test_only_top_windows_count():
@@ -151,7 +151,7 @@ def test_token_lookup_latent_has_no_context_dependence_and_contextual_latent_has
         np.where((token == 3) & (previous % 2 == 0), 2.0, 0.0),             # token 3, only in some contexts
         np.zeros(token.size),                                                # dead
     ], 1)
-    top = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000).top_token
+    top = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000).top_token_id
     cd = context_dependence(codes_from_dense(acts), layout.token, top, min_token_count=20).numpy()
     assert cd[0] == pytest.approx(0.0, abs=1e-9)
     assert cd[1] == pytest.approx(reference_context_dependence(acts[:, 1], token, 20))
@@ -166,7 +166,7 @@ def test_context_dependence_matches_reference_and_skips_rare_top_tokens():
     rare = np.bincount(token).argmin()
     acts[:, 0] = np.where(token == rare, 5.0, 0.0)
     codes = codes_from_dense(acts)
-    top = top_token_share(codes, layout.window, layout.token, top_windows=1000).top_token
+    top = top_token_share(codes, layout.window, layout.token, top_windows=1000).top_token_id
     cd = context_dependence(codes, layout.token, top, min_token_count=10).numpy()
     counts = np.bincount(token, minlength=60)
     assert np.isnan(cd[0]) and counts[rare] < 10
@@ -181,7 +181,7 @@ def test_context_dependence_matches_reference_and_skips_rare_top_tokens():
 # ----- from per-latent arrays to the SAE's values ------------------------------------------------------
 
 def test_latent_metrics_cover_only_latents_active_often_enough():
-    latents = LatentMeasures(firing_count=np.array([0, 2, 50, 80]), top_token=np.array([-1, 4, 5, 6]),
+    latents = LatentMeasures(firing_count=np.array([0, 2, 50, 80]), top_token_id=np.array([-1, 4, 5, 6]),
                              top_token_share=np.array([np.nan, 1.0, 0.5, 0.95]),
                              positional_r2=np.array([np.nan, 0.9, 0.1, 0.7]),
                              context_dependence=np.array([np.nan, np.nan, 0.3, np.nan]))

@@ -129,7 +129,7 @@ def test_token_judge_run_writes_every_output_and_separates_token_latents_from_no
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16
     for column in ("variant", "layer", "latent", "n_activations", "explanation", "fuzz_auroc", "detection_auroc",
-                   "token_entropy", "top_token_share"):
+                   "token_entropy", "explanation_top_token", "explanation_top_token_share"):
         assert column in rows[0]
     stored = json.loads(paths.summary.read_text())
     assert [s["module"] for s in stored["saes"]] == ["noise.layer1", "tokenlike.layer1"]

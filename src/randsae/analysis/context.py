@@ -21,9 +21,9 @@ from torch import Tensor
 from randsae.analysis.codes import SparseCodes, between_group_share
 
 
-def context_dependence(codes: SparseCodes, token: Tensor, top_token: Tensor, min_token_count: int) -> Tensor:
-    """float64 [d_sae]: within-token share of activation variance; `top_token` -1 marks dead latents."""
-    vocab = int(max(int(token.max()), int(top_token.max()))) + 1
+def context_dependence(codes: SparseCodes, token: Tensor, top_token_id: Tensor, min_token_count: int) -> Tensor:
+    """float64 [d_sae]: within-token share of activation variance; `top_token_id` -1 marks dead latents."""
+    vocab = int(max(int(token.max()), int(top_token_id.max()))) + 1
     count = torch.bincount(token, minlength=vocab)
     frequent = count >= min_token_count
     result = torch.full((codes.d_sae,), torch.nan, dtype=torch.float64)
@@ -34,6 +34,6 @@ def context_dependence(codes: SparseCodes, token: Tensor, top_token: Tensor, min
     keep = frequent[row_token]
     share = between_group_share(codes.latent[keep], codes.value[keep], group_of_token[row_token[keep]],
                                 count[frequent], codes.d_sae)
-    eligible = (top_token >= 0) & frequent[top_token.clamp_min(0)]
+    eligible = (top_token_id >= 0) & frequent[top_token_id.clamp_min(0)]
     result[eligible] = 1.0 - share[eligible]
     return result

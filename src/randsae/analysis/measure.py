@@ -31,10 +31,11 @@ class LatentMeasures(NamedTuple):
 
     firing_count: np.ndarray
     """int64: analysed rows on which the latent is active (0 = dead on the held-out rows)."""
-    top_token: np.ndarray
+    top_token_id: np.ndarray
     """int64: token carrying most of the latent's top-window activation; -1 when dead."""
     top_token_share: np.ndarray
-    """float64: single-token share (see single_token.py)."""
+    """float64: share of the top-window activation mass on that token (see single_token.py); the interp
+    stage's `explanation_top_token_share` is over the explanation windows instead."""
     positional_r2: np.ndarray
     """float64: R^2 of the activation on position bins (see positional.py)."""
     context_dependence: np.ndarray
@@ -119,10 +120,10 @@ def measure_latents(codes: SparseCodes, layout: RowLayout, cfg: AnalysisConfig) 
     top = top_token_share(codes, layout.window, layout.token, cfg.top_windows)
     return LatentMeasures(
         firing_count=firing_counts(codes).numpy(),
-        top_token=top.top_token.numpy(),
+        top_token_id=top.top_token_id.numpy(),
         top_token_share=top.share.numpy(),
         positional_r2=positional_r2(codes, layout.position, layout.context_size, cfg.position_bins).numpy(),
-        context_dependence=context_dependence(codes, layout.token, top.top_token, cfg.min_token_count).numpy(),
+        context_dependence=context_dependence(codes, layout.token, top.top_token_id, cfg.min_token_count).numpy(),
     )
 
 

@@ -24,7 +24,7 @@ ANALYSIS_JSON = "analysis.json"
 SEPARATION_CSV = "separation.csv"
 LATENTS_CSV = "latents.csv"
 
-LATENT_COLUMNS = ("variant", "layer", "latent", "firing_count", "top_token", "top_token_share", "single_token",
+LATENT_COLUMNS = ("variant", "layer", "latent", "firing_count", "top_token_id", "top_token_share", "single_token",
                   "positional_r2", "positional", "context_dependence", "seed_match_cosine")
 
 
@@ -70,7 +70,7 @@ def latents_csv(latents: Mapping[tuple[str, int], LatentMeasures], matches: Mapp
         n = m.firing_count.size
         match = matches.get((variant, layer), np.full(n, np.nan))
         columns = [
-            [variant] * n, [layer] * n, range(n), m.firing_count, m.top_token, _cells(m.top_token_share),
+            [variant] * n, [layer] * n, range(n), m.firing_count, m.top_token_id, _cells(m.top_token_share),
             (m.top_token_share >= cfg.single_token_threshold).astype(int), _cells(m.positional_r2),
             (np.nan_to_num(m.positional_r2) >= cfg.positional_threshold).astype(int),
             _cells(m.context_dependence), _cells(match),

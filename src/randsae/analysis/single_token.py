@@ -22,7 +22,7 @@ from randsae.analysis.codes import SparseCodes, group_keys
 class TopTokenShare(NamedTuple):
     share: Tensor
     """float64 [d_sae]: share of top-window activation mass on the top token; NaN for dead latents."""
-    top_token: Tensor
+    top_token_id: Tensor
     """int64 [d_sae]: the token carrying that mass (ties: smallest id); -1 for dead latents."""
 
 

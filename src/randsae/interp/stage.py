@@ -289,8 +289,8 @@ def _latent_row(sae: SAEEntry, latent: int, cache: LatentCache, examples: Latent
         n_active_windows=examples.n_active_windows, n_explanation_windows=len(windows.window_ids),
         n_positives=len(examples.positives.window_ids), n_negatives=len(examples.negatives.window_ids),
         explanation=record["explanation"], explanation_failure=record["explanation_failure"],
-        token_entropy=token_entropy(windows.token_ids, windows.activations), top_token=top_token,
-        top_token_share=share, fuzz_auroc=fuzz.auroc, detection_auroc=detection.auroc,
+        token_entropy=token_entropy(windows.token_ids, windows.activations), explanation_top_token=top_token,
+        explanation_top_token_share=share, fuzz_auroc=fuzz.auroc, detection_auroc=detection.auroc,
         fuzz_balanced_accuracy=fuzz.balanced_accuracy, detection_balanced_accuracy=detection.balanced_accuracy,
         fuzz_f1=fuzz.f1, detection_f1=detection.f1, fuzz_failed=fuzz.n_failed, detection_failed=detection.n_failed)
 

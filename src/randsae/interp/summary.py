@@ -40,9 +40,11 @@ class LatentResult:
     """"" or "request" / "parse"."""
     token_entropy: float
     """Bits; activation mass over token ids in the explanation windows."""
-    top_token: str
-    top_token_share: float
-    """Fraction of that mass on the single heaviest token."""
+    explanation_top_token: str
+    """Text of the token carrying the most of that mass ("" when the latent has no explanation windows)."""
+    explanation_top_token_share: float
+    """Fraction of that mass on it. The analysis' `top_token_share` is a different window set: the top
+    `top_windows` windows of all held-out rows."""
     fuzz_auroc: float
     detection_auroc: float
     fuzz_balanced_accuracy: float
