@@ -1,6 +1,6 @@
 """Settings of the auto-interpretability stage: the paper's protocol by default, scaled down on request.
 
-The defaults are the numbers of Heap et al. (delphi's protocol, see DESIGN.md §1). `InterpConfig.embedded()`
+The defaults are the numbers of Heap et al. (delphi's protocol). `InterpConfig.embedded()`
 gives the scaled-down numbers that fit the embedded default run (a few thousand held-out tokens), and
 `describe_scaling` says in one line what was scaled, so a printed result never hides it.
 """

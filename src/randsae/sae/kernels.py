@@ -1,7 +1,8 @@
 """Sparse TopK encoder and decoder with hand-written backward passes.
 
-A TopK SAE step written densely costs about 10·d·m FLOPs per token (DESIGN.md §5). Only the encoder
-forward `x @ W_enc` has to be dense; everything after the top-k selection touches k latents per token:
+A TopK SAE step written densely costs about 10·d·m FLOPs per token: five dense d x m products (encoder and
+decoder forward, the decoder's two gradients, the encoder's weight gradient). Only the encoder forward
+`x @ W_enc` has to be dense; everything after the top-k selection touches k latents per token:
 
 - decoding gathers k rows of `W_dec` per token (`embedding_bag` with per-token weights);
 - the decoder's weight gradient and the encoder's weight gradient are sums of n·k rank-one rows, done as

@@ -1,4 +1,4 @@
-"""The TopK SAE of Gao et al. 2024, as the paper trains it (DESIGN.md §1).
+"""The TopK SAE of Gao et al. 2024, as Heap et al. train it.
 
 z = TopK(ReLU((x - b_dec) @ W_enc + b_enc)) keeps the k largest latents per token; x̂ = z @ W_dec + b_dec
 with unit-norm decoder rows. The loss is the batch's fraction of variance unexplained (FVU). Training and
