@@ -13,7 +13,8 @@ import torch
 
 from randsae.analysis import AnalysisConfig, analyze_run
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
-from randsae.data.activations import ActivationCache, cache_folder
+from randsae.data.activations import ActivationCache
+from randsae.run_dir import RunDir, Site
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
 from tests.test_analysis_synthetic import CONTEXT, STRUCTURED, TOKEN_ONLY, build_run
@@ -62,7 +63,7 @@ def test_fewer_latents_on_the_other_side_leave_some_unmatched():
 def _train_saes_in_place(run: Path, variants: tuple[str, ...], layer: int = 0) -> None:
     """Replace the synthetic run's exact SAEs by trained ones (with training.json), as `randsae run` leaves them."""
     for variant in variants:
-        cache = ActivationCache.open(cache_folder(run, variant, layer, "train"))
+        cache = ActivationCache.open(RunDir(run).activations(Site(variant, layer), "train"))
         sae_cfg = SAEConfig("topk", cache.d_model, 32, k=4, metadata={"variant": variant, "layer": layer})
         cfg = TrainConfig(batch_size=256, warmup_steps=2, context_size=CONTEXT)
         train_sae(cache, cfg, sae_cfg, seed=0, progress=False).save(run / "saes" / variant / f"layer{layer}")
@@ -73,7 +74,7 @@ def test_second_seed_is_trained_once_with_the_first_ones_settings(tmp_path: Path
     _train_saes_in_place(run, ("trained",))
     folder = run / "saes" / "trained" / "layer0"
     first = load_sae(folder)
-    cache = ActivationCache.open(cache_folder(run, "trained", 0, "train"))
+    cache = ActivationCache.open(RunDir(run).activations(Site("trained", 0), "train"))
     out = tmp_path / "second"
     second = second_seed_sae(first, folder, cache, out, seed=1, progress=False)
     log = json.loads((out / "training.json").read_text())

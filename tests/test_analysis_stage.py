@@ -85,7 +85,7 @@ def test_files_are_written_and_readable(planted_run: Path, summary):
 
 
 def test_rerun_reuses_saved_measurements_and_applies_new_thresholds(planted_run: Path, summary):
-    part = planted_run / "analysis" / "parts" / "trained_layer0.npz"
+    part = planted_run / "analysis" / "parts" / "trained.layer0.npz"
     stamp = part.stat().st_mtime_ns
     strict = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, positional_threshold=1.0),
                          progress=False)
@@ -99,8 +99,8 @@ def test_rerun_reuses_saved_measurements_and_applies_new_thresholds(planted_run:
 def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Path):
     run = tmp_path / "run"
     shutil.copytree(planted_run, run)
-    (run / "interp").mkdir()
-    with open(run / "interp" / "latents.csv", "w", newline="") as handle:
+    (run / "interp" / "token").mkdir(parents=True)
+    with open(run / "interp" / "token" / "latents.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["variant", "layer", "latent", "fuzz_auroc", "detection_auroc", "token_entropy"])
         for variant in ("trained", "step0"):
@@ -122,7 +122,7 @@ def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Pat
 
 
 def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path):
-    with pytest.raises(UserError, match="no SAEs"):
+    with pytest.raises(UserError, match="no SAE under"):
         analyze_run(tmp_path, AnalysisConfig(), progress=False)
     run = tmp_path / "run"
     shutil.copytree(planted_run, run)
@@ -130,8 +130,8 @@ def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path
     with pytest.raises(UserError, match="does not match"):
         analyze_run(run, AnalysisConfig(), progress=False)
     shutil.copy(planted_run / "tokens" / "heldout.safetensors", run / "tokens" / "heldout.safetensors")
-    (run / "interp").mkdir()
-    (run / "interp" / "latents.csv").write_text("variant,latent,fuzz_auroc\ntrained,3,0.7\n")
+    (run / "interp" / "token").mkdir(parents=True)
+    (run / "interp" / "token" / "latents.csv").write_text("variant,latent,fuzz_auroc\ntrained,3,0.7\n")
     with pytest.raises(UserError, match="lacks the column"):
         analyze_run(run, AnalysisConfig(), progress=False)
     with pytest.raises(UserError, match="single_token_threshold"):

@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import randsae.sae.relu  # noqa: F401  (registers the relu_l1 architecture for load_sae)
-from randsae.data.activations import CacheManifest, CacheWriter, cache_folder
+from randsae.data.activations import CacheManifest, CacheWriter
+from randsae.run_dir import RunDir, Site
 from randsae.data.tokens import save_tokens
 from randsae.sae.base import SAEConfig
 from randsae.sae.relu import ReluSAE
@@ -71,7 +72,8 @@ def build_run(root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_
     ids = {split: rng.integers(1, VOCAB, size=(n, CONTEXT)) for split, n in zip(("train", "heldout"), n_windows)}
     for split in ids:
         ids[split][:, 0] = 0  # BOS
-    save_tokens(root / "tokens", {split: torch.from_numpy(v).int() for split, v in ids.items()})
+    for split, v in ids.items():
+        save_tokens(root / "tokens" / f"{split}.safetensors", torch.from_numpy(v).int())
     for v_index, (variant, kinds) in enumerate(variants.items()):
         names = latent_kinds(kinds)
         for layer in layers:
@@ -100,7 +102,7 @@ def build_run(root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_
 def write_cache(root: Path, variant: str, layer: int, split: str, x: np.ndarray) -> None:
     spec = CacheManifest(model="synthetic", variant=variant, layer=layer, hook_name=f"layer{layer}", split=split,
                          n_tokens=x.shape[0], d_model=x.shape[1], dtype="float32", context_size=CONTEXT)
-    writer = CacheWriter(cache_folder(root, variant, layer, split), spec, windows_per_shard=40)
+    writer = CacheWriter(RunDir(root).activations(Site(variant, layer), split), spec, windows_per_shard=40)
     windows = torch.from_numpy(x).reshape(-1, CONTEXT, x.shape[1])
     for start in range(0, windows.shape[0], 16):
         writer.add(windows[start:start + 16])
@@ -118,8 +120,8 @@ def test_exact_sae_recovers_the_planted_activations(structured_run: Path):
     from randsae.sae.base import load_sae
 
     sae = load_sae(structured_run / "saes" / "trained" / "layer1")
-    x = ActivationCache.open(cache_folder(structured_run, "trained", 1, "heldout")).load()
-    ids = load_tokens(structured_run / "tokens", "heldout").numpy()
+    x = ActivationCache.open(RunDir(structured_run).activations(Site("trained", 1), "heldout")).load()
+    ids = load_tokens(structured_run / "tokens" / "heldout.safetensors").numpy()
     expected = planted_activations(ids, latent_kinds(STRUCTURED), seed=1)
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), expected, atol=1e-4)
     assert json.loads((structured_run / "saes" / "trained" / "layer1" / "cfg.json").read_text())["metadata"]["layer"] == 1

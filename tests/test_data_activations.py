@@ -75,7 +75,14 @@ def test_corrupt_shard_and_manifest_are_clear_errors(tmp_path):
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(UserError, match="shard_00001.safetensors is missing or corrupt"):
+    cache = ActivationCache.open(tmp_path)  # the cheap check: every shard there, at its recorded size
+    with pytest.raises(UserError, match=r"shard_00001.safetensors is corrupt \(checksum mismatch\)"):
+        cache.verify()
+    shard.write_bytes(bytes(data[:-1]))
+    with pytest.raises(UserError, match="shard_00001.safetensors is missing or truncated"):
+        ActivationCache.open(tmp_path)
+    shard.unlink()
+    with pytest.raises(UserError, match="shard_00001.safetensors is missing or truncated"):
         ActivationCache.open(tmp_path)
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(UserError, match="manifest .* is corrupt"):

@@ -19,7 +19,8 @@ import pytest
 
 from randsae.interp import InterpConfig, interpret_run
 from randsae.interp.llm_http import HttpLanguageModel
-from randsae.interp.outputs import InterpPaths, read_scores
+from randsae.run_dir import RunDir
+from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
 from test_interp_stage import build_synthetic_run, str_tokens
 
@@ -83,7 +84,7 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
     for score in (sae.fuzz, sae.detection):
         assert score.n_request_failures == 0
         assert score.n_examples == 2 * 4
-    paths = InterpPaths(run / "interp")
+    paths = RunDir(run).interp("token")
     records = [r for latent in json.loads(paths.selection.read_text())["selections"]["tokenlike.layer1"]["latents"]
                for task in ("fuzz", "detection") for r in read_scores(paths.score(task, "tokenlike.layer1", latent))]
     answered = [r for r in records if r.failure is None]

@@ -20,7 +20,8 @@ from safetensors.torch import save_file
 from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
-from randsae.interp.outputs import InterpPaths, read_explanation, read_scores
+from randsae.interp.outputs import read_explanation, read_scores
+from randsae.run_dir import RunDir
 from randsae.sae import SAEConfig, TopKOutput, TopKSAE, register
 
 VOCAB = [f" w{i}" for i in range(40)]
@@ -102,7 +103,7 @@ def small_config(**overrides) -> InterpConfig:
 def test_token_judge_run_writes_every_output_and_separates_token_latents_from_noise(tmp_path):
     run = build_synthetic_run(tmp_path / "run")
     summary = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
-    paths = InterpPaths(run / "interp")
+    paths = RunDir(run).interp("token")
 
     by_variant = {sae.variant: sae for sae in summary.saes}
     assert set(by_variant) == {"noise", "tokenlike"}
@@ -184,14 +185,26 @@ def test_too_many_failures_stop_the_run_with_a_clear_error(tmp_path):
     cfg = small_config(judge="http", model="scripted", max_failure_fraction=0.1)
     with pytest.raises(UserError, match="judge failed on"):
         interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel(10**6))
-    assert (run / "interp" / "interp.json").is_file()  # the results are still written
+    assert (run / "interp" / "http-scripted" / "interp.json").is_file()  # the results are still written
 
 
 def test_a_cache_that_disagrees_with_encode_stops_the_run(tmp_path):
     run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",), architecture="interp_test_broken_topk")
     with pytest.raises(UserError, match="disagrees with the SAE's encode"):
         interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
-    assert not list((run / "interp").glob("scores/*/*"))
+    assert not list((run / "interp" / "token").glob("scores/*/*"))
+
+
+def test_a_second_judge_sits_beside_the_first(tmp_path):
+    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    token = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    llm = interpret_run(run, small_config(judge="http", model="org/scripted"), progress=False,
+                        str_tokens=str_tokens, language_model=ScriptedModel())
+    assert RunDir(run).interp_judges() == ["http-scripted", "token"]
+    assert token.saes[0].judge == "token" and llm.saes[0].judge == "http"
+    assert (run / "interp" / "token" / "latents.csv").is_file()
+    assert (run / "interp" / "http-scripted" / "latents.csv").is_file()
+    assert len(list((run / "interp" / "latent_cache").iterdir())) == 1  # one latent cache serves both judges
 
 
 def test_changed_settings_do_not_mix_with_old_results(tmp_path):

@@ -8,19 +8,21 @@ import pytest
 
 from randsae.cli import main
 from randsae.config import dump_config, load_config
-from randsae.experiment import load_metrics, run_pipeline, sae_folder
+from randsae.experiment import run_pipeline
+from randsae.metrics.results import load_metrics
+from randsae.run_dir import RunDir, SAEKey, Site
 from randsae.sae import load_sae
 from tests.conftest import tiny_config
 
 
 def test_run_directory_has_every_stage_output(tiny_run):
     cfg = load_config(tiny_run / "config.toml")
-    rows = load_metrics(tiny_run)
+    rows = load_metrics(RunDir(tiny_run))
     assert [(r.variant, r.layer) for r in rows] == [(v, l) for v in cfg.variants for l in cfg.layers]
     for row in rows:
         assert 0.0 < row.explained_variance_pooled <= 1.0 and row.l0 == pytest.approx(4.0)
         assert row.meaningful_downstream == (row.variant == "trained")
-        folder = sae_folder(tiny_run, row.variant, row.layer)
+        folder = RunDir(tiny_run).sae(SAEKey(row.variant, row.layer))
         assert {"cfg.json", "sae_weights.safetensors", "training.json"} <= {p.name for p in folder.iterdir()}
         meta = json.loads((folder / "cfg.json").read_text())["metadata"]
         assert meta["variant"] == row.variant and meta["hook_name"] == f"gpt_neox.layers.{row.layer}"
@@ -32,18 +34,19 @@ def test_run_directory_has_every_stage_output(tiny_run):
 def test_rerunning_resumes_without_recomputing(tiny_run, tiny_model_dir, tiny_corpus):
     before = {p: p.stat().st_mtime_ns for p in (tiny_run / "saes").rglob("*.safetensors")}
     rows = run_pipeline(tiny_config(tiny_model_dir, tiny_corpus), tiny_run, progress=False)
-    assert rows == load_metrics(tiny_run)
+    assert rows == load_metrics(RunDir(tiny_run))
     assert before == {p: p.stat().st_mtime_ns for p in (tiny_run / "saes").rglob("*.safetensors")}
 
 
 def test_a_trained_sae_reconstructs_its_heldout_activations(tiny_run):
-    from randsae.data.activations import ActivationCache, cache_folder
+    from randsae.data.activations import ActivationCache
 
-    sae = load_sae(sae_folder(tiny_run, "trained", 1))
-    x = ActivationCache.open(cache_folder(tiny_run, "trained", 1, "heldout")).load()
+    run = RunDir(tiny_run)
+    sae = load_sae(run.sae(SAEKey("trained", 1)))
+    x = ActivationCache.open(run.activations(Site("trained", 1), "heldout")).load()
     x = x.view(-1, 32, x.shape[1])[:, 1:].reshape(-1, x.shape[1])
     fvu = ((x - sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
-    row = next(r for r in load_metrics(tiny_run) if (r.variant, r.layer) == ("trained", 1))
+    row = next(r for r in load_metrics(run) if (r.variant, r.layer) == ("trained", 1))
     assert 1 - fvu.item() == pytest.approx(row.explained_variance_pooled, abs=1e-4)
 
 
@@ -108,7 +111,7 @@ def test_cli_corrupt_cache_is_a_one_line_error(tmp_path, capsys, tiny_run):
     shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
     code, err = _cli(["run", "--config", str(run / "config.toml"), "--out", str(run), "--quiet",
                       "--skip", "interpret", "analyze", "report"], capsys)
-    assert code == 2 and len(err) == 1 and "is missing or corrupt" in err[0] and "Delete" in err[0]
+    assert code == 2 and len(err) == 1 and "is corrupt (checksum mismatch)" in err[0] and "Delete" in err[0]
 
 
 def test_report_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):

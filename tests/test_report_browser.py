@@ -156,7 +156,7 @@ def test_report_renders_every_plot_and_table_without_errors(run, browser):
     metrics = json.loads((run / "metrics.json").read_text())
     analysis = json.loads((run / "analysis" / "analysis.json").read_text())
     assert tables["quality"] == len(metrics)
-    assert tables["interp"] == len(json.loads((run / "interp" / "interp.json").read_text())["saes"])
+    assert tables["interp"] == len(json.loads((run / "interp" / "token" / "interp.json").read_text())["saes"])
     assert tables["analysis"] == len(analysis["saes"])
     assert tables["separation"] == sum(row["layer"] == "all" for row in analysis["separation"])
     assert browser.errors() == []

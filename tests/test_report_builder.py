@@ -24,7 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
-from randsae.data.activations import CacheManifest, CacheWriter, cache_folder
+from randsae.data.activations import CacheManifest, CacheWriter
+from randsae.run_dir import RunDir, Site
 from randsae.interp.config import InterpConfig
 from randsae.interp.stage import interpret_run
 from randsae.sae import SAEConfig, TopKSAE
@@ -50,13 +51,14 @@ def metrics_rows(variants, layers, rng: np.random.Generator) -> list[dict]:
     for variant in variants:
         for layer in layers:
             rows.append({
-                "variant": variant, "layer": layer, "explained_variance_pooled": float(rng.uniform(0.5, 0.9)),
+                "variant": variant, "layer": layer, "hook_name": f"layers.{layer}", "d_sae": 96,
+                "explained_variance_pooled": float(rng.uniform(0.5, 0.9)),
                 "explained_variance_per_token": float(rng.uniform(0.5, 0.9)), "mse": float(rng.uniform(0.01, 0.1)),
                 "cosine": float(rng.uniform(0.7, 0.95)), "l0": 4.0, "l1": float(rng.uniform(1, 10)),
                 "dead_fraction": float(rng.uniform(0, 0.2)), "dense_fraction": 0.0,
                 "ce_loss_score": float(rng.uniform(0.5, 1.0)), "kl_score": float(rng.uniform(0.5, 1.0)),
                 "ce_clean": 3.0, "ce_zero": 8.0, "ce_sae": 3.5, "meaningful_downstream": variant == "trained",
-                "n_eval_tokens": 1000})
+                "n_eval_tokens": 1000, "n_downstream_predictions": 500})
     return rows
 
 
@@ -84,7 +86,7 @@ def build_run(root: Path, *, variants=VARIANTS, layers=(0, 1, 2), d_model=24, d_
                 spec = CacheManifest(model="synthetic", variant=variant, layer=layer, hook_name=f"layers.{layer}",
                                      split=split, n_tokens=n_windows * context_size, d_model=d_model,
                                      dtype="float32", context_size=context_size)
-                writer = CacheWriter(cache_folder(run, variant, layer, split), spec, windows_per_shard=n_windows)
+                writer = CacheWriter(RunDir(run).activations(Site(variant, layer), split), spec, windows_per_shard=n_windows)
                 writer.add(acts)
                 writer.finish()
             sae = TopKSAE(SAEConfig("topk", d_model, d_sae, k=k,
@@ -122,8 +124,8 @@ def build_run(root: Path, *, variants=VARIANTS, layers=(0, 1, 2), d_model=24, d_
 
 def test_builder_writes_every_stage(tmp_path):
     run = build_run(tmp_path, variants=("trained", "control"), layers=(1,), n_latents=3)
-    assert (run / "interp" / "interp.json").is_file()
-    assert (run / "interp" / "latents.csv").read_text().count("\n") == 1 + 2 * 3
+    assert (run / "interp" / "token" / "interp.json").is_file()
+    assert (run / "interp" / "token" / "latents.csv").read_text().count("\n") == 1 + 2 * 3
     assert json.loads((run / "analysis" / "analysis.json").read_text())["saes"]
 
 
@@ -131,7 +133,7 @@ if __name__ == "__main__":
     from randsae.report import write_report
 
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/randsae-report-benchmark")
-    if not (folder / "run" / "interp" / "latents.csv").is_file():
+    if not (folder / "run" / "interp" / "token" / "latents.csv").is_file():
         start = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
         build_run(folder, d_model=576, d_sae=4608, k=32, vocab_size=49152, n_windows=64, context_size=256,

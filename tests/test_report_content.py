@@ -93,7 +93,7 @@ def test_quality_table_rows_match_metrics_json(run, report):
 
 def test_interp_and_separation_tables_match_their_stage_outputs(run, report):
     tables = read_tables(report)
-    interp = json.loads((run / "interp" / "interp.json").read_text())["saes"]
+    interp = json.loads((run / "interp" / "token" / "interp.json").read_text())["saes"]
     header, rows = tables["interp"][0], tables["interp"][1:]
     shown = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
     for sae in interp:
@@ -170,10 +170,10 @@ def test_rewriting_the_report_leaves_no_stale_dashboard(run):
 def test_hard_answer_aurocs_and_failed_examples_are_flagged(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("dashboards", "activations"))
-    summary = json.loads((copy / "interp" / "interp.json").read_text())
+    summary = json.loads((copy / "interp" / "token" / "interp.json").read_text())
     summary["saes"][0]["fuzz"]["probability_source"] = "hard_answers"
     summary["saes"][1]["detection"]["n_failed"] = 3
-    (copy / "interp" / "interp.json").write_text(json.dumps(summary))
+    (copy / "interp" / "token" / "interp.json").write_text(json.dumps(summary))
     report = write_report(copy, progress=False).read_text()
     assert "no log-probabilities" in report and "hard_answers" in report
     assert re.search(r"3 of \d+ judged examples failed", report)

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from randsae.data.activations import ActivationCache, cache_folder
+from randsae.data.activations import ActivationCache
+from randsae.run_dir import RunDir, Site
 from randsae.report import write_report
 from randsae.interp.latent_cache import LatentEntries
 from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
@@ -33,7 +34,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def scored(run):
-    with open(run / "interp" / "latents.csv", newline="") as file:
+    with open(run / "interp" / "token" / "latents.csv", newline="") as file:
         return [(row["variant"], int(row["layer"]), int(row["latent"])) for row in csv.DictReader(file)]
 
 
@@ -59,7 +60,7 @@ def test_firing_count_and_max_match_the_sae_on_the_heldout_activations(run, scor
     """Recomputed with the SAE's own encode() over the activation cache, BOS rows left out."""
     for variant, layer in sorted({(v, l) for v, l, _ in scored}):
         sae = load_sae(run / "saes" / variant / f"layer{layer}")
-        cache = ActivationCache.open(cache_folder(run, variant, layer, "heldout"))
+        cache = ActivationCache.open(RunDir(run).activations(Site(variant, layer), "heldout"))
         with torch.no_grad():
             codes = sae.encode(cache.load())
         codes[:: cache.manifest.context_size] = 0  # position 0 of every window is BOS

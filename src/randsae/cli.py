@@ -26,81 +26,81 @@ def _fresh_run_dir() -> Path:
     return Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _existing_run_dir(path: str) -> Path:
-    run_dir = Path(path)
-    if not (run_dir / "config.toml").is_file():
-        raise UserError(f"{run_dir} is not a randsae run directory (no config.toml)",
-                        "Pass a folder written by `randsae run`")
-    return run_dir
-
-
 def command_run(args: argparse.Namespace) -> None:
     from randsae.config import load_config
-    from randsae.experiment import Timings, format_metrics_table, run_pipeline
+    from randsae.experiment import resolve_device, run_pipeline
+    from randsae.metrics.results import format_metrics_table
+    from randsae.run_dir import RunDir, Timings
 
     cfg = load_config(args.config or _default_config_path())
     if args.device:
         cfg = dataclasses.replace(cfg, device=args.device)
-    run_dir = Path(args.out) if args.out else _fresh_run_dir()
+    run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
     progress = not args.quiet
-    print(f"randsae run → {run_dir}  (config: {args.config or 'embedded default'})")
-    rows = run_pipeline(cfg, run_dir, progress=progress)
+    print(f"randsae run → {run.root}  (config: {args.config or 'embedded default'})")
+    rows = run_pipeline(cfg, run, progress=progress)
     print(format_metrics_table(rows))
-    timings = Timings(run_dir)
+    device = resolve_device(cfg.device)
+    timings = Timings(run)
     if "interpret" not in args.skip:
         with timings.stage("interpret"):
-            _interpret(run_dir, cfg.interp, progress)
+            _interpret(run, cfg.interp, device, progress)
     if "analyze" not in args.skip:
         with timings.stage("analyze"):
-            _analyze(run_dir, cfg.analysis, progress)
+            _analyze(run, cfg.analysis, device, progress)
     if "report" not in args.skip:
         with timings.stage("report"):
-            _report(run_dir, progress)
+            _report(run, device, progress)
     total = sum(timings.seconds.values())
     stages = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.seconds.items())
-    print(f"done in {total:.0f}s ({stages}); results in {run_dir}")
+    print(f"done in {total:.0f}s ({stages}); results in {run.root}")
 
 
-def _interpret(run_dir: Path, cfg, progress: bool) -> None:
+def _interpret(run, cfg, device, progress: bool) -> None:
     from randsae.interp import format_interp_table, interpret_run
 
-    print(format_interp_table(interpret_run(run_dir, cfg, progress=progress)))
+    print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress)))
 
 
-def _analyze(run_dir: Path, cfg, progress: bool) -> None:
+def _analyze(run, cfg, device, progress: bool) -> None:
     from randsae.analysis import analyze_run, format_separation_table
 
-    print(format_separation_table(analyze_run(run_dir, cfg, progress=progress)))
+    print(format_separation_table(analyze_run(run, cfg, device=device, progress=progress)))
 
 
-def _report(run_dir: Path, progress: bool) -> None:
+def _report(run, device, progress: bool) -> None:
     from randsae.report import write_report
 
-    write_report(run_dir, progress=progress)  # it says where the report is
+    write_report(run, progress=progress, device=device)  # it says where the report is
 
 
-def _run_config(run_dir: Path):
+def _existing_run(args: argparse.Namespace):
+    """(RunDir, its config, the device) of a run directory named on the command line."""
     from randsae.config import load_config
+    from randsae.experiment import resolve_device
+    from randsae.run_dir import RunDir
 
-    return load_config(run_dir / "config.toml")
+    run = RunDir.existing(args.run_dir)
+    cfg = load_config(run.config)
+    return run, cfg, resolve_device(args.device or "auto")
 
 
 def command_interpret(args: argparse.Namespace) -> None:
-    run_dir = _existing_run_dir(args.run_dir)
-    cfg = _run_config(run_dir).interp
+    run, cfg, device = _existing_run(args)
     overrides = {key: value for key, value in (("judge", args.judge), ("base_url", args.base_url),
                                                 ("model", args.model), ("api", args.api),
                                                 ("concurrency", args.concurrency)) if value is not None}
-    _interpret(run_dir, dataclasses.replace(cfg, **overrides), not args.quiet)
+    _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet)
 
 
 def command_analyze(args: argparse.Namespace) -> None:
-    run_dir = _existing_run_dir(args.run_dir)
-    _analyze(run_dir, _run_config(run_dir).analysis, not args.quiet)
+    run, cfg, device = _existing_run(args)
+    _analyze(run, cfg.analysis, device, not args.quiet)
 
 
 def command_report(args: argparse.Namespace) -> None:
-    _report(_existing_run_dir(args.run_dir), not args.quiet)
+    run, _, device = _existing_run(args)
+    _report(run, device, not args.quiet)
 
 
 def command_toy(args: argparse.Namespace) -> None:
@@ -148,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for sub in (run, interpret, analyze, report, toy):
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    for sub in (interpret, analyze, report):
+        sub.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")
     return parser
 
 

@@ -10,7 +10,6 @@ import dataclasses
 import io
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,9 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.measure import LatentMeasures, SAEMeasurements
 from randsae.analysis.separation import SeparationRow, format_rows
 from randsae.atomic import write_json_atomic, write_text_atomic
-
-ANALYSIS_JSON = "analysis.json"
-SEPARATION_CSV = "separation.csv"
-LATENTS_CSV = "latents.csv"
+from randsae.errors import UserError
+from randsae.records import from_plain
+from randsae.run_dir import RunDir, read_json
 
 LATENT_COLUMNS = ("variant", "layer", "latent", "firing_count", "top_token_id", "top_token_share", "single_token",
                   "positional_r2", "positional", "context_dependence", "seed_match_cosine")
@@ -48,7 +46,7 @@ def analysis_json(summary: AnalysisSummary) -> dict[str, Any]:
         "saes": [dataclasses.asdict(m) for m in summary.saes],
         "separation": [row._asdict() for row in summary.separation],
         "notes": list(summary.notes),
-        "latents_file": LATENTS_CSV,
+        "latents_file": "latents.csv",
     }
 
 
@@ -83,12 +81,11 @@ def _cells(values: np.ndarray) -> list[str]:
     return ["" if not math.isfinite(v) else f"{v:.6g}" for v in values.tolist()]
 
 
-def write_outputs(folder: Path, summary: AnalysisSummary, latents: Mapping[tuple[str, int], LatentMeasures],
+def write_outputs(run: RunDir, summary: AnalysisSummary, latents: Mapping[tuple[str, int], LatentMeasures],
                   matches: Mapping[tuple[str, int], np.ndarray]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / LATENTS_CSV, latents_csv(latents, matches, summary.config))
-    write_text_atomic(folder / SEPARATION_CSV, separation_csv(summary.separation))
-    write_json_atomic(folder / ANALYSIS_JSON, analysis_json(summary))
+    write_text_atomic(run.analysis_latents_csv, latents_csv(latents, matches, summary.config))
+    write_text_atomic(run.separation_csv, separation_csv(summary.separation))
+    write_json_atomic(run.analysis_json, analysis_json(summary))
 
 
 def format_separation_table(summary: AnalysisSummary) -> str:
@@ -99,3 +96,16 @@ def format_separation_table(summary: AnalysisSummary) -> str:
         text = ("What separates trained from random (pooled over layers; d = Cohen's d, trained minus variant)\n"
                 + format_rows(summary.separation))
     return "\n".join([text, *(f"note: {note}" for note in summary.notes)])
+
+
+def load_analysis(run: RunDir) -> AnalysisSummary:
+    """RUN/analysis/analysis.json back as the `AnalysisSummary` that wrote it."""
+    data = read_json(run.analysis_json, "`randsae analyze`")
+    try:
+        return AnalysisSummary(from_plain(AnalysisConfig, data["config"]),
+                               tuple(from_plain(SAEMeasurements, sae) for sae in data["saes"]),
+                               tuple(from_plain(SeparationRow, row) for row in data["separation"]),
+                               tuple(str(note) for note in data["notes"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{run.analysis_json} holds damaged analysis results ({error!r})",
+                        "Delete it and rerun `randsae analyze`") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,42 +23,22 @@ from randsae.analysis.measure import (
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
-from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table, variant_rank
+from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.atomic import atomic_path
-from randsae.data.activations import ActivationCache, cache_folder
+from randsae.data.activations import ActivationCache
 from randsae.data.tokens import load_tokens
 from randsae.errors import UserError
-from randsae.sae.base import CONFIG_FILE, WEIGHTS_FILE, load_sae
+from randsae.run_dir import RunDir, SAEKey
+from randsae.sae.base import WEIGHTS_FILE, load_sae
 
-INTERP_TABLE = Path("interp") / "latents.csv"
 # Settings that change the per-latent arrays (the thresholds only change what is derived from them).
 _MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens",
                      "max_lookup_tokens")
 
 
-class SAEEntry(NamedTuple):
-    variant: str
-    layer: int
-    folder: Path
-
-
-def discover_saes(run_dir: Path) -> list[SAEEntry]:
-    """Every SAE folder `RUN/saes/{variant}/layer{L}/`, trained first, then in the usual variant order."""
-    entries = []
-    for cfg_path in run_dir.glob(f"saes/*/layer*/{CONFIG_FILE}"):
-        folder = cfg_path.parent
-        metadata = json.loads(cfg_path.read_text()).get("metadata", {})
-        variant = metadata.get("variant", folder.parent.name)
-        layer = int(metadata.get("layer", folder.name.removeprefix("layer")))
-        entries.append(SAEEntry(variant, layer, folder))
-    if not entries:
-        raise UserError(f"no SAEs under {run_dir / 'saes'}", "Run `randsae run` first, or pass its --out folder")
-    return sorted(entries, key=lambda e: (variant_rank(e.variant), e.layer))
-
-
-def _open_cache(run_dir: Path, entry: SAEEntry, split: str, input_ids: torch.Tensor) -> ActivationCache:
-    cache = ActivationCache.open(cache_folder(run_dir, entry.variant, entry.layer, split))
+def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor) -> ActivationCache:
+    cache = ActivationCache.open(run.activations(entry.site, split))
     if cache.manifest.context_size != input_ids.shape[1] or cache.n_tokens != input_ids.numel():
         raise UserError(f"activation cache {cache.folder} ({cache.n_tokens} rows, context "
                         f"{cache.manifest.context_size}) does not match RUN/tokens/{split}.safetensors "
@@ -68,8 +47,8 @@ def _open_cache(run_dir: Path, entry: SAEEntry, split: str, input_ids: torch.Ten
     return cache
 
 
-def _part_key(entry: SAEEntry, caches: list[ActivationCache], cfg: AnalysisConfig) -> str:
-    weights = (entry.folder / WEIGHTS_FILE).stat()
+def _part_key(sae_folder: Path, caches: list[ActivationCache], cfg: AnalysisConfig) -> str:
+    weights = (sae_folder / WEIGHTS_FILE).stat()
     inputs = {
         "settings": {name: getattr(cfg, name) for name in _MEASURE_SETTINGS},
         "sae": [weights.st_size, weights.st_mtime_ns],
@@ -96,20 +75,20 @@ def _save_part(path: Path, key: str, analysis: SAEAnalysis) -> None:
         np.savez(file, key=np.array(key), **analysis.latents._asdict(), **errors)
 
 
-def measure_entry(run_dir: Path, entry: SAEEntry, cfg: AnalysisConfig, heldout_ids: torch.Tensor,
-                  train_ids: torch.Tensor) -> SAEAnalysis:
+def measure_entry(run: RunDir, entry: SAEKey, cfg: AnalysisConfig, heldout_ids: torch.Tensor,
+                  train_ids: torch.Tensor, device: str | torch.device = "cpu") -> SAEAnalysis:
     """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged."""
-    heldout = _open_cache(run_dir, entry, "heldout", heldout_ids)
-    train = _open_cache(run_dir, entry, "train", train_ids)
-    key = _part_key(entry, [heldout, train], cfg)
-    part_path = run_dir / "analysis" / "parts" / f"{entry.variant}_layer{entry.layer}.npz"
+    heldout = _open_cache(run, entry, "heldout", heldout_ids)
+    train = _open_cache(run, entry, "train", train_ids)
+    key = _part_key(run.sae(entry), [heldout, train], cfg)
+    part_path = run.analysis_part(entry)
     saved = _load_part(part_path, key)
     if saved is not None:
         return saved
     lookup_sequences = max(1, cfg.max_lookup_tokens // train_ids.shape[1])
     lookup = fit_token_lookup(train.iter_chunks(cfg.chunk_rows), train_ids[:lookup_sequences])
     layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
-    sae = load_sae(entry.folder)
+    sae = load_sae(run.sae(entry), device=device)
     analysis = analyse_sae(sae, heldout.iter_chunks(cfg.chunk_rows), layout, lookup, cfg)
     _save_part(part_path, key, analysis)
     return analysis
@@ -121,38 +100,44 @@ def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisC
     return {name: MeanSample(values) for name, values in split.items()}
 
 
-def seed_match_cosine(run_dir: Path, entry: SAEEntry, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
+def seed_match_cosine(run: RunDir, entry: SAEKey, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
                       device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
     """Per latent, the decoder cosine of its Hungarian partner in the SAE retrained with `cfg.stability_seed`."""
-    first = load_sae(entry.folder)
-    second = second_seed_sae(first, entry.folder, _open_cache(run_dir, entry, "train", train_ids),
-                             run_dir / "analysis" / f"seed{cfg.stability_seed}" / entry.variant / f"layer{entry.layer}",
+    first = load_sae(run.sae(entry))
+    second = second_seed_sae(first, run.sae(entry), _open_cache(run, entry, "train", train_ids),
+                             run.second_seed_sae(entry, cfg.stability_seed),
                              cfg.stability_seed, device=device, progress=progress)
     return match_decoders(first.W_dec, second.W_dec).cosine
 
 
-def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
+def analyze_run(run: RunDir | Path, cfg: AnalysisConfig, *, progress: bool = True,
                 device: str | torch.device = "cpu") -> AnalysisSummary:
-    """Measure every SAE in `run_dir`, build the separation table, write `RUN/analysis/`.
+    """Measure every SAE of the run, build the separation table, write `RUN/analysis/`.
 
-    `device` only serves the seed-stability retraining (when `cfg.seed_stability` is on).
+    `device` runs the SAEs' encoding and the seed-stability retraining. The auto-interp split uses the
+    first judge of `RunDir.interp_judges` (an LLM judge's results when the run has them).
     """
-    run_dir = Path(run_dir)
-    entries = discover_saes(run_dir)
-    interp = read_interp_scores(run_dir / INTERP_TABLE)   # read first: a malformed table fails before the work
-    heldout_ids = load_tokens(run_dir / "tokens", "heldout")
-    train_ids = load_tokens(run_dir / "tokens", "train")
+    run = RunDir.at(run)
+    entries = run.discover_saes()
+    judges = run.interp_judges()
+    interp_table = run.interp(judges[0]).table if judges else None
+    # read first: a malformed table fails before the work
+    interp = read_interp_scores(interp_table) if interp_table is not None else {}
+    heldout_ids = load_tokens(run.tokens("heldout"))
+    train_ids = load_tokens(run.tokens("train"))
     latents: dict[tuple[str, int], LatentMeasures] = {}
     samples: dict[tuple[str, int], dict[str, Sample]] = {}
     n_rows: dict[tuple[str, int], int] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
         key = (entry.variant, entry.layer)
-        analysis = measure_entry(run_dir, entry, cfg, heldout_ids, train_ids)
+        analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, device)
         latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
         samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
     notes = []
     if not interp:
-        notes.append(f"auto-interp split skipped: no {INTERP_TABLE} (run `randsae interpret` first)")
+        notes.append("auto-interp split skipped: no interp/*/latents.csv (run `randsae interpret` first)")
+    elif len(judges) > 1:
+        notes.append(f"auto-interp split uses the {judges[0]} judge (the run also has {', '.join(judges[1:])})")
     for key in latents.keys() & interp.keys():
         samples[key].update(interp_samples(interp[key], latents[key], cfg))
 
@@ -160,7 +145,7 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     if cfg.seed_stability:
         for entry in entries:
             key = (entry.variant, entry.layer)
-            matches[key] = seed_match_cosine(run_dir, entry, train_ids, cfg, device=device, progress=progress)
+            matches[key] = seed_match_cosine(run, entry, train_ids, cfg, device=device, progress=progress)
             samples[key]["seed_stable_share"] = MeanSample(reproduced(matches[key], cfg.match_threshold) * 1.0)
 
     if REFERENCE not in {variant for variant, _ in latents}:
@@ -172,5 +157,5 @@ def analyze_run(run_dir: Path, cfg: AnalysisConfig, *, progress: bool = True,
     rows = separation_table(by_metric, cfg.bootstrap_samples, cfg.seed)
     records = tuple(summarize(*key, latents[key], samples[key], n_rows[key]) for key in latents)
     summary = AnalysisSummary(cfg, records, tuple(rows), tuple(notes))
-    write_outputs(run_dir / "analysis", summary, latents, matches)
+    write_outputs(run, summary, latents, matches)
     return summary

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +29,9 @@ class Shard:
     file: str
     n_tokens: int
     sha256: str
+    """Computed once, as the shard is written; `ActivationCache.verify` checks it."""
+    n_bytes: int | None = None
+    """File size, checked on every open (None in caches written before sizes were recorded)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +67,13 @@ class ActivationCache:
         self.manifest = manifest
 
     @classmethod
-    def open(cls, folder: str | Path, verify: bool = True) -> ActivationCache:
-        """Open a finished cache; checks every shard's size and checksum unless `verify` is False."""
+    def open(cls, folder: str | Path) -> ActivationCache:
+        """Open a finished cache, checking the manifest and every shard's presence and size (cheap).
+
+        The checksums are checked by `verify()`, which the pipeline runs before an SAE trains on a cache.
+        """
         folder = Path(folder)
-        fix = f"Delete {folder} and rerun to harvest it again"
+        fix = _rebuild_fix(folder)
         try:
             manifest = CacheManifest.from_json((folder / MANIFEST).read_text())
         except FileNotFoundError:
@@ -77,12 +83,19 @@ class ActivationCache:
         if not manifest.complete:
             raise UserError(f"activation cache {folder} is incomplete (harvest interrupted)",
                             "Rerun `randsae run` with the same --out to resume it")
-        if verify:
-            for shard in manifest.shards:
-                path = folder / shard.file
-                if not path.is_file() or file_sha256(path) != shard.sha256:
-                    raise UserError(f"activation cache shard {path} is missing or corrupt (checksum mismatch)", fix)
+        for shard in manifest.shards:
+            path = folder / shard.file
+            if not path.is_file() or (shard.n_bytes is not None and path.stat().st_size != shard.n_bytes):
+                raise UserError(f"activation cache shard {path} is missing or truncated", fix)
         return cls(folder, manifest)
+
+    def verify(self) -> None:
+        """Re-hash every shard against the checksum recorded when it was written; UserError on a mismatch."""
+        for shard in self.manifest.shards:
+            path = self.folder / shard.file
+            if file_sha256(path) != shard.sha256:
+                raise UserError(f"activation cache shard {path} is corrupt (checksum mismatch)",
+                                _rebuild_fix(self.folder))
 
     @property
     def n_tokens(self) -> int:
@@ -99,7 +112,7 @@ class ActivationCache:
                 data = load_file(self.folder / shard.file)["activations"]
             except Exception as error:  # safetensors raises its own error types for a damaged file
                 raise UserError(f"activation cache shard {self.folder / shard.file} is unreadable ({error})",
-                                f"Delete {self.folder} and rerun to harvest it again") from None
+                                _rebuild_fix(self.folder)) from None
             for start in range(0, data.shape[0], rows):
                 yield data[start:start + rows].float()
 
@@ -149,7 +162,8 @@ class CacheWriter:
         self.buffer = []
         name = f"shard_{len(self.manifest.shards):05d}.safetensors"
         save_safetensors_atomic(self.folder / name, {"activations": data})
-        shard = Shard(name, data.shape[0], file_sha256(self.folder / name))
+        path = self.folder / name
+        shard = Shard(name, data.shape[0], file_sha256(path), path.stat().st_size)
         self.manifest = dataclasses.replace(self.manifest, shards=(*self.manifest.shards, shard))
         self._save_manifest()
 
@@ -184,9 +198,5 @@ def harvest(forward: Callable[[Tensor], dict[int, Tensor]], input_ids: Tensor,
         writer.finish()
 
 
-def cache_folder(run_dir: Path, variant: str, layer: int, split: str) -> Path:
-    return run_dir / "activations" / variant / f"layer{layer}" / split
-
-
-def open_caches(run_dir: Path, variant: str, layers: Sequence[int], split: str) -> dict[int, ActivationCache]:
-    return {layer: ActivationCache.open(cache_folder(run_dir, variant, layer, split)) for layer in layers}
+def _rebuild_fix(folder: Path) -> str:
+    return f"Delete {folder} and rerun `randsae run` with the same --out to harvest it again"

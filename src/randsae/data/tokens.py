@@ -121,14 +121,17 @@ def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
     return windows
 
 
-def save_tokens(folder: Path, windows: dict[str, Tensor]) -> None:
-    for split, tensor in windows.items():
-        save_safetensors_atomic(folder / f"{split}.safetensors", {"input_ids": tensor})
+def save_tokens(path: Path, input_ids: Tensor) -> None:
+    """One split's windows, int32 [n_windows, context_size], as `input_ids` in a safetensors file."""
+    save_safetensors_atomic(path, {"input_ids": input_ids})
 
 
-def load_tokens(folder: Path, split: str) -> Tensor:
-    """int32 [n_windows, context_size] of a run's split."""
-    path = folder / f"{split}.safetensors"
+def load_tokens(path: Path) -> Tensor:
+    """int32 [n_windows, context_size] of a run's split (`RunDir.tokens(split)`)."""
     if not path.is_file():
         raise UserError(f"no token windows at {path}", "Run `randsae run` first to create the run directory")
-    return load_file(path)["input_ids"]
+    try:
+        return load_file(path)["input_ids"]
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise UserError(f"token file {path} is damaged ({error})",
+                        "Delete it and rerun `randsae run` with the same --out to tokenize again") from None

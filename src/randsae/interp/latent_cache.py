@@ -100,9 +100,11 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, ch
     shards: list[str] = []
     checked_x: list[Tensor] = []
     start = 0
-    for chunk in _progress(chunks, progress, f"latent cache {folder.parent.name}/{folder.name}"):
+    device = next(sae.parameters()).device
+    for chunk in _progress(chunks, progress, f"latent cache {folder.name}"):
         stop = start + chunk.shape[0]
-        (offsets, latents, values), _ = sae.encode_sparse(chunk)
+        sparse, _ = sae.encode_sparse(chunk.to(device))
+        offsets, latents, values = (part.cpu() for part in sparse)
         rows = offsets + start
         keep = not_bos(rows, context_size) & (values > 0)
         rows, latents, values = rows[keep], latents[keep], values[keep].float()
@@ -119,7 +121,7 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, ch
     if start != n_tokens:
         raise UserError(f"activation cache gave {start} rows but its manifest says {n_tokens}",
                         "Delete the activation cache and re-run the harvest")
-    reference = sae.encode(torch.cat(checked_x)) if checked_x else torch.zeros(0, d_sae)
+    reference = sae.encode(torch.cat(checked_x).to(device)).cpu() if checked_x else torch.zeros(0, d_sae)
     save_safetensors_atomic(folder / STATS_FILE, {"counts": counts, "max_values": max_values})
     manifest = LatentCacheManifest(n_tokens=n_tokens, context_size=context_size, d_sae=d_sae,
                                    sae_sha256=sae_sha256, n_entries=int(counts.sum()), shards=tuple(shards),

@@ -12,10 +12,9 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
-from safetensors.numpy import load_file as load_numpy
+import torch
 
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig, describe_scaling
@@ -26,15 +25,18 @@ from randsae.interp.judges import LLMJudge, TokenJudge
 from randsae.interp.language_models import JudgeFailure, LanguageModel, chunks
 from randsae.interp.latent_cache import (LatentCache, build_latent_cache, load_latent_entries,
                                          open_latent_cache, sae_fingerprint)
-from randsae.interp.outputs import (TASKS, InterpPaths, module_name, read_scores, write_json_atomic, write_scores,
-                                    write_text_atomic)
+from randsae.atomic import write_json_atomic, write_text_atomic
+from randsae.data.activations import ActivationCache
+from randsae.data.tokens import load_tokens
+from randsae.interp.outputs import TASKS, read_scores, write_scores
 from randsae.interp.prompts import Prompt
 from randsae.interp.scorers import score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
 from randsae.interp.summary import (InterpSummary, LatentResult, SAEInterp, latent_scores, summarize_scores,
                                     write_latents_csv)
-from randsae.sae.base import CONFIG_FILE, load_sae
+from randsae.run_dir import InterpDir, RunDir, SAEKey, judge_label
+from randsae.sae.base import load_sae, read_sae_config
 
 LATENTS_PER_BATCH = 16
 """Latents explained and judged together: enough requests in flight, little lost to an interruption."""
@@ -43,32 +45,22 @@ OPERATIONAL_FIELDS = {"base_url", "api_key_env", "concurrency", "timeout_s", "re
 """Settings that do not change which latents are scored or what the judge is asked."""
 
 
-class SAEEntry(NamedTuple):
-    variant: str
-    layer: int
-    folder: Path
-    hook_name: str
+def interpret_run(run: RunDir | Path, cfg: InterpConfig, *, device: str | torch.device = "cpu", progress: bool = True,
+                  str_tokens: StrTokens | None = None, language_model: LanguageModel | None = None) -> InterpSummary:
+    """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/{judge}/ (docs/interp.md).
 
-    @property
-    def module(self) -> str:
-        return module_name(self.variant, self.layer)
-
-
-def interpret_run(run_dir: Path, cfg: InterpConfig, *, progress: bool = True, str_tokens: StrTokens | None = None,
-                  language_model: LanguageModel | None = None) -> InterpSummary:
-    """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/ (docs/interp.md).
-
-    `str_tokens` (token ids -> text pieces) defaults to RUN/tokenizer/; `language_model` overrides the
-    backend that `cfg.judge` would build (tests, or a model already loaded).
+    `device` encodes the latent caches; `str_tokens` (token ids -> text pieces) defaults to the run's
+    tokenizer; `language_model` overrides the backend that `cfg.judge` would build (tests, or a model
+    already loaded).
     """
     start = time.perf_counter()
-    run_dir = Path(run_dir)
-    saes = discover_saes(run_dir)
-    paths = InterpPaths(run_dir / "interp")
-    tokens, context_size = load_heldout_tokens(run_dir)
-    str_tokens = str_tokens or tokenizer_str_tokens(run_dir / "tokenizer")
+    run = RunDir.at(run)
+    saes = run.discover_saes()
+    paths = run.interp(judge_label(cfg.judge, cfg.model))
+    tokens, context_size = load_heldout_tokens(run)
+    str_tokens = str_tokens or tokenizer_str_tokens(run.tokenizer())
     scaling = describe_scaling(cfg)
-    caches = {sae.module: ensure_latent_cache(run_dir, paths, sae, cfg, progress) for sae in saes}
+    caches = {sae.module: ensure_latent_cache(run, sae, cfg, device, progress) for sae in saes}
     for sae in saes:
         if caches[sae.module].manifest.context_size != context_size:
             raise UserError(f"activations of {sae.module} have context {caches[sae.module].manifest.context_size} "
@@ -82,37 +74,20 @@ def interpret_run(run_dir: Path, cfg: InterpConfig, *, progress: bool = True, st
 
     results, latent_rows = [], []
     for sae in saes:
-        sae_result, rows = interpret_sae(sae, caches[sae.module], selections[sae.module], tokens, context_size,
+        sae_result, rows = interpret_sae(run, sae, caches[sae.module], selections[sae.module], tokens, context_size,
                                          paths, cfg, explainer, judge, str_tokens, progress)
         results.append(sae_result)
         latent_rows.extend(rows)
-    summary = InterpSummary(str(run_dir), scaling, tuple(results), tuple(latent_rows), time.perf_counter() - start)
+    summary = InterpSummary(str(run.root), scaling, tuple(results), tuple(latent_rows), time.perf_counter() - start)
     write_json_atomic(paths.summary, summary.to_json())
     write_latents_csv(paths.table, latent_rows)
     check_failures(summary, cfg, paths)
     return summary
 
 
-def discover_saes(run_dir: Path) -> list[SAEEntry]:
-    """Every RUN/saes/{variant}/layer{L}/ with a cfg.json, sorted by variant then layer."""
-    entries = []
-    for cfg_file in sorted((run_dir / "saes").glob(f"*/layer*/{CONFIG_FILE}")):
-        folder = cfg_file.parent
-        metadata = json.loads(cfg_file.read_text()).get("metadata", {})
-        layer = int(metadata.get("layer", folder.name.removeprefix("layer")))
-        entries.append(SAEEntry(metadata.get("variant", folder.parent.name), layer, folder,
-                                metadata.get("hook_name", "")))
-    if not entries:
-        raise UserError(f"no SAE under {run_dir / 'saes'}", "Train SAEs first (`randsae run`), or check RUN_DIR")
-    return sorted(entries, key=lambda entry: (entry.variant, entry.layer))
-
-
-def load_heldout_tokens(run_dir: Path) -> tuple[np.ndarray, int]:
+def load_heldout_tokens(run: RunDir) -> tuple[np.ndarray, int]:
     """(flattened input_ids as int64, context_size) of the held-out split."""
-    path = run_dir / "tokens" / "heldout.safetensors"
-    if not path.is_file():
-        raise UserError(f"no held-out tokens at {path}", "Run the tokenize stage of `randsae run` first")
-    input_ids = load_numpy(path)["input_ids"]
+    input_ids = load_tokens(run.tokens("heldout")).numpy()
     return input_ids.reshape(-1).astype(np.int64), int(input_ids.shape[1])
 
 
@@ -133,27 +108,24 @@ def tokenizer_str_tokens(folder: Path) -> StrTokens:
     return str_tokens
 
 
-def ensure_latent_cache(run_dir: Path, paths: InterpPaths, sae: SAEEntry, cfg: InterpConfig,
+def ensure_latent_cache(run: RunDir, sae: SAEKey, cfg: InterpConfig, device: str | torch.device,
                         progress: bool) -> LatentCache:
     """Reuse the latent cache when it was built from these SAE weights and activations, else build it."""
-    from randsae.data.activations import ActivationCache
-
-    folder = paths.latent_cache(sae.variant, sae.layer)
-    fingerprint = sae_fingerprint(sae.folder)
-    activations = ActivationCache.open(run_dir / "activations" / sae.variant / f"layer{sae.layer}" / "heldout",
-                                       verify=False)
+    folder = run.latent_cache(sae)
+    fingerprint = sae_fingerprint(run.sae(sae))
+    activations = ActivationCache.open(run.activations(sae.site, "heldout"))
     existing = open_latent_cache(folder)
     if (existing is not None and existing.manifest.sae_sha256 == fingerprint
             and existing.manifest.n_tokens == activations.manifest.n_tokens):
         return existing
-    model = load_sae(sae.folder)
+    model = load_sae(run.sae(sae), device=device)
     chunk_rows = max(256, (1 << 26) // model.cfg.d_sae)
     return build_latent_cache(folder, model, fingerprint, activations.iter_chunks(rows=chunk_rows),
                               n_tokens=activations.manifest.n_tokens, context_size=activations.manifest.context_size,
                               verify_rows=cfg.verify_rows, seed=cfg.seed, progress=progress)
 
 
-def load_or_select(paths: InterpPaths, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
+def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
@@ -200,8 +172,8 @@ def latent_rng(seed: int, module: str, latent: int, stream: int) -> np.random.Ge
     return np.random.default_rng([seed, latent, stream, *module.encode()])
 
 
-def interpret_sae(sae: SAEEntry, cache: LatentCache, selection: LatentSelection, tokens: np.ndarray,
-                  context_size: int, paths: InterpPaths, cfg: InterpConfig, explainer, judge,
+def interpret_sae(run: RunDir, sae: SAEKey, cache: LatentCache, selection: LatentSelection, tokens: np.ndarray,
+                  context_size: int, paths: InterpDir, cfg: InterpConfig, explainer, judge,
                   str_tokens: StrTokens, progress: bool) -> tuple[SAEInterp, list[LatentResult]]:
     """Explain and score the selected latents not done yet, then summarize all of them from disk."""
     module, latents = sae.module, selection.latents
@@ -226,7 +198,8 @@ def interpret_sae(sae: SAEEntry, cache: LatentCache, selection: LatentSelection,
             for i, latent in enumerate(latents)]
     summaries = {task: summarize_scores(records[task], cfg.n_bootstrap, cfg.seed) for task in TASKS}
     result = SAEInterp(
-        variant=sae.variant, layer=sae.layer, module=module, hook_name=sae.hook_name, d_sae=cache.manifest.d_sae,
+        variant=sae.variant, layer=sae.layer, module=module,
+        hook_name=str(read_sae_config(run.sae(sae)).metadata.get("hook_name", "")), d_sae=cache.manifest.d_sae,
         n_tokens=cache.manifest.n_tokens, n_dead=selection.n_dead, n_eligible=selection.n_eligible,
         n_requested=selection.n_requested, n_sampled=len(latents), explainer=cfg.resolved_explainer,
         judge=cfg.judge, n_explanation_failures=sum(row.explanation_failure != "" for row in rows),
@@ -235,7 +208,7 @@ def interpret_sae(sae: SAEEntry, cache: LatentCache, selection: LatentSelection,
     return result, rows
 
 
-def _is_done(paths: InterpPaths, module: str, latent: int) -> bool:
+def _is_done(paths: InterpDir, module: str, latent: int) -> bool:
     record = paths.latent_record(module, latent)
     if not record.is_file() or json.loads(record.read_text())["explanation_failure"] == "request":
         return False
@@ -246,7 +219,7 @@ def _is_done(paths: InterpPaths, module: str, latent: int) -> bool:
     return True
 
 
-def _explanations(paths: InterpPaths, module: str, latents: list[int], examples: list[LatentExamples], explainer,
+def _explanations(paths: InterpDir, module: str, latents: list[int], examples: list[LatentExamples], explainer,
                   str_tokens: StrTokens, progress: bool) -> list[Explanation]:
     """Stored explanations where usable, new ones for the rest (written with their windows and reply)."""
     stored: dict[int, Explanation] = {}
@@ -275,7 +248,7 @@ def _explanations(paths: InterpPaths, module: str, latents: list[int], examples:
     return [stored[latent] for latent in latents]
 
 
-def _latent_row(sae: SAEEntry, latent: int, cache: LatentCache, examples: LatentExamples, paths: InterpPaths,
+def _latent_row(sae: SAEKey, latent: int, cache: LatentCache, examples: LatentExamples, paths: InterpDir,
                 records: dict, str_tokens: StrTokens) -> LatentResult:
     record = json.loads(paths.latent_record(sae.module, latent).read_text())
     windows = examples.explanation
@@ -295,7 +268,7 @@ def _latent_row(sae: SAEEntry, latent: int, cache: LatentCache, examples: Latent
         fuzz_f1=fuzz.f1, detection_f1=detection.f1, fuzz_failed=fuzz.n_failed, detection_failed=detection.n_failed)
 
 
-def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpPaths) -> None:
+def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpDir) -> None:
     """Stop with a clear error when the judge failed on too many examples (results stay on disk)."""
     for sae in summary.saes:
         failed = sae.fuzz.n_failed + sae.detection.n_failed

@@ -8,6 +8,7 @@ import csv
 import dataclasses
 import io
 import math
+import typing
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,10 @@ import numpy as np
 
 from randsae.atomic import write_text_atomic
 from randsae.interp import statistics
+from randsae.errors import UserError
 from randsae.interp.scorers import ScoredExample
+from randsae.records import from_plain
+from randsae.run_dir import InterpDir, read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,3 +217,31 @@ def format_interp_table(summary: InterpSummary) -> str:
 
 def _interval(score: ScoreSummary) -> str:
     return f"{score.auroc:.3f} [{score.auroc_low:.3f}, {score.auroc_high:.3f}]"
+
+
+def load_interp_summary(results: InterpDir) -> InterpSummary:
+    """One judge's interp.json and latents.csv back as the dataclasses that wrote them."""
+    data = read_json(results.summary, "`randsae interpret`")
+    try:
+        saes = tuple(from_plain(SAEInterp, sae) for sae in data["saes"])
+        latents = read_latents_csv(results.table) if results.table.is_file() else ()
+        return InterpSummary(str(data["run_dir"]), str(data["scaling"]), saes, latents, float(data["seconds"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"{results.root} holds damaged interp results ({error!r})",
+                        f"Delete {results.summary} and rerun `randsae interpret`") from None
+
+
+def read_latents_csv(path: Path) -> tuple[LatentResult, ...]:
+    """latents.csv rows as `LatentResult`s (an empty number cell is NaN)."""
+    hints = typing.get_type_hints(LatentResult)
+    with open(path, newline="") as file:
+        return tuple(LatentResult(**{name: _parse_cell(text, hints[name]) for name, text in row.items()})
+                     for row in csv.DictReader(file))
+
+
+def _parse_cell(text: str, kind: Any) -> Any:
+    if kind is str:
+        return text
+    if text == "":
+        return math.nan
+    return int(text) if kind is int else float(text)

@@ -27,6 +27,8 @@ class DownstreamMetrics:
     kl_sae: float
     ce_loss_score: float
     kl_score: float
+    n_predictions: int
+    """Next-token predictions the CE and KL means are taken over (windows × (context - 1))."""
 
 
 def ce_loss_score(ce_clean: float, ce_zero: float, ce_sae: float) -> float:
@@ -95,5 +97,5 @@ def downstream_metrics(model: nn.Module, splices: dict[int, tuple[nn.Module, Cal
         mean = {key: value / n_predictions for key, value in totals.items()}
         results[layer] = DownstreamMetrics(
             **mean, ce_loss_score=ce_loss_score(mean["ce_clean"], mean["ce_zero"], mean["ce_sae"]),
-            kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]))
+            kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]), n_predictions=n_predictions)
     return results

@@ -24,6 +24,21 @@ KNOWN_BLOCK_PATHS = (
 )
 
 
+KNOWN_FINAL_NORM_PATHS = ("model.norm", "gpt_neox.final_layer_norm", "transformer.ln_f", "model.decoder.final_layer_norm")
+
+
+def final_norm_weight(model: nn.Module) -> Tensor | None:
+    """The scale of the norm before the unembedding (None when the model has none at a known path)."""
+    for path in KNOWN_FINAL_NORM_PATHS:
+        module: nn.Module | None = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Tensor):
+            return weight
+    return None
+
+
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
     """Return (dotted path, block list): `path` if given, else the first known path that exists."""
     for candidate in [path] if path else KNOWN_BLOCK_PATHS:

@@ -27,9 +27,10 @@ from randsae.interp.latent_cache import (
     load_latent_entries,
     open_latent_cache,
 )
-from randsae.interp.outputs import InterpPaths
 from randsae.interp.stage import tokenizer_str_tokens
-from randsae.report.run_inputs import RunInputs
+from randsae.interp.summary import LatentResult
+from randsae.report.run_inputs import RunInputs, as_row
+from randsae.run_dir import SAEKey
 from randsae.sae.base import WEIGHTS_FILE
 
 DEFAULT_WINDOW_SIZE = 32
@@ -118,14 +119,14 @@ class LogitEffects(NamedTuple):
     """Smallest, smallest first."""
 
 
-def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembedding,
-                  decode: StrTokens) -> dict[int, LogitEffects]:
+def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembedding, decode: StrTokens,
+                  device: str | torch.device = "cpu") -> dict[int, LogitEffects]:
     """Per latent, the tokens its decoder direction promotes and suppresses most through the unembedding."""
     with safe_open(sae_folder / WEIGHTS_FILE, "pt") as file:
-        directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float()
+        directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float().to(device)
     if unembedding.final_norm_weight is not None:
-        directions = directions * unembedding.final_norm_weight
-    logits = directions @ unembedding.W_U
+        directions = directions * unembedding.final_norm_weight.to(device)
+    logits = (directions @ unembedding.W_U.to(device)).cpu()
     k = min(N_LOGITS, logits.shape[1])
     top, bottom = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
     values = torch.cat([top.values, bottom.values], dim=1).tolist()
@@ -207,30 +208,29 @@ class LatentViews(NamedTuple):
     """Why some or all dashboards are missing, or shown with less (no tokenizer, no unembedding)."""
 
 
-def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
+def collect_latent_views(run: RunInputs, progress: bool = False, device: str | torch.device = "cpu") -> LatentViews:
     """Views of every latent the interp stage scored, one latent-cache pass per SAE."""
-    if run.interp is None or not run.interp.latents:
+    if run.interp is None or not run.interp.summary.latents:
         return LatentViews({}, ("No latent dashboards: the run has no interp/latents.csv "
                                 "(run `randsae interpret RUN_DIR`).",) if run.interp is not None else ())
-    heldout = run.run_dir / "tokens" / "heldout.safetensors"
+    heldout = run.run.tokens("heldout")
     if not heldout.is_file():
         return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))
     with safe_open(heldout, "pt") as file:
         input_ids = file.get_tensor("input_ids")
     notes = []
-    if (run.run_dir / "tokenizer").is_dir():
-        decode = tokenizer_str_tokens(run.run_dir / "tokenizer")
+    if run.run.tokenizer().is_dir():
+        decode = tokenizer_str_tokens(run.run.tokenizer())
     else:
         decode = _token_ids_as_text
         notes.append("The run has no tokenizer/ folder: tokens are shown as #id.")
     layout = WindowLayout.build(input_ids, int(run.interp.settings.get("window_size", DEFAULT_WINDOW_SIZE)), decode)
-    unembedding = read_unembedding(run.run_dir / "unembedding.safetensors")
+    unembedding = read_unembedding(run.run.unembedding())
     if unembedding is None:
         notes.append("The run has no unembedding.safetensors: top promoted logits are not shown.")
-    scored: dict[tuple[str, int], dict[int, Mapping[str, Any]]] = {}
-    for row in run.interp.latents:
-        scored.setdefault((str(row["variant"]), int(row["layer"])), {})[int(row["latent"])] = row
-    paths = InterpPaths(run.interp.folder)
+    scored: dict[tuple[str, int], dict[int, LatentResult]] = {}
+    for row in run.interp.summary.latents:
+        scored.setdefault((row.variant, row.layer), {})[row.latent] = row
     views = {}
     items = sorted(scored.items(), key=lambda item: (run.variants.index(item[0][0]), item[0][1]))
     if progress:
@@ -238,20 +238,21 @@ def collect_latent_views(run: RunInputs, progress: bool = False) -> LatentViews:
 
         items = tqdm(items, desc="dashboards", unit="SAE", leave=False)
     for (variant, layer), rows in items:
-        cache = open_latent_cache(paths.latent_cache(variant, layer))
+        key = SAEKey(variant, layer)
+        cache = open_latent_cache(run.run.latent_cache(key))
         if cache is None:
             notes.append(f"No dashboards for {variant} layer {layer}: its latent cache is missing.")
             continue
         latents = sorted(rows)
         entries = load_latent_entries(cache, latents)
-        sae_folder = run.run_dir / "saes" / variant / f"layer{layer}"
-        logits = (logit_effects(sae_folder, latents, unembedding, decode)
+        sae_folder = run.run.sae(key)
+        logits = (logit_effects(sae_folder, latents, unembedding, decode, device)
                   if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file() else {})
         n_tokens = count_not_bos(cache.manifest.n_tokens, cache.manifest.context_size)
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
             latent_view(variant, layer, latent, entries[latent], layout, n_tokens, rng,
-                        explanation=rows[latent].get("explanation") or None, scores=rows[latent],
+                        explanation=rows[latent].explanation or None, scores=as_row(rows[latent]),
                         logits=logits.get(latent))
             for latent in latents]
     return LatentViews(views, tuple(notes))

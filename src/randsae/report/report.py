@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from randsae.atomic import write_text_atomic
-from randsae.interp.outputs import InterpPaths, module_name, read_scores
+from randsae.interp.outputs import read_scores
+from randsae.interp.summary import SAEInterp
 from randsae.interp.statistics import FAILED_PROBABILITY
 from randsae.models.load import display_name
 from randsae.report import plots
@@ -27,11 +29,10 @@ from randsae.report.latent_data import collect_latent_views
 from randsae.report.page import figure, note, render_page
 from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
-from randsae.report.run_inputs import RunInputs, read_run
+from randsae.report.run_inputs import RunInputs, as_row, read_run
+from randsae.run_dir import RunDir
 from randsae.report.tables import Column, html_table, present_columns, variant_chip
 
-REPORT_FILE = "report.html"
-DASHBOARDS_DIR = "dashboards"
 MAX_ROC_LAYERS = 6
 TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
 
@@ -66,19 +67,19 @@ SEPARATION_COLUMNS = (
 )
 
 
-def write_report(run_dir: Path, *, progress: bool = True) -> Path:
-    """Write RUN/report.html and RUN/dashboards/; returns the report's path."""
+def write_report(run_dir: RunDir | Path, *, progress: bool = True, device: str | torch.device = "cpu") -> Path:
+    """Write RUN/report.html and RUN/dashboards/; returns the report's path. `device` computes the logit effects."""
     start = time.perf_counter()
-    run = read_run(Path(run_dir))
+    run = read_run(RunDir.at(run_dir))
     colors = variant_colors(run.variants)
-    latent_views = collect_latent_views(run, progress)
-    folder = run.run_dir / DASHBOARDS_DIR
+    latent_views = collect_latent_views(run, progress, device)
+    folder = run.run.dashboards
     written = write_dashboards(folder, latent_views.views, run.variants, colors, latent_views.notes,
-                               str(run.config.get("model", {}).get("name", "")), _judge(run))
+                               run.config.model.name if run.config else "", _judge(run))
     _remove_stale_files(folder, written)
     n_pages = sum(len(latents) for latents in latent_views.views.values())
     body = _report_body(run, colors, latent_views.notes, n_pages, sorted({layer for _, layer in latent_views.views}))
-    report = run.run_dir / REPORT_FILE
+    report = run.run.report
     write_text_atomic(report, render_page(f"randsae report: {_model_name(run)}", body))
     if progress:
         print(f"report: {report} and {n_pages} latent dashboards in {time.perf_counter() - start:.1f} s",
@@ -98,20 +99,20 @@ def _remove_stale_files(folder: Path, written: set[Path]) -> None:
 
 
 def _model_name(run: RunInputs) -> str:
-    name = run.config.get("model", {}).get("name")
-    return display_name(str(name)) if name else run.run_dir.name
+    return display_name(run.config.model.name) if run.config else run.run.root.name
 
 
 def _judge(run: RunInputs) -> str | None:
-    return str(run.interp.saes[0].get("judge")) if run.interp and run.interp.saes else None
+    return run.interp.summary.saes[0].judge if run.interp and run.interp.summary.saes else None
 
 
 def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Sequence[str], n_pages: int,
                  dashboard_layers: Sequence[int]) -> str:
+    dashboards = run.run.dashboards.name
     sections = [f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
                 '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
                 '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
-                f'<a href="{DASHBOARDS_DIR}/index.html">latent dashboards</a></nav>',
+                f'<a href="{dashboards}/index.html">latent dashboards</a></nav>',
                 *(note(text) for text in run.notes), run_header(run, colors),
                 '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>']
     panels = _panels(run)
@@ -120,23 +121,23 @@ def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Seq
     sections += _interp_figures(run, colors)
     sections += _tables(run, colors)
     sections.append(f'<h2 id="dashboards">Latent dashboards</h2><p>{n_pages} latent pages: '
-                    f'<a href="{DASHBOARDS_DIR}/index.html">index</a> · '
-                    + " · ".join(f'<a href="{DASHBOARDS_DIR}/layer{layer}.html">layer {layer}, all variants</a>'
+                    f'<a href="{dashboards}/index.html">index</a> · '
+                    + " · ".join(f'<a href="{dashboards}/layer{layer}.html">layer {layer}, all variants</a>'
                                  for layer in dashboard_layers) + "</p>")
     sections += [note(text) for text in dashboard_notes]
     return "\n".join(sections)
 
 
-def _series(rows: Iterable[Mapping[str, Any]], value, low=None, high=None) -> dict[str, list[plots.Point]]:
-    """variant -> points, from rows with `variant` and `layer` and accessor functions for the numbers."""
+def _series(rows: Iterable[Any], value, low=None, high=None) -> dict[str, list[plots.Point]]:
+    """variant -> points, from result records with `variant` and `layer` and accessors for the numbers."""
     series: dict[str, list[plots.Point]] = {}
     for row in rows:
         number = value(row)
         if number is None or (isinstance(number, float) and math.isnan(number)):
             continue
-        point = plots.Point(int(row["layer"]), float(number), _float(low(row) if low else None),
+        point = plots.Point(int(row.layer), float(number), _float(low(row) if low else None),
                             _float(high(row) if high else None))
-        series.setdefault(str(row["variant"]), []).append(point)
+        series.setdefault(str(row.variant), []).append(point)
     return series
 
 
@@ -147,21 +148,19 @@ def _float(value: Any) -> float:
 def _panels(run: RunInputs) -> list[plots.Panel]:
     """The metric-vs-layer panels this run has data for, auto-interp first as in the paper."""
     panels = []
-    if run.interp:
-        for task in ("fuzz", "detection"):
-            panels.append(plots.Panel(f"{TASK_TITLES[task]} AUROC (95% CI)", _series(
-                run.interp.saes, lambda r, t=task: r[t]["auroc"], lambda r, t=task: r[t]["auroc_low"],
-                lambda r, t=task: r[t]["auroc_high"])))
-    metric = lambda key: lambda row: row.get(key)  # noqa: E731
-    random_variants = frozenset(str(r["variant"]) for r in run.metrics if r.get("meaningful_downstream") is False)
+    saes = run.interp.summary.saes if run.interp else ()
+    for task in ("fuzz", "detection"):
+        panels.append(plots.Panel(f"{TASK_TITLES[task]} AUROC (95% CI)", _series(
+            saes, lambda r, t=task: getattr(r, t).auroc, lambda r, t=task: getattr(r, t).auroc_low,
+            lambda r, t=task: getattr(r, t).auroc_high)))
+    metric = lambda key: lambda row: getattr(row, key)  # noqa: E731
+    random_variants = frozenset(r.variant for r in run.metrics if not r.meaningful_downstream)
     panels += [plots.Panel("explained variance (pooled)", _series(run.metrics, metric("explained_variance_pooled"))),
                plots.Panel("cosine(x, x̂)", _series(run.metrics, metric("cosine"))),
                plots.Panel("L1 of latent activations", _series(run.metrics, metric("l1"))),
                plots.Panel("CE-loss score", _series(run.metrics, metric("ce_loss_score")), random_variants,
                            "dashed: not meaningful (random weights)" if random_variants else "")]
-    if run.interp:
-        panels.append(plots.Panel("token entropy (bits, mean)", _series(
-            run.interp.saes, lambda r: r["token_entropy"]["mean"])))
+    panels.append(plots.Panel("token entropy (bits, mean)", _series(saes, lambda r: r.token_entropy.mean)))
     if run.analysis:
         panels += [plots.Panel(title, _series(run.analysis.saes, metric(key))) for key, title in (
             ("single_token_fraction", "single-token latent fraction"),
@@ -172,10 +171,10 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
 
 
 def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
-    if not run.interp or not run.interp.latents:
+    if not run.interp or not run.interp.summary.latents:
         return ['<h2 id="roc">ROC curves</h2>', note("No auto-interp results: ROC curves and the entropy plot "
                                                      "need interp/latents.csv and the score files.")]
-    layers = sorted({int(row["layer"]) for row in run.interp.latents})
+    layers = sorted({row.layer for row in run.interp.summary.latents})
     if len(layers) > MAX_ROC_LAYERS:
         layers = [layers[int(i)] for i in np.linspace(0, len(layers) - 1, MAX_ROC_LAYERS).round()]
     out = ['<h2 id="roc">ROC curves (the paper\'s Figure 1)</h2>',
@@ -189,10 +188,10 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     out.append('<h2 id="entropy">Token entropy against per-latent AUROC (the paper\'s Appendix H)</h2>')
     points = {}
     for variant in run.variants:
-        rows = [r for r in run.interp.latents if r["variant"] == variant]
+        rows = [r for r in run.interp.summary.latents if r.variant == variant]
         if rows:
-            points[variant] = (np.array([r["token_entropy"] for r in rows], float),
-                               np.array([r["fuzz_auroc"] for r in rows], float))
+            points[variant] = (np.array([r.token_entropy for r in rows], float),
+                               np.array([r.fuzz_auroc for r in rows], float))
     if points:
         out.append(figure(plots.entropy_scatter(points, colors, "fuzzing"), "token entropy against fuzzing AUROC"))
     return out
@@ -200,15 +199,16 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
 
 def _roc_curves(run: RunInputs, task: str, layers: Sequence[int]) -> dict[int, dict[str, plots.RocCurve]]:
     """ROC of every (variant, layer) from its score files; failed examples score 0.5 as in the interp stage."""
-    paths = InterpPaths(run.interp.folder)
+    assert run.interp is not None
+    files = run.interp.files
     curves: dict[int, dict[str, plots.RocCurve]] = {}
     for row_variant in run.variants:
         for layer in layers:
             labels, scores = [], []
-            for row in run.interp.latents:
-                if row["variant"] != row_variant or int(row["layer"]) != layer:
+            for row in run.interp.summary.latents:
+                if row.variant != row_variant or row.layer != layer:
                     continue
-                path = paths.score(task, module_name(row_variant, layer), int(row["latent"]))
+                path = files.score(task, row.module, row.latent)
                 if path.is_file():
                     for record in read_scores(path):
                         labels.append(record.activating)
@@ -222,18 +222,20 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
     ids = (Column("variant", "variant"), Column("layer", "layer"))
     out = ['<h2 id="tables">Tables</h2><p>Click a column header to sort.</p><h3>SAE quality (variant × layer)</h3>']
-    out.append(html_table([*ids, *present_columns(QUALITY_COLUMNS, run.metrics)], _ordered(run, run.metrics),
+    metrics = [as_row(row) for row in run.metrics]
+    out.append(html_table([*ids, *present_columns(QUALITY_COLUMNS, metrics)], _ordered(run, metrics),
                           table_id="quality", cell_html=chip))
     if run.interp:
-        rows = [_interp_row(sae) for sae in run.interp.saes]
+        rows = [_interp_row(sae) for sae in run.interp.summary.saes]
         out += ["<h3>Auto-interpretability (variant × layer)</h3>",
                 html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip)]
     if run.analysis:
+        analysed = [as_row(sae) for sae in run.analysis.saes]
         out += ["<h3>What separates trained from random (variant × layer)</h3>",
-                html_table([*ids, *present_columns(ANALYSIS_COLUMNS, run.analysis.saes)],
-                           _ordered(run, run.analysis.saes), table_id="analysis", cell_html=chip)]
-        pooled = [r for r in run.analysis.separation if str(r.get("layer")) == "all"]
-        per_layer = [r for r in run.analysis.separation if str(r.get("layer")) != "all"]
+                html_table([*ids, *present_columns(ANALYSIS_COLUMNS, analysed)],
+                           _ordered(run, analysed), table_id="analysis", cell_html=chip)]
+        pooled = [as_row(r) for r in run.analysis.separation if r.layer == "all"]
+        per_layer = [as_row(r) for r in run.analysis.separation if r.layer != "all"]
         out += ["<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",
                 html_table(SEPARATION_COLUMNS, pooled, table_id="separation", cell_html=chip),
                 "<details><summary>Per layer</summary>",
@@ -253,16 +255,15 @@ INTERP_COLUMNS = (
 )
 
 
-def _interp_row(sae: Mapping[str, Any]) -> dict[str, Any]:
-    fuzz, detection = sae["fuzz"], sae["detection"]
-    return {"variant": sae["variant"], "layer": sae["layer"], "fuzz_auroc": _float(fuzz["auroc"]),
-            "fuzz_low": _float(fuzz["auroc_low"]), "fuzz_high": _float(fuzz["auroc_high"]),
-            "fuzz_median": _float(fuzz["latent_auroc"]["median"]), "detection_auroc": _float(detection["auroc"]),
-            "detection_low": _float(detection["auroc_low"]), "detection_high": _float(detection["auroc_high"]),
-            "fuzz_balanced_accuracy": _float(fuzz["balanced_accuracy"]), "fuzz_f1": _float(fuzz["f1"]),
-            "token_entropy": _float(sae["token_entropy"]["mean"]), "n_eligible": sae["n_eligible"],
-            "n_sampled": sae["n_sampled"], "n_dead": sae["n_dead"],
-            "n_failed": fuzz["n_failed"] + detection["n_failed"], "probability_source": fuzz["probability_source"]}
+def _interp_row(sae: SAEInterp) -> dict[str, Any]:
+    fuzz, detection = sae.fuzz, sae.detection
+    return {"variant": sae.variant, "layer": sae.layer, "fuzz_auroc": fuzz.auroc, "fuzz_low": fuzz.auroc_low,
+            "fuzz_high": fuzz.auroc_high, "fuzz_median": fuzz.latent_auroc.median, "detection_auroc": detection.auroc,
+            "detection_low": detection.auroc_low, "detection_high": detection.auroc_high,
+            "fuzz_balanced_accuracy": fuzz.balanced_accuracy, "fuzz_f1": fuzz.f1,
+            "token_entropy": sae.token_entropy.mean, "n_eligible": sae.n_eligible, "n_sampled": sae.n_sampled,
+            "n_dead": sae.n_dead, "n_failed": fuzz.n_failed + detection.n_failed,
+            "probability_source": fuzz.probability_source}
 
 
 def _ordered(run: RunInputs, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

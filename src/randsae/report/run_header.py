@@ -5,40 +5,47 @@ from __future__ import annotations
 
 import importlib.metadata
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from safetensors import safe_open
 
+from randsae.interp.summary import SAEInterp
 from randsae.models.load import display_name
 from randsae.report.page import definition_list, note
 from randsae.report.run_inputs import RunInputs
 from randsae.report.tables import variant_chip
+from randsae.toml_config import to_plain
 
 SOFTWARE = ("randsae", "torch", "numpy", "matplotlib", "transformers", "safetensors")
 CONFIG_TABLES = (("data", "data"), ("tokens", "tokens"), ("sae", "SAE"), ("train", "SAE training"))
 
 
 def run_header(run: RunInputs, colors: Mapping[str, str]) -> str:
-    model = run.config.get("model", {})
-    items = [("model", f"{display_name(str(model.get('name', 'unknown')))} (revision {model.get('revision') or 'default'})"),
-             ("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
-    items += [(title, ", ".join(f"{key} = {_setting(value)}" for key, value in run.config[table].items()))
-              for table, title in CONFIG_TABLES if isinstance(run.config.get(table), dict)]
-    heldout = run.run_dir / "tokens" / "heldout.safetensors"
+    items = []
+    if run.config is not None:
+        model = run.config.model
+        items.append(("model", f"{display_name(model.name)} (revision {model.revision or 'default'})"))
+    items += [("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
+    if run.config is not None:
+        items += [(title, ", ".join(f"{key} = {_setting(value)}"
+                                    for key, value in to_plain(getattr(run.config, table)).items()))
+                  for table, title in CONFIG_TABLES]
+    heldout = run.run.tokens("heldout")
     if heldout.is_file():
         with safe_open(heldout, "pt") as file:
             windows, context = file.get_slice("input_ids").get_shape()
         items.append(("held-out tokens", f"{windows * context:,} ({windows} windows × {context})"))
-    eval_tokens = sorted({row.get("n_eval_tokens") for row in run.metrics if row.get("n_eval_tokens") is not None})
-    if eval_tokens:
-        items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
+    eval_tokens = sorted({row.n_eval_tokens for row in run.metrics})
+    items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
+    predictions = sorted({row.n_downstream_predictions for row in run.metrics})
+    items.append(("CE/KL predictions per SAE", ", ".join(f"{n:,}" for n in predictions)))
     warnings = []
-    if run.interp and run.interp.saes:
-        first = run.interp.saes[0]
-        items += [("judge", f"{first.get('judge')} (explainer: {first.get('explainer')})"),
-                  ("auto-interp protocol", str(run.interp.summary.get("scaling", "")))]
-        warnings = _interp_warnings(run.interp.saes)
+    if run.interp and run.interp.summary.saes:
+        first = run.interp.summary.saes[0]
+        items += [("judge", f"{first.judge} (explainer: {first.explainer})"),
+                  ("auto-interp protocol", run.interp.summary.scaling)]
+        warnings = _interp_warnings(run.interp.summary.saes)
     items.append(("software", f"python {platform.python_version()}, " + ", ".join(
         f"{name} {_version(name)}" for name in SOFTWARE)))
     if run.timings:
@@ -60,22 +67,22 @@ def _version(name: str) -> str:
         return "not installed"
 
 
-def _interp_warnings(saes: list[dict[str, Any]] | tuple[dict[str, Any], ...]) -> list[str]:
+def _interp_warnings(saes: Sequence[SAEInterp]) -> list[str]:
     """Boxes for auto-interp numbers that are easy to misread: the token judge, AUROCs from hard answers,
     failed examples."""
     warnings = []
-    if saes[0].get("judge") == "token":
+    if saes[0].judge == "token":
         warnings.append(note("Auto-interp used the LLM-free token judge: explanations are token lists scored by "
                              "token membership, not an LLM's judgement. Its AUROCs measure how single-token the "
                              "latents are, and are not comparable to the paper's LLM-judged numbers.", warning=True))
-    sources = {sae[task]["probability_source"] for sae in saes for task in ("fuzz", "detection")}
+    sources = {getattr(sae, task).probability_source for sae in saes for task in ("fuzz", "detection")}
     if any(source == "hard_answers" or source.startswith("mixed") for source in sources):
         warnings.append(note("The judge returned no log-probabilities for some or all examples: those AUROCs come "
                              "from 0/1 answers (probabilities from: " + ", ".join(sorted(sources)) + ").",
                              warning=True))
-    failed = sum(sae[task]["n_failed"] for sae in saes for task in ("fuzz", "detection"))
+    failed = sum(getattr(sae, task).n_failed for sae in saes for task in ("fuzz", "detection"))
     if failed:
-        total = sum(sae[task]["n_examples"] for sae in saes for task in ("fuzz", "detection"))
+        total = sum(getattr(sae, task).n_examples for sae in saes for task in ("fuzz", "detection"))
         warnings.append(note(f"{failed} of {total} judged examples failed (no usable answer); they count as wrong "
                              "and score 0.5 in every AUROC, as the interp stage reports them.", warning=True))
     return warnings

@@ -18,9 +18,9 @@ from torch import Tensor, nn
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
+from randsae.run_dir import SAE_CONFIG_FILE as CONFIG_FILE
+from randsae.run_dir import SAE_WEIGHTS_FILE as WEIGHTS_FILE
 
-CONFIG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
 SAELENS_ARCHITECTURE = {"topk": "topk", "relu_l1": "standard"}
 """Our architecture names -> the names SAELens writes in cfg.json (read back either way)."""
 
@@ -166,10 +166,24 @@ def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> S
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
         raise UserError(f"no SAE at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})",
                         "Point to a folder written by `randsae run` or SAELens")
-    cfg = SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
+    cfg = read_sae_config(folder)
     sae = architecture_class(cfg.architecture)(cfg)
-    sae.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    try:
+        weights = load_file(folder / WEIGHTS_FILE)
+    except Exception as error:  # safetensors raises its own error types for a damaged file
+        raise UserError(f"SAE weights {folder / WEIGHTS_FILE} are damaged ({error})",
+                        "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it") from None
+    sae.load_state_dict(weights)
     return sae.to(device)
+
+
+def read_sae_config(folder: Path) -> SAEConfig:
+    """The SAE's cfg.json, without its weights."""
+    try:
+        return SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
+    except (ValueError, TypeError, KeyError) as error:
+        raise UserError(f"SAE config {folder / CONFIG_FILE} is damaged ({error})",
+                        "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it") from None
 
 
 def architecture_class(name: str) -> type[SparseAutoencoder]:

@@ -1,0 +1,305 @@
+"""The run directory: every path of a run, the keys that name its SAEs, and the one SAE discovery.
+
+Stages never build a path themselves: they ask a `RunDir` where their inputs and outputs live, and keep
+their own result dataclasses and (de)serialization. This module sits low in the package: it imports no
+stage. The layout (docs/ARCHITECTURE.md) keeps today's simple form for a run with one model, one SAE
+architecture and one seed of each kind; every further axis adds one path level only where it is set:
+
+    saes/{variant}/layer{L}/                               the default run
+    models/{model}/saes/{variant}-draw{v}/layer{L}/{architecture}/seed{s}/   every axis set
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from randsae.atomic import write_json_atomic
+from randsae.errors import UserError
+from randsae.models.variants import VARIANTS
+
+SAE_CONFIG_FILE = "cfg.json"
+"""The SAELens config file that marks a folder as a saved SAE."""
+SAE_WEIGHTS_FILE = "sae_weights.safetensors"
+_DRAW = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-draw(?P<seed>\d+)")
+_SEED = re.compile(r"seed(?P<seed>\d+)")
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """Where activations come from: one layer of one variant (one randomization draw) of one model."""
+
+    variant: str
+    layer: int
+    model: str | None = None
+    """None in a single-model run."""
+    variant_seed: int | None = None
+    """The randomization draw; None when the run makes one draw per variant."""
+
+    def parts(self) -> tuple[str, ...]:
+        variant = self.variant if self.variant_seed is None else f"{self.variant}-draw{self.variant_seed}"
+        return variant, f"layer{self.layer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEKey:
+    """Names one SAE of a run; an axis left None is one the run does not vary."""
+
+    variant: str
+    layer: int
+    model: str | None = None
+    variant_seed: int | None = None
+    architecture: str | None = None
+    """None when the run trains one architecture."""
+    sae_seed: int | None = None
+    """None when the run trains one SAE seed."""
+
+    @property
+    def site(self) -> Site:
+        return Site(self.variant, self.layer, self.model, self.variant_seed)
+
+    def parts(self) -> tuple[str, ...]:
+        extra = [] if self.architecture is None else [self.architecture]
+        if self.sae_seed is not None:
+            extra.append(f"seed{self.sae_seed}")
+        return (*self.site.parts(), *extra)
+
+    @property
+    def module(self) -> str:
+        """The delphi "module" name of this SAE (`trained.layer3` in the default run); file names use it."""
+        return ".".join(part for part in (self.model, *self.parts()) if part is not None)
+
+    @classmethod
+    def from_parts(cls, parts: tuple[str, ...], model: str | None = None) -> SAEKey | None:
+        """The key of a folder `saes/<parts>`; None when the parts are not an SAE folder's."""
+        if len(parts) < 2 or not parts[1].startswith("layer") or not parts[1][5:].isdigit():
+            return None
+        draw = _DRAW.fullmatch(parts[0])
+        variant, variant_seed = (draw["variant"], int(draw["seed"])) if draw else (parts[0], None)
+        architecture, sae_seed = None, None
+        for part in parts[2:]:
+            seed = _SEED.fullmatch(part)
+            if seed:
+                sae_seed = int(seed["seed"])
+            elif architecture is None and sae_seed is None:
+                architecture = part
+            else:
+                return None
+        return cls(variant, int(parts[1][5:]), model, variant_seed, architecture, sae_seed)
+
+
+def judge_label(judge: str, model: str = "") -> str:
+    """The folder name of one judge's auto-interp results: `token`, or `http-<model>` / `hf-<model>`."""
+    if judge == "token" or not model:
+        return judge
+    return f"{judge}-{_SAFE.sub('_', Path(model).name).strip('_') or 'model'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class InterpDir:
+    """One judge's auto-interp results under RUN/interp/{judge}/ (delphi's file layout, docs/interp.md)."""
+
+    root: Path
+
+    def explanation(self, module: str, latent: int) -> Path:
+        return self.root / "explanations" / f"{module}_latent{latent}.txt"
+
+    def score(self, task: str, module: str, latent: int) -> Path:
+        return self.root / "scores" / task / f"{module}_latent{latent}.txt"
+
+    def latent_record(self, module: str, latent: int) -> Path:
+        """The explainer's full reply, failure and the explanation windows of one latent."""
+        return self.root / "latents" / f"{module}_latent{latent}.json"
+
+    @property
+    def selection(self) -> Path:
+        return self.root / "selection.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "interp.json"
+
+    @property
+    def table(self) -> Path:
+        return self.root / "latents.csv"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    """Every path of one run directory. Model-specific files of a multi-model run sit under
+    `models/{model}/`; a single-model run (model None) keeps them at the top."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, run: RunDir | str | Path) -> RunDir:
+        return run if isinstance(run, RunDir) else cls(Path(run))
+
+    @classmethod
+    def existing(cls, run: RunDir | str | Path) -> RunDir:
+        """A run directory that `randsae run` has started; UserError for any other folder."""
+        run_dir = cls.at(run)
+        if not run_dir.config.is_file():
+            raise UserError(f"{run_dir.root} is not a randsae run directory (no config.toml)",
+                            "Pass a folder written by `randsae run`")
+        return run_dir
+
+    # The whole run.
+    @property
+    def config(self) -> Path:
+        """The resolved experiment config (re-runnable with --config)."""
+        return self.root / "config.toml"
+
+    @property
+    def timings(self) -> Path:
+        return self.root / "timings.json"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def dashboards(self) -> Path:
+        return self.root / "dashboards"
+
+    # Per model.
+    def model_root(self, model: str | None = None) -> Path:
+        return self.root if model is None else self.root / "models" / model
+
+    def tokens(self, split: str, model: str | None = None) -> Path:
+        """`input_ids` int32 [n_windows, context_size] of one split; position 0 is BOS."""
+        return self.model_root(model) / "tokens" / f"{split}.safetensors"
+
+    def tokenizer(self, model: str | None = None) -> Path:
+        return self.model_root(model) / "tokenizer"
+
+    def unembedding(self, model: str | None = None) -> Path:
+        """The trained model's unembedding (and final norm weight), for the dashboards' promoted logits."""
+        return self.model_root(model) / "unembedding.safetensors"
+
+    def activations(self, site: Site, split: str) -> Path:
+        return self.model_root(site.model) / "activations" / Path(*site.parts()) / split
+
+    def sae(self, key: SAEKey) -> Path:
+        """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
+        return self.model_root(key.model) / "saes" / Path(*key.parts())
+
+    # Auto-interp: one folder per judge, latent caches shared by all judges.
+    def latent_cache(self, key: SAEKey) -> Path:
+        return self.root / "interp" / "latent_cache" / key.module
+
+    def interp(self, judge: str) -> InterpDir:
+        """Results of one judge (`judge_label`); the token judge's and an LLM judge's sit side by side."""
+        return InterpDir(self.root / "interp" / judge)
+
+    def interp_judges(self) -> list[str]:
+        """Judges with finished results, the token judge last (an LLM judge is the one to read first)."""
+        found = [path.parent.name for path in sorted((self.root / "interp").glob("*/latents.csv"))]
+        return sorted(found, key=lambda judge: judge == "token")
+
+    # Analysis.
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def analysis_json(self) -> Path:
+        return self.analysis / "analysis.json"
+
+    @property
+    def separation_csv(self) -> Path:
+        return self.analysis / "separation.csv"
+
+    @property
+    def analysis_latents_csv(self) -> Path:
+        return self.analysis / "latents.csv"
+
+    def analysis_part(self, key: SAEKey) -> Path:
+        """One SAE's saved per-latent and per-token arrays (reused while their inputs are unchanged)."""
+        return self.analysis / "parts" / f"{key.module}.npz"
+
+    def second_seed_sae(self, key: SAEKey, seed: int) -> Path:
+        """The SAE retrained with another seed for the seed-stability measurement."""
+        return self.analysis / f"seed{seed}" / Path(*key.parts())
+
+    # Discovery.
+    def discover_saes(self) -> list[SAEKey]:
+        """Every saved SAE (a folder with cfg.json under saes/), in the run's variant order, then by layer.
+
+        The order is the config's `variants` list, then the known variants' usual order, then any other
+        by name, so every stage, table and plot lists SAEs alike.
+        """
+        keys = []
+        roots = [(None, self.root), *((path.name, path) for path in sorted((self.root / "models").glob("*")))]
+        for model, root in roots:
+            base = root / "saes"
+            for cfg_file in sorted(base.glob(f"**/{SAE_CONFIG_FILE}")):
+                key = SAEKey.from_parts(cfg_file.parent.relative_to(base).parts, model)
+                if key is not None:
+                    keys.append(key)
+        if not keys:
+            raise UserError(f"no SAE under {self.root / 'saes'}",
+                            "Train SAEs first (`randsae run`), or pass the folder it wrote")
+        order = {name: index for index, name in enumerate(dict.fromkeys([*self.configured_variants(), *VARIANTS]))}
+        return sorted(keys, key=lambda k: (k.model or "", order.get(k.variant, len(order)), k.variant,
+                                           k.variant_seed or 0, k.layer, k.architecture or "", k.sae_seed or 0))
+
+    def configured_variants(self) -> list[str]:
+        """The `variants` of the run's config.toml, in order ([] when it is missing or unreadable)."""
+        try:
+            variants = tomllib.loads(self.config.read_text()).get("variants", [])
+        except (OSError, tomllib.TOMLDecodeError):
+            return []
+        return [variant for variant in variants if isinstance(variant, str)]
+
+
+def read_json(path: Path, writer: str) -> Any:
+    """A stage's JSON file; a one-line UserError naming the stage to rerun when it is missing or damaged."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} is missing", f"Run {writer} on this run directory") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is damaged ({error})", f"Delete it and rerun {writer}") from None
+
+
+class Timings:
+    """Wall time per stage, accumulated across resumes in RUN/timings.json."""
+
+    def __init__(self, run: RunDir):
+        self.path = run.timings
+        self.seconds: dict[str, float] = {}
+        if self.path.is_file():
+            try:
+                self.seconds = {str(k): float(v) for k, v in json.loads(self.path.read_text()).items()}
+            except (ValueError, AttributeError):
+                self.seconds = {}  # only a record of wall time: a damaged one starts over
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.path, self.seconds)
