@@ -12,7 +12,7 @@ import html
 import io
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -22,9 +22,7 @@ import numpy as np  # noqa: E402
 
 from randsae.atomic import write_text_atomic
 from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front  # noqa: E402
-
-if TYPE_CHECKING:
-    from randsae.toy.run import ToyResult, ToyRow
+from randsae.toy.results import ToyResult, ToyRow  # noqa: E402
 
 REPORT_FILE = "toy_report.html"
 CSV_FILE = "toy_results.csv"
