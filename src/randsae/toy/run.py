@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import tomli_w
-import tomllib
 import torch
 from torch import Tensor
 
 from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
-from randsae.toy.config import ToyConfig, derived_seed, toy_config_from_dict
+from randsae.toml_config import dump_toml
+from randsae.toy.config import ToyConfig, derived_seed, load_toy_config
 from randsae.toy.data import gaussian_control, generate_toy_data, unit_rms
 from randsae.toy.metrics import SPARSITY_MEASURES, code_stats, front_gap, mmcs
 from randsae.toy.networks import build_network, map_through
@@ -174,9 +173,9 @@ def _claim(out_dir: Path, config: ToyConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     if path.exists():
-        previous = toy_config_from_dict(tomllib.loads(path.read_text()), source=str(path))
+        previous = load_toy_config(path)
         if previous != config:
             raise UserError(f"{out_dir} holds a toy run with other settings ({path})",
                             "Use a fresh --out directory, or the same --config to resume")
         return
-    write_text_atomic(path, tomli_w.dumps(config.to_toml_dict()))
+    write_text_atomic(path, dump_toml(config))
