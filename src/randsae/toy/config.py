@@ -46,15 +46,19 @@ class ToyConfig:
     net(0) larger than the signal, which a decoder without bias must spend latents on; the paper did not
     center (false reproduces it, and then features are not recovered after the network)."""
     l1_log10_min: float = -0.5
+    """log10 of the smallest L1 coefficient λ of the sweep."""
     l1_log10_max: float = 1.5
+    """log10 of the largest L1 coefficient λ of the sweep."""
     l1_count: int = 6
-    """The L1 coefficients λ: `l1_count` values log-spaced from 10^min to 10^max."""
+    """How many L1 coefficients λ, log-spaced from 10^l1_log10_min to 10^l1_log10_max."""
     latent_counts: tuple[int, ...] = (512,)
     """SAE widths to sweep."""
     seeds: tuple[int, ...] = (0,)
     """SAE initialization seeds; every (λ, width, seed) is its own SAE."""
     epochs: int = 16
+    """Passes over the training samples per SAE (the paper: 100)."""
     batch_size: int = 256
+    """Training samples per Adam step."""
     learning_rate: float = 1e-2
     """The paper's 1e-3 goes with its 100 epochs: in 8 it recovered nothing here; 1e-2 recovers in 16."""
     data_seed: int = 0
