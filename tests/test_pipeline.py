@@ -10,7 +10,7 @@ from randsae.cli import main
 from randsae.config import dump_config, load_config
 from randsae.experiment import load_metrics, run_pipeline, sae_folder
 from randsae.sae import load_sae
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_run_directory_has_every_stage_output(tiny_run):
