@@ -17,7 +17,7 @@ from randsae.data.activations import ActivationCache
 from randsae.run_dir import RunDir, Site
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
-from tests.test_analysis_synthetic import CONTEXT, STRUCTURED, TOKEN_ONLY, build_run
+from tests.helpers import ANALYSIS_CONTEXT, STRUCTURED, TOKEN_ONLY, build_analysis_run
 
 
 def unit_rows(n: int, d: int, seed: int) -> torch.Tensor:
@@ -65,12 +65,12 @@ def _train_saes_in_place(run: Path, variants: tuple[str, ...], layer: int = 0) -
     for variant in variants:
         cache = ActivationCache.open(RunDir(run).activations(Site(variant, layer), "train"))
         sae_cfg = SAEConfig("topk", cache.d_model, 32, k=4, metadata={"variant": variant, "layer": layer})
-        cfg = TrainConfig(batch_size=256, warmup_steps=2, context_size=CONTEXT)
+        cfg = TrainConfig(batch_size=256, warmup_steps=2, context_size=ANALYSIS_CONTEXT)
         train_sae(cache, cfg, sae_cfg, seed=0, progress=False).save(run / "saes" / variant / f"layer{layer}")
 
 
 def test_second_seed_is_trained_once_with_the_first_ones_settings(tmp_path: Path):
-    run = build_run(tmp_path, {"trained": STRUCTURED}, layers=(0,))
+    run = build_analysis_run(tmp_path, {"trained": STRUCTURED}, layers=(0,))
     _train_saes_in_place(run, ("trained",))
     folder = run / "saes" / "trained" / "layer0"
     first = load_sae(folder)
@@ -91,7 +91,7 @@ def test_second_seed_is_trained_once_with_the_first_ones_settings(tmp_path: Path
 
 @pytest.mark.slow
 def test_stage_reports_seed_stability_per_sae(tmp_path: Path):
-    run = build_run(tmp_path, {"trained": STRUCTURED, "step0": TOKEN_ONLY}, layers=(0,))
+    run = build_analysis_run(tmp_path, {"trained": STRUCTURED, "step0": TOKEN_ONLY}, layers=(0,))
     _train_saes_in_place(run, ("trained", "step0"))
     summary = analyze_run(run, AnalysisConfig(seed_stability=True, bootstrap_samples=50), progress=False)
     for record in summary.saes:

@@ -14,7 +14,7 @@ import pytest
 from randsae.analysis import AnalysisConfig, analyze_run, format_separation_table
 from randsae.analysis.separation import ALL_LAYERS
 from randsae.errors import UserError
-from tests.test_analysis_synthetic import STRUCTURED, TOKEN_ONLY, build_run
+from tests.helpers import STRUCTURED, TOKEN_ONLY, build_analysis_run
 
 PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev",
            "sae_ev_beyond_lookup"}
@@ -23,7 +23,7 @@ NOT_PLANTED = {"single_token_fraction", "mean_top_token_share", "sae_ev"}
 
 @pytest.fixture(scope="module")
 def planted_run(tmp_path_factory) -> Path:
-    return build_run(tmp_path_factory.mktemp("run"), {"trained": STRUCTURED, "step0": TOKEN_ONLY})
+    return build_analysis_run(tmp_path_factory.mktemp("run"), {"trained": STRUCTURED, "step0": TOKEN_ONLY})
 
 
 @pytest.fixture(scope="module")

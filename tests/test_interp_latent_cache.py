@@ -10,7 +10,7 @@ from randsae.errors import UserError
 from randsae.interp.latent_cache import build_latent_cache, load_latent_entries, open_latent_cache
 from randsae.interp.selection import select_latents
 from randsae.sae.base import SAEConfig
-from test_interp_stage import BrokenTopK, TinyTopK
+from tests.helpers import BrokenTopK, TinyTopK
 
 CONTEXT = 32
 

@@ -22,7 +22,7 @@ from randsae.interp.llm_http import HttpLanguageModel
 from randsae.run_dir import RunDir
 from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
-from test_interp_stage import build_synthetic_run, str_tokens
+from tests.helpers import build_interp_run, str_tokens
 
 pytestmark = pytest.mark.slow
 STARTUP_S = 300
@@ -71,7 +71,7 @@ def server_url(tmp_path_factory):
 
 
 def test_explain_and_score_through_a_real_server(server_url, tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     # One window per prompt: SmolLM2-135M does not keep to a five-answer list (it writes "[1, 0]"), but its
     # first answer is always readable, which is what this test needs: the real path, end to end.
     cfg = InterpConfig(judge="http", base_url=server_url, model="smollm2", api="completion", n_latents=2,

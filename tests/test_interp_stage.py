@@ -1,95 +1,23 @@
 """The interp stage end to end on a tiny synthetic run directory (no model, no tokenizer, no LLM).
 
-`build_synthetic_run` writes the run-directory contract of docs/ARCHITECTURE.md: held-out tokens, an
-activation cache per variant and a SAELens-format SAE per variant. In the `tokenlike` variant each
-activation is its token's embedding plus a little noise, so latents follow tokens and token-list
-explanations should score well; in `noise` activations ignore the token, so they should score at chance.
+`build_interp_run` (tests/helpers.py) writes the run-directory contract of docs/ARCHITECTURE.md: held-out
+tokens, an activation cache per variant and a SAELens-format SAE per variant, with a `tokenlike` variant
+whose latents follow tokens and a `noise` variant whose latents should score at chance.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import save_file
 
 from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
 from randsae.interp.outputs import read_explanation, read_scores
 from randsae.run_dir import RunDir
-from randsae.sae import SAEConfig, TopKOutput, TopKSAE, register
-
-VOCAB = [f" w{i}" for i in range(40)]
-D_MODEL, D_SAE, K, CONTEXT, N_ROWS = 16, 48, 3, 64, 24
-
-
-@register
-class TinyTopK(TopKSAE):
-    """A minimal TopK SAE: its own `encode_topk`, the fast path the latent cache uses."""
-
-    architecture = "interp_test_topk"
-
-    def encode_topk(self, x):
-        pre = torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
-        return pre.topk(self.cfg.k, dim=1)
-
-    def encode(self, x):
-        values, indices = TinyTopK.encode_topk(self, x)
-        return torch.zeros(x.shape[0], self.cfg.d_sae).scatter(1, indices, values)
-
-
-@register
-class BrokenTopK(TinyTopK):
-    """Its fast path drops the largest activation: the cache check must catch it."""
-
-    architecture = "interp_test_broken_topk"
-
-    def encode_topk(self, x):
-        values, indices = super().encode_topk(x)
-        return TopKOutput(values.clone().index_fill_(1, torch.tensor([0]), 0.0), indices)
-
-
-def str_tokens(ids):
-    return [VOCAB[i] for i in ids]
-
-
-def write_activation_cache(folder: Path, activations: torch.Tensor, variant: str, layer: int) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({"activations": activations.contiguous()}, folder / "shard_00000.safetensors")
-    digest = hashlib.sha256((folder / "shard_00000.safetensors").read_bytes()).hexdigest()
-    manifest = {"model": "synthetic", "variant": variant, "layer": layer, "hook_name": f"layers.{layer}",
-                "split": "heldout", "n_tokens": activations.shape[0], "d_model": activations.shape[1],
-                "dtype": "float32", "context_size": CONTEXT, "complete": True,
-                "shards": [{"file": "shard_00000.safetensors", "n_tokens": activations.shape[0], "sha256": digest}]}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-
-
-def build_synthetic_run(run_dir: Path, variants=("noise", "tokenlike"), layer: int = 1,
-                        architecture: str = "interp_test_topk") -> Path:
-    generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, len(VOCAB), (N_ROWS, CONTEXT), generator=generator, dtype=torch.int32)
-    tokens[:, 0] = 0  # BOS
-    (run_dir / "tokens").mkdir(parents=True)
-    save_file({"input_ids": tokens}, run_dir / "tokens" / "heldout.safetensors")
-    embedding = torch.randn(len(VOCAB), D_MODEL, generator=generator)
-    for variant in variants:
-        noise = torch.randn(tokens.numel(), D_MODEL, generator=generator)
-        x = embedding[tokens.reshape(-1).long()] * 3 + 0.3 * noise if variant == "tokenlike" else noise
-        write_activation_cache(run_dir / "activations" / variant / f"layer{layer}" / "heldout", x, variant, layer)
-        cfg = SAEConfig(architecture=architecture, d_in=D_MODEL, d_sae=D_SAE, k=K,
-                        metadata={"variant": variant, "layer": layer, "hook_name": f"layers.{layer}",
-                                  "model_name": "synthetic", "context_size": CONTEXT})
-        sae = {"interp_test_topk": TinyTopK, "interp_test_broken_topk": BrokenTopK}[architecture](cfg)
-        with torch.no_grad():
-            sae.W_enc.copy_(torch.randn(D_MODEL, D_SAE, generator=generator))
-            sae.W_dec.copy_(sae.W_enc.T)
-        sae.save(run_dir / "saes" / variant / f"layer{layer}")
-    return run_dir
+from tests.helpers import build_interp_run, str_tokens
 
 
 def small_config(**overrides) -> InterpConfig:
@@ -101,7 +29,7 @@ def small_config(**overrides) -> InterpConfig:
 
 
 def test_token_judge_run_writes_every_output_and_separates_token_latents_from_noise(tmp_path):
-    run = build_synthetic_run(tmp_path / "run")
+    run = build_interp_run(tmp_path / "run")
     summary = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
     paths = RunDir(run).interp("token")
 
@@ -161,7 +89,7 @@ class ScriptedModel:
 
 
 def test_request_failures_are_counted_then_retried_on_resume_and_nothing_else_is(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     cfg = small_config(judge="http", model="scripted", max_failure_fraction=1.0)
     flaky = ScriptedModel(fail_first=3)
     first = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=flaky)
@@ -181,7 +109,7 @@ def test_request_failures_are_counted_then_retried_on_resume_and_nothing_else_is
 
 
 def test_too_many_failures_stop_the_run_with_a_clear_error(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     cfg = small_config(judge="http", model="scripted", max_failure_fraction=0.1)
     with pytest.raises(UserError, match="judge failed on"):
         interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel(10**6))
@@ -189,33 +117,31 @@ def test_too_many_failures_stop_the_run_with_a_clear_error(tmp_path):
 
 
 def test_a_cache_that_disagrees_with_encode_stops_the_run(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",), architecture="interp_test_broken_topk")
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",), architecture="interp_test_broken_topk")
     with pytest.raises(UserError, match="disagrees with the SAE's encode"):
         interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
     assert not list((run / "interp" / "token").glob("scores/*/*"))
 
 
 def test_a_second_judge_sits_beside_the_first(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     token = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
     llm = interpret_run(run, small_config(judge="http", model="org/scripted"), progress=False,
                         str_tokens=str_tokens, language_model=ScriptedModel())
     assert RunDir(run).interp_judges() == ["http-scripted", "token"]
     assert token.saes[0].judge == "token" and llm.saes[0].judge == "http"
-    assert (run / "interp" / "token" / "latents.csv").is_file()
-    assert (run / "interp" / "http-scripted" / "latents.csv").is_file()
     assert len(list((run / "interp" / "latent_cache").iterdir())) == 1  # one latent cache serves both judges
 
 
 def test_changed_settings_do_not_mix_with_old_results(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
     with pytest.raises(UserError, match="other interp settings"):
         interpret_run(run, small_config(n_negatives=4), progress=False, str_tokens=str_tokens)
 
 
 def test_selection_is_matched_across_variants_and_the_reduction_reported(tmp_path):
-    run = build_synthetic_run(tmp_path / "run")
+    run = build_interp_run(tmp_path / "run")
     summary = interpret_run(run, small_config(n_latents=1000), progress=False, str_tokens=str_tokens)
     sampled = {sae.n_sampled for sae in summary.saes}
     assert len(sampled) == 1
@@ -224,7 +150,7 @@ def test_selection_is_matched_across_variants_and_the_reduction_reported(tmp_pat
 
 
 def test_an_unreachable_judge_server_is_one_clear_error(tmp_path):
-    run = build_synthetic_run(tmp_path / "run", variants=("tokenlike",))
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     cfg = small_config(judge="http", model="m", base_url="http://127.0.0.1:9/v1", retries=0, timeout_s=2)
     with pytest.raises(UserError, match="does not answer"):
         interpret_run(run, cfg, progress=False, str_tokens=str_tokens)

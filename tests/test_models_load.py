@@ -116,7 +116,7 @@ def _fake_hub_repo(cache, repo, revisions):
 
 
 def test_hub_id_with_a_step0_revision_loads_through_the_hub_cache(tmp_path, tiny_model_dir):
-    from tests.conftest import build_tiny_model
+    from tests.helpers import build_tiny_model
 
     step0_dir = build_tiny_model(tmp_path / "step0", seed=1)
     _fake_hub_repo(tmp_path / "hub", "acme/tiny", {"main": tiny_model_dir, "step0": step0_dir})

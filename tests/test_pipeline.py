@@ -12,7 +12,7 @@ from randsae.experiment import run_pipeline
 from randsae.metrics.results import load_metrics
 from randsae.run_dir import RunDir, SAEKey, Site
 from randsae.sae import load_sae
-from tests.conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def test_run_directory_has_every_stage_output(tiny_run):

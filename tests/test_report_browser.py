@@ -21,7 +21,7 @@ import pytest
 
 from randsae.report import write_report
 from randsae.report.latent_data import HISTOGRAM_BINS, N_TOP_WINDOWS
-from tests.test_report_builder import build_run
+from tests.helpers import build_report_run
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
                  if (path := shutil.which(name))), None)
@@ -129,7 +129,7 @@ class Browser:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run = build_run(tmp_path_factory.mktemp("browser"), layers=(0, 1))
+    run = build_report_run(tmp_path_factory.mktemp("browser"), layers=(0, 1))
     write_report(run, progress=False)
     return run
 

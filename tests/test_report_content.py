@@ -7,7 +7,6 @@ import base64
 import json
 import re
 import shutil
-from html.parser import HTMLParser
 
 import numpy as np
 import pytest
@@ -16,49 +15,14 @@ from randsae.errors import UserError
 from randsae.report import write_report
 from randsae.report.palette import KNOWN_VARIANT_COLORS, variant_colors
 from randsae.report.plots import roc_curve
-from tests.test_report_builder import build_run
+from tests.helpers import build_report_run, read_tables
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class TableReader(HTMLParser):
-    """Every table's cells as text, by table id."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables: dict[str, list[list[str]]] = {}
-        self._table = self._row = self._cell = None
-
-    def handle_starttag(self, tag, attrs):
-        if tag == "table":
-            self._table = self.tables.setdefault(dict(attrs).get("id", f"table{len(self.tables)}"), [])
-        elif tag == "tr" and self._table is not None:
-            self._row = []
-            self._table.append(self._row)
-        elif tag in ("td", "th") and self._row is not None:
-            self._cell = []
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self._cell is not None:
-            self._row.append("".join(self._cell).strip())
-            self._cell = None
-        elif tag == "table":
-            self._table = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
-
-
-def read_tables(html_text: str) -> dict[str, list[list[str]]]:
-    reader = TableReader()
-    reader.feed(html_text)
-    return reader.tables
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run = build_run(tmp_path_factory.mktemp("content"), variants=("trained", "step0", "control"), layers=(0, 2))
+    run = build_report_run(tmp_path_factory.mktemp("content"), variants=("trained", "step0", "control"), layers=(0, 2))
     write_report(run, progress=False)
     return run
 
@@ -139,17 +103,17 @@ def test_missing_metrics_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="metrics.json"):
         write_report(tmp_path, progress=False)
     (tmp_path / "metrics.json").write_text("{not json")
-    with pytest.raises(UserError, match="not valid JSON"):
+    with pytest.raises(UserError, match="metrics.json is damaged"):
         write_report(tmp_path, progress=False)
     (tmp_path / "metrics.json").write_text('[{"variant": "trained"}]')
-    with pytest.raises(UserError, match="'variant' and 'layer'"):
+    with pytest.raises(UserError, match="does not hold metrics rows"):
         write_report(tmp_path, progress=False)
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nowhere", progress=False)
 
 
 def test_a_run_without_interp_or_analysis_gets_notes_not_a_crash(tmp_path):
-    run = build_run(tmp_path, variants=("trained", "control"), layers=(1,), interp=False, analysis=False)
+    run = build_report_run(tmp_path, variants=("trained", "control"), layers=(1,), interp=False, analysis=False)
     report = write_report(run, progress=False).read_text()
     assert "No auto-interpretability results" in report and "No separation analysis" in report
     tables = read_tables(report)

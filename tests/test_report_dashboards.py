@@ -22,12 +22,12 @@ from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, l
 from randsae.report.dashboards import latent_page
 from randsae.report.neuronpedia import feature_json
 from randsae.sae import load_sae
-from tests.test_report_builder import build_run
+from tests.helpers import build_report_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    run = build_run(tmp_path_factory.mktemp("dashboards"), variants=("trained", "rerandomized"), layers=(0, 1))
+    run = build_report_run(tmp_path_factory.mktemp("dashboards"), variants=("trained", "rerandomized"), layers=(0, 1))
     write_report(run, progress=False)
     return run
 
@@ -104,7 +104,7 @@ def test_layer_pages_link_every_variants_latents(run, scored):
 
 
 def test_without_unembedding_or_tokenizer_the_pages_say_so(tmp_path):
-    run = build_run(tmp_path, variants=("trained",), layers=(0,), n_latents=2, unembedding=False, analysis=False)
+    run = build_report_run(tmp_path, variants=("trained",), layers=(0,), n_latents=2, unembedding=False, analysis=False)
     for path in (run / "tokenizer").iterdir():
         path.unlink()
     (run / "tokenizer").rmdir()

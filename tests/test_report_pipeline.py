@@ -15,7 +15,7 @@ from randsae.analysis.stage import analyze_run
 from randsae.interp.config import InterpConfig
 from randsae.interp.stage import interpret_run
 from randsae.report import write_report
-from tests.test_report_content import read_tables
+from tests.helpers import read_tables
 
 
 @pytest.mark.slow

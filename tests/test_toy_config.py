@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from randsae.errors import UserError
-from randsae.toy.config import ToyConfig, load_toy_config, toy_config_from_dict
+from randsae.toml_config import build_dataclass, dump_toml
+from randsae.toy.config import ToyConfig, load_toy_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -25,12 +26,10 @@ def test_paper_file_is_the_papers_sweep():
 
 
 def test_toml_round_trip(tmp_path):
-    import tomli_w
-
     config = ToyConfig(networks=("mlp2", "mlp4", "transformer_block"), seeds=(3, 4), mean_active=3,
                        center_data=False)
     path = tmp_path / "c.toml"
-    path.write_text(tomli_w.dumps(config.to_toml_dict()))
+    path.write_text(dump_toml(config))
     assert load_toy_config(path) == config
 
 
@@ -69,13 +68,16 @@ def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
     ({"workers": 0}, "workers"),
 ])
 def test_bad_values_are_user_errors_naming_the_key(raw, key):
-    with pytest.raises(UserError, match=key):
-        toy_config_from_dict(raw)
+    with pytest.raises(UserError, match=key) as error:
+        build_dataclass(ToyConfig, raw)
+    assert key in error.value.problem and error.value.fix
 
 
-def test_missing_file_and_bad_syntax_are_user_errors(tmp_path):
+def test_missing_file_directory_and_bad_syntax_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_toy_config(tmp_path / "nope.toml")
+    with pytest.raises(UserError, match="is a directory"):
+        load_toy_config(tmp_path)
     path = tmp_path / "bad.toml"
     path.write_text("epochs = = 3\n")
     with pytest.raises(UserError, match="not valid TOML"):

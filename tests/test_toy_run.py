@@ -9,6 +9,7 @@ import pytest
 import randsae.toy.run as toy_run
 from randsae.errors import UserError
 from randsae.toy import ToyConfig, run_toy
+from randsae.toy.results import ToyRow
 
 TINY = ToyConfig(n_features=16, n_dims=8, mean_active=2.0, n_samples=600, test_fraction=0.2,
                  networks=("mlp2", "transformer_block"), l1_log10_min=-1.0, l1_log10_max=1.0, l1_count=3,
@@ -49,7 +50,7 @@ def test_run_writes_csv_json_and_a_self_contained_report(tmp_path):
 
 
 def test_recovery_summary_takes_the_best_lambda_of_the_seed_mean():
-    rows = [toy_run.ToyRow("toy", "none", 8, seed, l1, mmcs, 0.5, 0.5, 1, 1, 1, 0.5, 0)
+    rows = [ToyRow("toy", "none", 8, seed, l1, mmcs, 0.5, 0.5, 1, 1, 1, 0.5, 0)
             for seed, l1, mmcs in [(0, 0.1, 0.9), (1, 0.1, 0.3), (0, 1.0, 0.7), (1, 1.0, 0.7)]]
     (summary,) = toy_run.summarize_recovery(rows)
     assert summary.best_l1_coefficient == 1.0 and summary.best_mmcs == pytest.approx(0.7)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
 import zlib
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from randsae.errors import UserError
+from randsae.toml_config import build_dataclass, read_toml
 
 NETWORK_PATTERN = re.compile(r"mlp([2-9]|[1-9][0-9])|transformer_block")
 """`mlpN`: N random linear layers with ReLU between (the paper's is mlp2); `transformer_block`: one random
@@ -46,15 +46,19 @@ class ToyConfig:
     net(0) larger than the signal, which a decoder without bias must spend latents on; the paper did not
     center (false reproduces it, and then features are not recovered after the network)."""
     l1_log10_min: float = -0.5
+    """log10 of the smallest L1 coefficient λ of the sweep."""
     l1_log10_max: float = 1.5
+    """log10 of the largest L1 coefficient λ of the sweep."""
     l1_count: int = 6
-    """The L1 coefficients λ: `l1_count` values log-spaced from 10^min to 10^max."""
+    """How many L1 coefficients λ, log-spaced from 10^l1_log10_min to 10^l1_log10_max."""
     latent_counts: tuple[int, ...] = (512,)
     """SAE widths to sweep."""
     seeds: tuple[int, ...] = (0,)
     """SAE initialization seeds; every (λ, width, seed) is its own SAE."""
     epochs: int = 16
+    """Passes over the training samples per SAE (the paper: 100)."""
     batch_size: int = 256
+    """Training samples per Adam step."""
     learning_rate: float = 1e-2
     """The paper's 1e-3 goes with its 100 epochs: in 8 it recovered nothing here; 1e-2 recovers in 16."""
     data_seed: int = 0
@@ -100,11 +104,6 @@ class ToyConfig:
     def l1_coefficients(self) -> tuple[float, ...]:
         return tuple(np.logspace(self.l1_log10_min, self.l1_log10_max, self.l1_count).tolist())
 
-    def to_toml_dict(self) -> dict[str, Any]:
-        """Flat dict for tomli_w (tuples as lists); `load_toy_config` reads it back to an equal config."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
-
 
 def derived_seed(seed: int, stream: str) -> int:
     """The seed for one use of a configured seed (`stream`: "toy_data", "sae_init", ...).
@@ -124,39 +123,4 @@ def load_toy_config(path: str | Path | None = None) -> ToyConfig:
     """Read a flat TOML file of `ToyConfig` keys; missing keys keep their defaults (no file: all defaults)."""
     if path is None:
         return ToyConfig()
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"toy config {path} does not exist", "Pass an existing TOML file to --config") from None
-    except tomllib.TOMLDecodeError as error:
-        raise UserError(f"toy config {path} is not valid TOML ({error})", "Fix the syntax on that line") from None
-    return toy_config_from_dict(raw, source=str(path))
-
-
-def toy_config_from_dict(raw: dict[str, Any], source: str = "toy config") -> ToyConfig:
-    """Build a checked `ToyConfig` from plain values (lists become tuples)."""
-    fields = {field.name: field for field in dataclasses.fields(ToyConfig)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise UserError(f"{source}: unknown key {unknown[0]!r}", f"Valid keys: {', '.join(fields)}")
-    values = {}
-    for key, value in raw.items():
-        default = fields[key].default
-        values[key] = _coerce(key, value, default)
-    return ToyConfig(**values)
-
-
-def _coerce(key: str, value: Any, default: Any) -> Any:
-    """Check a TOML value against the type of the field's default (ints are accepted where floats go)."""
-    if isinstance(default, tuple):
-        if not isinstance(value, list):
-            _bad(key, value, f"a list like {list(default)}")
-        return tuple(_coerce(key, item, default[0]) for item in value)
-    if isinstance(default, bool) != isinstance(value, bool):
-        _bad(key, value, f"a value like {str(default).lower() if isinstance(default, bool) else default!r}")
-    if isinstance(default, float) and isinstance(value, int):
-        return float(value)
-    if type(value) is not type(default):
-        _bad(key, value, f"a {type(default).__name__} like {default!r}")
-    return value
+    return build_dataclass(ToyConfig, read_toml(path, "toy config"))

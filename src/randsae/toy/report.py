@@ -12,7 +12,7 @@ import html
 import io
 import json
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -21,10 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 
 from randsae.atomic import write_text_atomic
+from randsae.toml_config import to_plain  # noqa: E402
 from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front  # noqa: E402
-
-if TYPE_CHECKING:
-    from randsae.toy.run import ToyResult, ToyRow
+from randsae.toy.results import ToyResult, ToyRow  # noqa: E402
 
 REPORT_FILE = "toy_report.html"
 CSV_FILE = "toy_results.csv"
@@ -50,7 +49,7 @@ def results_csv(rows: tuple[ToyRow, ...]) -> str:
 
 def results_json(result: ToyResult) -> str:
     document = {
-        "config": result.config.to_toml_dict(),
+        "config": to_plain(result.config),
         "wall_seconds": result.wall_seconds,
         "recovery": [item._asdict() for item in result.recovery],
         "front_gaps": [item._asdict() for item in result.gaps],
@@ -152,7 +151,7 @@ def render_html(result: ToyResult) -> str:
                       [[r.data, r.network, r.d_sae, r.best_mmcs, r.best_l1_coefficient] for r in result.recovery])
     gaps = _table(["network", "sparsity measure", "gap (toy − control)"],
                   [[g.network, MEASURE_LABELS[g.measure], g.gap] for g in result.gaps])
-    settings = _table(["setting", "value"], [[key, value] for key, value in result.config.to_toml_dict().items()])
+    settings = _table(["setting", "value"], [[key, value] for key, value in to_plain(result.config).items()])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>randsae toy models</title><style>{STYLE}</style></head><body>
 <h1>Toy models: superposition through random networks</h1>

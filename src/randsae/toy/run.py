@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import tomli_w
-import tomllib
 import torch
 from torch import Tensor
 
 from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
-from randsae.toy.config import ToyConfig, derived_seed, toy_config_from_dict
+from randsae.toml_config import dump_toml
+from randsae.toy.config import ToyConfig, derived_seed, load_toy_config
 from randsae.toy.data import gaussian_control, generate_toy_data, unit_rms
 from randsae.toy.metrics import SPARSITY_MEASURES, code_stats, front_gap, mmcs
 from randsae.toy.networks import build_network, map_through
 from randsae.toy.report import write_outputs
+from randsae.toy.results import FrontGap, Recovery, ToyResult, ToyRow
 from randsae.toy.sweep import train_relu_sweep
 
 CONFIG_FILE = "toy_config.toml"
@@ -35,66 +35,6 @@ PARTS_DIR = "toy_parts"
 NO_NETWORK = "none"
 DATA_KINDS = ("toy", "gaussian")
 LOG_SCALE_MEASURES = ("l0", "l1", "l1_over_sqrt_l2")
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyRow:
-    """One trained SAE, scored on the held-out samples of its dataset."""
-
-    data: str
-    """`toy` (planted features) or `gaussian` (the control)."""
-    network: str
-    """`none`, or the random network the data went through."""
-    d_sae: int
-    seed: int
-    l1_coefficient: float
-    mmcs: float
-    """Against the planted features (for the control: the features of the data it mimics)."""
-    fvu: float
-    explained_variance: float
-    l0: float
-    l1: float
-    l1_over_sqrt_l2: float
-    hoyer: float
-    dead_fraction: float
-
-
-class Recovery(NamedTuple):
-    """Best feature recovery of one dataset at one width: MMCS averaged over seeds, best λ."""
-
-    data: str
-    network: str
-    d_sae: int
-    best_mmcs: float
-    best_l1_coefficient: float
-
-
-class FrontGap(NamedTuple):
-    """How much more variance SAEs explain on the toy data than on its Gaussian control at equal sparsity."""
-
-    network: str
-    measure: str
-    gap: float
-    """Mean vertical distance between the two Pareto fronts (explained variance), NaN if they don't overlap."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ToyResult:
-    config: ToyConfig
-    rows: tuple[ToyRow, ...]
-    recovery: tuple[Recovery, ...]
-    gaps: tuple[FrontGap, ...]
-    wall_seconds: float
-    """This invocation's wall time (units resumed from disk cost nothing)."""
-    out_dir: Path
-
-    def summary(self) -> str:
-        """A few lines for the terminal: where the report is, best MMCS, and the L0 Pareto gap."""
-        recovery = " · ".join(f"{r.data}/{r.network}/{r.d_sae} {r.best_mmcs:.3f}" for r in self.recovery)
-        gaps = " · ".join(f"{g.network} {g.gap:.3f}" for g in self.gaps if g.measure == "l0")
-        return (f"toy report: {self.out_dir / 'toy_report.html'} ({len(self.rows)} SAEs, {self.wall_seconds:.0f} s)\n"
-                f"best MMCS with the planted features: {recovery}\n"
-                f"Pareto gap toy − control (explained variance at equal L0): {gaps}")
 
 
 class Dataset(NamedTuple):
@@ -233,9 +173,9 @@ def _claim(out_dir: Path, config: ToyConfig) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CONFIG_FILE
     if path.exists():
-        previous = toy_config_from_dict(tomllib.loads(path.read_text()), source=str(path))
+        previous = load_toy_config(path)
         if previous != config:
             raise UserError(f"{out_dir} holds a toy run with other settings ({path})",
                             "Use a fresh --out directory, or the same --config to resume")
         return
-    write_text_atomic(path, tomli_w.dumps(config.to_toml_dict()))
+    write_text_atomic(path, dump_toml(config))
