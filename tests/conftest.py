@@ -73,7 +73,7 @@ def tiny_config(model_dir: Path, corpus: Path, **overrides):
 
     cfg = ExperimentConfig(
         layers=(1, 3), variants=("trained", "rerandomized", "rerandomized_keep_embeddings", "control"),
-        device="cpu", model=ModelConfig(name=str(model_dir)),
+        device="cpu", activation_dtype="float32", model=ModelConfig(name=str(model_dir)),
         data=TextConfig(source=str(corpus / "*.jsonl")),
         tokens=TokenConfig(context_size=32, train_tokens=2048, heldout_tokens=1024, heldout_fraction=0.3),
         sae=SAEShape(expansion=4, k=4), train=TrainConfig(batch_size=256, total_tokens=4096, warmup_steps=2),

@@ -10,16 +10,9 @@ import argparse
 import dataclasses
 import datetime
 import sys
-from importlib import resources
 from pathlib import Path
 
 from randsae.errors import UserError
-
-DEFAULT_CONFIG = "default.toml"
-
-
-def _default_config_path() -> Path:
-    return Path(str(resources.files("randsae") / "configs" / DEFAULT_CONFIG))
 
 
 def _fresh_run_dir() -> Path:
@@ -38,7 +31,7 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.config import load_config
     from randsae.experiment import Timings, format_metrics_table, run_pipeline
 
-    cfg = load_config(args.config or _default_config_path())
+    cfg = load_config(args.config)
     if args.device:
         cfg = dataclasses.replace(cfg, device=args.device)
     run_dir = Path(args.out) if args.out else _fresh_run_dir()

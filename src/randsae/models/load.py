@@ -30,8 +30,8 @@ def display_name(name: str) -> str:
 class ModelConfig:
     """Which model to load and how."""
 
-    name: str = EMBEDDED
-    """Hub id (`EleutherAI/pythia-70m`), local folder, `.gguf` file, or `embedded` (SmolLM2-135M)."""
+    name: str = "EleutherAI/pythia-70m"
+    """Hub id, local folder, `.gguf` file, or `embedded` (SmolLM2-135M-Instruct shipped on PyPI)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id."""
     step0_revision: str = "step0"

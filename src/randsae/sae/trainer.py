@@ -68,14 +68,14 @@ class TensorSource:
 class TrainConfig:
     """How to train one SAE (the architecture and its size are in `SAEConfig`)."""
 
-    batch_size: int = 4096
-    """Tokens per optimizer step (the paper: 8192)."""
+    batch_size: int = 8192
+    """Tokens per optimizer step (the paper's 4 × 2048)."""
     n_epochs: int = 1
     """Passes over the source, used when `total_tokens` is not set."""
     total_tokens: int | None = None
     """Train on exactly this many (non-BOS) tokens, cycling over the source as often as needed."""
     lr: float | None = None
-    """Peak Adam learning rate; default 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
+    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
@@ -97,7 +97,7 @@ class TrainConfig:
     topk_selection_dtype: str | None = None
     """TopK only: run the dense encoder product that picks the k latents in this dtype ("bfloat16" is
     faster on CPUs with AMX and on GPUs, see benchmarks/README.md; sparsify autocasts to bf16 likewise).
-    The k values and all gradients stay float32. None: float32 throughout, as saved SAEs always encode."""
+    The k values and all gradients stay float32. Unset: float32 throughout, as saved SAEs always encode."""
 
     def validate(self) -> None:
         """UserError for values that cannot train."""
