@@ -6,8 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
+from randsae.cli import main
 from randsae.config import ExperimentConfig, embedded_config_path, load_config
-from randsae.toml_config import read_toml
+from randsae.errors import UserError
+from randsae.toml_config import apply_overrides, read_toml
 
 ROOT = Path(__file__).parent.parent
 
@@ -35,3 +39,39 @@ def test_the_embedded_default_only_overrides():
                 assert getattr(getattr(embedded, key), name) != getattr(getattr(paper, key), name), f"{key}.{name}"
         else:
             assert getattr(embedded, key) != getattr(paper, key), key
+
+
+def test_set_reads_toml_values_and_bare_words():
+    raw = apply_overrides({"sae": {"expansion": 8}}, [
+        "sae.k=16", "layers=[1, 2]", "model.name=EleutherAI/pythia-160m", "device=cuda:1", 'data.source="a b"',
+        "train.lr=1e-3", "analysis.seed_stability=true", "interp.model="])
+    assert raw == {"sae": {"expansion": 8, "k": 16}, "layers": [1, 2], "model": {"name": "EleutherAI/pythia-160m"},
+                   "device": "cuda:1", "data": {"source": "a b"}, "train": {"lr": 1e-3},
+                   "analysis": {"seed_stability": True}, "interp": {"model": ""}}
+    cfg = load_config(None, ["sae.k=16", "layers=[1,2]"])
+    assert (cfg.sae.k, cfg.layers) == (16, (1, 2))
+    assert dataclasses.replace(cfg, sae=load_config().sae, layers=load_config().layers) == load_config()
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("sae.k", "is not key=value"), ("=3", "is not key=value"), ("sae..k=1", "is not key=value"),
+    ("sae k=1", "is not key=value"), ("layers=[1, 2", "is not a TOML value"), ('model.name="x', "is not a TOML value"),
+    ("layers.x=1", "layers is not a table"), ("sae.k=1\nlayers=[]", "is not a TOML value"),
+])
+def test_a_malformed_set_is_a_one_line_error(assignment, message):
+    with pytest.raises(UserError, match=message):
+        apply_overrides(read_toml(embedded_config_path()), [assignment])
+
+
+def test_cli_set_is_checked_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--set", "sae.k", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("randsae: error: --set 'sae.k' is not key=value. "
+                                               "Write --set section.key=value, e.g. --set sae.k=16")
+    assert not out.exists()
+
+
+def test_cli_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("randsae 0.")

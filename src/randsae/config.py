@@ -9,6 +9,7 @@ only says what differs.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from randsae.interp.config import InterpConfig
 from randsae.models.load import ModelConfig
 from randsae.models.variants import VariantConfig, check_variant_names
 from randsae.sae.trainer import TrainConfig
-from randsae.toml_config import build_dataclass, dump_toml, read_toml
+from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, read_toml
 
 
 def embedded_config_path() -> Path:
@@ -88,9 +89,11 @@ class ExperimentConfig:
     """Trained-vs-random analysis, table `[analysis]`."""
 
 
-def load_config(path: str | Path | None = None) -> ExperimentConfig:
-    """The TOML file (the embedded default when `path` is None) over the paper's defaults."""
-    cfg = build_dataclass(ExperimentConfig, read_toml(path or embedded_config_path()))
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The TOML file (the embedded default when `path` is None) with `--set` `overrides` applied, over the
+    paper's defaults."""
+    data = apply_overrides(read_toml(path or embedded_config_path()), overrides)
+    cfg = build_dataclass(ExperimentConfig, data)
     check_variant_names(list(cfg.variants))
     if not cfg.layers:
         raise UserError("no layers chosen", "Set layers = [...] in the config")
