@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from randsae.cli import main
 from randsae.config import ExperimentConfig, embedded_config_path, load_config
@@ -14,6 +15,30 @@ from randsae.errors import UserError
 from randsae.toml_config import apply_overrides, read_toml
 
 ROOT = Path(__file__).parent.parent
+
+MISTAKES: tuple[tuple[str, ...], ...] = (
+    ("layers=[]",), ("layers=[3, 3]",), ("layers=[-1]",), ('layers="3"',),
+    ('variants=["trained", "shuffled"]',), ('variants=["trained", "trained"]',), ('variants=["trained", "step0"]',),
+    ("device=gpu",), ("activation_dtype=fp16",), ("activation_dtype=int8",),
+    ('model.name=""',), ('model.revision=""',), ("model.dtype=fp16",),
+    ('data.source=""',), ('data.dataset_config=""',), ('data.column=""',),
+    ("tokens.context_size=1",), ("tokens.train_tokens=0",), ("tokens.heldout_tokens=100",),
+    ("tokens.heldout_fraction=1",),
+    ("variant.init_scale=0",),
+    ("sae.architecture=topk2",), ("sae.expansion=0",), ("sae.k=0",), ('sae.k="16"',), ("sae.l1_coefficient=-1",),
+    ("train.batch_size=0",), ("train.n_epochs=0",), ("train.buffer_tokens=0",), ("train.dead_tokens_threshold=0",),
+    ("train.log_points=0",), ("train.total_tokens=100",), ("train.lr=0",), ("train.context_size=128",),
+    ("train.topk_selection_dtype=int8",), ("train.warmup_steps=-1",), ("train.auxk_coefficient=-1",),
+    ("train.checkpoint_every_s=-1",), ("train.max_grad_norm=0",),
+    ("eval.ce_windows=0",), ("eval.ce_windows=64",), ("eval.batch_windows=0",),
+    ("interp.n_latents=0",), ("interp.window_size=48",), ("interp.n_negatives=-1",), ("interp.judge=gpt",),
+    ("interp.explainer=human",), ("interp.api=rest",), ("interp.explainer=llm",), ("interp.judge=http",),
+    ("interp.judge=http", "interp.model=m", "interp.base_url=localhost:8000"), ("interp.highlight_threshold=1.5",),
+    ("interp.max_failure_fraction=2",), ("interp.timeout_s=0",),
+    ("analysis.single_token_threshold=1.5",), ("analysis.top_windows=0",),
+    ("analysis.seed_stability=true", "analysis.stability_seed=0"),
+)
+"""Mistakes as `randsae run --set` arguments; each is a load-time error naming the key of its last assignment."""
 
 
 def test_defaults_are_the_papers_experiment():
@@ -41,6 +66,19 @@ def test_the_embedded_default_only_overrides():
             assert getattr(embedded, key) != getattr(paper, key), key
 
 
+@pytest.mark.parametrize("mistake", MISTAKES, ids=" ".join)
+def test_a_bad_value_is_a_one_line_error_naming_its_key(tmp_path, mistake):
+    path = tmp_path / "bad.toml"
+    path.write_text(tomli_w.dumps(apply_overrides(read_toml(embedded_config_path()), mistake)))
+    with pytest.raises(UserError) as raised:
+        load_config(path)
+    message = str(raised.value)
+    assert mistake[-1].partition("=")[0] in message and "\n" not in message
+    with pytest.raises(UserError) as through_set:
+        load_config(None, mistake)
+    assert str(through_set.value) == message
+
+
 def test_set_reads_toml_values_and_bare_words():
     raw = apply_overrides({"sae": {"expansion": 8}}, [
         "sae.k=16", "layers=[1, 2]", "model.name=EleutherAI/pythia-160m", "device=cuda:1", 'data.source="a b"',
@@ -65,9 +103,9 @@ def test_a_malformed_set_is_a_one_line_error(assignment, message):
 
 def test_cli_set_is_checked_before_any_work(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", "--set", "sae.k", "--out", str(out), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == ("randsae: error: --set 'sae.k' is not key=value. "
-                                               "Write --set section.key=value, e.g. --set sae.k=16")
+    assert main(["run", "--set", "sae.k=0", "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip() == ("randsae: error: sae.k = 0 is invalid. "
+                                               "Set sae.k to an integer of at least 1")
     assert not out.exists()
 
 

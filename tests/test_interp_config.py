@@ -32,6 +32,7 @@ def test_embedded_scaling_names_every_changed_number():
     (dict(explainer="llm"), "token judge scores token-list explanations only"),
     (dict(highlight_threshold=1.5), "highlight_threshold"),
     (dict(timeout_s=0), "timeout_s"),
+    (dict(judge="http", model="m", base_url="localhost:8000"), "interp.base_url"),
 ])
 def test_bad_settings_are_user_errors(settings, message):
     with pytest.raises(UserError, match=message):

@@ -1,27 +1,33 @@
-"""An experiment as frozen dataclasses: read from TOML with strict keys, written back resolved.
+"""An experiment as frozen dataclasses: read from TOML with strict keys, checked whole, written back resolved.
 
 Each section of the TOML file is one dataclass of the stage that uses it. Their defaults are the paper's
 experiment (Heap et al.: Pythia-70m, all 6 layers, 100M tokens, TopK expansion 64, k 32), so
 `ExperimentConfig()` is that experiment; a file, such as the embedded default `configs/default.toml`,
-only says what differs.
+only says what differs. Every dataclass checks its own values when it is built and `ExperimentConfig`
+checks the sections against each other, so a loaded config can run: a mistake is a one-line error naming
+the key before any work starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 from randsae.analysis.config import AnalysisConfig
+from randsae.data.activations import DTYPES
 from randsae.data.text import TextConfig
 from randsae.data.tokens import TokenConfig
-from randsae.errors import UserError
 from randsae.interp.config import InterpConfig
-from randsae.models.load import ModelConfig
-from randsae.models.variants import VariantConfig, check_variant_names
+from randsae.models.load import ModelConfig, is_hub_id
+from randsae.models.variants import VARIANTS, VariantConfig
+from randsae.sae.base import architecture_names
 from randsae.sae.trainer import TrainConfig
-from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, read_toml
+from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, invalid, read_toml
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 
 
 def embedded_config_path() -> Path:
@@ -42,6 +48,15 @@ class SAEShape:
     l1_coefficient: float = 5.0
     """Sparsity penalty (ReLU-L1)."""
 
+    def __post_init__(self) -> None:
+        if self.architecture not in architecture_names():
+            raise invalid("sae.architecture", self.architecture, f"one of {', '.join(architecture_names())}")
+        for name in ("expansion", "k"):
+            if getattr(self, name) < 1:
+                raise invalid(f"sae.{name}", getattr(self, name), "an integer of at least 1")
+        if not self.l1_coefficient >= 0:
+            raise invalid("sae.l1_coefficient", self.l1_coefficient, "a number of at least 0")
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
@@ -51,6 +66,11 @@ class EvalConfig:
     """Held-out windows used for the CE-loss and KL scores (three or more model forwards each)."""
     batch_windows: int = 16
     """Windows per model forward (harvest and CE evaluation)."""
+
+    def __post_init__(self) -> None:
+        for name in ("ce_windows", "batch_windows"):
+            if getattr(self, name) < 1:
+                raise invalid(f"eval.{name}", getattr(self, name), "an integer of at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,16 +108,41 @@ class ExperimentConfig:
     analysis: AnalysisConfig = AnalysisConfig()
     """Trained-vs-random analysis, table `[analysis]`."""
 
+    def __post_init__(self) -> None:
+        if not self.layers or len(set(self.layers)) < len(self.layers) or min(self.layers) < 0:
+            raise invalid("layers", self.layers, "a non-empty list of distinct block indices (0, 1, ...)")
+        if not self.variants or len(set(self.variants)) < len(self.variants) or set(self.variants) - set(VARIANTS):
+            raise invalid("variants", self.variants, f"a non-empty list of distinct names out of {', '.join(VARIANTS)}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise invalid("device", self.device, "auto, cpu, cuda, cuda:N or mps")
+        if self.activation_dtype not in DTYPES:
+            raise invalid("activation_dtype", self.activation_dtype, f"one of {', '.join(DTYPES)}")
+        self._check_sections_agree()
+
+    def _check_sections_agree(self) -> None:
+        context = self.tokens.context_size
+        if "step0" in self.variants and not is_hub_id(self.model.name):
+            raise invalid("variants", self.variants, f"a list without step0: model.name = {self.model.name!r} has no "
+                          "Hub initialization checkpoint (fresh_init is the step-0 analogue)")
+        if self.train.context_size is not None:
+            raise invalid("train.context_size", self.train.context_size, "nothing: it is tokens.context_size")
+        if self.eval.ce_windows > self.tokens.heldout_tokens // context:
+            raise invalid("eval.ce_windows", self.eval.ce_windows,
+                          f"at most the {self.tokens.heldout_tokens // context} held-out windows "
+                          "(tokens.heldout_tokens / tokens.context_size)")
+        if context % self.interp.window_size:
+            raise invalid("interp.window_size", self.interp.window_size,
+                          f"a divisor of tokens.context_size = {context}")
+        if self.analysis.seed_stability and self.analysis.stability_seed == self.seed:
+            raise invalid("analysis.stability_seed", self.analysis.stability_seed,
+                          f"a seed other than seed = {self.seed}, which trained the first SAEs")
+
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """The TOML file (the embedded default when `path` is None) with `--set` `overrides` applied, over the
-    paper's defaults."""
+    paper's defaults, checked whole."""
     data = apply_overrides(read_toml(path or embedded_config_path()), overrides)
-    cfg = build_dataclass(ExperimentConfig, data)
-    check_variant_names(list(cfg.variants))
-    if not cfg.layers:
-        raise UserError("no layers chosen", "Set layers = [...] in the config")
-    return cfg
+    return build_dataclass(ExperimentConfig, data)
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

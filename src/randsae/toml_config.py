@@ -84,6 +84,12 @@ def _override_value(text: str, assignment: str) -> Any:
     return parsed["value"]
 
 
+def invalid(key: str, value: Any, expected: str) -> UserError:
+    """The one-line error for a config value that cannot work: the key as `section.key`, the value, the fix."""
+    shown = list(value) if isinstance(value, tuple) else value
+    return UserError(f"{key} = {shown!r} is invalid", f"Set {key} to {expected}")
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     """Instantiate dataclass `cls` from a TOML table, recursing into nested dataclass fields."""
     fields = {field.name: field for field in dataclasses.fields(cls)}  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 EMBEDDED = "embedded"
 EMBEDDED_PARTS = (("boolq/none/validation", "passage"), ("sciq/none/validation", "support"))
@@ -34,6 +35,11 @@ class TextConfig:
     """Column holding the text (datasets, .jsonl and .parquet files)."""
     streaming: bool = True
     """Stream a Hub dataset instead of downloading it whole."""
+
+    def __post_init__(self) -> None:
+        for name in ("source", "dataset_config", "split", "column"):
+            if getattr(self, name) == "":
+                raise invalid(f"data.{name}", "", "a non-empty name")
 
 
 def iter_texts(cfg: TextConfig) -> Iterator[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 JUDGES = ("token", "http", "hf")
 EXPLAINERS = ("auto", "llm", "token_list")
@@ -102,6 +103,8 @@ class InterpConfig:
         if self.judge != "token" and not self.model:
             raise UserError(f"interp.judge = {self.judge!r} needs interp.model",
                             "Set interp.model to the server's model name (http) or a local model path (hf)")
+        if self.judge == "http" and not self.base_url.startswith(("http://", "https://")):
+            raise invalid("interp.base_url", self.base_url, "the server's URL, e.g. http://127.0.0.1:8000/v1")
 
     @property
     def resolved_explainer(self) -> str:

@@ -153,6 +153,11 @@ def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> S
     return sae.to(device)
 
 
+def architecture_names() -> tuple[str, ...]:
+    """The registered architectures (importing `randsae.sae` registers them all)."""
+    return tuple(sorted(_ARCHITECTURES))
+
+
 def architecture_class(name: str) -> type[SparseAutoencoder]:
     """The registered class for an architecture name; UserError naming the known ones otherwise."""
     if name not in _ARCHITECTURES:
