@@ -11,34 +11,11 @@ import tomli_w
 
 from randsae.cli import main
 from randsae.config import ExperimentConfig, embedded_config_path, load_config
+from randsae.config_docs import EXAMPLE_MISTAKES, field_docs, render
 from randsae.errors import UserError
 from randsae.toml_config import apply_overrides, read_toml
 
 ROOT = Path(__file__).parent.parent
-
-MISTAKES: tuple[tuple[str, ...], ...] = (
-    ("layers=[]",), ("layers=[3, 3]",), ("layers=[-1]",), ('layers="3"',),
-    ('variants=["trained", "shuffled"]',), ('variants=["trained", "trained"]',), ('variants=["trained", "step0"]',),
-    ("device=gpu",), ("activation_dtype=fp16",), ("activation_dtype=int8",),
-    ('model.name=""',), ('model.revision=""',), ("model.dtype=fp16",),
-    ('data.source=""',), ('data.dataset_config=""',), ('data.column=""',),
-    ("tokens.context_size=1",), ("tokens.train_tokens=0",), ("tokens.heldout_tokens=100",),
-    ("tokens.heldout_fraction=1",),
-    ("variant.init_scale=0",),
-    ("sae.architecture=topk2",), ("sae.expansion=0",), ("sae.k=0",), ('sae.k="16"',), ("sae.l1_coefficient=-1",),
-    ("train.batch_size=0",), ("train.n_epochs=0",), ("train.buffer_tokens=0",), ("train.dead_tokens_threshold=0",),
-    ("train.log_points=0",), ("train.total_tokens=100",), ("train.lr=0",), ("train.context_size=128",),
-    ("train.topk_selection_dtype=int8",), ("train.warmup_steps=-1",), ("train.auxk_coefficient=-1",),
-    ("train.checkpoint_every_s=-1",), ("train.max_grad_norm=0",),
-    ("eval.ce_windows=0",), ("eval.ce_windows=64",), ("eval.batch_windows=0",),
-    ("interp.n_latents=0",), ("interp.window_size=48",), ("interp.n_negatives=-1",), ("interp.judge=gpt",),
-    ("interp.explainer=human",), ("interp.api=rest",), ("interp.explainer=llm",), ("interp.judge=http",),
-    ("interp.judge=http", "interp.model=m", "interp.base_url=localhost:8000"), ("interp.highlight_threshold=1.5",),
-    ("interp.max_failure_fraction=2",), ("interp.timeout_s=0",),
-    ("analysis.single_token_threshold=1.5",), ("analysis.top_windows=0",),
-    ("analysis.seed_stability=true", "analysis.stability_seed=0"),
-)
-"""Mistakes as `randsae run --set` arguments; each is a load-time error naming the key of its last assignment."""
 
 
 def test_defaults_are_the_papers_experiment():
@@ -66,7 +43,7 @@ def test_the_embedded_default_only_overrides():
             assert getattr(embedded, key) != getattr(paper, key), key
 
 
-@pytest.mark.parametrize("mistake", MISTAKES, ids=" ".join)
+@pytest.mark.parametrize("mistake", EXAMPLE_MISTAKES, ids=" ".join)
 def test_a_bad_value_is_a_one_line_error_naming_its_key(tmp_path, mistake):
     path = tmp_path / "bad.toml"
     path.write_text(tomli_w.dumps(apply_overrides(read_toml(embedded_config_path()), mistake)))
@@ -113,3 +90,20 @@ def test_cli_version(capsys):
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("randsae 0.")
+
+
+def _classes(cfg) -> list[type]:
+    """The config's class and those of its tables."""
+    return [type(cfg), *(type(getattr(cfg, field.name)) for field in dataclasses.fields(cfg)
+                         if dataclasses.is_dataclass(getattr(cfg, field.name)))]
+
+
+def test_every_config_key_has_a_docstring():
+    for cls in _classes(ExperimentConfig()):
+        missing = [field.name for field in dataclasses.fields(cls) if not field_docs(cls).get(field.name)]
+        assert not missing, f"{cls.__name__} fields without a docstring: {missing}"
+
+
+def test_docs_config_md_is_the_generators_output():
+    assert (ROOT / "docs" / "config.md").read_text() == render(), \
+        "regenerate it: PYTHONPATH=src python -m randsae.config_docs > docs/config.md"

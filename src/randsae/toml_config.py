@@ -132,13 +132,17 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
     raise UserError(f"config key {key!r} has the wrong type ({type(value).__name__}: {value!r})",
-                    f"Give it a value of type {_type_name(hint)}")
+                    f"Give it a value of type {type_name(hint)}")
 
 
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
+def type_name(hint: Any) -> str:
+    """A field's type as a TOML user reads it: `int`, `list of str`, `float, optional`."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return ", ".join(type_name(arg) for arg in args if arg is not type(None)) + ", optional"
+    if typing.get_origin(hint) is tuple:
+        return f"list of {type_name(args[0])}"
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def to_plain(value: Any) -> Any:
