@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control",
             "permuted", "fresh_init")
@@ -31,6 +32,10 @@ class VariantConfig:
     """Also re-randomize LayerNorm/RMSNorm parameters (the paper's final config keeps them trained)."""
     init_scale: float = 1.0
     """Multiplies each random tensor's spread about its mean (rerandomized, permuted, fresh_init)."""
+
+    def __post_init__(self) -> None:
+        if not self.init_scale > 0:
+            raise invalid("variant.init_scale", self.init_scale, "a positive number (1: the tensors' own spread)")
 
 
 def check_variant_names(names: list[str]) -> None:
