@@ -30,10 +30,10 @@ from randsae.sae.base import (
     SparseAutoencoder,
     architecture_class,
 )
+from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.topk import TopKSAE
 from randsae.toml_config import invalid
 
-TRAINING_LOG_FILE = "training.json"
 
 
 class ActivationSource(Protocol):
@@ -165,7 +165,7 @@ class TrainResult:
         """The SAELens folder plus training.json, each written atomically."""
         folder = Path(folder)
         self.sae.save(folder)
-        write_text_atomic(folder / TRAINING_LOG_FILE, json.dumps(self.log.to_json(), indent=2))
+        write_text_atomic(folder / SAE_TRAINING_FILE, json.dumps(self.log.to_json(), indent=2))
 
 
 def default_lr(d_sae: int) -> float:
