@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from randsae.data.activations import CacheManifest, CacheWriter, harvest
-from randsae.data.text import TextConfig, iter_texts
+from randsae.data.text import EMBEDDED, TextConfig, iter_texts
 from randsae.data.tokens import TokenConfig, tokenize_splits
 from randsae.models.hookpoints import find_blocks, residual_stream
 from randsae.models.load import ModelConfig, load_model
@@ -33,10 +33,10 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device("cpu")
-    lm = load_model(ModelConfig(), device)
+    lm = load_model(ModelConfig(name=EMBEDDED), device)
     path, blocks = find_blocks(lm.model)
     cfg = TokenConfig(context_size=256, train_tokens=args.windows * 256, heldout_tokens=256)
-    ids = tokenize_splits(iter_texts(TextConfig()), lm.tokenizer, cfg)["train"].long()
+    ids = tokenize_splits(iter_texts(TextConfig(source=EMBEDDED)), lm.tokenizer, cfg)["train"].long()
     deepest = max(args.layers)
 
     bare = copy.deepcopy(lm.model.model)

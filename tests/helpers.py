@@ -73,7 +73,7 @@ def tiny_config(model_dir: Path, corpus: Path, **overrides):
     """A small experiment on the tiny model: 2 layers, 4 variants, seconds to run."""
     cfg = ExperimentConfig(
         layers=(1, 3), variants=("trained", "rerandomized", "rerandomized_keep_embeddings", "control"),
-        device="cpu", model=ModelConfig(name=str(model_dir)),
+        device="cpu", activation_dtype="float32", model=ModelConfig(name=str(model_dir)),
         data=TextConfig(source=str(corpus / "*.jsonl")),
         tokens=TokenConfig(context_size=32, train_tokens=2048, heldout_tokens=1024, heldout_fraction=0.3),
         sae=SAEShape(expansion=4, k=4), train=TrainConfig(batch_size=256, total_tokens=4096, warmup_steps=2),
@@ -330,7 +330,7 @@ def build_report_run(root: Path, *, variants=REPORT_VARIANTS, layers=(0, 1, 2), 
         model=ModelConfig(name="synthetic/tiny-model", revision="main"), data=TextConfig(source="synthetic"),
         tokens=TokenConfig(context_size=context_size, train_tokens=n_windows * context_size,
                            heldout_tokens=n_windows * context_size),
-        sae=SAEShape(architecture="topk", expansion=d_sae // d_model, k=k))))
+        sae=SAEShape(architecture="topk", expansion=d_sae // d_model, k=k), eval=EvalConfig(ce_windows=4))))
     (run / "timings.json").write_text(json.dumps({"tokenize": 1.5, "harvest": 12.0, "train": 30.25}))
     if unembedding:
         save_file({"W_U": torch.randn(d_model, vocab_size), "final_norm_weight": torch.ones(d_model)},

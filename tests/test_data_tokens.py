@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from randsae.data.text import TextConfig, iter_texts
+from randsae.data.text import EMBEDDED, TextConfig, iter_texts
 from randsae.data.tokens import TokenConfig, count_not_bos, is_heldout, not_bos, pack_windows, tokenize_splits
 from randsae.errors import UserError
 
@@ -73,7 +73,7 @@ def test_hub_dataset_that_cannot_be_reached_is_a_clear_error(monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_corpus_is_real_english():
-    texts = iter_texts(TextConfig())
+    texts = iter_texts(TextConfig(source=EMBEDDED))
     first = [next(texts) for _ in range(50)]
     assert len(set(first)) == 50
     words = " ".join(first).split()

@@ -1,9 +1,10 @@
-"""InterpConfig: paper defaults, the embedded scaling and what it prints, clear errors on bad settings."""
+"""InterpConfig: paper defaults, the embedded default's scaling and what it prints, clear errors on bad settings."""
 
 from __future__ import annotations
 
 import pytest
 
+from randsae.config import load_config
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig, describe_scaling
 
@@ -17,12 +18,11 @@ def test_defaults_are_the_papers_protocol():
 
 
 def test_embedded_scaling_names_every_changed_number():
-    line = describe_scaling(InterpConfig.embedded())
+    line = describe_scaling(load_config().interp)
     assert line.startswith("interp scaled down from the paper:")
     for change in ("n_latents 100 -> 32", "min_examples 200 -> 24", "n_negatives 100 -> 16"):
         assert change in line
     assert "window_size" not in line and "explainer: token_list" in line
-    assert InterpConfig.embedded(n_latents=7).n_latents == 7
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -32,14 +32,13 @@ def test_embedded_scaling_names_every_changed_number():
     (dict(explainer="llm"), "token judge scores token-list explanations only"),
     (dict(highlight_threshold=1.5), "highlight_threshold"),
     (dict(timeout_s=0), "timeout_s"),
+    (dict(judge="http", model="m", base_url="localhost:8000"), "interp.base_url"),
 ])
 def test_bad_settings_are_user_errors(settings, message):
     with pytest.raises(UserError, match=message):
         InterpConfig(**settings)
 
 
-def test_from_dict_names_unknown_keys():
-    assert InterpConfig.from_dict({"n_latents": 5}).n_latents == 5
-    with pytest.raises(UserError, match="unknown interp setting.*n_latent\\b"):
-        InterpConfig.from_dict({"n_latent": 5})
+def test_auto_explainer_follows_the_judge():
+    assert InterpConfig().resolved_explainer == "token_list"
     assert InterpConfig(judge="http", model="m").resolved_explainer == "llm"

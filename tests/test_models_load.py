@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from randsae.errors import UserError
 from randsae.models.hookpoints import check_layers, find_blocks, replace_residual, residual_stream
-from randsae.models.load import ModelConfig, is_hub_id, load_model
+from randsae.models.load import EMBEDDED, ModelConfig, is_hub_id, load_model
 
 
 def test_local_folder_loads_model_and_tokenizer(tiny_model_dir):
@@ -130,7 +130,7 @@ def test_hub_id_with_a_step0_revision_loads_through_the_hub_cache(tmp_path, tiny
 
 @pytest.mark.slow
 def test_embedded_gguf_model_is_a_trained_llama():
-    lm = load_model(ModelConfig(), torch.device("cpu"))
+    lm = load_model(ModelConfig(name=EMBEDDED), torch.device("cpu"))
     assert type(lm.model).__name__ == "LlamaForCausalLM" and lm.model.config.num_hidden_layers == 30
     text = "The capital of France is Paris. The capital of Germany is Berlin. The capital of Italy is Rome."
     ids = torch.tensor([lm.tokenizer(text).input_ids])

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from randsae.errors import UserError
-from randsae.models.variants import (DEFAULT_VARIANTS, VARIANTS, NoiseEmbedding, VariantConfig, build_variant,
+from randsae.models.variants import (PAPER_VARIANTS, VARIANTS, NoiseEmbedding, VariantConfig, build_variant,
                                      norm_parameter_names, permute_tensor, predicts_language, rerandomize_tensor)
 
 
@@ -26,7 +26,7 @@ def _params(model):
 
 def test_only_the_trained_model_predicts_language():
     assert [name for name in VARIANTS if predicts_language(name)] == ["trained"]
-    assert set(DEFAULT_VARIANTS) <= set(VARIANTS) and not predicts_language("control")
+    assert set(PAPER_VARIANTS) <= set(VARIANTS) and not predicts_language("control")
 
 
 def test_trained_is_the_model_itself(trained):

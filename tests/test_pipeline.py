@@ -78,7 +78,7 @@ def _bad_config(tiny_model_dir, tiny_corpus, case):
     if case == "layer":
         return dump_config(dataclasses.replace(cfg, layers=(1, 9)))
     if case == "step0":
-        return dump_config(dataclasses.replace(cfg, variants=("step0",)))
+        return dump_config(cfg).replace('variants = [\n    "trained",', 'variants = [\n    "step0",')
     if case == "variant":
         return dump_config(cfg).replace('variants = [\n    "trained",', 'variants = [\n    "shuffled",')
     return dump_config(cfg).replace("[sae]\n", "[sae]\nk_value = 3\n")
@@ -87,8 +87,8 @@ def _bad_config(tiny_model_dir, tiny_corpus, case):
 @pytest.mark.parametrize("case, message", [
     ("model", "GGUF file /nowhere/model.gguf does not exist"),
     ("layer", "layer 9 is out of range: the model has 4 blocks"),
-    ("variant", "unknown variant 'shuffled'"),
-    ("step0", "the step0 variant needs a Hub model"),
+    ("variant", "variants = ['shuffled'] is invalid"),
+    ("step0", "a list without step0"),
     ("key", "unknown config key 'k_value' in [sae]"),
 ])
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, tiny_model_dir, tiny_corpus, case, message):

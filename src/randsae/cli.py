@@ -10,16 +10,10 @@ import argparse
 import dataclasses
 import datetime
 import sys
-from importlib import resources
+from importlib import metadata
 from pathlib import Path
 
 from randsae.errors import UserError
-
-DEFAULT_CONFIG = "default.toml"
-
-
-def _default_config_path() -> Path:
-    return Path(str(resources.files("randsae") / "configs" / DEFAULT_CONFIG))
 
 
 def _fresh_run_dir() -> Path:
@@ -32,7 +26,7 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.metrics.results import format_metrics_table
     from randsae.run_dir import RunDir, Timings
 
-    cfg = load_config(args.config or _default_config_path())
+    cfg = load_config(args.config, args.set)
     if args.device:
         cfg = dataclasses.replace(cfg, device=args.device)
     run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
@@ -113,6 +107,7 @@ def command_toy(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="randsae", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"randsae {metadata.version('randsae')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="the whole pipeline: variants → activations → SAEs → metrics → "
@@ -120,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="experiment TOML (default: the embedded SmolLM2-135M experiment)")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>); rerun with it to resume")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the config)")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config key, value in TOML (--set sae.k=16 --set layers=[1,2]); repeatable")
     run.add_argument("--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"],
                      help="stages to leave out")
     run.set_defaults(handler=command_run)

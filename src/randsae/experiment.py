@@ -27,7 +27,7 @@ from randsae.metrics.results import MetricsRow, load_metrics, save_metrics
 from randsae.models.hookpoints import check_layers, final_norm_weight, find_blocks, hook_name, residual_stream
 from randsae.models.load import LoadedModel, is_hub_id, load_model
 from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
-from randsae.run_dir import RunDir, SAEKey, Site, Timings
+from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
 from randsae.sae.trainer import train_sae
 
@@ -104,7 +104,7 @@ def train_variant_saes(cfg: ExperimentConfig, run: RunDir, variant: str, model_n
     """
     for layer in cfg.layers:
         folder = run.sae(SAEKey(variant, layer))
-        if (folder / "training.json").is_file():
+        if (folder / SAE_TRAINING_FILE).is_file():
             continue
         cache = ActivationCache.open(run.activations(Site(variant, layer), "train"))
         cache.verify()
@@ -121,7 +121,7 @@ def train_variant_saes(cfg: ExperimentConfig, run: RunDir, variant: str, model_n
             print(f"training {cfg.sae.architecture} SAE {variant} layer {layer} (d_sae {sae_cfg.d_sae})")
         folder.mkdir(parents=True, exist_ok=True)
         result = train_sae(cache, train_cfg, sae_cfg, seed=cfg.seed, device=device, progress=progress,
-                           checkpoint=folder / "train_checkpoint.pt")  # an interrupted training resumes
+                           checkpoint=folder / SAE_CHECKPOINT_FILE)  # an interrupted training resumes
         result.save(folder)
 
 

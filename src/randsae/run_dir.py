@@ -28,6 +28,10 @@ from randsae.models.variants import VARIANTS
 SAE_CONFIG_FILE = "cfg.json"
 """The SAELens config file that marks a folder as a saved SAE."""
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
+SAE_TRAINING_FILE = "training.json"
+"""Written last by training: its presence marks an SAE as trained."""
+SAE_CHECKPOINT_FILE = "train_checkpoint.pt"
+"""An interrupted training's state, removed when training finishes."""
 _DRAW = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-draw(?P<seed>\d+)")
 _SEED = re.compile(r"seed(?P<seed>\d+)")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")

@@ -8,10 +8,13 @@ moment it is built, before any work starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 import tomllib
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +43,51 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{what} {path} is not valid TOML ({error})", "Fix the syntax at that line") from None
+
+
+def apply_overrides(data: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:
+    """A copy of the TOML tables with each `section.key=value` (or top-level `key=value`) set.
+
+    The value is read as a TOML value (`16`, `[1, 2]`, `"text"`, `true`); a bare word that is not one
+    (`gpt2`, `cuda:1`, `EleutherAI/pythia-70m`) is taken as a string. The result is built and checked like
+    a file, so an override can never slip past validation.
+    """
+    data = copy.deepcopy(data)
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        path = key.strip().split(".")
+        if not equals or not all(_BARE_KEY.fullmatch(part) for part in path):
+            raise UserError(f"--set {assignment!r} is not key=value", "Write --set section.key=value, e.g. --set sae.k=16")
+        table = data
+        for depth, part in enumerate(path[:-1]):
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise UserError(f"--set {assignment!r}: {'.'.join(path[:depth + 1])} is not a table",
+                                "Set a key inside a [section], e.g. --set sae.k=16")
+        table[path[-1]] = _override_value(text.strip(), assignment)
+    return data
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _override_value(text: str, assignment: str) -> Any:
+    try:
+        parsed = tomllib.loads(f"value = {text}")
+    except tomllib.TOMLDecodeError:
+        if text[:1] not in ("[", "{", '"', "'"):  # a bare word: a string
+            return text
+        parsed = {}
+    if set(parsed) != {"value"}:
+        raise UserError(f"--set {assignment!r}: {text} is not a TOML value",
+                        'Write a number, true/false, a "string" or a [list]')
+    return parsed["value"]
+
+
+def invalid(key: str, value: Any, expected: str) -> UserError:
+    """The one-line error for a config value that cannot work: the key as `section.key`, the value, the fix."""
+    shown = list(value) if isinstance(value, tuple) else value
+    return UserError(f"{key} = {shown!r} is invalid", f"Set {key} to {expected}")
 
 
 def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
@@ -84,13 +132,17 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
     raise UserError(f"config key {key!r} has the wrong type ({type(value).__name__}: {value!r})",
-                    f"Give it a value of type {_type_name(hint)}")
+                    f"Give it a value of type {type_name(hint)}")
 
 
-def _type_name(hint: Any) -> str:
-    if isinstance(hint, type):
-        return hint.__name__
-    return str(hint).replace("typing.", "")
+def type_name(hint: Any) -> str:
+    """A field's type as a TOML user reads it: `int`, `list of str`, `float, optional`."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return ", ".join(type_name(arg) for arg in args if arg is not type(None)) + ", optional"
+    if typing.get_origin(hint) is tuple:
+        return f"list of {type_name(args[0])}"
+    return hint.__name__ if isinstance(hint, type) else str(hint)
 
 
 def to_plain(value: Any) -> Any:

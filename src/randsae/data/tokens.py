@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 from randsae.atomic import save_safetensors_atomic
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 SPLITS = ("train", "heldout")
 
@@ -32,16 +33,26 @@ SPLITS = ("train", "heldout")
 class TokenConfig:
     """How text becomes token windows."""
 
-    context_size: int = 256
+    context_size: int = 2048
     """Tokens per window, BOS included."""
-    train_tokens: int = 40_960
+    train_tokens: int = 100_000_000
     """Tokens per variant for SAE training (rounded down to whole windows)."""
-    heldout_tokens: int = 12_288
-    """Held-out tokens per variant for the quality metrics and auto-interp."""
-    heldout_fraction: float = 0.2
+    heldout_tokens: int = 10_000_000
+    """Held-out tokens per variant for the quality metrics and auto-interp (rounded down to whole windows)."""
+    heldout_fraction: float = 0.08
     """Share of documents assigned to the held-out split."""
     split_seed: int = 0
     """Salt of the document hash that assigns documents to splits."""
+
+    def __post_init__(self) -> None:
+        if self.context_size < 2:
+            raise invalid("tokens.context_size", self.context_size, "at least 2 (BOS and one token)")
+        for name in ("train_tokens", "heldout_tokens"):
+            if getattr(self, name) < self.context_size:
+                raise invalid(f"tokens.{name}", getattr(self, name),
+                              f"at least one window of tokens.context_size = {self.context_size} tokens")
+        if not 0 < self.heldout_fraction < 1:
+            raise invalid("tokens.heldout_fraction", self.heldout_fraction, "a fraction strictly between 0 and 1")
 
 
 def not_bos(rows: Tensor, context_size: int) -> Tensor:

@@ -1,16 +1,16 @@
 """Settings of the auto-interpretability stage: the paper's protocol by default, scaled down on request.
 
-The defaults are the numbers of Heap et al. (delphi's protocol). `InterpConfig.embedded()`
-gives the scaled-down numbers that fit the embedded default run (a few thousand held-out tokens), and
-`describe_scaling` says in one line what was scaled, so a printed result never hides it.
+The defaults are the numbers of Heap et al. (delphi's protocol). The embedded default run scales them
+down in its `[interp]` table to fit a few thousand held-out tokens, and `describe_scaling` says in one
+line what was scaled, so a printed result never hides it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 JUDGES = ("token", "http", "hf")
 EXPLAINERS = ("auto", "llm", "token_list")
@@ -38,7 +38,7 @@ class InterpConfig:
     n_negatives: int = 100
     """Test windows on which the latent never fires."""
     highlight_threshold: float = 0.3
-    """Tokens above this fraction of the window's max activation are shown as <<token>>."""
+    """Tokens above this fraction of the window's max activation are shown as `<<token>>`."""
     examples_per_prompt: int = 5
     """Test windows the judge classifies in one prompt (one 0/1 answer each)."""
     n_list_tokens: int = 10
@@ -103,6 +103,8 @@ class InterpConfig:
         if self.judge != "token" and not self.model:
             raise UserError(f"interp.judge = {self.judge!r} needs interp.model",
                             "Set interp.model to the server's model name (http) or a local model path (hf)")
+        if self.judge == "http" and not self.base_url.startswith(("http://", "https://")):
+            raise invalid("interp.base_url", self.base_url, "the server's URL, e.g. http://127.0.0.1:8000/v1")
 
     @property
     def resolved_explainer(self) -> str:
@@ -110,26 +112,6 @@ class InterpConfig:
         if self.explainer != "auto":
             return self.explainer
         return "token_list" if self.judge == "token" else "llm"
-
-    @classmethod
-    def from_dict(cls, table: dict[str, Any]) -> InterpConfig:
-        """Build from a TOML table, naming any unknown key."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(table) - names)
-        if unknown:
-            raise UserError(f"unknown interp setting(s): {', '.join(unknown)}",
-                            f"Use some of: {', '.join(sorted(names))}")
-        return cls(**table)
-
-    @classmethod
-    def embedded(cls, **overrides: Any) -> InterpConfig:
-        """Scaled-down numbers for the embedded default run (~8k-16k held-out tokens, d_sae ~4608):
-        a latent of a TopK SAE fires on ~100 positions there, so the paper's 200-position floor and
-        10 x 10 + 100 test windows cannot be met."""
-        scaled = dict(n_latents=32, min_examples=24, n_top_windows=1000, n_explanation_windows=10,
-                      n_quantiles=4, n_per_quantile=4, n_negatives=16)
-        scaled.update(overrides)
-        return cls(**scaled)
 
 
 def describe_scaling(cfg: InterpConfig) -> str:

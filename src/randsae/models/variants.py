@@ -15,12 +15,13 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from randsae.errors import UserError
+from randsae.toml_config import invalid
 
 VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control",
             "permuted", "fresh_init")
 """Every variant, in the order tables, plots and palettes list them."""
-DEFAULT_VARIANTS = ("trained", "rerandomized", "rerandomized_keep_embeddings", "control")
-"""What a run compares unless its config says otherwise (`step0` needs a model with a step-0 checkpoint)."""
+PAPER_VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control")
+"""The variants Heap et al. compare: what a run compares unless its config says otherwise."""
 
 
 def predicts_language(variant: str) -> bool:
@@ -40,6 +41,10 @@ class VariantConfig:
     """Also re-randomize LayerNorm/RMSNorm parameters (the paper's final config keeps them trained)."""
     init_scale: float = 1.0
     """Multiplies each random tensor's spread about its mean (rerandomized, permuted, fresh_init)."""
+
+    def __post_init__(self) -> None:
+        if not self.init_scale > 0:
+            raise invalid("variant.init_scale", self.init_scale, "a positive number (1: the tensors' own spread)")
 
 
 def check_variant_names(names: list[str]) -> None:

@@ -186,6 +186,11 @@ def read_sae_config(folder: Path) -> SAEConfig:
                         "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it") from None
 
 
+def architecture_names() -> tuple[str, ...]:
+    """The registered architectures (importing `randsae.sae` registers them all)."""
+    return tuple(sorted(_ARCHITECTURES))
+
+
 def architecture_class(name: str) -> type[SparseAutoencoder]:
     """The registered class for an architecture name; UserError naming the known ones otherwise."""
     if name not in _ARCHITECTURES:

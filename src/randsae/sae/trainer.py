@@ -31,9 +31,10 @@ from randsae.sae.base import (
     SparseAutoencoder,
     architecture_class,
 )
+from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.topk import TopKSAE
+from randsae.toml_config import invalid
 
-TRAINING_LOG_FILE = "training.json"
 
 
 class ActivationSource(Protocol):
@@ -69,14 +70,14 @@ class TensorSource:
 class TrainConfig:
     """How to train one SAE (the architecture and its size are in `SAEConfig`)."""
 
-    batch_size: int = 4096
-    """Tokens per optimizer step (the paper: 8192)."""
+    batch_size: int = 8192
+    """Tokens per optimizer step (the paper's 4 × 2048)."""
     n_epochs: int = 1
     """Passes over the source, used when `total_tokens` is not set."""
     total_tokens: int | None = None
     """Train on exactly this many (non-BOS) tokens, cycling over the source as often as needed."""
     lr: float | None = None
-    """Peak Adam learning rate; default 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
+    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
@@ -84,7 +85,8 @@ class TrainConfig:
     buffer_tokens: int = 2**18
     """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes."""
     context_size: int | None = None
-    """Tokens per window of the source: row r is position r % context_size, position 0 is BOS."""
+    """Tokens per window of the source: row r is position r % context_size, position 0 is BOS. An experiment
+    sets it to `tokens.context_size`, so leave it out of a config file."""
     skip_bos: bool = True
     """Leave out the BOS rows (position 0; an outlier in most models). Needs `context_size`."""
     auxk_coefficient: float = 0.0
@@ -98,29 +100,27 @@ class TrainConfig:
     topk_selection_dtype: str | None = None
     """TopK only: run the dense encoder product that picks the k latents in this dtype ("bfloat16" is
     faster on CPUs with AMX and on GPUs, see benchmarks/README.md; sparsify autocasts to bf16 likewise).
-    The k values and all gradients stay float32. None: float32 throughout, as saved SAEs always encode."""
+    The k values and all gradients stay float32. Unset: float32 throughout, as saved SAEs always encode."""
 
-    def validate(self) -> None:
-        """UserError for values that cannot train."""
-        positive = {"batch_size": self.batch_size, "n_epochs": self.n_epochs, "buffer_tokens": self.buffer_tokens,
-                    "dead_tokens_threshold": self.dead_tokens_threshold, "log_points": self.log_points}
-        for name, value in positive.items():
-            if value < 1:
-                raise UserError(f"train.{name} must be a positive integer, got {value}", f"Set train.{name} >= 1")
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "n_epochs", "buffer_tokens", "dead_tokens_threshold", "log_points"):
+            if getattr(self, name) < 1:
+                raise invalid(f"train.{name}", getattr(self, name), "an integer of at least 1")
         if self.total_tokens is not None and self.total_tokens < self.batch_size:
-            raise UserError(f"train.total_tokens={self.total_tokens} is less than one batch ({self.batch_size})",
-                            "Raise total_tokens or lower batch_size")
+            raise invalid("train.total_tokens", self.total_tokens,
+                          f"at least one batch (train.batch_size = {self.batch_size}), or leave it out")
         if self.lr is not None and not self.lr > 0:
-            raise UserError(f"train.lr must be positive, got {self.lr}", "Set a positive lr or leave it unset")
+            raise invalid("train.lr", self.lr, "a positive number, or leave it out for the paper's rule")
         if self.context_size is not None and self.context_size < 2:
-            raise UserError(f"train.context_size must be >= 2, got {self.context_size}",
-                            "Set it to the windows' length in tokens")
+            raise invalid("train.context_size", self.context_size, "the windows' length in tokens (at least 2)")
         if self.topk_selection_dtype not in (None, "bfloat16", "float16", "float32"):
-            raise UserError(f"train.topk_selection_dtype={self.topk_selection_dtype!r} is not a float dtype",
-                            'Use "bfloat16", "float16", "float32" or leave it unset')
-        if self.warmup_steps < 0 or self.max_grad_norm <= 0 or self.auxk_coefficient < 0:
-            raise UserError("train.warmup_steps, max_grad_norm and auxk_coefficient must be >= 0 (max_grad_norm > 0)",
-                            "Fix the negative value")
+            raise invalid("train.topk_selection_dtype", self.topk_selection_dtype,
+                          "bfloat16, float16 or float32, or leave it out")
+        for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s"):
+            if not getattr(self, name) >= 0:
+                raise invalid(f"train.{name}", getattr(self, name), "a number of at least 0")
+        if not self.max_grad_norm > 0:
+            raise invalid("train.max_grad_norm", self.max_grad_norm, "a positive number")
 
 
 class LogPoint(NamedTuple):
@@ -166,7 +166,7 @@ class TrainResult:
         """The SAELens folder plus training.json, each written atomically."""
         folder = Path(folder)
         self.sae.save(folder)
-        write_text_atomic(folder / TRAINING_LOG_FILE, json.dumps(self.log.to_json(), indent=2))
+        write_text_atomic(folder / SAE_TRAINING_FILE, json.dumps(self.log.to_json(), indent=2))
 
 
 def default_lr(d_sae: int) -> float:
@@ -257,7 +257,6 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     call with the same arguments resumes from it (replaying the data order without computing) and ends
     with the same SAE as an uninterrupted run. The file is removed once training finishes.
     """
-    cfg.validate()
     if sae_cfg.d_in != source.d_model:
         raise UserError(f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
                         "Build the SAEConfig with d_in equal to the activations' width")
