@@ -92,6 +92,7 @@ def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: Row
                    lookup: TokenLookup) -> tuple[SparseCodes, TokenErrors]:
     """Stream the held-out cache (all rows, in order) and keep what the analysed rows need."""
     n = layout.cache_row.numel()
+    device = next(sae.parameters()).device
     codes, sae_error, lookup_error = [], [], []
     variance = VarianceAccumulator(layout.n_sequences, center=lookup.fallback)
     start = 0
@@ -100,7 +101,8 @@ def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: Row
         first, last = torch.searchsorted(layout.cache_row, torch.tensor([start, stop])).tolist()
         if first < last:
             x = chunk[layout.cache_row[first:last] - start].float()
-            latents, reconstruction = sae.encode_sparse(x)
+            latents, reconstruction = sae.encode_sparse(x.to(device))
+            latents, reconstruction = latents.to("cpu"), reconstruction.cpu()
             codes.append(SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0],
                                      sae.cfg.d_sae))
             sae_error.append((x - reconstruction).square().sum(1).double())

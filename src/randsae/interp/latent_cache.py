@@ -104,7 +104,7 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, ch
     for chunk in _progress(chunks, progress, f"latent cache {folder.name}"):
         stop = start + chunk.shape[0]
         sparse, _ = sae.encode_sparse(chunk.to(device))
-        offsets, latents, values = (part.cpu() for part in sparse)
+        offsets, latents, values = sparse.to("cpu")
         rows = offsets + start
         keep = not_bos(rows, context_size) & (values > 0)
         rows, latents, values = rows[keep], latents[keep], values[keep].float()

@@ -80,6 +80,9 @@ class SparseLatents(NamedTuple):
     values: Tensor
     """[nnz], non-zero."""
 
+    def to(self, device: str | torch.device) -> SparseLatents:
+        return SparseLatents(self.rows.to(device), self.latents.to(device), self.values.to(device))
+
 
 class SparseAutoencoder(nn.Module):
     """Base class: subclasses set `architecture` and implement `encode` and `loss`.
