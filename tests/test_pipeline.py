@@ -122,3 +122,18 @@ def test_report_on_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys)
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "randsae.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "run" in done.stdout and "interpret" in done.stdout
+
+
+def test_verify_rehashes_every_shard_and_names_a_corrupt_one(tmp_path, capsys, tiny_run):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(tiny_run, run)
+    code = main(["verify", str(run), "--quiet"])
+    assert code == 0 and "every checksum matches" in capsys.readouterr().out
+    shard = next((run / "activations" / "trained" / "layer3" / "heldout").glob("shard_*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same size: only the checksum can tell
+    shard.write_bytes(bytes(data))
+    code, err = _cli(["verify", str(run), "--quiet"], capsys)
+    assert code == 2 and len(err) == 1 and shard.name in err[0] and "checksum mismatch" in err[0]

@@ -97,6 +97,23 @@ def command_report(args: argparse.Namespace) -> None:
     _report(run, device, not args.quiet)
 
 
+def command_verify(args: argparse.Namespace) -> None:
+    """Re-hash every activation-cache shard against the checksum recorded when it was written."""
+    from tqdm.auto import tqdm
+
+    from randsae.data.activations import ActivationCache
+    from randsae.run_dir import RunDir
+
+    run = RunDir.existing(args.run_dir)
+    folders = run.activation_caches()
+    shards = 0
+    for folder in tqdm(folders, desc="verify", unit="cache", disable=args.quiet, leave=False):
+        cache = ActivationCache.open(folder)
+        cache.verify()
+        shards += len(cache.manifest.shards)
+    print(f"{len(folders)} activation caches, {shards} shards: every checksum matches")
+
+
 def command_toy(args: argparse.Namespace) -> None:
     from randsae.toy import load_toy_config, run_toy
 
@@ -138,12 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.set_defaults(handler=command_report)
 
+    verify = commands.add_parser("verify", help="re-hash a run's activation caches against their checksums")
+    verify.add_argument("run_dir")
+    verify.set_defaults(handler=command_verify)
+
     toy = commands.add_parser("toy", help="the paper's toy models: superposition through random networks")
     toy.add_argument("--out", required=True)
     toy.add_argument("--config", help="toy TOML (default: the small embedded sweep)")
     toy.set_defaults(handler=command_toy)
 
-    for sub in (run, interpret, analyze, report, toy):
+    for sub in (run, interpret, analyze, report, verify, toy):
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     for sub in (interpret, analyze, report):
         sub.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")

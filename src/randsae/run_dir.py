@@ -200,6 +200,10 @@ class RunDir:
     def activations(self, site: Site, split: str) -> Path:
         return self.model_root(site.model) / "activations" / Path(*site.parts()) / split
 
+    def activation_caches(self) -> list[Path]:
+        """Every activation cache folder of the run (each holds a manifest.json), all models and splits."""
+        return sorted(path.parent for path in self.root.glob("**/activations/**/manifest.json"))
+
     def sae(self, key: SAEKey) -> Path:
         """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
         return self.model_root(key.model) / "saes" / Path(*key.parts())
