@@ -49,6 +49,13 @@ def test_score_formulas():
     assert kl_score(kl_zero=4.0, kl_sae=1.0) == pytest.approx(0.75)
 
 
+def test_scores_without_a_scale_are_nan_not_an_error():
+    assert np.isnan(ce_loss_score(2.0, 2.0, 1.5)) and np.isnan(kl_score(0.0, 0.1))
+    x = torch.ones(8, 4)  # no variance about the mean: explained variance is undefined
+    z = torch.ones(8, 6)
+    assert np.isnan(reconstruction_metrics([(x, x * 0.5, z)]).explained_variance_pooled)
+
+
 def test_perfect_reconstruction_scores_one_and_zero_ablation_scores_zero(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

@@ -68,6 +68,13 @@ def _report(run, device, progress: bool) -> None:
     write_report(run, progress=progress, device=device)  # it says where the report is
 
 
+def _timed(run, stage: str):
+    """The stage's wall time added to RUN/timings.json, as `randsae run` records it."""
+    from randsae.run_dir import Timings
+
+    return Timings(run).stage(stage)
+
+
 def _existing_run(args: argparse.Namespace):
     """(RunDir, its config, the device) of a run directory named on the command line."""
     from randsae.config import load_config
@@ -84,17 +91,20 @@ def command_interpret(args: argparse.Namespace) -> None:
     overrides = {key: value for key, value in (("judge", args.judge), ("base_url", args.base_url),
                                                 ("model", args.model), ("api", args.api),
                                                 ("concurrency", args.concurrency)) if value is not None}
-    _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet)
+    with _timed(run, "interpret"):
+        _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet)
 
 
 def command_analyze(args: argparse.Namespace) -> None:
     run, cfg, device = _existing_run(args)
-    _analyze(run, cfg.analysis, device, not args.quiet)
+    with _timed(run, "analyze"):
+        _analyze(run, cfg.analysis, device, not args.quiet)
 
 
 def command_report(args: argparse.Namespace) -> None:
     run, _, device = _existing_run(args)
-    _report(run, device, not args.quiet)
+    with _timed(run, "report"):
+        _report(run, device, not args.quiet)
 
 
 def command_verify(args: argparse.Namespace) -> None:

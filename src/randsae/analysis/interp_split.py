@@ -1,7 +1,7 @@
 """Auto-interp scores split by latent type: are random SAEs only as explainable as trained ones on the
 single-token latents?
 
-Reads the interp stage's per-latent table `RUN/interp/latents.csv` (columns variant, layer, latent,
+Reads the interp stage's per-latent table `RUN/interp/{judge}/latents.csv` (columns variant, layer, latent,
 fuzz_auroc, detection_auroc, ...) and labels each scored latent single-token (top-token share at or above
 the threshold) or contextual (below it); latents dead on the analysed rows stay unlabelled.
 """

@@ -1,6 +1,6 @@
 """The analysis stage: measure every SAE of a run directory, compare each variant with trained, write the files.
 
-Reads `RUN/tokens/`, `RUN/activations/`, `RUN/saes/` and, when present, `RUN/interp/latents.csv`; writes
+Reads `RUN/tokens/`, `RUN/activations/`, `RUN/saes/` and, when present, `RUN/interp/{judge}/latents.csv`; writes
 `RUN/analysis/`. Each SAE's measurements are saved in `RUN/analysis/parts/` as soon as they exist, keyed by
 the settings and inputs they depend on, so an interrupted or re-thresholded analysis redoes only what changed.
 """

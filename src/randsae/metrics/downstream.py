@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from randsae.metrics.quality import ratio
 from randsae.models.hookpoints import replace_residual
 
 
@@ -32,11 +33,11 @@ class DownstreamMetrics:
 
 
 def ce_loss_score(ce_clean: float, ce_zero: float, ce_sae: float) -> float:
-    return (ce_zero - ce_sae) / (ce_zero - ce_clean)
+    return ratio(ce_zero - ce_sae, ce_zero - ce_clean)
 
 
 def kl_score(kl_zero: float, kl_sae: float) -> float:
-    return (kl_zero - kl_sae) / kl_zero
+    return ratio(kl_zero - kl_sae, kl_zero)
 
 
 def _next_token_ce(logits: Tensor, input_ids: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ Neither is taken about zero, which flatters models with a large mean residual di
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable
 
 import torch
@@ -38,6 +39,11 @@ class ReconstructionMetrics:
     dense_fraction: float
     """Latents firing on more than 10% of the evaluation tokens."""
     n_tokens: int
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, NaN when the denominator is 0 (a score with no scale is undefined, not an error)."""
+    return numerator / denominator if denominator != 0 else math.nan
 
 
 class ReconstructionAccumulator:
@@ -78,7 +84,7 @@ class ReconstructionAccumulator:
         n, d_in = self.n, self.sum_x.shape[0]
         total_var = (self.sum_x2 - self.sum_x**2 / n).sum().item()
         return ReconstructionMetrics(
-            explained_variance_pooled=1 - self.sum_err2 / total_var,
+            explained_variance_pooled=1 - ratio(self.sum_err2, total_var),
             explained_variance_per_token=self.sum_ev_per_token / n,
             mse=self.sum_err2 / (n * d_in),
             cosine=self.sum_cos / n,

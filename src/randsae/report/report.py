@@ -173,7 +173,7 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
 def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     if not run.interp or not run.interp.summary.latents:
         return ['<h2 id="roc">ROC curves</h2>', note("No auto-interp results: ROC curves and the entropy plot "
-                                                     "need interp/latents.csv and the score files.")]
+                                                     "need interp/*/latents.csv and the score files.")]
     layers = sorted({row.layer for row in run.interp.summary.latents})
     if len(layers) > MAX_ROC_LAYERS:
         layers = [layers[int(i)] for i in np.linspace(0, len(layers) - 1, MAX_ROC_LAYERS).round()]
@@ -184,7 +184,7 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         if curves:
             out.append(figure(plots.roc_grid(curves, colors, TASK_TITLES[task]), f"{task} ROC curves"))
         else:
-            out.append(note(f"No {TASK_TITLES[task]} score files under interp/scores/{task}/."))
+            out.append(note(f"No {TASK_TITLES[task]} score files under {run.interp.files.root}/scores/{task}/."))
     out.append('<h2 id="entropy">Token entropy against per-latent AUROC (the paper\'s Appendix H)</h2>')
     points = {}
     for variant in run.variants:
