@@ -15,7 +15,7 @@ from randsae.interp.llm_http import HttpLanguageModel
 def main() -> None:
     url, name = sys.argv[1], sys.argv[2]
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    words = " the cat sat on the mat while a dog ran after the red ball in the garden".split()
+    words = ["the", "cat", "sat", "on", "the", "mat", "while", "a", "dog", "ran", "after", "the", "red", "ball", "in", "the", "garden"]
     items = [JudgeItem([" " + w for w in words[i:i + 12]], None) for i in range(5)]
     requests = [JudgeRequest("detection", "animals", items)] * 16
     rates = {}

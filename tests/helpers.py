@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import tomli_w
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -23,13 +22,13 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
 from randsae.config import EvalConfig, ExperimentConfig, SAEShape, dump_config
 from randsae.data.activations import CacheManifest, CacheWriter
-from randsae.metrics.results import MetricsRow, save_metrics
-from randsae.run_dir import RunDir, Site
 from randsae.data.text import TextConfig
 from randsae.data.tokens import TokenConfig, save_tokens
 from randsae.interp.config import InterpConfig
 from randsae.interp.stage import interpret_run
+from randsae.metrics.results import MetricsRow, save_metrics
 from randsae.models.load import ModelConfig
+from randsae.run_dir import RunDir, Site
 from randsae.sae import TopKOutput, TopKSAE
 from randsae.sae.base import SAEConfig, register
 from randsae.sae.relu import ReluSAE

@@ -14,8 +14,8 @@ import torch
 from randsae.analysis import AnalysisConfig, analyze_run
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
 from randsae.data.activations import ActivationCache
-from randsae.run_dir import RunDir, Site
 from randsae.errors import UserError
+from randsae.run_dir import RunDir, Site
 from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
 from tests.helpers import ANALYSIS_CONTEXT, STRUCTURED, TOKEN_ONLY, build_analysis_run
 

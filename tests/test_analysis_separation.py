@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from randsae.analysis.separation import (
-    ALL_LAYERS, MeanSample, RatioSample, cohens_d, format_rows, separation_table,
+    ALL_LAYERS,
+    MeanSample,
+    RatioSample,
+    cohens_d,
+    format_rows,
+    separation_table,
 )
 
 

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from randsae.interp.examples import WindowSet
-from randsae.interp.explainers import (LLMExplainer, TokenListExplainer, activation_levels, format_token_list,
-                                       highlight_mask, parse_explanation, parse_token_list)
+from randsae.interp.explainers import (
+    LLMExplainer,
+    TokenListExplainer,
+    activation_levels,
+    format_token_list,
+    highlight_mask,
+    parse_explanation,
+    parse_token_list,
+)
 from randsae.interp.judges import JudgeItem, JudgeRequest, LLMJudge, TokenJudge
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure, TokenChoice, answers_from_tokens
 from randsae.interp.prompts import judge_prompt, render_window

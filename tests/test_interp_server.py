@@ -19,9 +19,9 @@ import pytest
 
 from randsae.interp import InterpConfig, interpret_run
 from randsae.interp.llm_http import HttpLanguageModel
-from randsae.run_dir import RunDir
 from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
+from randsae.run_dir import RunDir
 from tests.helpers import build_interp_run, str_tokens
 
 pytestmark = pytest.mark.slow

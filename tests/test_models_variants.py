@@ -5,8 +5,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from randsae.errors import UserError
-from randsae.models.variants import (PAPER_VARIANTS, VARIANTS, NoiseEmbedding, VariantConfig, build_variant,
-                                     norm_parameter_names, permute_tensor, predicts_language, rerandomize_tensor)
+from randsae.models.variants import (
+    PAPER_VARIANTS,
+    VARIANTS,
+    NoiseEmbedding,
+    VariantConfig,
+    build_variant,
+    norm_parameter_names,
+    permute_tensor,
+    predicts_language,
+    rerandomize_tensor,
+)
 
 
 @pytest.fixture()

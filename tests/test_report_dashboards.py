@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from randsae.data.activations import ActivationCache
-from randsae.run_dir import RunDir, Site
-from randsae.report import write_report
 from randsae.interp.latent_cache import LatentEntries
-from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
+from randsae.report import write_report
 from randsae.report.dashboards import latent_page
+from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
 from randsae.report.neuronpedia import feature_json
+from randsae.run_dir import RunDir, Site
 from randsae.sae import load_sae
 from tests.helpers import build_report_run
 

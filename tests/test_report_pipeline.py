@@ -4,9 +4,9 @@ stages: the formats the report reads are the ones `randsae run` writes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 
-
 class RowLayout(NamedTuple):
     """Where each analysed row sits. BOS rows (position 0) are left out, as in SAE training."""
 

@@ -20,8 +20,8 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
 from randsae.analysis.interp_split import KINDS
 from randsae.analysis.positional import positional_r2
-from randsae.analysis.single_token import top_token_share
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
+from randsae.analysis.single_token import top_token_share
 from randsae.analysis.token_lookup import TokenErrors, TokenLookup, VarianceAccumulator
 from randsae.sae.base import SparseAutoencoder
 

@@ -21,8 +21,8 @@ from torch import Tensor
 
 from randsae.data.activations import ActivationCache
 from randsae.errors import UserError
-from randsae.sae.base import SparseAutoencoder, load_sae
 from randsae.run_dir import SAE_TRAINING_FILE
+from randsae.sae.base import SparseAutoencoder, load_sae
 from randsae.sae.trainer import TrainConfig, train_sae
 
 

@@ -19,7 +19,12 @@ from randsae.analysis.codes import row_layout
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import LatentScores, read_interp_scores, split_by_latent_type
 from randsae.analysis.measure import (
-    LatentMeasures, SAEAnalysis, analyse_sae, latent_samples, summarize, token_samples,
+    LatentMeasures,
+    SAEAnalysis,
+    analyse_sae,
+    latent_samples,
+    summarize,
+    token_samples,
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -89,8 +88,7 @@ class HttpLanguageModel:
                 if error.code not in RETRYABLE_STATUS:
                     raise JudgeFailure("request", problem)
                 continue
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as error:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
                 problem = f"{type(error).__name__} talking to {self.base_url}{path}: {error}"
                 continue
             try:

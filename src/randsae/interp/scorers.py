@@ -10,8 +10,8 @@ judge at once, so an HTTP server has many in flight.
 from __future__ import annotations
 
 import math
-from itertools import repeat
 from collections.abc import Sequence
+from itertools import repeat
 from typing import NamedTuple
 
 import numpy as np

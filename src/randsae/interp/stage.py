@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from randsae.atomic import write_json_atomic, write_text_atomic
+from randsae.data.activations import ActivationCache
+from randsae.data.tokens import load_tokens
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
@@ -23,18 +26,26 @@ from randsae.interp.examples import LatentExamples, sample_examples
 from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
 from randsae.interp.judges import LLMJudge, TokenJudge
 from randsae.interp.language_models import JudgeFailure, LanguageModel, chunks
-from randsae.interp.latent_cache import (LatentCache, build_latent_cache, load_latent_entries,
-                                         open_latent_cache, sae_fingerprint)
-from randsae.atomic import write_json_atomic, write_text_atomic
-from randsae.data.activations import ActivationCache
-from randsae.data.tokens import load_tokens
+from randsae.interp.latent_cache import (
+    LatentCache,
+    build_latent_cache,
+    load_latent_entries,
+    open_latent_cache,
+    sae_fingerprint,
+)
 from randsae.interp.outputs import TASKS, read_scores, write_scores
 from randsae.interp.prompts import Prompt
 from randsae.interp.scorers import score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
-from randsae.interp.summary import (InterpSummary, LatentResult, SAEInterp, latent_scores, summarize_scores,
-                                    write_latents_csv)
+from randsae.interp.summary import (
+    InterpSummary,
+    LatentResult,
+    SAEInterp,
+    latent_scores,
+    summarize_scores,
+    write_latents_csv,
+)
 from randsae.run_dir import InterpDir, RunDir, SAEKey, judge_label
 from randsae.sae.base import load_sae, read_sae_config
 

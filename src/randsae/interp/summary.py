@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from randsae.atomic import write_text_atomic
-from randsae.interp import statistics
 from randsae.errors import UserError
+from randsae.interp import statistics
 from randsae.interp.scorers import ScoredExample
 from randsae.records import from_plain
 from randsae.run_dir import InterpDir, read_json

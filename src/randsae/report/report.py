@@ -20,8 +20,8 @@ import torch
 
 from randsae.atomic import write_text_atomic
 from randsae.interp.outputs import read_scores
-from randsae.interp.summary import SAEInterp
 from randsae.interp.statistics import FAILED_PROBABILITY
+from randsae.interp.summary import SAEInterp
 from randsae.models.load import display_name
 from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
@@ -30,8 +30,8 @@ from randsae.report.page import figure, note, render_page
 from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
 from randsae.report.run_inputs import RunInputs, as_row, read_run
-from randsae.run_dir import RunDir
 from randsae.report.tables import Column, html_table, present_columns, variant_chip
+from randsae.run_dir import RunDir
 
 MAX_ROC_LAYERS = 6
 TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}

@@ -25,16 +25,15 @@ from tqdm.auto import tqdm
 from randsae.atomic import atomic_path, write_text_atomic
 from randsae.data.tokens import count_not_bos, not_bos
 from randsae.errors import UserError
+from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.base import (
     LossOutput,
     SAEConfig,
     SparseAutoencoder,
     architecture_class,
 )
-from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.topk import TopKSAE
 from randsae.toml_config import invalid
-
 
 
 class ActivationSource(Protocol):

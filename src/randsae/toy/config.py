@@ -76,7 +76,7 @@ class ToyConfig:
                 _bad(name, getattr(self, name), "a positive integer")
         if not 0 < self.mean_active <= self.n_features:
             _bad("mean_active", self.mean_active, f"a number in (0, n_features={self.n_features}]")
-        if not 0 < self.frequency_decay:
+        if not self.frequency_decay > 0:
             _bad("frequency_decay", self.frequency_decay, "a positive number (the paper uses 0.99)")
         if not 0 < self.test_fraction < 1:
             _bad("test_fraction", self.test_fraction, "a fraction strictly between 0 and 1")
