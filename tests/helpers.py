@@ -212,7 +212,7 @@ def build_analysis_run(root: Path, variants: dict[str, dict[str, int]], layers=(
     """
     rng = np.random.default_rng(seed)
     ids = {split: rng.integers(1, ANALYSIS_VOCAB, size=(n, ANALYSIS_CONTEXT))
-           for split, n in zip(("train", "heldout"), n_windows)}
+           for split, n in zip(("train", "heldout"), n_windows, strict=True)}
     for split in ids:
         ids[split][:, 0] = 0  # BOS
     for split, v in ids.items():

@@ -72,7 +72,7 @@ def test_explanation_and_test_sets_are_disjoint_and_follow_the_protocol():
         assert (window_max[negatives.window_ids] == 0).all() and len(negatives.window_ids) == cfg.n_negatives
         # quantile q holds ranks [q * len / n_quantiles, (q + 1) * len / n_quantiles)
         rank_of = {w: r for r, w in enumerate(ranked)}
-        for window, quantile in zip(positives.window_ids, positives.quantile):
+        for window, quantile in zip(positives.window_ids, positives.quantile, strict=True):
             assert rank_of[window] * cfg.n_quantiles // len(ranked) == quantile
         assert np.bincount(positives.quantile).max() <= cfg.n_per_quantile
         # every window carries its own tokens and activations

@@ -30,7 +30,7 @@ def test_pooled_explained_variance_is_about_the_mean_not_zero_and_streams_exactl
     z = torch.rand(1000, 4, generator=generator)
     expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert expected.item() == pytest.approx(0.75, abs=1e-6)
-    streamed = reconstruction_metrics(zip(x.split(128), x_hat.split(128), z.split(128)))
+    streamed = reconstruction_metrics(zip(x.split(128), x_hat.split(128), z.split(128), strict=True))
     assert streamed.explained_variance_pooled == pytest.approx(expected.item(), abs=1e-6)
     about_zero = 1 - ((x - x_hat) ** 2).sum() / (x**2).sum()
     assert about_zero.item() > 0.999, "the flattering number an about-zero formula would give"

@@ -86,6 +86,6 @@ def test_worker_processes_give_the_same_results(tmp_path):
     pooled = run_toy(ToyConfig(**{**TINY.__dict__, "workers": 2}), tmp_path / "pooled", progress=False)
     assert [(row.data, row.network, row.l1_coefficient) for row in pooled.rows] == \
         [(row.data, row.network, row.l1_coefficient) for row in alone.rows]
-    for a, b in zip(alone.rows, pooled.rows):
+    for a, b in zip(alone.rows, pooled.rows, strict=True):
         assert math.isclose(a.mmcs, b.mmcs, rel_tol=1e-3, abs_tol=1e-4)
         assert math.isclose(a.fvu, b.fvu, rel_tol=1e-3, abs_tol=1e-4)

@@ -32,7 +32,7 @@ def test_stacked_sweep_equals_training_each_sae_alone():
     l1s = [0.01, 0.3, 3.0]
     stacked = train_relu_sweep(x, 24, l1s, seed=5, epochs=3, batch_size=64, learning_rate=1e-2)
     assert [sae.cfg.l1_coefficient for sae in stacked] == l1s
-    for sae, l1 in zip(stacked, l1s):
+    for sae, l1 in zip(stacked, l1s, strict=True):
         alone = train_alone(x, 24, l1, seed=5, epochs=3, batch_size=64, learning_rate=1e-2)
         for name in ("W_enc", "b_enc", "W_dec"):
             torch.testing.assert_close(getattr(sae, name), getattr(alone, name), rtol=1e-4, atol=1e-5)

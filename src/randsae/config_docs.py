@@ -13,6 +13,7 @@ import inspect
 import json
 import textwrap
 import typing
+from itertools import pairwise
 from typing import Any
 
 from randsae.config import ExperimentConfig, load_config
@@ -54,7 +55,7 @@ def field_docs(cls: type) -> dict[str, str]:
     """The attribute docstrings of a dataclass (the string literal right after each field), one line each."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
     return {node.target.id: " ".join(after.value.value.split())
-            for node, after in zip(body, body[1:])
+            for node, after in pairwise(body)
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
             and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
             and isinstance(after.value.value, str)}

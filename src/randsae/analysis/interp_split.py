@@ -69,7 +69,7 @@ def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, thre
     in_range = scores.latent < top_token_share.size
     share = np.full(scores.latent.size, np.nan)
     share[in_range] = top_token_share[scores.latent[in_range]]
-    kinds = dict(zip(KINDS, (share >= threshold, share < threshold)))
+    kinds = dict(zip(KINDS, (share >= threshold, share < threshold), strict=True))
     split = {}
     for score in SCORES:
         values = getattr(scores, score)

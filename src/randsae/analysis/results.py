@@ -73,7 +73,7 @@ def latents_csv(latents: Mapping[tuple[str, int], LatentMeasures], matches: Mapp
             (np.nan_to_num(m.positional_r2) >= cfg.positional_threshold).astype(int),
             _cells(m.context_dependence), _cells(match),
         ]
-        writer.writerows(zip(*columns))
+        writer.writerows(zip(*columns, strict=True))
     return buffer.getvalue()
 
 

@@ -134,8 +134,8 @@ def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray]
     if weights.sum() == 0:
         return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0)
     weights /= weights.sum()
-    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts) if w > 0))
-    draws = sum(w * p.draws for w, p in zip(weights, parts) if w > 0)
+    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts, strict=True) if w > 0))
+    draws = sum(w * p.draws for w, p in zip(weights, parts, strict=True) if w > 0)
     return value, draws, np.concatenate([p.sample.units for p in parts])
 
 
@@ -201,4 +201,4 @@ def format_rows(rows: Sequence[SeparationRow]) -> str:
         lines.append((row.metric, row.variant, f"{row.trained:.3f}", f"{row.other:.3f}", interval,
                       f"{row.effect_size:+.2f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -109,7 +109,7 @@ def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
 
     def flush() -> None:
         encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
-        for text, ids in zip(pending, encoded):
+        for text, ids in zip(pending, encoded, strict=True):
             split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
             docs[split].append(ids)
             have[split] += len(ids) + 1

@@ -103,7 +103,7 @@ class LLMExplainer:
         marked = highlight_mask(windows.activations, self.highlight_threshold)
         levels = activation_levels(windows.activations)
         texts, activation_lists = [], []
-        for ids, mask, level in zip(windows.token_ids, marked, levels):
+        for ids, mask, level in zip(windows.token_ids, marked, levels, strict=True):
             pieces = str_tokens(ids.tolist())
             texts.append(prompts.render_window(pieces, mask))
             activation_lists.append([(pieces[i], int(level[i])) for i in np.flatnonzero(mask)])

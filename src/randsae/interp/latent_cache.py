@@ -173,7 +173,7 @@ def load_latent_entries(cache: LatentCache, latents: Sequence[int]) -> dict[int,
     rows, owner, values = rows[order], owner[order], values[order]
     bounds = np.searchsorted(owner, wanted, side="left"), np.searchsorted(owner, wanted, side="right")
     return {int(latent): LatentEntries(rows[lo:hi], values[lo:hi])
-            for latent, lo, hi in zip(wanted, *bounds)}
+            for latent, lo, hi in zip(wanted, *bounds, strict=True)}
 
 
 def _verification_sample(n_tokens: int, context_size: int, verify_rows: int, seed: int) -> np.ndarray:

@@ -117,7 +117,7 @@ def _completion_logprobs(logprobs: dict[str, Any] | None) -> list[TokenChoice] |
     tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
     chosen = logprobs.get("token_logprobs") or [None] * len(logprobs["tokens"])
     tokens = []
-    for token, logprob, top in zip(logprobs["tokens"], chosen, tops):
+    for token, logprob, top in zip(logprobs["tokens"], chosen, tops, strict=True):
         alternatives = dict(top or {})
         if logprob is not None:
             alternatives.setdefault(token, logprob)

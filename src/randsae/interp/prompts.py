@@ -52,7 +52,7 @@ EXPLAINER_SYSTEM = (
 def explainer_prompt(texts: Sequence[str], activation_lists: Sequence[Sequence[tuple[str, int]]]) -> Prompt:
     """`texts`: marked windows; `activation_lists`: (token, activation 0-10) of each window's marked tokens."""
     excerpts = []
-    for i, (text, activations) in enumerate(zip(texts, activation_lists), start=1):
+    for i, (text, activations) in enumerate(zip(texts, activation_lists, strict=True), start=1):
         listed = ", ".join(f"{token!r} {value}" for token, value in activations)
         excerpts.append(f"Excerpt {i}: {text}\nActivations: {listed}")
     user = "\n\n".join(excerpts) + "\n\nWhat do the marked tokens have in common? End with 'Explanation: ...'."

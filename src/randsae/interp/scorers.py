@@ -66,7 +66,7 @@ def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: 
     items = []
     for windows, marks, activating in ((positives, positive_marks, True), (negatives, negative_marks, False)):
         marks = repeat(None) if marks is None else marks
-        for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks):
+        for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks, strict=False):
             items.append(_ItemToJudge(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
     return items
 
@@ -77,7 +77,7 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
     """Judge every latent's test windows under its explanation; one record list per latent."""
     plans: list[list[tuple[list[_ItemToJudge], int | None]]] = []
     requests: list[JudgeRequest] = []
-    for latent_examples, explanation, rng in zip(examples, explanations, rngs):
+    for latent_examples, explanation, rng in zip(examples, explanations, rngs, strict=True):
         items = items_to_judge(task, latent_examples, cfg, rng, str_tokens)
         shuffled = [items[i] for i in rng.permutation(len(items))]
         plan = []
@@ -94,7 +94,7 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
         records = []
         for batch, request_index in plan:
             answers = verdicts[request_index] if request_index is not None else failed("explanation", len(batch), "")
-            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers))
+            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers, strict=True))
         results.append(records)
     return results
 

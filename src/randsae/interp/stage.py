@@ -113,7 +113,7 @@ def tokenizer_str_tokens(folder: Path) -> StrTokens:
 
     def str_tokens(ids: Sequence[int]) -> list[str]:
         missing = sorted({i for i in ids if i not in known})
-        known.update(zip(missing, tokenizer.batch_decode([[i] for i in missing])))
+        known.update(zip(missing, tokenizer.batch_decode([[i] for i in missing]), strict=True))
         return [known[i] for i in ids]
 
     return str_tokens
@@ -201,7 +201,7 @@ def interpret_sae(run: RunDir, sae: SAEKey, cache: LatentCache, selection: Laten
             rngs = [latent_rng(cfg.seed, module, latents[i], task_index) for i in batch]
             scored = score_latents(task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens,
                                    progress)
-            for i, records in zip(batch, scored):
+            for i, records in zip(batch, scored, strict=True):
                 write_scores(paths.score(task, module, latents[i]), records)
 
     records = {task: [read_scores(paths.score(task, module, latent)) for latent in latents] for task in TASKS}
@@ -243,7 +243,7 @@ def _explanations(paths: InterpDir, module: str, latents: list[int], examples: l
                                              record["reply"])
     missing = [i for i, latent in enumerate(latents) if latent not in stored]
     fresh = explainer.explain_many([examples[i].explanation for i in missing], str_tokens, progress)
-    for i, explanation in zip(missing, fresh):
+    for i, explanation in zip(missing, fresh, strict=True):
         latent, windows = latents[i], examples[i].explanation
         write_json_atomic(paths.latent_record(module, latent), {
             "module": module, "latent": latent, "explanation": explanation.text,
@@ -253,7 +253,7 @@ def _explanations(paths: InterpDir, module: str, latents: list[int], examples: l
                 {"window": int(w), "quantile": int(q), "str_tokens": str_tokens(ids.tolist()),
                  "activations": np.round(acts.astype(np.float64), 4).tolist()}
                 for w, q, ids, acts in zip(windows.window_ids, windows.quantile, windows.token_ids,
-                                           windows.activations)]}, indent=None)
+                                           windows.activations, strict=True)]}, indent=None)
         write_text_atomic(paths.explanation(module, latent), json.dumps(explanation.text, ensure_ascii=False))
         stored[latent] = explanation
     return [stored[latent] for latent in latents]

@@ -59,7 +59,7 @@ def token_html(token: str) -> str:
 def render_window(window: Window, scale: float) -> str:
     """A window as text, each active token shaded by its activation relative to the latent's max."""
     parts = [f'<span class="max">{window.max_activation:.3g}</span>']
-    for token, value in zip(window.tokens, window.activations):
+    for token, value in zip(window.tokens, window.activations, strict=True):
         text = token_html(token)
         if value > 0:
             alpha = min(1.0, value / scale) if scale > 0 else 1.0
@@ -79,7 +79,7 @@ def histogram_svg(counts: Sequence[int], edges: Sequence[float], label: str) -> 
     bars = "".join(
         f'<rect x="{i * bar:.1f}" y="{top + plot_height * (1 - c / tallest):.1f}" width="{max(bar - 1, 0.5):.1f}" '
         f'height="{plot_height * c / tallest:.1f}"><title>{lo:.3g}–{hi:.3g}: {c}</title></rect>'
-        for i, (c, lo, hi) in enumerate(zip(counts, edges[:-1], edges[1:])))
+        for i, (c, lo, hi) in enumerate(zip(counts, edges[:-1], edges[1:], strict=True)))
     axis = (f'<text x="0" y="{height - 4}" font-size="10">{edges[0]:.3g}</text>'
             f'<text x="{width}" y="{height - 4}" font-size="10" text-anchor="end">{edges[-1]:.3g}</text>'
             f'<text x="0" y="10" font-size="10">max count {max(counts, default=0)}</text>')

@@ -133,7 +133,7 @@ def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembed
     texts = decode(torch.cat([top.indices, bottom.indices], dim=1).flatten().tolist())
     effects = {}
     for n, latent in enumerate(latents):
-        weights = [TokenWeight(text, value) for text, value in zip(texts[2 * k * n: 2 * k * (n + 1)], values[n])]
+        weights = [TokenWeight(text, value) for text, value in zip(texts[2 * k * n: 2 * k * (n + 1)], values[n], strict=True)]
         effects[latent] = LogitEffects(tuple(weights[:k]), tuple(weights[k:]))
     return effects
 
@@ -177,12 +177,12 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
     dense = np.zeros((len(shown), size), np.float32)
     for j, k in enumerate(shown):
         dense[j, (rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
-    shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense)]
+    shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense, strict=True)]
     top_windows, rest = shown_windows[:n_top], iter(shown_windows[n_top:])
     quantiles = tuple(
         QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(maxima[ranked[ranks]].min()),
                       float(maxima[ranked[ranks]].max()), tuple(next(rest) for _ in picked))
-        for ranks, picked in zip(rank_groups, picks))
+        for ranks, picked in zip(rank_groups, picks, strict=True))
 
     mass = token_activation_mass(layout.tokens[entries.rows], entries.values)
     total = float(mass.mass.sum()) or 1.0
@@ -195,7 +195,7 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
         histogram_counts=tuple(counts.tolist()), histogram_edges=tuple(edges.tolist()),
         top_windows=tuple(top_windows), quantiles=quantiles,
         top_tokens=tuple(TokenWeight(t, float(m) / total) for t, m in
-                         zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS])),
+                         zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS], strict=True)),
         promoted_logits=logits.promoted if logits else None,
         suppressed_logits=logits.suppressed if logits else None,
     )

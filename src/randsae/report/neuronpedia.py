@@ -9,6 +9,7 @@ per example window with `tokens`, `values`, `maxValue`, `maxValueTokenIndex`, `m
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from randsae.atomic import json_ready
@@ -52,7 +53,7 @@ def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[s
         "neg_str": [t.token for t in view.suppressed_logits or ()],
         "neg_values": [t.value for t in view.suppressed_logits or ()],
         "freq_hist_data_bar_heights": list(view.histogram_counts),
-        "freq_hist_data_bar_values": [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:])],
+        "freq_hist_data_bar_values": [(lo + hi) / 2 for lo, hi in pairwise(edges)],
         "logits_hist_data_bar_heights": [],
         "logits_hist_data_bar_values": [],
         "activations": activations,

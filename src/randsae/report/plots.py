@@ -96,7 +96,7 @@ def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
     """Metric against layer, one line per variant with its 95% band where the metric has one."""
     figure, axes = _grid(len(panels), 4, 3.3, 2.5)
     shown: list[str] = []
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=True):
         for variant, points in panel.series.items():
             points = sorted(points)
             layers = [p.layer for p in points]
@@ -120,7 +120,7 @@ def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
 def roc_grid(curves: Mapping[int, Mapping[str, RocCurve]], colors: Mapping[str, str], title: str) -> str:
     """ROC curves per variant, one panel per layer, AUROC in each legend (the paper's Figure 1)."""
     figure, axes = _grid(len(curves), 3, 3.4, 3.4, top=0.0)
-    for ax, (layer, by_variant) in zip(axes, sorted(curves.items())):
+    for ax, (layer, by_variant) in zip(axes, sorted(curves.items()), strict=True):
         for variant, curve in by_variant.items():
             ax.plot(curve.false_positive_rate, curve.true_positive_rate, color=colors[variant], lw=1.5,
                     label=f"{variant} ({curve.auroc:.3f})")
@@ -138,7 +138,7 @@ def entropy_scatter(points: Mapping[str, tuple[np.ndarray, np.ndarray]], colors:
                     auroc_name: str) -> str:
     """Per-latent token entropy against per-latent AUROC, one panel per variant (the paper's Appendix H)."""
     figure, axes = _grid(len(points), 4, 3.0, 2.6, top=0.0)
-    for ax, (variant, (entropy, auroc)) in zip(axes, points.items()):
+    for ax, (variant, (entropy, auroc)) in zip(axes, points.items(), strict=True):
         ax.scatter(entropy, auroc, s=9, alpha=0.6, color=colors[variant], edgecolors="none")
         ax.set_title(f"{variant} (n={int(np.isfinite(entropy * auroc).sum())})", fontsize=9)
         ax.set_xlabel("token entropy (bits)", fontsize=8)

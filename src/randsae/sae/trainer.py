@@ -301,7 +301,7 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
         batches = itertools.islice(batches, first_step, None)
         bar.update(first_step * cfg.batch_size)
     start = last_save = time.perf_counter()
-    for step, batch in zip(range(first_step, n_steps), batches):
+    for step, batch in zip(range(first_step, n_steps), batches, strict=False):
         x = batch.to(device, non_blocking=True)
         dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
         out = train_step(sae, optimizer, x, cfg, dead_mask)

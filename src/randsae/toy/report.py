@@ -84,7 +84,7 @@ def mmcs_figure(rows: tuple[ToyRow, ...]) -> str:
     """MMCS against λ, one panel per network, a line per (data, width), mean over seeds."""
     networks = _networks(rows)
     figure, axes = plt.subplots(1, len(networks), figsize=(4.5 * len(networks), 3.6), squeeze=False, sharey=True)
-    for axis, network in zip(axes[0], networks):
+    for axis, network in zip(axes[0], networks, strict=True):
         for data, (color, label) in DATA_STYLE.items():
             widths = sorted({row.d_sae for row in rows if row.network == network and row.data == data})
             for shade, width in enumerate(widths):
@@ -110,8 +110,8 @@ def pareto_figure(rows: tuple[ToyRow, ...]) -> str:
     networks = _networks(rows)
     figure, axes = plt.subplots(len(SPARSITY_MEASURES), len(networks), squeeze=False,
                                 figsize=(4.5 * len(networks), 3.2 * len(SPARSITY_MEASURES)))
-    for row_axes, (measure, higher_is_sparser) in zip(axes, SPARSITY_MEASURES.items()):
-        for axis, network in zip(row_axes, networks):
+    for row_axes, (measure, higher_is_sparser) in zip(axes, SPARSITY_MEASURES.items(), strict=True):
+        for axis, network in zip(row_axes, networks, strict=True):
             for data, (color, label) in DATA_STYLE.items():
                 points = [row for row in rows if row.network == network and row.data == data]
                 sparsity = np.array([getattr(row, measure) for row in points])
