@@ -77,9 +77,9 @@ def sparsify_step(data: torch.Tensor, d_sae: int) -> Callable[[torch.Tensor], ob
     return step
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer (interleaved; median kept)")
     args = parser.parse_args()
     try:
-        import sparsify  # noqa: F401
+        import sparsify
     except ImportError as error:
         sparsify = None
         print(f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
@@ -112,7 +112,7 @@ def main() -> None:
         for i in range(args.steps):
             peak = max(peak, matmul_gflops())
             for name, step in steps.items():
-                seconds[name].append(_timed(lambda: step(batches[i % len(batches)])))
+                seconds[name].append(_timed(step, batches[i % len(batches)]))
         medians = {name: statistics.median(times) for name, times in seconds.items()}
         for name, median in medians.items():
             results.append((expansion, d_sae, name, BATCH / median, medians.get("sparsify", 0.0) / median))

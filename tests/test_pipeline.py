@@ -18,7 +18,7 @@ from tests.helpers import tiny_config
 def test_run_directory_has_every_stage_output(tiny_run):
     cfg = load_config(tiny_run / "config.toml")
     rows = load_metrics(RunDir(tiny_run))
-    assert [(r.variant, r.layer) for r in rows] == [(v, l) for v in cfg.variants for l in cfg.layers]
+    assert [(r.variant, r.layer) for r in rows] == [(variant, layer) for variant in cfg.variants for layer in cfg.layers]
     for row in rows:
         assert 0.0 < row.explained_variance_pooled <= 1.0 and row.l0 == pytest.approx(4.0)
         assert row.meaningful_downstream == (row.variant == "trained")

@@ -8,6 +8,7 @@ file descriptors 3 and 4), which needs nothing beyond the standard library. CI i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -114,10 +115,8 @@ class Browser:
         return found
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             self.call("Browser.close")
-        except (ConnectionError, TimeoutError, OSError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -18,7 +18,10 @@ def dense_topk_sae(x, W_enc, b_enc, b_dec, W_dec, k):
 
 def random_params(seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+
+    def make(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
     return make(N, D), make(D, M), make(M), make(D), make(M, D)
 
 

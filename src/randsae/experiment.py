@@ -180,9 +180,11 @@ def run_pipeline(cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = 
     run.root.mkdir(parents=True, exist_ok=True)  # only once the model and layers are known to be good
     timings = Timings(run)
     timings.seconds["load_model"] = time.perf_counter() - start
-    load_step0 = None
-    if is_hub_id(cfg.model.name):
-        load_step0 = lambda: load_model(cfg.model, device, revision=cfg.model.step0_revision).model  # noqa: E731
+    load_step0 = (
+        (lambda: load_model(cfg.model, device, revision=cfg.model.step0_revision).model)
+        if is_hub_id(cfg.model.name)
+        else None
+    )
     with timings.stage("prepare"):
         tokens = prepare_run(cfg, run, lm, progress)
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import operator
 import re
 import tomllib
 import types
@@ -122,7 +124,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         base = typing.get_origin(option) or option
         if base is tuple and isinstance(value, list):
             item_types = [arg for arg in typing.get_args(option) if arg is not Ellipsis]
-            item_hint = typing.Union[tuple(item_types)] if item_types else Any  # type: ignore[valid-type]
+            item_hint = functools.reduce(operator.or_, item_types) if item_types else Any
             try:
                 return tuple(value if item_hint is Any else [coerce(item, item_hint, key) for item in value])
             except UserError:

@@ -57,7 +57,7 @@ class HttpLanguageModel:
                 choice = reply["choices"][0]
                 return choice["message"]["content"] or "", _chat_logprobs(choice.get("logprobs"))
             except (KeyError, IndexError, TypeError) as error:
-                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}")
+                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}") from error
         payload["prompt"] = prompt.as_text()
         if logprobs:
             payload["logprobs"] = TOP_LOGPROBS
@@ -67,7 +67,7 @@ class HttpLanguageModel:
             # The prompt ends with the answer lead ("Explanation:"): put it back so replies read alike.
             return prompt.answer_lead + (choice["text"] or ""), _completion_logprobs(choice.get("logprobs"))
         except (KeyError, IndexError, TypeError) as error:
-            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}")
+            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}") from error
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST with retries and exponential backoff on timeouts, connection errors, 429 and 5xx."""
@@ -86,15 +86,15 @@ class HttpLanguageModel:
             except urllib.error.HTTPError as error:
                 problem = f"HTTP {error.code} from {self.base_url}{path}: {error.read()[:200]!r}"
                 if error.code not in RETRYABLE_STATUS:
-                    raise JudgeFailure("request", problem)
+                    raise JudgeFailure("request", problem) from error
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
                 problem = f"{type(error).__name__} talking to {self.base_url}{path}: {error}"
                 continue
             try:
                 return json.loads(raw)
-            except json.JSONDecodeError:
-                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}")
+            except json.JSONDecodeError as error:
+                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}") from error
         raise JudgeFailure("request", f"{problem} (after {self.retries + 1} attempts)")
 
 

@@ -168,7 +168,7 @@ def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel |
             language_model.generate(Prompt("Answer with one word.", "Say OK.", ""), 2)
         except JudgeFailure as failure:
             raise UserError(f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
-                            f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}")
+                            f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}") from failure
     elif language_model is None:
         from randsae.interp.llm_hf import HFLanguageModel
 

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -153,16 +154,15 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
         panels.append(plots.Panel(f"{TASK_TITLES[task]} AUROC (95% CI)", _series(
             saes, lambda r, t=task: getattr(r, t).auroc, lambda r, t=task: getattr(r, t).auroc_low,
             lambda r, t=task: getattr(r, t).auroc_high)))
-    metric = lambda key: lambda row: getattr(row, key)  # noqa: E731
     random_variants = frozenset(r.variant for r in run.metrics if not r.meaningful_downstream)
-    panels += [plots.Panel("explained variance (pooled)", _series(run.metrics, metric("explained_variance_pooled"))),
-               plots.Panel("cosine(x, x̂)", _series(run.metrics, metric("cosine"))),
-               plots.Panel("L1 of latent activations", _series(run.metrics, metric("l1"))),
-               plots.Panel("CE-loss score", _series(run.metrics, metric("ce_loss_score")), random_variants,
+    panels += [plots.Panel("explained variance (pooled)", _series(run.metrics, attrgetter("explained_variance_pooled"))),
+               plots.Panel("cosine(x, x̂)", _series(run.metrics, attrgetter("cosine"))),
+               plots.Panel("L1 of latent activations", _series(run.metrics, attrgetter("l1"))),
+               plots.Panel("CE-loss score", _series(run.metrics, attrgetter("ce_loss_score")), random_variants,
                            "dashed: not meaningful (random weights)" if random_variants else "")]
     panels.append(plots.Panel("token entropy (bits, mean)", _series(saes, lambda r: r.token_entropy.mean)))
     if run.analysis:
-        panels += [plots.Panel(title, _series(run.analysis.saes, metric(key))) for key, title in (
+        panels += [plots.Panel(title, _series(run.analysis.saes, attrgetter(key))) for key, title in (
             ("single_token_fraction", "single-token latent fraction"),
             ("positional_fraction", "positional latent fraction"),
             ("lookup_ev", "token-lookup explained variance"),

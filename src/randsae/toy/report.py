@@ -17,13 +17,13 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
+import numpy as np
 
 from randsae.atomic import write_text_atomic
-from randsae.toml_config import to_plain  # noqa: E402
-from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front  # noqa: E402
-from randsae.toy.results import ToyResult, ToyRow  # noqa: E402
+from randsae.toml_config import to_plain
+from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front
+from randsae.toy.results import ToyResult, ToyRow
 
 REPORT_FILE = "toy_report.html"
 CSV_FILE = "toy_results.csv"
