@@ -92,14 +92,18 @@ def main() -> None:
         import sparsify
     except ImportError as error:
         sparsify = None
-        print(f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
-              "natsort, simple-parsing, docstring-parser, schedulefree")
+        print(
+            f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
+            "natsort, simple-parsing, docstring-parser, schedulefree"
+        )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D_MODEL} k={K} batch={BATCH}")
     peak = matmul_gflops()  # also warms up the BLAS threads
     data = synthetic_activations(BATCH * args.steps)
     batches = data.split(BATCH)
-    header = f"{'expansion':>9} {'d_sae':>6} {'trainer':>17} {'tok/s':>7} {'vs sparsify':>12} " \
-             f"{'GFLOP/s (2dm)':>14} {'of roofline':>12}"
+    header = (
+        f"{'expansion':>9} {'d_sae':>6} {'trainer':>17} {'tok/s':>7} {'vs sparsify':>12} "
+        f"{'GFLOP/s (2dm)':>14} {'of roofline':>12}"
+    )
     results = []
     for expansion in args.expansions:
         d_sae = D_MODEL * expansion
@@ -123,8 +127,10 @@ def main() -> None:
     for expansion, d_sae, name, tokens_per_s, vs_sparsify in results:
         gflops = tokens_per_s * 2 * D_MODEL * d_sae / 1e9
         ratio = f"{vs_sparsify:.2f}x" if vs_sparsify else "n/a"
-        print(f"{expansion:>9} {d_sae:>6} {name:>17} {tokens_per_s:>7.0f} {ratio:>12} {gflops:>14.1f} "
-              f"{gflops / peak:>11.0%}")
+        print(
+            f"{expansion:>9} {d_sae:>6} {name:>17} {tokens_per_s:>7.0f} {ratio:>12} {gflops:>14.1f} "
+            f"{gflops / peak:>11.0%}"
+        )
 
 
 if __name__ == "__main__":

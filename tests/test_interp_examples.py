@@ -22,8 +22,9 @@ def latent_entries(seed: int, rate: float = 0.05) -> tuple[LatentEntries, np.nda
 
 
 def config(**overrides) -> InterpConfig:
-    settings = dict(window_size=WINDOW, n_top_windows=100, n_explanation_windows=20, n_quantiles=5,
-                    n_per_quantile=6, n_negatives=30)
+    settings = dict(
+        window_size=WINDOW, n_top_windows=100, n_explanation_windows=20, n_quantiles=5, n_per_quantile=6, n_negatives=30
+    )
     settings.update(overrides)
     return InterpConfig(**settings)
 
@@ -34,7 +35,9 @@ def test_window_mapping_matches_a_direct_loop():
     assert window_of_rows(rows, CONTEXT, WINDOW).tolist() == expected
     tokens = np.arange(N_ROWS * CONTEXT)
     assert window_tokens(tokens, np.array([0, 5]), CONTEXT, WINDOW).tolist() == [
-        list(range(0, 16)), list(range(80, 96))]
+        list(range(0, 16)),
+        list(range(80, 96)),
+    ]
     # a row's tail shorter than a window is not used
     assert window_of_rows(np.array([0, 47, 48, 95, 99]), 50, 16).tolist() == [0, 2, -1, 5, -1]
 

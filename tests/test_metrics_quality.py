@@ -57,8 +57,9 @@ def test_perfect_reconstruction_scores_one_and_zero_ablation_scores_zero(tiny_mo
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     _, blocks = find_blocks(model)
     ids = torch.randint(1, model.config.vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
-    results = downstream_metrics(model, {1: (blocks[1], lambda r: r), 2: (blocks[2], torch.zeros_like)}, ids,
-                                 batch_size=3)
+    results = downstream_metrics(
+        model, {1: (blocks[1], lambda r: r), 2: (blocks[2], torch.zeros_like)}, ids, batch_size=3
+    )
     identity, zero = results[1], results[2]
     assert identity.ce_sae == pytest.approx(identity.ce_clean, abs=1e-5)
     assert identity.ce_loss_score == pytest.approx(1.0, abs=1e-4) and identity.kl_sae == pytest.approx(0, abs=1e-5)

@@ -86,7 +86,7 @@ def test_each_variant_has_one_colour_everywhere(run, report):
     assert variant_colors(("mine", "trained", "other"))["trained"] == colors["trained"]
     page = next((run / "dashboards" / "control" / "layer2").glob("latent*.html")).read_text()
     for text in (report, page):
-        assert f'background:{colors["control"]}' in text
+        assert f"background:{colors['control']}" in text
 
 
 def test_roc_auroc_matches_scikit_learn_with_ties():

@@ -120,8 +120,9 @@ def test_without_unembedding_or_tokenizer_the_pages_say_so(tmp_path):
 def test_a_latent_that_never_fires_gets_an_empty_view_not_an_error():
     layout = WindowLayout(np.arange(64) % 7, np.array([f"t{i}" for i in range(7)], dtype=object), 32, 16)
     empty = LatentEntries(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    view = latent_view("trained", 0, 5, empty, layout, 62, np.random.default_rng(0), explanation=None,
-                       scores={}, logits=None)
+    view = latent_view(
+        "trained", 0, 5, empty, layout, 62, np.random.default_rng(0), explanation=None, scores={}, logits=None
+    )
     assert view.n_firing == 0 and view.top_windows == () and view.quantiles == () and view.top_tokens == ()
     assert sum(view.histogram_counts) == 0
     assert feature_json(view, "m", None)["activations"] == []

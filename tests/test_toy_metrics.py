@@ -34,7 +34,7 @@ def reference_stats(x, x_hat, z):
     n = z.shape[1]
     l0, l1, ratio, hoyer = [], [], [], []
     for code in z:
-        a, b = np.sum(np.abs(code)), np.sqrt(np.sum(code ** 2))
+        a, b = np.sum(np.abs(code)), np.sqrt(np.sum(code**2))
         l0.append(np.count_nonzero(code))
         l1.append(a)
         ratio.append(a / np.sqrt(b) if b > 0 else 0.0)

@@ -105,5 +105,7 @@ class LLMJudge:
         except JudgeFailure as failure:
             return failed(failure.kind, len(texts), "logprobs")
         source = "logprobs" if answers.from_logprobs else "hard_answers"
-        return [Verdict(prediction, probability, None, source)
-                for prediction, probability in zip(answers.predictions, answers.probabilities, strict=True)]
+        return [
+            Verdict(prediction, probability, None, source)
+            for prediction, probability in zip(answers.predictions, answers.probabilities, strict=True)
+        ]

@@ -35,8 +35,10 @@ class HFLanguageModel:
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
-            raise UserError(f"the judge's tokenizer splits {text!r} into {len(ids)} tokens",
-                            "Use a model whose vocabulary has the digits 0 and 1 as tokens")
+            raise UserError(
+                f"the judge's tokenizer splits {text!r} into {len(ids)} tokens",
+                "Use a model whose vocabulary has the digits 0 and 1 as tokens",
+            )
         return ids[0]
 
     def _prompt_text(self, prompt: Prompt) -> str:
@@ -55,9 +57,10 @@ class HFLanguageModel:
     @torch.no_grad()
     def generate(self, prompt: Prompt, max_tokens: int) -> str:
         ids = self._ids(self._prompt_text(prompt))
-        out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.eos_token_id)
-        reply = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = self.model.generate(
+            ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id
+        )
+        reply = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         # Without a chat template the prompt ends with the answer lead: put it back so replies read alike.
         return reply if self.tokenizer.chat_template else prompt.answer_lead + reply
 

@@ -26,8 +26,18 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 class HttpLanguageModel:
     """`api = "chat"` posts to {base_url}/chat/completions, `"completion"` to {base_url}/completions."""
 
-    def __init__(self, base_url: str, model: str, *, api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 1.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api: str = "chat",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+    ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api = api
@@ -48,8 +58,10 @@ class HttpLanguageModel:
     def _complete(self, prompt: Prompt, max_tokens: int, logprobs: bool) -> tuple[str, list[TokenChoice] | None]:
         payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
         if self.api == "chat":
-            payload["messages"] = [{"role": "system", "content": prompt.system},
-                                   {"role": "user", "content": prompt.user}]
+            payload["messages"] = [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ]
             if logprobs:
                 payload.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
             reply = self._post("/chat/completions", payload)

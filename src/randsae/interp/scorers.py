@@ -50,8 +50,9 @@ class _ItemToJudge(NamedTuple):
     activations: np.ndarray
 
 
-def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator,
-                   str_tokens: StrTokens) -> list[_ItemToJudge]:
+def items_to_judge(
+    task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator, str_tokens: StrTokens
+) -> list[_ItemToJudge]:
     """The test windows of one latent, positives then negatives, marked for fuzzing."""
     positives, negatives = examples.positives, examples.negatives
     width = positives.token_ids.shape[1] if len(positives.window_ids) else cfg.window_size
@@ -66,14 +67,23 @@ def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: 
     items = []
     for windows, marks, activating in ((positives, positive_marks, True), (negatives, negative_marks, False)):
         marks = repeat(None) if marks is None else marks
-        for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks, strict=False):
+        for ids, acts, quantile, mark in zip(
+            windows.token_ids, windows.activations, windows.quantile, marks, strict=False
+        ):
             items.append(_ItemToJudge(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
     return items
 
 
-def score_latents(task: str, examples: Sequence[LatentExamples], explanations: Sequence[Explanation],
-                  judge: Judge, cfg: InterpConfig, rngs: Sequence[np.random.Generator], str_tokens: StrTokens,
-                  progress: bool = False) -> list[list[ScoredExample]]:
+def score_latents(
+    task: str,
+    examples: Sequence[LatentExamples],
+    explanations: Sequence[Explanation],
+    judge: Judge,
+    cfg: InterpConfig,
+    rngs: Sequence[np.random.Generator],
+    str_tokens: StrTokens,
+    progress: bool = False,
+) -> list[list[ScoredExample]]:
     """Judge every latent's test windows under its explanation; one record list per latent."""
     plans: list[list[tuple[list[_ItemToJudge], int | None]]] = []
     requests: list[JudgeRequest] = []

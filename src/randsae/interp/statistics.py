@@ -68,8 +68,9 @@ def pair_counts(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_gr
         below_or_tied = np.searchsorted(negatives, pos_scores, side="right")
         wins = below + 0.5 * (below_or_tied - below)
         ordered[:, m] = np.bincount(pos_groups, weights=wins, minlength=n_groups)
-    return PairCounts(ordered, np.bincount(groups[labels], minlength=n_groups),
-                      np.bincount(groups[~labels], minlength=n_groups))
+    return PairCounts(
+        ordered, np.bincount(groups[labels], minlength=n_groups), np.bincount(groups[~labels], minlength=n_groups)
+    )
 
 
 def per_group_auroc(counts: PairCounts) -> np.ndarray:

@@ -78,9 +78,14 @@ def _grid(n_panels: int, columns: int, width: float, height: float, top: float =
     rows = math.ceil(n_panels / columns)
     fig_width, fig_height = width * columns, height * rows + top
     figure = Figure(figsize=(fig_width, fig_height))
-    figure.subplots_adjust(left=0.55 / fig_width, right=1 - 0.15 / fig_width, bottom=0.45 / fig_height,
-                           top=1 - (top + 0.35) / fig_height, wspace=0.55 / (width - 0.55),
-                           hspace=0.8 / (height - 0.8))
+    figure.subplots_adjust(
+        left=0.55 / fig_width,
+        right=1 - 0.15 / fig_width,
+        bottom=0.45 / fig_height,
+        top=1 - (top + 0.35) / fig_height,
+        wspace=0.55 / (width - 0.55),
+        hspace=0.8 / (height - 0.8),
+    )
     axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
     for unused in axes[n_panels:]:
         unused.set_visible(False)
@@ -122,8 +127,13 @@ def roc_grid(curves: Mapping[int, Mapping[str, RocCurve]], colors: Mapping[str, 
     figure, axes = _grid(len(curves), 3, 3.4, 3.4, top=0.0)
     for ax, (layer, by_variant) in zip(axes, sorted(curves.items()), strict=True):
         for variant, curve in by_variant.items():
-            ax.plot(curve.false_positive_rate, curve.true_positive_rate, color=colors[variant], lw=1.5,
-                    label=f"{variant} ({curve.auroc:.3f})")
+            ax.plot(
+                curve.false_positive_rate,
+                curve.true_positive_rate,
+                color=colors[variant],
+                lw=1.5,
+                label=f"{variant} ({curve.auroc:.3f})",
+            )
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         ax.set_title(f"{title}, layer {layer}", fontsize=9)
@@ -134,8 +144,9 @@ def roc_grid(curves: Mapping[int, Mapping[str, RocCurve]], colors: Mapping[str, 
     return to_data_uri(figure)
 
 
-def entropy_scatter(points: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
-                    auroc_name: str) -> str:
+def entropy_scatter(
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str], auroc_name: str
+) -> str:
     """Per-latent token entropy against per-latent AUROC, one panel per variant (the paper's Appendix H)."""
     figure, axes = _grid(len(points), 4, 3.0, 2.6, top=0.0)
     for ax, (variant, (entropy, auroc)) in zip(axes, points.items(), strict=True):

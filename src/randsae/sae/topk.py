@@ -26,8 +26,10 @@ class TopKSAE(SparseAutoencoder):
 
     def __init__(self, cfg: SAEConfig):
         if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
-            raise UserError(f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
-                            "Set sae.k to a positive number of active latents (the paper uses 32)")
+            raise UserError(
+                f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
+                "Set sae.k to a positive number of active latents (the paper uses 32)",
+            )
         super().__init__(cfg)
 
     def encode_topk(self, x: Tensor) -> TopKOutput:

@@ -90,8 +90,11 @@ class ToyConfig:
         for name in ("latent_counts", "seeds", "networks"):
             values = getattr(self, name)
             if len(set(values)) != len(values) or (name != "networks" and not values):
-                _bad(name, list(values), "a non-empty list without repeats" if name != "networks" else
-                     "a list without repeats")
+                _bad(
+                    name,
+                    list(values),
+                    "a non-empty list without repeats" if name != "networks" else "a list without repeats",
+                )
         if any(count < 1 for count in self.latent_counts):
             _bad("latent_counts", list(self.latent_counts), "positive integers")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -79,8 +79,13 @@ def pareto_front(sparsity: np.ndarray, explained: np.ndarray, higher_is_sparser:
     return np.array(front, dtype=int)
 
 
-def front_gap(front_a: tuple[np.ndarray, np.ndarray], front_b: tuple[np.ndarray, np.ndarray],
-              higher_is_sparser: bool, log_scale: bool, n_grid: int = 200) -> float:
+def front_gap(
+    front_a: tuple[np.ndarray, np.ndarray],
+    front_b: tuple[np.ndarray, np.ndarray],
+    higher_is_sparser: bool,
+    log_scale: bool,
+    n_grid: int = 200,
+) -> float:
     """Mean vertical distance a − b between two (sparsity, explained) point sets' Pareto fronts.
 
     Each front is read as a step function: the best explained variance reachable at a given sparsity or
@@ -88,6 +93,7 @@ def front_gap(front_a: tuple[np.ndarray, np.ndarray], front_b: tuple[np.ndarray,
     `log_scale`, where points at zero are
     left out); NaN when the ranges do not overlap.
     """
+
     def on_axis(points: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         sparsity, explained = (np.asarray(values, dtype=float) for values in points)
         keep = sparsity > 0 if log_scale else np.isfinite(sparsity)

@@ -45,8 +45,9 @@ class _CausalBlock(nn.Module):
 
     def __init__(self, n_dims: int):
         super().__init__()
-        self.block = nn.TransformerEncoderLayer(n_dims, TRANSFORMER_HEADS, dim_feedforward=4 * n_dims, dropout=0.0,
-                                                batch_first=True, norm_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            n_dims, TRANSFORMER_HEADS, dim_feedforward=4 * n_dims, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.eval()
 
     def forward(self, rows: Tensor, context: int = TRANSFORMER_CONTEXT) -> Tensor:
