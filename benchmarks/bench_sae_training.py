@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from randsae.sae import SAEConfig, TrainConfig, build_sae, default_lr
+from randsae.sae.topk import TopKSAE
 from randsae.sae.trainer import train_step
 
 D_MODEL, K, BATCH = 576, 32, 4096
@@ -52,6 +53,7 @@ def ours_step(data: torch.Tensor, d_sae: int, selection_dtype: str | None) -> Ca
     renorm) on a fresh SAE with b_dec at the data mean."""
     cfg = TrainConfig(batch_size=BATCH, topk_selection_dtype=selection_dtype)
     sae = build_sae(SAEConfig("topk", D_MODEL, d_sae, k=K), seed=0)
+    assert isinstance(sae, TopKSAE)
     sae.selection_dtype = getattr(torch, selection_dtype) if selection_dtype else None
     sae.init_from_data(data)
     adam = torch.optim.Adam(sae.parameters(), lr=default_lr(d_sae), fused=True)

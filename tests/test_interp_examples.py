@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from randsae.interp.config import InterpConfig
@@ -22,7 +24,7 @@ def latent_entries(seed: int, rate: float = 0.05) -> tuple[LatentEntries, np.nda
 
 
 def config(**overrides) -> InterpConfig:
-    settings = dict(
+    settings: dict[str, Any] = dict(
         window_size=WINDOW, n_top_windows=100, n_explanation_windows=20, n_quantiles=5, n_per_quantile=6, n_negatives=30
     )
     settings.update(overrides)

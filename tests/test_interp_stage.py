@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,7 @@ from tests.helpers import build_interp_run, str_tokens
 
 
 def small_config(**overrides) -> InterpConfig:
-    settings = dict(
+    settings: dict[str, Any] = dict(
         n_latents=8,
         min_examples=10,
         window_size=16,

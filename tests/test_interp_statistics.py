@@ -89,7 +89,7 @@ def test_failures_become_wrong_answers():
 
 
 def record(activating: bool, probability: float | None, failure: str | None = None) -> ScoredExample:
-    prediction = None if failure else probability > 0.5
+    prediction = None if failure or probability is None else probability > 0.5
     return ScoredExample(
         ["a"],
         [0.0],

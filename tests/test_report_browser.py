@@ -51,6 +51,7 @@ class Browser:
     """One headless Chromium and one page, spoken to over the DevTools pipe."""
 
     def __init__(self, profile: Path):
+        assert CHROMIUM is not None  # the tests that start a browser skip without it
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
 

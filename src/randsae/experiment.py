@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.config import ExperimentConfig, dump_config
@@ -68,7 +69,7 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
     return {split: load_tokens(run.tokens(split)) for split in SPLITS}
 
 
-def _save_unembedding(model: nn.Module, path: Path) -> None:
+def _save_unembedding(model: PreTrainedModel, path: Path) -> None:
     """The trained unembedding (fp16) and final norm scale, for the dashboards' top promoted logits."""
     output = model.get_output_embeddings()
     if path.is_file() or output is None:
@@ -83,7 +84,7 @@ def _save_unembedding(model: nn.Module, path: Path) -> None:
 def harvest_variant(
     cfg: ExperimentConfig,
     run: RunDir,
-    model: nn.Module,
+    model: PreTrainedModel,
     blocks: nn.ModuleList,
     blocks_path: str,
     model_name: str,
@@ -194,7 +195,7 @@ def reconstruction_on_heldout(
 def evaluate_variant(
     cfg: ExperimentConfig,
     run: RunDir,
-    model: nn.Module,
+    model: PreTrainedModel,
     blocks: nn.ModuleList,
     variant: str,
     heldout: Tensor,
@@ -267,7 +268,8 @@ def run_pipeline(
         if all((variant, layer) in rows for layer in cfg.layers):
             continue
         with timings.stage("build_variants"):
-            model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()
+            # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
+            model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()  # type: ignore[arg-type]
             _, variant_blocks = find_blocks(model, blocks_path)
         with timings.stage("harvest"):
             harvest_variant(

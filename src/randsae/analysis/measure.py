@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -162,7 +162,7 @@ def summarize(
     variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample], n_rows: int
 ) -> SAEMeasurements:
     """The SAE's record: every sample's value, plus the counts behind them (`n_rows` analysed rows)."""
-    values = {name: sample.value() for name, sample in samples.items()}
+    values: dict[str, Any] = {name: sample.value() for name, sample in samples.items()}  # float fields, by name
     interp_counts = {
         f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight for kind in KINDS if f"fuzz_auroc_{kind}" in samples
     }

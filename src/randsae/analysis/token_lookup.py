@@ -66,8 +66,8 @@ def fit_token_lookup(chunks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
     keep_row = not_bos(torch.arange(flat.numel()), context_size)
-    distinct, index_of_row = np.unique(flat.numpy(), return_inverse=True)
-    token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(index_of_row.reshape(-1))
+    distinct, inverse = np.unique(flat.numpy(), return_inverse=True)
+    token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(inverse.reshape(-1))
     sums: Tensor | None = None
     start = 0
     for chunk in chunks:

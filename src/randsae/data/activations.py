@@ -135,9 +135,10 @@ class CacheWriter:
         self.buffer: list[Tensor] = []
         folder.mkdir(parents=True, exist_ok=True)
         existing = self._existing_manifest()
-        same_spec = existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec
-        self.manifest = existing if same_spec else spec
-        if not same_spec:
+        if existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec:
+            self.manifest = existing
+        else:
+            self.manifest = spec
             self._save_manifest()
 
     def _existing_manifest(self) -> CacheManifest | None:

@@ -81,6 +81,7 @@ class TokenJudge:
                 probability = max((weight.get(token, 0.0) for token in item.str_tokens), default=0.0)
                 prediction = probability > 0
             else:
+                assert item.marked is not None, "fuzzing items carry their highlighted tokens"
                 marked = [token for token, on in zip(item.str_tokens, item.marked, strict=True) if on]
                 probability = sum(token in weight for token in marked) / max(len(marked), 1)
                 prediction = probability >= 0.5

@@ -201,7 +201,7 @@ def load_latent_entries(cache: LatentCache, latents: Sequence[int]) -> dict[int,
 def _verification_sample(n_tokens: int, context_size: int, verify_rows: int, seed: int) -> np.ndarray:
     """Sorted distinct rows to re-encode, always including a BOS row (which must come out empty)."""
     rng = np.random.default_rng(seed)
-    sample = rng.choice(n_tokens, size=min(verify_rows, n_tokens), replace=False) if verify_rows else []
+    sample = rng.choice(n_tokens, size=min(verify_rows, n_tokens), replace=False) if verify_rows else np.zeros(0)
     return np.unique(np.concatenate([np.asarray(sample, dtype=np.int64), [0]])) if n_tokens else np.zeros(0, np.int64)
 
 

@@ -7,6 +7,7 @@ answer's P("1") / (P("0") + P("1")) is read from the logits at its position (key
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -44,7 +45,8 @@ class HFLanguageModel:
     def _prompt_text(self, prompt: Prompt) -> str:
         if self.tokenizer.chat_template:
             messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            # tokenize=False: the rendered text (transformers annotates every return form)
+            return cast(str, self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return prompt.as_text()
 
     def answer_prefix(self, prompt: Prompt) -> str:
@@ -60,7 +62,7 @@ class HFLanguageModel:
         out = self.model.generate(
             ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id
         )
-        reply = self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+        reply = cast(str, self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))  # one sequence: str
         # Without a chat template the prompt ends with the answer lead: put it back so replies read alike.
         return reply if self.tokenizer.chat_template else prompt.answer_lead + reply
 

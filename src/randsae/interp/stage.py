@@ -285,8 +285,8 @@ def interpret_sae(
             scored = score_latents(
                 task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens, progress
             )
-            for i, records in zip(batch, scored, strict=True):
-                write_scores(paths.score(task, module, latents[i]), records)
+            for i, latent_records in zip(batch, scored, strict=True):
+                write_scores(paths.score(task, module, latents[i]), latent_records)
 
     records = {task: [read_scores(paths.score(task, module, latent)) for latent in latents] for task in TASKS}
     rows = [

@@ -12,7 +12,7 @@ latents' multiplicities; the bootstrap resamples latents, so one U matrix serves
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 
@@ -80,6 +80,10 @@ def per_group_auroc(counts: PairCounts) -> np.ndarray:
         return np.where(denominator > 0, np.diag(counts.ordered) / denominator, np.nan)
 
 
+@overload
+def pooled_auroc(counts: PairCounts, weights: None = None) -> float: ...
+@overload
+def pooled_auroc(counts: PairCounts, weights: np.ndarray) -> np.ndarray: ...
 def pooled_auroc(counts: PairCounts, weights: np.ndarray | None = None) -> np.ndarray | float:
     """AUROC of all examples pooled; `weights` [B, G] gives one value per row (group multiplicities)."""
     if weights is None:

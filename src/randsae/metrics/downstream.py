@@ -59,6 +59,11 @@ def _keep_bos(replacement: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
     return replace
 
 
+def _through_sae(reconstruct: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The residual [batch, seq, d] replaced by its reconstruction (in float32, cast back by `_keep_bos`)."""
+    return lambda resid: reconstruct(resid.flatten(0, 1).float()).view_as(resid)
+
+
 @torch.no_grad()
 def downstream_metrics(
     model: nn.Module,
@@ -88,9 +93,9 @@ def downstream_metrics(
         ce_clean = _next_token_ce(clean, batch).item()
         for layer, (block, reconstruct) in splices.items():
             sums[layer]["ce_clean"] += ce_clean
-            patches = {
+            patches: dict[str, Callable[[Tensor], Tensor]] = {
                 "zero": torch.zeros_like,
-                "sae": lambda resid, f=reconstruct: f(resid.flatten(0, 1).float()).view_as(resid),
+                "sae": _through_sae(reconstruct),
             }
             for name, patch in patches.items():
                 with replace_residual(block, _keep_bos(patch)):

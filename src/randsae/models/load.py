@@ -130,10 +130,11 @@ def _load_gguf(path: Path, dtype: torch.dtype):
             "Check that it is a GGUF causal LM of an architecture transformers supports",
         ) from None
     # The weights are already dequantized: drop the GGUF markers that make transformers refuse to save.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on the class
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(converted) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return model.to(dtype), tokenizer
+    # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
+    return model.to(dtype), tokenizer  # type: ignore[arg-type]

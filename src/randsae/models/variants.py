@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -132,8 +133,8 @@ def build_variant(
         return _fresh_init(trained, cfg)
     model = copy.deepcopy(trained)
     if name == "control":
-        embedding = model.get_input_embeddings()
-        model.set_input_embeddings(NoiseEmbedding(embedding.weight.shape[1], embedding.weight.dtype, cfg.seed))
+        weight = cast(Tensor, model.get_input_embeddings().weight)
+        model.set_input_embeddings(NoiseEmbedding(weight.shape[1], weight.dtype, cfg.seed))
     elif name == "permuted":
         _redraw_parameters(model, permute_tensor, cfg, keep=lambda _: False)
     else:

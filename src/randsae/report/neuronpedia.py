@@ -51,7 +51,7 @@ def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[s
     for group in view.quantiles:
         activations += [_quantile_activation(w, group, n_windows) for w in group.windows]
     edges = view.histogram_edges
-    feature = {
+    feature: dict[str, Any] = {
         "modelId": model_id(model_name),
         "layer": source_id(view.variant, view.layer),
         "index": str(view.latent),

@@ -23,6 +23,8 @@ class ReluSAE(SparseAutoencoder):
     """encode: relu((x - b_dec) @ W_enc + b_enc); decode: z @ W_dec + b_dec; decoder rows kept unit-norm."""
 
     architecture = "relu_l1"
+    l1_coefficient: Tensor
+    """λ, a 0-d buffer (see __init__)."""
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__(cfg)

@@ -39,8 +39,11 @@ from randsae.toml_config import invalid
 class ActivationSource(Protocol):
     """What the trainer reads: `ActivationCache` provides it, `TensorSource` wraps a tensor."""
 
-    n_tokens: int
-    d_model: int
+    @property
+    def n_tokens(self) -> int: ...
+
+    @property
+    def d_model(self) -> int: ...
 
     def iter_chunks(self, rows: int) -> Iterator[Tensor]:
         """Chunks [≤ rows, d_model] of consecutive rows, in row order, covering all `n_tokens` rows."""
@@ -206,7 +209,7 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
     quarter at a time). Rows left over after its last whole batch are carried into the next one.
     """
     buffer_rows = max(cfg.buffer_tokens, cfg.batch_size)
-    skip_bos = cfg.skip_bos and cfg.context_size is not None
+    bos_every = cfg.context_size if cfg.skip_bos else None  # None: keep every row
     leftover = torch.empty(0, source.d_model)
     while True:
         pending, n_pending, row = [leftover], leftover.shape[0], 0
@@ -214,8 +217,8 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
         for chunk in _with_end_marker(chunks):
             if chunk is not None:
                 rows = chunk.shape[0]
-                if skip_bos:
-                    chunk = chunk[not_bos(torch.arange(row, row + rows), cfg.context_size)]
+                if bos_every is not None:
+                    chunk = chunk[not_bos(torch.arange(row, row + rows), bos_every)]
                 row += rows
                 pending.append(chunk.float())
                 n_pending += chunk.shape[0]
@@ -314,7 +317,7 @@ def train_sae(
         disable=not progress,
         desc=f"train {sae_cfg.architecture} SAE",
     )
-    batches = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
+    batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
     fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_steps])
     resumed = _load_checkpoint(checkpoint, fingerprint, device)
     first_step, wall_before = 0, 0.0

@@ -160,7 +160,7 @@ def train_and_score(dataset: Dataset, d_sae: int, seed: int, config: ToyConfig, 
     )
     rows = []
     with torch.no_grad():
-        for sae in saes:
+        for sae, l1_coefficient in zip(saes, config.l1_coefficients, strict=True):  # the sweep keeps their order
             codes = sae.encode(dataset.test)
             stats = code_stats(dataset.test, sae.decode(codes), codes)
             rows.append(
@@ -169,7 +169,7 @@ def train_and_score(dataset: Dataset, d_sae: int, seed: int, config: ToyConfig, 
                     network=dataset.network,
                     d_sae=d_sae,
                     seed=seed,
-                    l1_coefficient=float(sae.cfg.l1_coefficient),
+                    l1_coefficient=float(l1_coefficient),
                     mmcs=float(mmcs(dataset.features, sae.W_dec)),
                     fvu=float(stats.fvu),
                     explained_variance=1.0 - float(stats.fvu),
