@@ -477,10 +477,12 @@ def build_report_run(
 class TableReader(HTMLParser):
     """Every table's cells as text, by table id."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
-        self._table = self._row = self._cell = None
+        self._table: list[list[str]] | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag == "table":
