@@ -45,18 +45,32 @@ def main() -> None:
     @torch.no_grad()
     def bare_forward() -> None:
         for start in range(0, ids.shape[0], args.batch):
-            bare(input_ids=ids[start:start + args.batch], use_cache=False)
+            bare(input_ids=ids[start : start + args.batch], use_cache=False)
 
     def randsae_harvest() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             writers = {}
             for layer in args.layers:
-                spec = CacheManifest(model="smollm2", variant="trained", layer=layer, hook_name=f"{path}.{layer}",
-                                     split="train", n_tokens=ids.numel(), d_model=lm.model.config.hidden_size,
-                                     dtype="float32", context_size=256)
+                spec = CacheManifest(
+                    model="smollm2",
+                    variant="trained",
+                    layer=layer,
+                    hook_name=f"{path}.{layer}",
+                    split="train",
+                    n_tokens=ids.numel(),
+                    d_model=lm.model.config.hidden_size,
+                    dtype="float32",
+                    context_size=256,
+                )
                 writers[layer] = CacheWriter(Path(tmp) / str(layer), spec, windows_per_shard=64)
-            harvest(lambda batch: residual_stream(lm.model, blocks, args.layers, batch), ids, writers,
-                    args.batch, device, progress=False)
+            harvest(
+                lambda batch: residual_stream(lm.model, blocks, args.layers, batch),
+                ids,
+                writers,
+                args.batch,
+                device,
+                progress=False,
+            )
 
     def timed(fn) -> float:
         start = time.perf_counter()
@@ -68,8 +82,10 @@ def main() -> None:
     rounds = [(timed(bare_forward), timed(randsae_harvest)) for _ in range(args.repeats)]
     t_bare, t_harvest = min(r[0] for r in rounds), min(r[1] for r in rounds)
     n = ids.numel()
-    print(f"model: SmolLM2-135M (30 blocks), layers {args.layers}, {n} tokens, batch {args.batch} x 256, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"model: SmolLM2-135M (30 blocks), layers {args.layers}, {n} tokens, batch {args.batch} x 256, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"bare truncated forward (blocks 0..{deepest}): {n / t_bare:8.0f} tok/s")
     print(f"randsae harvest ({len(args.layers)} layers to disk):  {n / t_harvest:8.0f} tok/s")
     print(f"harvest / bare forward: {t_bare / t_harvest:.3f}")

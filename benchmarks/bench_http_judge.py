@@ -15,8 +15,26 @@ from randsae.interp.llm_http import HttpLanguageModel
 def main() -> None:
     url, name = sys.argv[1], sys.argv[2]
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 8
-    words = " the cat sat on the mat while a dog ran after the red ball in the garden".split()
-    items = [JudgeItem([" " + w for w in words[i:i + 12]], None) for i in range(5)]
+    words = [
+        "the",
+        "cat",
+        "sat",
+        "on",
+        "the",
+        "mat",
+        "while",
+        "a",
+        "dog",
+        "ran",
+        "after",
+        "the",
+        "red",
+        "ball",
+        "in",
+        "the",
+        "garden",
+    ]
+    items = [JudgeItem([" " + w for w in words[i : i + 12]], None) for i in range(5)]
     requests = [JudgeRequest("detection", "animals", items)] * 16
     rates = {}
     for concurrency in (1, workers):
@@ -26,8 +44,10 @@ def main() -> None:
         seconds = time.perf_counter() - start
         failed = sum(v.failure is not None for batch in verdicts for v in batch)
         rates[concurrency] = 5 * len(requests) / seconds
-        print(f"concurrency {concurrency:>2}: {rates[concurrency]:.1f} examples/s "
-              f"({len(requests)} prompts x 5, {failed} failed)")
+        print(
+            f"concurrency {concurrency:>2}: {rates[concurrency]:.1f} examples/s "
+            f"({len(requests)} prompts x 5, {failed} failed)"
+        )
     print(f"speed-up from {workers} in flight: {rates[workers] / rates[1]:.2f}x")
 
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from randsae.sae import SAEConfig, TrainConfig, build_sae, default_lr
+from randsae.sae.topk import TopKSAE
 from randsae.sae.trainer import train_step
 
 D_MODEL, K, BATCH = 576, 32, 4096
@@ -52,6 +53,7 @@ def ours_step(data: torch.Tensor, d_sae: int, selection_dtype: str | None) -> Ca
     renorm) on a fresh SAE with b_dec at the data mean."""
     cfg = TrainConfig(batch_size=BATCH, topk_selection_dtype=selection_dtype)
     sae = build_sae(SAEConfig("topk", D_MODEL, d_sae, k=K), seed=0)
+    assert isinstance(sae, TopKSAE)
     sae.selection_dtype = getattr(torch, selection_dtype) if selection_dtype else None
     sae.init_from_data(data)
     adam = torch.optim.Adam(sae.parameters(), lr=default_lr(d_sae), fused=True)
@@ -77,9 +79,9 @@ def sparsify_step(data: torch.Tensor, d_sae: int) -> Callable[[torch.Tensor], ob
     return step
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -89,17 +91,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer (interleaved; median kept)")
     args = parser.parse_args()
     try:
-        import sparsify  # noqa: F401
+        import sparsify
     except ImportError as error:
         sparsify = None
-        print(f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
-              "natsort, simple-parsing, docstring-parser, schedulefree")
+        print(
+            f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
+            "natsort, simple-parsing, docstring-parser, schedulefree"
+        )
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D_MODEL} k={K} batch={BATCH}")
     peak = matmul_gflops()  # also warms up the BLAS threads
     data = synthetic_activations(BATCH * args.steps)
     batches = data.split(BATCH)
-    header = f"{'expansion':>9} {'d_sae':>6} {'trainer':>17} {'tok/s':>7} {'vs sparsify':>12} " \
-             f"{'GFLOP/s (2dm)':>14} {'of roofline':>12}"
+    header = (
+        f"{'expansion':>9} {'d_sae':>6} {'trainer':>17} {'tok/s':>7} {'vs sparsify':>12} "
+        f"{'GFLOP/s (2dm)':>14} {'of roofline':>12}"
+    )
     results = []
     for expansion in args.expansions:
         d_sae = D_MODEL * expansion
@@ -112,7 +118,7 @@ def main() -> None:
         for i in range(args.steps):
             peak = max(peak, matmul_gflops())
             for name, step in steps.items():
-                seconds[name].append(_timed(lambda: step(batches[i % len(batches)])))
+                seconds[name].append(_timed(step, batches[i % len(batches)]))
         medians = {name: statistics.median(times) for name, times in seconds.items()}
         for name, median in medians.items():
             results.append((expansion, d_sae, name, BATCH / median, medians.get("sparsify", 0.0) / median))
@@ -123,8 +129,10 @@ def main() -> None:
     for expansion, d_sae, name, tokens_per_s, vs_sparsify in results:
         gflops = tokens_per_s * 2 * D_MODEL * d_sae / 1e9
         ratio = f"{vs_sparsify:.2f}x" if vs_sparsify else "n/a"
-        print(f"{expansion:>9} {d_sae:>6} {name:>17} {tokens_per_s:>7.0f} {ratio:>12} {gflops:>14.1f} "
-              f"{gflops / peak:>11.0%}")
+        print(
+            f"{expansion:>9} {d_sae:>6} {name:>17} {tokens_per_s:>7.0f} {ratio:>12} {gflops:>14.1f} "
+            f"{gflops / peak:>11.0%}"
+        )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ English corpus on disk, and a whole tiny run directory made by the real pipeline
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -22,8 +23,7 @@ def tiny_corpus(tmp_path_factory) -> Path:
     lines = [line for line in CORPUS.splitlines() if line]
     for part in range(4):
         docs = [f"{lines[(i + part) % len(lines)]} {lines[(3 * i + part) % len(lines)]}" for i in range(60)]
-        (folder / f"part{part}.jsonl").write_text(
-            "\n".join('{"text": "%s"}' % doc.replace('"', "'") for doc in docs) + "\n")
+        (folder / f"part{part}.jsonl").write_text("\n".join(json.dumps({"text": doc}) for doc in docs) + "\n")
     return folder
 
 

@@ -13,7 +13,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
-import tomli_w
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -23,13 +22,13 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
 from randsae.config import EvalConfig, ExperimentConfig, SAEShape, dump_config
 from randsae.data.activations import CacheManifest, CacheWriter
-from randsae.metrics.results import MetricsRow, save_metrics
-from randsae.run_dir import RunDir, Site
 from randsae.data.text import TextConfig
 from randsae.data.tokens import TokenConfig, save_tokens
 from randsae.interp.config import InterpConfig
 from randsae.interp.stage import interpret_run
+from randsae.metrics.results import MetricsRow, save_metrics
 from randsae.models.load import ModelConfig
+from randsae.run_dir import RunDir, Site
 from randsae.sae import TopKOutput, TopKSAE
 from randsae.sae.base import SAEConfig, register
 from randsae.sae.relu import ReluSAE
@@ -58,11 +57,20 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
     vocab = {"<|endoftext|>": 0, "<unk>": 1, **{word: i + 2 for i, word in enumerate(_words())}}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
-                                        bos_token="<|endoftext|>", unk_token="<unk>")
-    config = GPTNeoXConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=128, bos_token_id=0, eos_token_id=0,
-                           tie_word_embeddings=False)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<unk>"
+    )
+    config = GPTNeoXConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=0,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(seed)
     GPTNeoXForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -72,12 +80,17 @@ def build_tiny_model(folder: Path, seed: int = 0) -> Path:
 def tiny_config(model_dir: Path, corpus: Path, **overrides):
     """A small experiment on the tiny model: 2 layers, 4 variants, seconds to run."""
     cfg = ExperimentConfig(
-        layers=(1, 3), variants=("trained", "rerandomized", "rerandomized_keep_embeddings", "control"),
-        device="cpu", activation_dtype="float32", model=ModelConfig(name=str(model_dir)),
+        layers=(1, 3),
+        variants=("trained", "rerandomized", "rerandomized_keep_embeddings", "control"),
+        device="cpu",
+        activation_dtype="float32",
+        model=ModelConfig(name=str(model_dir)),
         data=TextConfig(source=str(corpus / "*.jsonl")),
         tokens=TokenConfig(context_size=32, train_tokens=2048, heldout_tokens=1024, heldout_fraction=0.3),
-        sae=SAEShape(expansion=4, k=4), train=TrainConfig(batch_size=256, total_tokens=4096, warmup_steps=2),
-        eval=EvalConfig(ce_windows=4, batch_windows=4))
+        sae=SAEShape(expansion=4, k=4),
+        train=TrainConfig(batch_size=256, total_tokens=4096, warmup_steps=2),
+        eval=EvalConfig(ce_windows=4, batch_windows=4),
+    )
     return dataclasses.replace(cfg, **overrides)
 
 
@@ -121,15 +134,25 @@ def _write_interp_cache(folder: Path, activations: torch.Tensor, variant: str, l
     folder.mkdir(parents=True, exist_ok=True)
     save_file({"activations": activations.contiguous()}, folder / "shard_00000.safetensors")
     digest = hashlib.sha256((folder / "shard_00000.safetensors").read_bytes()).hexdigest()
-    manifest = {"model": "synthetic", "variant": variant, "layer": layer, "hook_name": f"layers.{layer}",
-                "split": "heldout", "n_tokens": activations.shape[0], "d_model": activations.shape[1],
-                "dtype": "float32", "context_size": INTERP_CONTEXT, "complete": True,
-                "shards": [{"file": "shard_00000.safetensors", "n_tokens": activations.shape[0], "sha256": digest}]}
+    manifest = {
+        "model": "synthetic",
+        "variant": variant,
+        "layer": layer,
+        "hook_name": f"layers.{layer}",
+        "split": "heldout",
+        "n_tokens": activations.shape[0],
+        "d_model": activations.shape[1],
+        "dtype": "float32",
+        "context_size": INTERP_CONTEXT,
+        "complete": True,
+        "shards": [{"file": "shard_00000.safetensors", "n_tokens": activations.shape[0], "sha256": digest}],
+    }
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def build_interp_run(run_dir: Path, variants=("noise", "tokenlike"), layer: int = 1,
-                     architecture: str = "interp_test_topk") -> Path:
+def build_interp_run(
+    run_dir: Path, variants=("noise", "tokenlike"), layer: int = 1, architecture: str = "interp_test_topk"
+) -> Path:
     """Write the run directory the interp stage reads.
 
     In the `tokenlike` variant each activation is its token's embedding plus a little noise, so latents
@@ -137,8 +160,9 @@ def build_interp_run(run_dir: Path, variants=("noise", "tokenlike"), layer: int 
     so they should score at chance.
     """
     generator = torch.Generator().manual_seed(0)
-    tokens = torch.randint(1, len(INTERP_VOCAB), (INTERP_N_ROWS, INTERP_CONTEXT), generator=generator,
-                           dtype=torch.int32)
+    tokens = torch.randint(
+        1, len(INTERP_VOCAB), (INTERP_N_ROWS, INTERP_CONTEXT), generator=generator, dtype=torch.int32
+    )
     tokens[:, 0] = 0  # BOS
     (run_dir / "tokens").mkdir(parents=True)
     save_file({"input_ids": tokens}, run_dir / "tokens" / "heldout.safetensors")
@@ -147,9 +171,19 @@ def build_interp_run(run_dir: Path, variants=("noise", "tokenlike"), layer: int 
         noise = torch.randn(tokens.numel(), INTERP_D_MODEL, generator=generator)
         x = embedding[tokens.reshape(-1).long()] * 3 + 0.3 * noise if variant == "tokenlike" else noise
         _write_interp_cache(run_dir / "activations" / variant / f"layer{layer}" / "heldout", x, variant, layer)
-        cfg = SAEConfig(architecture=architecture, d_in=INTERP_D_MODEL, d_sae=INTERP_D_SAE, k=INTERP_K,
-                        metadata={"variant": variant, "layer": layer, "hook_name": f"layers.{layer}",
-                                  "model_name": "synthetic", "context_size": INTERP_CONTEXT})
+        cfg = SAEConfig(
+            architecture=architecture,
+            d_in=INTERP_D_MODEL,
+            d_sae=INTERP_D_SAE,
+            k=INTERP_K,
+            metadata={
+                "variant": variant,
+                "layer": layer,
+                "hook_name": f"layers.{layer}",
+                "model_name": "synthetic",
+                "context_size": INTERP_CONTEXT,
+            },
+        )
         sae = {"interp_test_topk": TinyTopK, "interp_test_broken_topk": BrokenTopK}[architecture](cfg)
         with torch.no_grad():
             sae.W_enc.copy_(torch.randn(INTERP_D_MODEL, INTERP_D_SAE, generator=generator))
@@ -204,16 +238,19 @@ def planted_activations(input_ids: np.ndarray, kinds: list[str], seed: int) -> n
     return acts
 
 
-def build_analysis_run(root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_windows=(96, 64),
-                       noise=0.5, seed=0) -> Path:
+def build_analysis_run(
+    root: Path, variants: dict[str, dict[str, int]], layers=(0, 1), n_windows=(96, 64), noise=0.5, seed=0
+) -> Path:
     """Write tokens, activation caches and exact SAEs for every variant x layer; returns the run dir.
 
     `noise` is the noise variance relative to the planted variance, so every variant's exact SAE explains
     about the same share of variance (SAE quality alike, as the paper found for trained and random models).
     """
     rng = np.random.default_rng(seed)
-    ids = {split: rng.integers(1, ANALYSIS_VOCAB, size=(n, ANALYSIS_CONTEXT))
-           for split, n in zip(("train", "heldout"), n_windows)}
+    ids = {
+        split: rng.integers(1, ANALYSIS_VOCAB, size=(n, ANALYSIS_CONTEXT))
+        for split, n in zip(("train", "heldout"), n_windows, strict=True)
+    }
     for split in ids:
         ids[split][:, 0] = 0  # BOS
     for split, v in ids.items():
@@ -224,7 +261,7 @@ def build_analysis_run(root: Path, variants: dict[str, dict[str, int]], layers=(
             layer_seed = 1000 * v_index + layer
             gaussian = np.random.default_rng(layer_seed).normal(size=(ANALYSIS_D_IN, ANALYSIS_D_IN))
             basis = np.linalg.qr(gaussian)[0].T
-            dictionary, noise_basis = basis[:len(names)], basis[len(names):]
+            dictionary, noise_basis = basis[: len(names)], basis[len(names) :]
             offset = np.random.default_rng(layer_seed + 1).normal(size=ANALYSIS_D_IN)
             signal_variance = planted_activations(ids["train"], names, seed=layer_seed).var(0).sum()
             noise_std = np.sqrt(noise * signal_variance / noise_basis.shape[0])
@@ -234,8 +271,15 @@ def build_analysis_run(root: Path, variants: dict[str, dict[str, int]], layers=(
                 noise_part = noise_std * noise_rng.normal(size=(acts.shape[0], noise_basis.shape[0]))
                 x = acts @ dictionary + noise_part @ noise_basis
                 _write_analysis_cache(root, variant, layer, split, (x + offset).astype(np.float32))
-            sae = ReluSAE(SAEConfig("relu_l1", ANALYSIS_D_IN, len(names), l1_coefficient=0.0,
-                                    metadata={"variant": variant, "layer": layer, "context_size": ANALYSIS_CONTEXT}))
+            sae = ReluSAE(
+                SAEConfig(
+                    "relu_l1",
+                    ANALYSIS_D_IN,
+                    len(names),
+                    l1_coefficient=0.0,
+                    metadata={"variant": variant, "layer": layer, "context_size": ANALYSIS_CONTEXT},
+                )
+            )
             with torch.no_grad():
                 sae.W_dec.copy_(torch.from_numpy(dictionary))
                 sae.W_enc.copy_(torch.from_numpy(dictionary.T))
@@ -246,12 +290,21 @@ def build_analysis_run(root: Path, variants: dict[str, dict[str, int]], layers=(
 
 
 def _write_analysis_cache(root: Path, variant: str, layer: int, split: str, x: np.ndarray) -> None:
-    spec = CacheManifest(model="synthetic", variant=variant, layer=layer, hook_name=f"layer{layer}", split=split,
-                         n_tokens=x.shape[0], d_model=x.shape[1], dtype="float32", context_size=ANALYSIS_CONTEXT)
+    spec = CacheManifest(
+        model="synthetic",
+        variant=variant,
+        layer=layer,
+        hook_name=f"layer{layer}",
+        split=split,
+        n_tokens=x.shape[0],
+        d_model=x.shape[1],
+        dtype="float32",
+        context_size=ANALYSIS_CONTEXT,
+    )
     writer = CacheWriter(RunDir(root).activations(Site(variant, layer), split), spec, windows_per_shard=40)
     windows = torch.from_numpy(x).reshape(-1, ANALYSIS_CONTEXT, x.shape[1])
     for start in range(0, windows.shape[0], 16):
-        writer.add(windows[start:start + 16])
+        writer.add(windows[start : start + 16])
     writer.finish()
 
 
@@ -276,20 +329,51 @@ def _save_tokenizer(folder: Path, vocab_size: int) -> None:
 
 
 def _report_metrics_rows(variants, layers, d_sae: int, rng: np.random.Generator) -> list[MetricsRow]:
-    return [MetricsRow(
-        variant=variant, layer=layer, hook_name=f"layers.{layer}", d_sae=d_sae,
-        explained_variance_pooled=float(rng.uniform(0.5, 0.9)),
-        explained_variance_per_token=float(rng.uniform(0.5, 0.9)),
-        mse=float(rng.uniform(0.01, 0.1)), cosine=float(rng.uniform(0.7, 0.95)), l0=4.0, l1=float(rng.uniform(1, 10)),
-        dead_fraction=float(rng.uniform(0, 0.2)), dense_fraction=0.0, ce_loss_score=float(rng.uniform(0.5, 1.0)),
-        kl_score=float(rng.uniform(0.5, 1.0)), ce_clean=3.0, ce_zero=8.0, ce_sae=3.5,
-        meaningful_downstream=variant == "trained", n_eval_tokens=1000, n_downstream_predictions=252)
-        for variant in variants for layer in layers]
+    return [
+        MetricsRow(
+            variant=variant,
+            layer=layer,
+            hook_name=f"layers.{layer}",
+            d_sae=d_sae,
+            explained_variance_pooled=float(rng.uniform(0.5, 0.9)),
+            explained_variance_per_token=float(rng.uniform(0.5, 0.9)),
+            mse=float(rng.uniform(0.01, 0.1)),
+            cosine=float(rng.uniform(0.7, 0.95)),
+            l0=4.0,
+            l1=float(rng.uniform(1, 10)),
+            dead_fraction=float(rng.uniform(0, 0.2)),
+            dense_fraction=0.0,
+            ce_loss_score=float(rng.uniform(0.5, 1.0)),
+            kl_score=float(rng.uniform(0.5, 1.0)),
+            ce_clean=3.0,
+            ce_zero=8.0,
+            ce_sae=3.5,
+            meaningful_downstream=variant == "trained",
+            n_eval_tokens=1000,
+            n_downstream_predictions=252,
+        )
+        for variant in variants
+        for layer in layers
+    ]
 
 
-def build_report_run(root: Path, *, variants=REPORT_VARIANTS, layers=(0, 1, 2), d_model=24, d_sae=96, k=4,
-                     vocab_size=64, n_windows=32, context_size=64, n_latents=6, interp=True, analysis=True,
-                     unembedding=True, seed=0) -> Path:
+def build_report_run(
+    root: Path,
+    *,
+    variants=REPORT_VARIANTS,
+    layers=(0, 1, 2),
+    d_model=24,
+    d_sae=96,
+    k=4,
+    vocab_size=64,
+    n_windows=32,
+    context_size=64,
+    n_latents=6,
+    interp=True,
+    analysis=True,
+    unembedding=True,
+    seed=0,
+) -> Path:
     """Write a complete run directory under `root` and return it."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
@@ -308,14 +392,31 @@ def build_report_run(root: Path, *, variants=REPORT_VARIANTS, layers=(0, 1, 2), 
             for split in ("train", "heldout"):
                 input_ids = load_file(run / "tokens" / f"{split}.safetensors")["input_ids"].long()
                 acts = embedding[input_ids] + 0.3 * torch.randn(n_windows, context_size, d_model)
-                spec = CacheManifest(model="synthetic", variant=variant, layer=layer, hook_name=f"layers.{layer}",
-                                     split=split, n_tokens=n_windows * context_size, d_model=d_model,
-                                     dtype="float32", context_size=context_size)
-                writer = CacheWriter(RunDir(run).activations(Site(variant, layer), split), spec, windows_per_shard=n_windows)
+                spec = CacheManifest(
+                    model="synthetic",
+                    variant=variant,
+                    layer=layer,
+                    hook_name=f"layers.{layer}",
+                    split=split,
+                    n_tokens=n_windows * context_size,
+                    d_model=d_model,
+                    dtype="float32",
+                    context_size=context_size,
+                )
+                writer = CacheWriter(
+                    RunDir(run).activations(Site(variant, layer), split), spec, windows_per_shard=n_windows
+                )
                 writer.add(acts)
                 writer.finish()
-            sae = TopKSAE(SAEConfig("topk", d_model, d_sae, k=k,
-                                    metadata={"variant": variant, "layer": layer, "hook_name": f"layers.{layer}"}))
+            sae = TopKSAE(
+                SAEConfig(
+                    "topk",
+                    d_model,
+                    d_sae,
+                    k=k,
+                    metadata={"variant": variant, "layer": layer, "hook_name": f"layers.{layer}"},
+                )
+            )
             with torch.no_grad():
                 # the most frequent tokens' embeddings (ids are Zipf-ranked) make single-token latents
                 directions = torch.cat([embedding[:d_sae], torch.randn(max(0, d_sae - vocab_size), d_model)])
@@ -325,20 +426,46 @@ def build_report_run(root: Path, *, variants=REPORT_VARIANTS, layers=(0, 1, 2), 
                 sae.b_dec.zero_()
             sae.save(run / "saes" / variant / f"layer{layer}")
     save_metrics(RunDir(run), _report_metrics_rows(variants, layers, d_sae, rng))
-    (run / "config.toml").write_text(dump_config(ExperimentConfig(
-        variants=tuple(variants), layers=tuple(layers),
-        model=ModelConfig(name="synthetic/tiny-model", revision="main"), data=TextConfig(source="synthetic"),
-        tokens=TokenConfig(context_size=context_size, train_tokens=n_windows * context_size,
-                           heldout_tokens=n_windows * context_size),
-        sae=SAEShape(architecture="topk", expansion=d_sae // d_model, k=k), eval=EvalConfig(ce_windows=4))))
+    (run / "config.toml").write_text(
+        dump_config(
+            ExperimentConfig(
+                variants=tuple(variants),
+                layers=tuple(layers),
+                model=ModelConfig(name="synthetic/tiny-model", revision="main"),
+                data=TextConfig(source="synthetic"),
+                tokens=TokenConfig(
+                    context_size=context_size,
+                    train_tokens=n_windows * context_size,
+                    heldout_tokens=n_windows * context_size,
+                ),
+                sae=SAEShape(architecture="topk", expansion=d_sae // d_model, k=k),
+                eval=EvalConfig(ce_windows=4),
+            )
+        )
+    )
     (run / "timings.json").write_text(json.dumps({"tokenize": 1.5, "harvest": 12.0, "train": 30.25}))
     if unembedding:
-        save_file({"W_U": torch.randn(d_model, vocab_size), "final_norm_weight": torch.ones(d_model)},
-                  run / "unembedding.safetensors")
+        save_file(
+            {"W_U": torch.randn(d_model, vocab_size), "final_norm_weight": torch.ones(d_model)},
+            run / "unembedding.safetensors",
+        )
     if interp:
-        interpret_run(run, InterpConfig(n_latents=n_latents, min_examples=4, window_size=16, n_top_windows=200,
-                                        n_explanation_windows=6, n_quantiles=3, n_per_quantile=3, n_negatives=10,
-                                        n_bootstrap=50, verify_rows=32), progress=False)
+        interpret_run(
+            run,
+            InterpConfig(
+                n_latents=n_latents,
+                min_examples=4,
+                window_size=16,
+                n_top_windows=200,
+                n_explanation_windows=6,
+                n_quantiles=3,
+                n_per_quantile=3,
+                n_negatives=10,
+                n_bootstrap=50,
+                verify_rows=32,
+            ),
+            progress=False,
+        )
     if analysis:
         analyze_run(run, AnalysisConfig(bootstrap_samples=50, window_tokens=16, min_token_count=5), progress=False)
     return run
@@ -346,13 +473,16 @@ def build_report_run(root: Path, *, variants=REPORT_VARIANTS, layers=(0, 1, 2), 
 
 # --- Reading the report back ---
 
+
 class TableReader(HTMLParser):
     """Every table's cells as text, by table id."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
         self.tables: dict[str, list[list[str]]] = {}
-        self._table = self._row = self._cell = None
+        self._table: list[list[str]] | None = None
+        self._row: list[str] | None = None
+        self._cell: list[str] | None = None
 
     def handle_starttag(self, tag, attrs):
         if tag == "table":

@@ -17,8 +17,13 @@ from randsae.analysis.single_token import top_token_share
 
 def codes_from_dense(acts: np.ndarray) -> SparseCodes:
     rows, latents = np.nonzero(acts)
-    return SparseCodes(torch.from_numpy(rows), torch.from_numpy(latents),
-                       torch.from_numpy(acts[rows, latents]).float(), acts.shape[0], acts.shape[1])
+    return SparseCodes(
+        torch.from_numpy(rows),
+        torch.from_numpy(latents),
+        torch.from_numpy(acts[rows, latents]).float(),
+        acts.shape[0],
+        acts.shape[1],
+    )
 
 
 def layout_of(n_seq: int, context: int, vocab: int, seed: int, window_tokens: int = 8):
@@ -34,6 +39,7 @@ def sparse_random_acts(n_rows: int, d_sae: int, density: float, seed: int) -> np
 
 
 # ----- single-token share -------------------------------------------------------------------------------
+
 
 def reference_top_token_share(acts: np.ndarray, window: np.ndarray, token: np.ndarray, top: int) -> np.ndarray:
     share = np.full(acts.shape[1], np.nan)
@@ -55,8 +61,8 @@ def test_latent_on_one_token_is_single_token_and_dead_latent_is_nan():
     layout = layout_of(n_seq=6, context=17, vocab=9, seed=0)
     token = layout.token.numpy()
     acts = np.zeros((token.size, 3))
-    acts[:, 0] = np.where(token == 5, 1.0 + np.arange(token.size) % 3, 0.0)   # only token 5
-    acts[:, 1] = np.where(np.isin(token, [3, 4]), 1.0, 0.0)                   # tokens 3 and 4 alike
+    acts[:, 0] = np.where(token == 5, 1.0 + np.arange(token.size) % 3, 0.0)  # only token 5
+    acts[:, 1] = np.where(np.isin(token, [3, 4]), 1.0, 0.0)  # tokens 3 and 4 alike
     result = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000)
     assert result.share[0] == pytest.approx(1.0)
     assert int(result.top_token_id[0]) == 5
@@ -70,9 +76,9 @@ def test_only_top_windows_count():
     layout = layout_of(n_seq=4, context=17, vocab=9, seed=1, window_tokens=17)  # one window per sequence
     token = layout.token.numpy()
     acts = np.zeros((token.size, 1))
-    strong = (layout.sequence.numpy() == 2)
-    acts[strong & (token == token[strong][0]), 0] = 10.0   # the top window: one token
-    acts[~strong, 0] = 0.5                                   # weaker windows: every token
+    strong = layout.sequence.numpy() == 2
+    acts[strong & (token == token[strong][0]), 0] = 10.0  # the top window: one token
+    acts[~strong, 0] = 0.5  # weaker windows: every token
     top1 = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1)
     all_windows = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=100)
     mass = np.bincount(token, acts[:, 0])
@@ -91,6 +97,7 @@ def test_top_token_share_matches_reference(top: int):
 
 
 # ----- positional R^2 -----------------------------------------------------------------------------------
+
 
 def reference_group_r2(a: np.ndarray, group: np.ndarray) -> float:
     """Adjusted R^2 of least squares on one-hot group indicators."""
@@ -113,25 +120,27 @@ def test_latent_that_is_a_function_of_position_has_r2_one():
 def test_positional_r2_matches_least_squares_with_bins():
     layout = layout_of(n_seq=12, context=65, vocab=20, seed=5)
     acts = sparse_random_acts(layout.token.numel(), 15, density=0.1, seed=6)
-    acts[:, 0] += (layout.position.numpy() < 10) * 1.5   # some positional signal
+    acts[:, 0] += (layout.position.numpy() < 10) * 1.5  # some positional signal
     bins = position_bin(layout.position, layout.context_size, 8).numpy()
     assert sorted(np.unique(bins)) == list(range(8))
     r2 = positional_r2(codes_from_dense(acts), layout.position, layout.context_size, n_bins=8).numpy()
     expected = [reference_group_r2(acts[:, j], bins) for j in range(acts.shape[1])]
     np.testing.assert_allclose(r2, expected, rtol=1e-6, atol=1e-9)
     assert r2[0] > 0.3 > r2[1:].max()
-    assert abs(np.mean(r2[1:])) < 0.02          # chance-adjusted: unrelated latents score about 0
+    assert abs(np.mean(r2[1:])) < 0.02  # chance-adjusted: unrelated latents score about 0
 
 
 def test_between_group_share_counts_inactive_rows_as_zero():
     # one latent, 3 groups of 2 rows; active only in group 0 with values 1 and 3 -> means (2, 0, 0)
-    share = between_group_share(torch.tensor([0, 0]), torch.tensor([1.0, 3.0]), torch.tensor([0, 0]),
-                                torch.tensor([2, 2, 2]), d_sae=1)
+    share = between_group_share(
+        torch.tensor([0, 0]), torch.tensor([1.0, 3.0]), torch.tensor([0, 0]), torch.tensor([2, 2, 2]), d_sae=1
+    )
     a = np.array([1.0, 3.0, 0, 0, 0, 0])
     assert float(share[0]) == pytest.approx(reference_group_r2(a, np.array([0, 0, 1, 1, 2, 2])))
 
 
 # ----- context dependence -------------------------------------------------------------------------------
+
 
 def reference_context_dependence(a: np.ndarray, token: np.ndarray, min_count: int) -> float:
     counts = np.bincount(token)
@@ -146,11 +155,14 @@ def test_token_lookup_latent_has_no_context_dependence_and_contextual_latent_has
     layout = layout_of(n_seq=30, context=33, vocab=8, seed=7)
     token = layout.token.numpy()
     previous = np.roll(token, 1)
-    acts = np.stack([
-        np.where(token == 3, 2.0, 0.0) + np.where(token == 5, 0.5, 0.0),     # pure function of the token
-        np.where((token == 3) & (previous % 2 == 0), 2.0, 0.0),             # token 3, only in some contexts
-        np.zeros(token.size),                                                # dead
-    ], 1)
+    acts = np.stack(
+        [
+            np.where(token == 3, 2.0, 0.0) + np.where(token == 5, 0.5, 0.0),  # pure function of the token
+            np.where((token == 3) & (previous % 2 == 0), 2.0, 0.0),  # token 3, only in some contexts
+            np.zeros(token.size),  # dead
+        ],
+        1,
+    )
     top = top_token_share(codes_from_dense(acts), layout.window, layout.token, top_windows=1000).top_token_id
     cd = context_dependence(codes_from_dense(acts), layout.token, top, min_token_count=20).numpy()
     assert cd[0] == pytest.approx(0.0, abs=1e-9)
@@ -180,16 +192,20 @@ def test_context_dependence_matches_reference_and_skips_rare_top_tokens():
 
 # ----- from per-latent arrays to the SAE's values ------------------------------------------------------
 
+
 def test_latent_metrics_cover_only_latents_active_often_enough():
-    latents = LatentMeasures(firing_count=np.array([0, 2, 50, 80]), top_token_id=np.array([-1, 4, 5, 6]),
-                             top_token_share=np.array([np.nan, 1.0, 0.5, 0.95]),
-                             positional_r2=np.array([np.nan, 0.9, 0.1, 0.7]),
-                             context_dependence=np.array([np.nan, np.nan, 0.3, np.nan]))
+    latents = LatentMeasures(
+        firing_count=np.array([0, 2, 50, 80]),
+        top_token_id=np.array([-1, 4, 5, 6]),
+        top_token_share=np.array([np.nan, 1.0, 0.5, 0.95]),
+        positional_r2=np.array([np.nan, 0.9, 0.1, 0.7]),
+        context_dependence=np.array([np.nan, np.nan, 0.3, np.nan]),
+    )
     strict = latent_samples(latents, AnalysisConfig(min_activations=10, positional_threshold=0.5))
-    assert strict["single_token_fraction"].value() == pytest.approx(0.5)       # latents 2 and 3
+    assert strict["single_token_fraction"].value() == pytest.approx(0.5)  # latents 2 and 3
     assert strict["positional_fraction"].value() == pytest.approx(0.5)
     assert strict["mean_positional_r2"].value() == pytest.approx(0.4)
     assert strict["mean_context_dependence"].value() == pytest.approx(0.3)
     loose = latent_samples(latents, AnalysisConfig(min_activations=1))
-    assert loose["single_token_fraction"].value() == pytest.approx(2 / 3)      # latent 1, seen twice, counts
+    assert loose["single_token_fraction"].value() == pytest.approx(2 / 3)  # latent 1, seen twice, counts
     assert loose["mean_top_token_share"].weight == 3

@@ -14,8 +14,8 @@ import torch
 from randsae.analysis import AnalysisConfig, analyze_run
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
 from randsae.data.activations import ActivationCache
-from randsae.run_dir import RunDir, Site
 from randsae.errors import UserError
+from randsae.run_dir import RunDir, Site
 from randsae.sae import SAEConfig, TrainConfig, load_sae, train_sae
 from tests.helpers import ANALYSIS_CONTEXT, STRUCTURED, TOKEN_ONLY, build_analysis_run
 
@@ -47,7 +47,7 @@ def test_matching_maximizes_total_cosine_like_brute_force():
 def test_stable_share_counts_partners_above_threshold():
     a = unit_rows(40, 64, seed=4)
     b = a.clone()
-    b[:10] = unit_rows(10, 64, seed=5)                  # random directions: cosine far below 0.7 in 64 dims
+    b[:10] = unit_rows(10, 64, seed=5)  # random directions: cosine far below 0.7 in 64 dims
     b[10:20] = a[10:20] + 0.4 * unit_rows(10, 64, seed=6)  # perturbed: cosine about 0.93
     match = match_decoders(a, b)
     assert reproduced(match.cosine, 0.7).mean() == pytest.approx(30 / 40)
@@ -57,7 +57,7 @@ def test_stable_share_counts_partners_above_threshold():
 def test_fewer_latents_on_the_other_side_leave_some_unmatched():
     match = match_decoders(unit_rows(8, 16, seed=7), unit_rows(5, 16, seed=8))
     assert (match.partner == -1).sum() == 3 and np.isnan(match.cosine).sum() == 3
-    assert reproduced(match.cosine, -1.0).sum() == 5          # unmatched never count
+    assert reproduced(match.cosine, -1.0).sum() == 5  # unmatched never count
 
 
 def _train_saes_in_place(run: Path, variants: tuple[str, ...], layer: int = 0) -> None:

@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from randsae.analysis.separation import (
-    ALL_LAYERS, MeanSample, RatioSample, cohens_d, format_rows, separation_table,
+    ALL_LAYERS,
+    MeanSample,
+    RatioSample,
+    cohens_d,
+    format_rows,
+    separation_table,
 )
 
 
@@ -56,7 +61,7 @@ def test_ratio_metric_value_units_and_paired_interval():
     sample = RatioSample.from_rows(error, variance, sequence)
     assert sample.value() == pytest.approx(1 - error.sum() / (3 * error.sum()))
     assert sample.units.mean() == pytest.approx(sample.value())
-    assert sample.units.size == 50                # one unit per sequence, the resampling unit
+    assert sample.units.size == 50  # one unit per sequence, the resampling unit
     same = separation_table(one_layer("ev", sample, sample), n_boot=200, seed=3)[0]
     assert same.ci_low == same.ci_high == 0.0 and same.effect_size == 0.0
 
@@ -69,11 +74,19 @@ def test_ratio_metric_value_units_and_paired_interval():
 
 
 def test_pooled_rows_weight_layers_by_units_and_ratio_metrics_by_layer():
-    samples = {"frac": {("trained", 0): MeanSample(np.ones(30)), ("trained", 1): MeanSample(np.zeros(10)),
-                        ("step0", 0): MeanSample(np.zeros(5)), ("step0", 1): MeanSample(np.zeros(5))}}
+    samples = {
+        "frac": {
+            ("trained", 0): MeanSample(np.ones(30)),
+            ("trained", 1): MeanSample(np.zeros(10)),
+            ("step0", 0): MeanSample(np.zeros(5)),
+            ("step0", 1): MeanSample(np.zeros(5)),
+        }
+    }
     sequence = np.arange(4)
     for layer, share in ((0, 0.2), (1, 0.6)):
-        samples.setdefault("ev", {})[("trained", layer)] = RatioSample.from_rows(np.full(4, share), np.ones(4), sequence)
+        samples.setdefault("ev", {})[("trained", layer)] = RatioSample.from_rows(
+            np.full(4, share), np.ones(4), sequence
+        )
         samples["ev"][("step0", layer)] = RatioSample.from_rows(np.full(4, 1.0), np.ones(4), sequence)
     rows = {(r.metric, r.layer): r for r in separation_table(samples, n_boot=100, seed=0)}
     assert rows[("frac", ALL_LAYERS)].trained == pytest.approx(0.75)
@@ -92,8 +105,11 @@ def test_table_puts_the_separating_metric_first_and_pooled_rows_before_layers():
             samples["shifted"][(variant, layer)] = MeanSample(rng.normal(shift, 1.0, size=300))
     rows = separation_table(samples, n_boot=300, seed=0)
     assert [(r.metric, r.variant, r.layer) for r in rows[:4]] == [
-        ("shifted", "step0", ALL_LAYERS), ("shifted", "control", ALL_LAYERS),
-        ("same", "step0", ALL_LAYERS), ("same", "control", ALL_LAYERS)]
+        ("shifted", "step0", ALL_LAYERS),
+        ("shifted", "control", ALL_LAYERS),
+        ("same", "step0", ALL_LAYERS),
+        ("same", "control", ALL_LAYERS),
+    ]
     assert {r.layer for r in rows[4:]} == {"0", "1"}
     assert len(rows) == 2 * 2 * 3
     shifted = rows[0]

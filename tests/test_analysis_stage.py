@@ -16,8 +16,7 @@ from randsae.analysis.separation import ALL_LAYERS
 from randsae.errors import UserError
 from tests.helpers import STRUCTURED, TOKEN_ONLY, build_analysis_run
 
-PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev",
-           "sae_ev_beyond_lookup"}
+PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev", "sae_ev_beyond_lookup"}
 NOT_PLANTED = {"single_token_fraction", "mean_top_token_share", "sae_ev"}
 
 
@@ -34,20 +33,21 @@ def summary(planted_run: Path):
 def _strict_json(text: str):
     def refuse(constant: str):
         raise ValueError(f"non-standard JSON constant {constant}")
+
     return json.loads(text, parse_constant=refuse)
 
 
 def test_separation_table_ranks_the_planted_metrics_first(summary):
     pooled = [row for row in summary.separation if row.layer == ALL_LAYERS]
     order = [row.metric for row in pooled]
-    assert set(order[:len(PLANTED)]) == PLANTED
-    assert set(order[len(PLANTED):]) == NOT_PLANTED
+    assert set(order[: len(PLANTED)]) == PLANTED
+    assert set(order[len(PLANTED) :]) == NOT_PLANTED
     by_metric = {row.metric: row for row in pooled}
     assert by_metric["positional_fraction"].difference == pytest.approx(0.25)
     assert by_metric["positional_fraction"].ci_low > 0
     assert by_metric["mean_context_dependence"].ci_low > 0.1
-    assert by_metric["lookup_ev"].ci_high < 0            # the lookup leaves the planted structure unexplained
-    for metric in ("single_token_fraction", "sae_ev"):   # alike by construction
+    assert by_metric["lookup_ev"].ci_high < 0  # the lookup leaves the planted structure unexplained
+    for metric in ("single_token_fraction", "sae_ev"):  # alike by construction
         row = by_metric[metric]
         assert row.ci_low <= 0.0 <= row.ci_high and abs(row.effect_size) < 0.1
 
@@ -70,7 +70,7 @@ def test_files_are_written_and_readable(planted_run: Path, summary):
     data = _strict_json((folder / "analysis.json").read_text())
     assert [(s["variant"], s["layer"]) for s in data["saes"]] == [(m.variant, m.layer) for m in summary.saes]
     assert data["config"]["single_token_threshold"] == 0.9
-    assert data["saes"][0]["fuzz_auroc_single_token"] is None          # NaN written as null
+    assert data["saes"][0]["fuzz_auroc_single_token"] is None  # NaN written as null
     with open(folder / "separation.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(summary.separation) == 8 * 3
@@ -87,8 +87,7 @@ def test_files_are_written_and_readable(planted_run: Path, summary):
 def test_rerun_reuses_saved_measurements_and_applies_new_thresholds(planted_run: Path, summary):
     part = planted_run / "analysis" / "parts" / "trained.layer0.npz"
     stamp = part.stat().st_mtime_ns
-    strict = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, positional_threshold=1.0),
-                         progress=False)
+    strict = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, positional_threshold=1.0), progress=False)
     assert part.stat().st_mtime_ns == stamp
     assert strict.saes[0].positional_fraction < summary.saes[0].positional_fraction
     rebinned = analyze_run(planted_run, AnalysisConfig(bootstrap_samples=50, position_bins=4), progress=False)
@@ -104,7 +103,7 @@ def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Pat
         writer = csv.writer(handle)
         writer.writerow(["variant", "layer", "latent", "fuzz_auroc", "detection_auroc", "token_entropy"])
         for variant in ("trained", "step0"):
-            for latent in range(24):   # latents 0-5 are single-token in both variants
+            for latent in range(24):  # latents 0-5 are single-token in both variants
                 fuzz = 0.9 if latent < 6 else (0.6 if variant == "trained" else 0.7)
                 writer.writerow([variant, 0, latent, fuzz, "" if latent == 7 else 0.8, 1.0])
     result = analyze_run(run, AnalysisConfig(bootstrap_samples=50), progress=False)

@@ -27,4 +27,6 @@ def test_exact_sae_recovers_the_planted_activations(structured_run: Path):
     ids = load_tokens(structured_run / "tokens" / "heldout.safetensors").numpy()
     expected = planted_activations(ids, latent_kinds(STRUCTURED), seed=1)
     np.testing.assert_allclose(sae.encode(x).detach().numpy(), expected, atol=1e-4)
-    assert json.loads((structured_run / "saes" / "trained" / "layer1" / "cfg.json").read_text())["metadata"]["layer"] == 1
+    assert (
+        json.loads((structured_run / "saes" / "trained" / "layer1" / "cfg.json").read_text())["metadata"]["layer"] == 1
+    )

@@ -23,7 +23,7 @@ def token_windows(n_seq: int, seed: int) -> torch.Tensor:
 
 
 def chunks(x: torch.Tensor, rows: int = 50):
-    return (x[i:i + rows] for i in range(0, x.shape[0], rows))
+    return (x[i : i + rows] for i in range(0, x.shape[0], rows))
 
 
 def explained_variances(errors: TokenErrors) -> dict[str, float]:
@@ -37,9 +37,9 @@ def numpy_lookup(x: np.ndarray, token: np.ndarray, not_bos: np.ndarray) -> dict[
 def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_train_mean():
     table = torch.randn(VOCAB, D) * 3
     train_ids, heldout_ids = token_windows(40, seed=0), token_windows(10, seed=1)
-    train_ids[train_ids == 7] = 6                                   # token 7 never appears in train
+    train_ids[train_ids == 7] = 6  # token 7 never appears in train
     train_x = table[train_ids.reshape(-1).long()]
-    train_x[::CONTEXT] = 100.0                                      # BOS rows: outliers, must be skipped
+    train_x[::CONTEXT] = 100.0  # BOS rows: outliers, must be skipped
     lookup = fit_token_lookup(chunks(train_x), train_ids)
     seen = torch.tensor([1, 2, 3])
     torch.testing.assert_close(lookup.predict(seen), table[seen])
@@ -48,7 +48,7 @@ def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_trai
 
     heldout_ids[heldout_ids == 7] = 8
     heldout_x = table[heldout_ids.reshape(-1).long()]
-    layout = row_layout(heldout_ids, max_tokens=10 ** 6, window_tokens=8)
+    layout = row_layout(heldout_ids, max_tokens=10**6, window_tokens=8)
     sae = ReluSAE(SAEConfig("relu_l1", D, 24, l1_coefficient=0.0))
     _, errors = encode_heldout(sae, chunks(heldout_x), layout, lookup)
     ev = explained_variances(errors)
@@ -63,13 +63,18 @@ def test_explained_variances_match_numpy(architecture: str):
     table = torch.randn(VOCAB, D)
     train_x = table[train_ids.reshape(-1).long()] + 0.5 * torch.randn(train_ids.numel(), D) + 2.0
     heldout_x = table[heldout_ids.reshape(-1).long()] + 0.5 * torch.randn(heldout_ids.numel(), D) + 2.0
-    cfg = SAEConfig(architecture, D, 32, k=4 if architecture == "topk" else None,
-                    l1_coefficient=None if architecture == "topk" else 0.0)
+    cfg = SAEConfig(
+        architecture,
+        D,
+        32,
+        k=4 if architecture == "topk" else None,
+        l1_coefficient=None if architecture == "topk" else 0.0,
+    )
     sae = (TopKSAE if architecture == "topk" else ReluSAE)(cfg)
     with torch.no_grad():
         sae.b_dec.fill_(2.0)
     lookup = fit_token_lookup(chunks(train_x), train_ids)
-    layout = row_layout(heldout_ids, max_tokens=8 * CONTEXT, window_tokens=8)   # first 8 sequences only
+    layout = row_layout(heldout_ids, max_tokens=8 * CONTEXT, window_tokens=8)  # first 8 sequences only
     codes, errors = encode_heldout(sae, chunks(heldout_x, rows=23), layout, lookup)
 
     # numpy reference on the same rows: sequences 0..7, BOS dropped
@@ -96,9 +101,12 @@ def test_explained_variances_match_numpy(architecture: str):
 
 
 def test_sae_worse_than_lookup_gives_negative_ev_beyond_lookup():
-    errors = TokenErrors(torch.tensor([0, 0, 1]), torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64),
-                         torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
-                         torch.tensor([10.0, 10.0], dtype=torch.float64))
+    errors = TokenErrors(
+        torch.tensor([0, 0, 1]),
+        torch.tensor([4.0, 4.0, 4.0], dtype=torch.float64),
+        torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64),
+        torch.tensor([10.0, 10.0], dtype=torch.float64),
+    )
     ev = explained_variances(errors)
     assert ev["sae_ev_beyond_lookup"] == pytest.approx(1 - 12 / 6)
     assert ev["lookup_ev"] == pytest.approx(1 - 6 / 20) and ev["sae_ev"] == pytest.approx(1 - 12 / 20)
@@ -110,7 +118,7 @@ def test_sequence_variance_stays_accurate_when_the_mean_dwarfs_the_spread():
     sequence = np.repeat(np.arange(6), 50)
     accumulator = VarianceAccumulator(6, center=torch.from_numpy(x[:100].mean(0)))
     for start in range(0, 300, 70):
-        accumulator.add(torch.from_numpy(x[start:start + 70]), torch.from_numpy(sequence[start:start + 70]))
+        accumulator.add(torch.from_numpy(x[start : start + 70]), torch.from_numpy(sequence[start : start + 70]))
     x64 = x.astype(np.float64)
     expected = np.bincount(sequence, ((x64 - x64.mean(0)) ** 2).sum(1))
     np.testing.assert_allclose(accumulator.sequence_variance().numpy(), expected, rtol=1e-5)
@@ -120,11 +128,12 @@ def test_lookup_fitted_on_a_prefix_reads_only_those_rows():
     ids = token_windows(20, seed=6)
     x = torch.randn(ids.numel(), D)
     prefix = fit_token_lookup(chunks(x, rows=45), ids[:7])
-    alone = fit_token_lookup(chunks(x[:7 * CONTEXT], rows=45), ids[:7])
+    alone = fit_token_lookup(chunks(x[: 7 * CONTEXT], rows=45), ids[:7])
     torch.testing.assert_close(prefix.means, alone.means)
     torch.testing.assert_close(prefix.token_ids, alone.token_ids)
     flat = ids[:7].reshape(-1).long().numpy()
-    rows = x[:7 * CONTEXT].numpy().astype(np.float64)
+    rows = x[: 7 * CONTEXT].numpy().astype(np.float64)
     keep = (np.arange(flat.size) % CONTEXT != 0) & (flat == 3)
-    torch.testing.assert_close(prefix.predict(torch.tensor([3]))[0].double(), torch.from_numpy(rows[keep].mean(0)),
-                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        prefix.predict(torch.tensor([3]))[0].double(), torch.from_numpy(rows[keep].mean(0)), rtol=1e-5, atol=1e-6
+    )

@@ -38,8 +38,13 @@ class Pair(NamedTuple):
 
 def test_write_json_atomic_writes_non_finite_numbers_as_null(tmp_path):
     value = {"a": math.nan, "b": [1.5, math.inf, -math.inf], "pair": Pair(0.25, math.nan), "n": 3, "s": "é"}
-    assert json_ready(value) == {"a": None, "b": [1.5, None, None], "pair": {"low": 0.25, "high": None},
-                                 "n": 3, "s": "é"}
+    assert json_ready(value) == {
+        "a": None,
+        "b": [1.5, None, None],
+        "pair": {"low": 0.25, "high": None},
+        "n": 3,
+        "s": "é",
+    }
     write_json_atomic(tmp_path / "x.json", value)
     text = (tmp_path / "x.json").read_text()
     assert "NaN" not in text and "Infinity" not in text and "é" in text

@@ -28,8 +28,12 @@ def test_defaults_are_the_papers_experiment():
     assert cfg.variants == ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control")
     assert (cfg.tokens.context_size, cfg.tokens.train_tokens, cfg.tokens.heldout_tokens) == (2048, 10**8, 10**7)
     assert (cfg.sae.architecture, cfg.sae.expansion, cfg.sae.k) == ("topk", 64, 32)
-    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps, cfg.train.auxk_coefficient) == (8192, None,
-                                                                                                        1000, 0.0)
+    assert (cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps, cfg.train.auxk_coefficient) == (
+        8192,
+        None,
+        1000,
+        0.0,
+    )
     assert (cfg.interp.n_latents, cfg.interp.min_examples, cfg.interp.n_negatives) == (100, 200, 100)
     paper = load_config(ROOT / "configs" / "pythia-paper.toml")
     assert paper == dataclasses.replace(cfg, data=paper.data, interp=paper.interp)
@@ -61,22 +65,47 @@ def test_a_bad_value_is_a_one_line_error_naming_its_key(tmp_path, mistake):
 
 
 def test_set_reads_toml_values_and_bare_words():
-    raw = apply_overrides({"sae": {"expansion": 8}}, [
-        "sae.k=16", "layers=[1, 2]", "model.name=EleutherAI/pythia-160m", "device=cuda:1", 'data.source="a b"',
-        "train.lr=1e-3", "analysis.seed_stability=true", "interp.model="])
-    assert raw == {"sae": {"expansion": 8, "k": 16}, "layers": [1, 2], "model": {"name": "EleutherAI/pythia-160m"},
-                   "device": "cuda:1", "data": {"source": "a b"}, "train": {"lr": 1e-3},
-                   "analysis": {"seed_stability": True}, "interp": {"model": ""}}
+    raw = apply_overrides(
+        {"sae": {"expansion": 8}},
+        [
+            "sae.k=16",
+            "layers=[1, 2]",
+            "model.name=EleutherAI/pythia-160m",
+            "device=cuda:1",
+            'data.source="a b"',
+            "train.lr=1e-3",
+            "analysis.seed_stability=true",
+            "interp.model=",
+        ],
+    )
+    assert raw == {
+        "sae": {"expansion": 8, "k": 16},
+        "layers": [1, 2],
+        "model": {"name": "EleutherAI/pythia-160m"},
+        "device": "cuda:1",
+        "data": {"source": "a b"},
+        "train": {"lr": 1e-3},
+        "analysis": {"seed_stability": True},
+        "interp": {"model": ""},
+    }
     cfg = load_config(None, ["sae.k=16", "layers=[1,2]"])
     assert (cfg.sae.k, cfg.layers) == (16, (1, 2))
     assert dataclasses.replace(cfg, sae=load_config().sae, layers=load_config().layers) == load_config()
 
 
-@pytest.mark.parametrize("assignment, message", [
-    ("sae.k", "is not key=value"), ("=3", "is not key=value"), ("sae..k=1", "is not key=value"),
-    ("sae k=1", "is not key=value"), ("layers=[1, 2", "is not a TOML value"), ('model.name="x', "is not a TOML value"),
-    ("layers.x=1", "layers is not a table"), ("sae.k=1\nlayers=[]", "is not a TOML value"),
-])
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("sae.k", "is not key=value"),
+        ("=3", "is not key=value"),
+        ("sae..k=1", "is not key=value"),
+        ("sae k=1", "is not key=value"),
+        ("layers=[1, 2", "is not a TOML value"),
+        ('model.name="x', "is not a TOML value"),
+        ("layers.x=1", "layers is not a table"),
+        ("sae.k=1\nlayers=[]", "is not a TOML value"),
+    ],
+)
 def test_a_malformed_set_is_a_one_line_error(assignment, message):
     with pytest.raises(UserError, match=message):
         apply_overrides(read_toml(embedded_config_path()), [assignment])
@@ -85,8 +114,9 @@ def test_a_malformed_set_is_a_one_line_error(assignment, message):
 def test_cli_set_is_checked_before_any_work(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["run", "--set", "sae.k=0", "--out", str(out), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip() == ("randsae: error: sae.k = 0 is invalid. "
-                                               "Set sae.k to an integer of at least 1")
+    assert capsys.readouterr().err.strip() == (
+        "randsae: error: sae.k = 0 is invalid. Set sae.k to an integer of at least 1"
+    )
     assert not out.exists()
 
 
@@ -98,8 +128,14 @@ def test_cli_version(capsys):
 
 def _classes(cfg) -> list[type]:
     """The config's class and those of its tables."""
-    return [type(cfg), *(type(getattr(cfg, field.name)) for field in dataclasses.fields(cfg)
-                         if dataclasses.is_dataclass(getattr(cfg, field.name)))]
+    return [
+        type(cfg),
+        *(
+            type(getattr(cfg, field.name))
+            for field in dataclasses.fields(cfg)
+            if dataclasses.is_dataclass(getattr(cfg, field.name))
+        ),
+    ]
 
 
 def test_every_config_key_has_a_docstring():
@@ -111,7 +147,13 @@ def test_every_config_key_has_a_docstring():
 def test_docs_config_md_is_the_generators_output():
     """Run as a user runs it: in this process other tests register SAE architectures of their own."""
     package_root = Path(randsae.__file__).parent.parent
-    done = subprocess.run([sys.executable, "-m", "randsae.config_docs"], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(package_root)}, check=True)
-    assert (ROOT / "docs" / "config.md").read_text() == done.stdout, \
+    done = subprocess.run(
+        [sys.executable, "-m", "randsae.config_docs"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(package_root)},
+        check=True,
+    )
+    assert (ROOT / "docs" / "config.md").read_text() == done.stdout, (
         "regenerate it: PYTHONPATH=src python -m randsae.config_docs > docs/config.md"
+    )

@@ -1,6 +1,5 @@
 """The activation cache: shards + manifest, row order, resume after an interruption, corruption detected."""
 
-
 import pytest
 import torch
 
@@ -11,16 +10,27 @@ CONTEXT, D = 4, 3
 
 
 def _spec(n_windows, layer=0):
-    return CacheManifest(model="m", variant="trained", layer=layer, hook_name=f"layers.{layer}", split="train",
-                         n_tokens=n_windows * CONTEXT, d_model=D, dtype="float32", context_size=CONTEXT)
+    return CacheManifest(
+        model="m",
+        variant="trained",
+        layer=layer,
+        hook_name=f"layers.{layer}",
+        split="train",
+        n_tokens=n_windows * CONTEXT,
+        d_model=D,
+        dtype="float32",
+        context_size=CONTEXT,
+    )
 
 
 def _forward(calls):
     """Fake truncated forward: activation = token id, plus the layer, on every dimension."""
+
     def forward(ids):
         calls.append(ids.shape[0])
         base = ids.float().unsqueeze(-1).expand(*ids.shape, D)
         return {0: base, 1: base + 100}
+
     return forward
 
 

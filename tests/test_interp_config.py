@@ -25,15 +25,18 @@ def test_embedded_scaling_names_every_changed_number():
     assert "window_size" not in line and "explainer: token_list" in line
 
 
-@pytest.mark.parametrize("settings, message", [
-    (dict(n_latents=0), "n_latents must be at least 1"),
-    (dict(judge="gpt"), "unknown interp.judge"),
-    (dict(judge="http"), "needs interp.model"),
-    (dict(explainer="llm"), "token judge scores token-list explanations only"),
-    (dict(highlight_threshold=1.5), "highlight_threshold"),
-    (dict(timeout_s=0), "timeout_s"),
-    (dict(judge="http", model="m", base_url="localhost:8000"), "interp.base_url"),
-])
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (dict(n_latents=0), "n_latents must be at least 1"),
+        (dict(judge="gpt"), "unknown interp.judge"),
+        (dict(judge="http"), "needs interp.model"),
+        (dict(explainer="llm"), "token judge scores token-list explanations only"),
+        (dict(highlight_threshold=1.5), "highlight_threshold"),
+        (dict(timeout_s=0), "timeout_s"),
+        (dict(judge="http", model="m", base_url="localhost:8000"), "interp.base_url"),
+    ],
+)
 def test_bad_settings_are_user_errors(settings, message):
     with pytest.raises(UserError, match=message):
         InterpConfig(**settings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from randsae.interp.config import InterpConfig
@@ -22,8 +24,9 @@ def latent_entries(seed: int, rate: float = 0.05) -> tuple[LatentEntries, np.nda
 
 
 def config(**overrides) -> InterpConfig:
-    settings = dict(window_size=WINDOW, n_top_windows=100, n_explanation_windows=20, n_quantiles=5,
-                    n_per_quantile=6, n_negatives=30)
+    settings: dict[str, Any] = dict(
+        window_size=WINDOW, n_top_windows=100, n_explanation_windows=20, n_quantiles=5, n_per_quantile=6, n_negatives=30
+    )
     settings.update(overrides)
     return InterpConfig(**settings)
 
@@ -34,7 +37,9 @@ def test_window_mapping_matches_a_direct_loop():
     assert window_of_rows(rows, CONTEXT, WINDOW).tolist() == expected
     tokens = np.arange(N_ROWS * CONTEXT)
     assert window_tokens(tokens, np.array([0, 5]), CONTEXT, WINDOW).tolist() == [
-        list(range(0, 16)), list(range(80, 96))]
+        list(range(0, 16)),
+        list(range(80, 96)),
+    ]
     # a row's tail shorter than a window is not used
     assert window_of_rows(np.array([0, 47, 48, 95, 99]), 50, 16).tolist() == [0, 2, -1, 5, -1]
 
@@ -72,7 +77,7 @@ def test_explanation_and_test_sets_are_disjoint_and_follow_the_protocol():
         assert (window_max[negatives.window_ids] == 0).all() and len(negatives.window_ids) == cfg.n_negatives
         # quantile q holds ranks [q * len / n_quantiles, (q + 1) * len / n_quantiles)
         rank_of = {w: r for r, w in enumerate(ranked)}
-        for window, quantile in zip(positives.window_ids, positives.quantile):
+        for window, quantile in zip(positives.window_ids, positives.quantile, strict=True):
             assert rank_of[window] * cfg.n_quantiles // len(ranked) == quantile
         assert np.bincount(positives.quantile).max() <= cfg.n_per_quantile
         # every window carries its own tokens and activations

@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 
 from randsae.interp.examples import WindowSet
-from randsae.interp.explainers import (LLMExplainer, TokenListExplainer, activation_levels, format_token_list,
-                                       highlight_mask, parse_explanation, parse_token_list)
+from randsae.interp.explainers import (
+    LLMExplainer,
+    TokenListExplainer,
+    activation_levels,
+    format_token_list,
+    highlight_mask,
+    parse_explanation,
+    parse_token_list,
+)
 from randsae.interp.judges import JudgeItem, JudgeRequest, LLMJudge, TokenJudge
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure, TokenChoice, answers_from_tokens
 from randsae.interp.prompts import judge_prompt, render_window
@@ -54,15 +61,17 @@ def test_token_list_explainer_orders_tokens_by_activation_mass():
 def test_parse_explanation_takes_the_last_marked_line():
     assert parse_explanation("I think...\nExplanation: cats\nexplanation:  animals that sit. ") == "animals that sit."
     assert parse_explanation("no marker here") is None
-    assert parse_explanation("Explanation: \"quoted words\"") == "quoted words"
+    assert parse_explanation('Explanation: "quoted words"') == "quoted words"
 
 
 def test_answers_from_logprobs_use_both_digits():
-    tokens = [TokenChoice("[", {"[": -0.01}),
-              TokenChoice("1", {"1": math.log(0.6), "0": math.log(0.3)}),
-              TokenChoice(",", {",": 0.0}),
-              TokenChoice(" 0", {" 0": math.log(0.8), " 1": math.log(0.1), "0": math.log(0.05)}),
-              TokenChoice("]", {"]": 0.0})]
+    tokens = [
+        TokenChoice("[", {"[": -0.01}),
+        TokenChoice("1", {"1": math.log(0.6), "0": math.log(0.3)}),
+        TokenChoice(",", {",": 0.0}),
+        TokenChoice(" 0", {" 0": math.log(0.8), " 1": math.log(0.1), "0": math.log(0.05)}),
+        TokenChoice("]", {"]": 0.0}),
+    ]
     answers = answers_from_tokens(tokens, "[1, 0]", 2)
     assert answers.predictions == [True, False] and answers.from_logprobs
     assert answers.probabilities == pytest.approx([0.6 / 0.9, 0.1 / 0.95])
@@ -81,15 +90,23 @@ def test_answers_without_logprobs_are_hard_and_garbage_is_a_parse_failure():
 def test_token_judge_detection_and_fuzzing():
     explanation = format_token_list([" cat", " mat"])
     judge = TokenJudge()
-    detection = JudgeRequest("detection", explanation, [JudgeItem([" the", " mat"], None),
-                                                        JudgeItem([" the", " cat"], None),
-                                                        JudgeItem([" the", " on"], None)])
+    detection = JudgeRequest(
+        "detection",
+        explanation,
+        [JudgeItem([" the", " mat"], None), JudgeItem([" the", " cat"], None), JudgeItem([" the", " on"], None)],
+    )
     verdicts = judge.judge_many([detection])[0]
     assert [v.probability for v in verdicts] == [0.5, 1.0, 0.0]
     assert [v.prediction for v in verdicts] == [True, True, False]
-    fuzz = JudgeRequest("fuzz", explanation, [JudgeItem([" cat", " the", " mat"], np.array([1, 0, 1], bool)),
-                                              JudgeItem([" cat", " the"], np.array([1, 1], bool)),
-                                              JudgeItem([" cat", " the"], np.array([0, 1], bool))])
+    fuzz = JudgeRequest(
+        "fuzz",
+        explanation,
+        [
+            JudgeItem([" cat", " the", " mat"], np.array([1, 0, 1], bool)),
+            JudgeItem([" cat", " the"], np.array([1, 1], bool)),
+            JudgeItem([" cat", " the"], np.array([0, 1], bool)),
+        ],
+    )
     verdicts = judge.judge_many([fuzz])[0]
     assert [v.probability for v in verdicts] == [1.0, 0.5, 0.0]
     assert [v.prediction for v in verdicts] == [True, True, False]
@@ -129,8 +146,10 @@ def test_llm_explainer_shows_highlights_and_activations():
 
 def test_llm_judge_marks_failed_requests_and_keeps_order():
     model = EchoModel()
-    requests = [JudgeRequest("detection", "animals", [JudgeItem([" the", " cat"], None), JudgeItem([" on"], None)]),
-                JudgeRequest("fuzz", "animals", [JudgeItem([" the", " mat"], np.array([0, 1], bool))])]
+    requests = [
+        JudgeRequest("detection", "animals", [JudgeItem([" the", " cat"], None), JudgeItem([" on"], None)]),
+        JudgeRequest("fuzz", "animals", [JudgeItem([" the", " mat"], np.array([0, 1], bool))]),
+    ]
     first, second = LLMJudge(model).judge_many(requests)
     assert [v.prediction for v in first] == [True, False] and first[0].source == "logprobs"
     assert second[0].failure == "request" and second[0].prediction is None

@@ -39,7 +39,7 @@ def test_answer_probabilities_equal_a_plain_forward_pass(judge):
         ids += [judge.digit_ids[answer]] + (judge.separator_ids if i < 2 else [])
     with torch.no_grad():
         logits = judge.model(torch.tensor([ids])).logits[0]
-    for position, probability in zip(positions, answers.probabilities):
+    for position, probability in zip(positions, answers.probabilities, strict=True):
         pair = logits[position, judge.digit_ids]
         assert probability == pytest.approx(float(torch.softmax(pair, 0)[1]), abs=1e-4)
     assert answers.predictions == [p > 0.5 for p in answers.probabilities]

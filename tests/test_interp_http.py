@@ -81,8 +81,11 @@ def chat_reply(content, logprobs=None):
 
 
 def entry(token, p, alternatives):
-    return {"token": token, "logprob": math.log(p),
-            "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in alternatives.items()]}
+    return {
+        "token": token,
+        "logprob": math.log(p),
+        "top_logprobs": [{"token": t, "logprob": math.log(q)} for t, q in alternatives.items()],
+    }
 
 
 def model(url, **overrides):
@@ -93,8 +96,13 @@ def model(url, **overrides):
 
 def test_chat_answers_use_logprobs_and_send_the_key_only_in_the_header(serve, monkeypatch):
     monkeypatch.setenv("RANDSAE_TEST_KEY", "sk-secret-123")
-    logprobs = [entry("[", 1.0, {"[": 1.0}), entry("1", 0.7, {"1": 0.7, "0": 0.2}), entry(",", 1.0, {",": 1.0}),
-                entry(" 0", 0.6, {" 0": 0.6, " 1": 0.3}), entry("]", 1.0, {"]": 1.0})]
+    logprobs = [
+        entry("[", 1.0, {"[": 1.0}),
+        entry("1", 0.7, {"1": 0.7, "0": 0.2}),
+        entry(",", 1.0, {",": 1.0}),
+        entry(" 0", 0.6, {" 0": 0.6, " 1": 0.3}),
+        entry("]", 1.0, {"]": 1.0}),
+    ]
     server = serve([(200, chat_reply("[1, 0]", logprobs), 0)])
     answers = model(server.url).binary_answers(PROMPT, 2)
     assert answers.predictions == [True, False] and answers.from_logprobs
@@ -113,8 +121,18 @@ def test_a_server_without_logprobs_gives_hard_answers(serve):
 
 
 def test_completion_api_reads_legacy_logprobs(serve):
-    reply = {"choices": [{"text": " [1]", "logprobs": {"tokens": [" [", "1", "]"], "token_logprobs": [0, -0.1, 0],
-                                                        "top_logprobs": [{" [": 0}, {"1": -0.1, "0": -2.0}, {"]": 0}]}}]}
+    reply = {
+        "choices": [
+            {
+                "text": " [1]",
+                "logprobs": {
+                    "tokens": [" [", "1", "]"],
+                    "token_logprobs": [0, -0.1, 0],
+                    "top_logprobs": [{" [": 0}, {"1": -0.1, "0": -2.0}, {"]": 0}],
+                },
+            }
+        ]
+    }
     server = serve([(200, reply, 0)])
     answers = model(server.url, api="completion").binary_answers(PROMPT, 1)
     assert answers.probabilities == pytest.approx([math.exp(-0.1) / (math.exp(-0.1) + math.exp(-2.0))])

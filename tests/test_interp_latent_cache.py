@@ -25,14 +25,15 @@ def tiny_sae(cls=TinyTopK, d_sae=40, k=3, seed=0):
 
 
 def chunks(x: torch.Tensor, rows: int):
-    return [x[i:i + rows] for i in range(0, len(x), rows)]
+    return [x[i : i + rows] for i in range(0, len(x), rows)]
 
 
 def test_entries_equal_dense_encode_without_bos(tmp_path):
     sae = tiny_sae()
     x = torch.randn(10 * CONTEXT, 8)
-    cache = build_latent_cache(tmp_path / "c", sae, "hash", chunks(x, 70), n_tokens=len(x), context_size=CONTEXT,
-                               verify_rows=50, seed=0)
+    cache = build_latent_cache(
+        tmp_path / "c", sae, "hash", chunks(x, 70), n_tokens=len(x), context_size=CONTEXT, verify_rows=50, seed=0
+    )
     dense = sae.encode(x).detach()
     dense[::CONTEXT] = 0  # BOS rows are left out
     entries = load_latent_entries(cache, range(40))
@@ -52,32 +53,40 @@ def test_small_dtypes_are_used(tmp_path):
 
     sae = tiny_sae()
     x = torch.randn(4 * CONTEXT, 8)
-    cache = build_latent_cache(tmp_path / "c", sae, "hash", [x], n_tokens=len(x), context_size=CONTEXT,
-                               verify_rows=8, seed=0)
+    cache = build_latent_cache(
+        tmp_path / "c", sae, "hash", [x], n_tokens=len(x), context_size=CONTEXT, verify_rows=8, seed=0
+    )
     shard = load_file(tmp_path / "c" / cache.manifest.shards[0])
     assert (shard["rows"].dtype, shard["latents"].dtype, shard["values"].dtype) == (
-        torch.int32, torch.int16, torch.float16)
+        torch.int32,
+        torch.int16,
+        torch.float16,
+    )
 
 
 def test_a_fast_path_that_disagrees_with_encode_is_caught(tmp_path):
     sae = tiny_sae(BrokenTopK)
     x = torch.randn(4 * CONTEXT, 8)
     with pytest.raises(UserError, match="disagrees with the SAE's encode"):
-        build_latent_cache(tmp_path / "c", sae, "hash", [x], n_tokens=len(x), context_size=CONTEXT,
-                           verify_rows=16, seed=0)
+        build_latent_cache(
+            tmp_path / "c", sae, "hash", [x], n_tokens=len(x), context_size=CONTEXT, verify_rows=16, seed=0
+        )
     assert open_latent_cache(tmp_path / "c") is None  # never marked complete
 
 
 def test_a_short_activation_cache_is_an_error(tmp_path):
     x = torch.randn(2 * CONTEXT, 8)
     with pytest.raises(UserError, match="manifest says"):
-        build_latent_cache(tmp_path / "c", tiny_sae(), "hash", [x], n_tokens=3 * CONTEXT, context_size=CONTEXT,
-                           verify_rows=4, seed=0)
+        build_latent_cache(
+            tmp_path / "c", tiny_sae(), "hash", [x], n_tokens=3 * CONTEXT, context_size=CONTEXT, verify_rows=4, seed=0
+        )
 
 
 def test_selection_is_matched_seeded_and_eligible():
-    counts = {"trained.layer0": np.array([500, 0, 300, 199, 250, 900]),
-              "random.layer0": np.array([200, 201, 0, 0, 5, 1000])}
+    counts = {
+        "trained.layer0": np.array([500, 0, 300, 199, 250, 900]),
+        "random.layer0": np.array([200, 201, 0, 0, 5, 1000]),
+    }
     chosen = select_latents(counts, n_latents=2, min_examples=200, seed=0)
     assert chosen == select_latents(counts, n_latents=2, min_examples=200, seed=0)
     for module, selection in chosen.items():

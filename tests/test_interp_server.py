@@ -19,9 +19,9 @@ import pytest
 
 from randsae.interp import InterpConfig, interpret_run
 from randsae.interp.llm_http import HttpLanguageModel
-from randsae.run_dir import RunDir
 from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
+from randsae.run_dir import RunDir
 from tests.helpers import build_interp_run, str_tokens
 
 pytestmark = pytest.mark.slow
@@ -49,9 +49,25 @@ def server_url(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     with open(log, "w") as handle:
-        process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf),
-                                    "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-                                    "--model_alias", "smollm2"], stdout=handle, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llama_cpp.server",
+                "--model",
+                str(gguf),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--n_ctx",
+                "4096",
+                "--model_alias",
+                "smollm2",
+            ],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + STARTUP_S
@@ -74,10 +90,26 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
     run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     # One window per prompt: SmolLM2-135M does not keep to a five-answer list (it writes "[1, 0]"), but its
     # first answer is always readable, which is what this test needs: the real path, end to end.
-    cfg = InterpConfig(judge="http", base_url=server_url, model="smollm2", api="completion", n_latents=2,
-                       min_examples=10, window_size=16, n_explanation_windows=4, n_quantiles=1,
-                       n_per_quantile=2, n_negatives=2, examples_per_prompt=1, explanation_max_tokens=16,
-                       concurrency=2, timeout_s=120, max_failure_fraction=1.0, n_bootstrap=50, verify_rows=16)
+    cfg = InterpConfig(
+        judge="http",
+        base_url=server_url,
+        model="smollm2",
+        api="completion",
+        n_latents=2,
+        min_examples=10,
+        window_size=16,
+        n_explanation_windows=4,
+        n_quantiles=1,
+        n_per_quantile=2,
+        n_negatives=2,
+        examples_per_prompt=1,
+        explanation_max_tokens=16,
+        concurrency=2,
+        timeout_s=120,
+        max_failure_fraction=1.0,
+        n_bootstrap=50,
+        verify_rows=16,
+    )
     summary = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
     sae = summary.saes[0]
     assert sae.n_sampled == 2
@@ -85,8 +117,12 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
         assert score.n_request_failures == 0
         assert score.n_examples == 2 * 4
     paths = RunDir(run).interp("token")
-    records = [r for latent in json.loads(paths.selection.read_text())["selections"]["tokenlike.layer1"]["latents"]
-               for task in ("fuzz", "detection") for r in read_scores(paths.score(task, "tokenlike.layer1", latent))]
+    records = [
+        r
+        for latent in json.loads(paths.selection.read_text())["selections"]["tokenlike.layer1"]["latents"]
+        for task in ("fuzz", "detection")
+        for r in read_scores(paths.score(task, "tokenlike.layer1", latent))
+    ]
     answered = [r for r in records if r.failure is None]
     assert answered, f"the server's model answered nothing usable: {[r.failure for r in records]}"
     assert {r.source for r in answered} == {"logprobs"}

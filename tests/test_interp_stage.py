@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from typing import Any
 
 import pytest
 
@@ -21,9 +22,19 @@ from tests.helpers import build_interp_run, str_tokens
 
 
 def small_config(**overrides) -> InterpConfig:
-    settings = dict(n_latents=8, min_examples=10, window_size=16, n_top_windows=200, n_explanation_windows=6,
-                    n_quantiles=3, n_per_quantile=3, n_negatives=8, n_list_tokens=3, n_bootstrap=200,
-                    verify_rows=64)
+    settings: dict[str, Any] = dict(
+        n_latents=8,
+        min_examples=10,
+        window_size=16,
+        n_top_windows=200,
+        n_explanation_windows=6,
+        n_quantiles=3,
+        n_per_quantile=3,
+        n_negatives=8,
+        n_list_tokens=3,
+        n_bootstrap=200,
+        verify_rows=64,
+    )
     settings.update(overrides)
     return InterpConfig(**settings)
 
@@ -57,8 +68,18 @@ def test_token_judge_run_writes_every_output_and_separates_token_latents_from_no
     with open(paths.table) as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 16
-    for column in ("variant", "layer", "latent", "n_activations", "explanation", "fuzz_auroc", "detection_auroc",
-                   "token_entropy", "explanation_top_token", "explanation_top_token_share"):
+    for column in (
+        "variant",
+        "layer",
+        "latent",
+        "n_activations",
+        "explanation",
+        "fuzz_auroc",
+        "detection_auroc",
+        "token_entropy",
+        "explanation_top_token",
+        "explanation_top_token_share",
+    ):
         assert column in rows[0]
     stored = json.loads(paths.summary.read_text())
     assert [s["module"] for s in stored["saes"]] == ["noise.layer1", "tokenlike.layer1"]
@@ -126,8 +147,13 @@ def test_a_cache_that_disagrees_with_encode_stops_the_run(tmp_path):
 def test_a_second_judge_sits_beside_the_first(tmp_path):
     run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     token = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
-    llm = interpret_run(run, small_config(judge="http", model="org/scripted"), progress=False,
-                        str_tokens=str_tokens, language_model=ScriptedModel())
+    llm = interpret_run(
+        run,
+        small_config(judge="http", model="org/scripted"),
+        progress=False,
+        str_tokens=str_tokens,
+        language_model=ScriptedModel(),
+    )
     assert RunDir(run).interp_judges() == ["http-scripted", "token"]
     assert token.saes[0].judge == "token" and llm.saes[0].judge == "http"
     assert len(list((run / "interp" / "latent_cache").iterdir())) == 1  # one latent cache serves both judges

@@ -76,7 +76,8 @@ def test_balanced_accuracy_and_f1_equal_sklearn():
     rng = np.random.default_rng(4)
     labels, predictions = rng.random(50) < 0.4, rng.random(50) < 0.5
     assert statistics.balanced_accuracy(labels, predictions) == pytest.approx(
-        balanced_accuracy_score(labels, predictions))
+        balanced_accuracy_score(labels, predictions)
+    )
     assert statistics.f1_score(labels, predictions) == pytest.approx(f1_score(labels, predictions))
 
 
@@ -88,9 +89,19 @@ def test_failures_become_wrong_answers():
 
 
 def record(activating: bool, probability: float | None, failure: str | None = None) -> ScoredExample:
-    prediction = None if failure else probability > 0.5
-    return ScoredExample(["a"], [0.0], 0 if activating else -1, activating, prediction, probability,
-                         failure is None and prediction == activating, None, failure, "logprobs")
+    prediction = None if failure or probability is None else probability > 0.5
+    return ScoredExample(
+        ["a"],
+        [0.0],
+        0 if activating else -1,
+        activating,
+        prediction,
+        probability,
+        failure is None and prediction == activating,
+        None,
+        failure,
+        "logprobs",
+    )
 
 
 def test_summary_keeps_failures_in_every_denominator():

@@ -30,7 +30,7 @@ def test_pooled_explained_variance_is_about_the_mean_not_zero_and_streams_exactl
     z = torch.rand(1000, 4, generator=generator)
     expected = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert expected.item() == pytest.approx(0.75, abs=1e-6)
-    streamed = reconstruction_metrics(zip(x.split(128), x_hat.split(128), z.split(128)))
+    streamed = reconstruction_metrics(zip(x.split(128), x_hat.split(128), z.split(128), strict=True))
     assert streamed.explained_variance_pooled == pytest.approx(expected.item(), abs=1e-6)
     about_zero = 1 - ((x - x_hat) ** 2).sum() / (x**2).sum()
     assert about_zero.item() > 0.999, "the flattering number an about-zero formula would give"
@@ -64,8 +64,9 @@ def test_perfect_reconstruction_scores_one_and_zero_ablation_scores_zero(tiny_mo
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     _, blocks = find_blocks(model)
     ids = torch.randint(1, model.config.vocab_size, (4, 12), generator=torch.Generator().manual_seed(0))
-    results = downstream_metrics(model, {1: (blocks[1], lambda r: r), 2: (blocks[2], torch.zeros_like)}, ids,
-                                 batch_size=3)
+    results = downstream_metrics(
+        model, {1: (blocks[1], lambda r: r), 2: (blocks[2], torch.zeros_like)}, ids, batch_size=3
+    )
     identity, zero = results[1], results[2]
     assert identity.ce_sae == pytest.approx(identity.ce_clean, abs=1e-5)
     assert identity.ce_loss_score == pytest.approx(1.0, abs=1e-4) and identity.kl_sae == pytest.approx(0, abs=1e-5)

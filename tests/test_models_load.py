@@ -18,16 +18,32 @@ from randsae.models.load import EMBEDDED, ModelConfig, is_hub_id, load_model
 def test_local_folder_loads_model_and_tokenizer(tiny_model_dir):
     lm = load_model(ModelConfig(name=str(tiny_model_dir)), torch.device("cpu"))
     assert lm.model.config.num_hidden_layers == 4
-    assert lm.tokenizer("the cat").input_ids == [lm.tokenizer.convert_tokens_to_ids("the"),
-                                                  lm.tokenizer.convert_tokens_to_ids("cat")]
+    assert lm.tokenizer("the cat").input_ids == [
+        lm.tokenizer.convert_tokens_to_ids("the"),
+        lm.tokenizer.convert_tokens_to_ids("cat"),
+    ]
     assert find_blocks(lm.model)[0] == "gpt_neox.layers"
 
 
-@pytest.mark.parametrize("model, path", [
-    (LlamaForCausalLM(LlamaConfig(vocab_size=20, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=2)), "model.layers"),
-    (GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=3, n_head=2, n_positions=32)), "transformer.h"),
-])
+@pytest.mark.parametrize(
+    "model, path",
+    [
+        (
+            LlamaForCausalLM(
+                LlamaConfig(
+                    vocab_size=20,
+                    hidden_size=16,
+                    intermediate_size=32,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    num_key_value_heads=2,
+                )
+            ),
+            "model.layers",
+        ),
+        (GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=3, n_head=2, n_positions=32)), "transformer.h"),
+    ],
+)
 def test_blocks_are_found_for_llama_and_gpt2(model, path):
     found, blocks = find_blocks(model)
     assert found == path and len(blocks) == model.config.num_hidden_layers

@@ -5,8 +5,17 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from randsae.errors import UserError
-from randsae.models.variants import (PAPER_VARIANTS, VARIANTS, NoiseEmbedding, VariantConfig, build_variant,
-                                     norm_parameter_names, permute_tensor, predicts_language, rerandomize_tensor)
+from randsae.models.variants import (
+    PAPER_VARIANTS,
+    VARIANTS,
+    NoiseEmbedding,
+    VariantConfig,
+    build_variant,
+    norm_parameter_names,
+    permute_tensor,
+    predicts_language,
+    rerandomize_tensor,
+)
 
 
 @pytest.fixture()
@@ -45,7 +54,9 @@ def test_rerandomized_matches_each_tensors_mean_and_std_and_keeps_norms(trained)
             continue
         assert not torch.equal(param, before[name])
         if param.numel() >= 1000:
-            assert param.mean().item() == pytest.approx(before[name].mean().item(), abs=5 * before[name].std().item() / param.numel() ** 0.5)
+            assert param.mean().item() == pytest.approx(
+                before[name].mean().item(), abs=5 * before[name].std().item() / param.numel() ** 0.5
+            )
             assert param.std().item() == pytest.approx(before[name].std().item(), rel=0.1)
 
 
@@ -67,8 +78,10 @@ def test_keep_embeddings_keeps_input_and_output_embeddings_only(trained):
     variant = _params(build_variant(trained, "rerandomized_keep_embeddings", VariantConfig()))
     for name in ("gpt_neox.embed_in.weight", "lm_head.weight"):  # lm_head: Pythia's embed_out
         assert torch.equal(variant[name], _params(trained)[name])
-    assert not torch.equal(variant["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"],
-                           _params(trained)["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"])
+    assert not torch.equal(
+        variant["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"],
+        _params(trained)["gpt_neox.layers.1.mlp.dense_h_to_4h.weight"],
+    )
 
 
 def test_permuted_keeps_each_tensors_values(trained):

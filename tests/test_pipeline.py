@@ -18,7 +18,9 @@ from tests.helpers import tiny_config
 def test_run_directory_has_every_stage_output(tiny_run):
     cfg = load_config(tiny_run / "config.toml")
     rows = load_metrics(RunDir(tiny_run))
-    assert [(r.variant, r.layer) for r in rows] == [(v, l) for v in cfg.variants for l in cfg.layers]
+    assert [(r.variant, r.layer) for r in rows] == [
+        (variant, layer) for variant in cfg.variants for layer in cfg.layers
+    ]
     for row in rows:
         assert 0.0 < row.explained_variance_pooled <= 1.0 and row.l0 == pytest.approx(4.0)
         assert row.meaningful_downstream == (row.variant == "trained")
@@ -84,13 +86,16 @@ def _bad_config(tiny_model_dir, tiny_corpus, case):
     return dump_config(cfg).replace("[sae]\n", "[sae]\nk_value = 3\n")
 
 
-@pytest.mark.parametrize("case, message", [
-    ("model", "GGUF file /nowhere/model.gguf does not exist"),
-    ("layer", "layer 9 is out of range: the model has 4 blocks"),
-    ("variant", "variants = ['shuffled'] is invalid"),
-    ("step0", "a list without step0"),
-    ("key", "unknown config key 'k_value' in [sae]"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("model", "GGUF file /nowhere/model.gguf does not exist"),
+        ("layer", "layer 9 is out of range: the model has 4 blocks"),
+        ("variant", "variants = ['shuffled'] is invalid"),
+        ("step0", "a list without step0"),
+        ("key", "unknown config key 'k_value' in [sae]"),
+    ],
+)
 def test_cli_errors_are_one_line_with_exit_code_2(tmp_path, capsys, tiny_model_dir, tiny_corpus, case, message):
     config = tmp_path / "bad.toml"
     config.write_text(_bad_config(tiny_model_dir, tiny_corpus, case))
@@ -109,8 +114,21 @@ def test_cli_corrupt_cache_is_a_one_line_error(tmp_path, capsys, tiny_run):
     shutil.rmtree(run / "saes" / "control")
     shard = next((run / "activations" / "control" / "layer1" / "train").glob("shard_*.safetensors"))
     shard.write_bytes(shard.read_bytes()[:-7] + b"garbage")
-    code, err = _cli(["run", "--config", str(run / "config.toml"), "--out", str(run), "--quiet",
-                      "--skip", "interpret", "analyze", "report"], capsys)
+    code, err = _cli(
+        [
+            "run",
+            "--config",
+            str(run / "config.toml"),
+            "--out",
+            str(run),
+            "--quiet",
+            "--skip",
+            "interpret",
+            "analyze",
+            "report",
+        ],
+        capsys,
+    )
     assert code == 2 and len(err) == 1 and "is corrupt (checksum mismatch)" in err[0] and "Delete" in err[0]
 
 

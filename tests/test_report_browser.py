@@ -8,6 +8,7 @@ file descriptors 3 and 4), which needs nothing beyond the standard library. CI i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -23,13 +24,26 @@ from randsae.report import write_report
 from randsae.report.latent_data import HISTOGRAM_BINS, N_TOP_WINDOWS
 from tests.helpers import build_report_run
 
-CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome")
-                 if (path := shutil.which(name))), None)
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    CHROMIUM is None, reason="Chromium is not installed (CI installs it with .ci/install-chromium.sh)")]
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--remote-debugging-pipe")
+CHROMIUM = next(
+    (path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None
+)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="Chromium is not installed (CI installs it with .ci/install-chromium.sh)"
+    ),
+]
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-pipe",
+)
 TIMEOUT_S = 60.0
 
 
@@ -37,6 +51,7 @@ class Browser:
     """One headless Chromium and one page, spoken to over the DevTools pipe."""
 
     def __init__(self, profile: Path):
+        assert CHROMIUM is not None  # the tests that start a browser skip without it
         to_browser_read, self._to_browser = os.pipe()
         self._from_browser, from_browser_write = os.pipe()
 
@@ -44,9 +59,13 @@ class Browser:
             os.dup2(to_browser_read, 3)
             os.dup2(from_browser_write, 4)
 
-        self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                        pass_fds=(3, 4), preexec_fn=wire_pipes,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+            pass_fds=(3, 4),
+            preexec_fn=wire_pipes,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_read)
         os.close(from_browser_write)
         self._buffer = b""
@@ -114,10 +133,8 @@ class Browser:
         return found
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             self.call("Browser.close")
-        except (ConnectionError, TimeoutError, OSError):
-            pass
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -143,8 +160,10 @@ def browser():
 
 
 IMAGES = "Array.from(document.images).map(i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth}))"
-TABLES = ("Object.fromEntries(Array.from(document.querySelectorAll('table')).map((t, n) => "
-          "[t.id || 'table' + n, t.tBodies[0] ? t.tBodies[0].rows.length : 0]))")
+TABLES = (
+    "Object.fromEntries(Array.from(document.querySelectorAll('table')).map((t, n) => "
+    "[t.id || 'table' + n, t.tBodies[0] ? t.tBodies[0].rows.length : 0]))"
+)
 
 
 def test_report_renders_every_plot_and_table_without_errors(run, browser):
@@ -164,8 +183,7 @@ def test_report_renders_every_plot_and_table_without_errors(run, browser):
 
 def test_clicking_a_header_sorts_the_table(run, browser):
     browser.open(run / "report.html")
-    column = ("Array.from(document.querySelectorAll('#quality tbody tr'))"
-              ".map(r => parseFloat(r.cells[2].dataset.sort))")
+    column = "Array.from(document.querySelectorAll('#quality tbody tr')).map(r => parseFloat(r.cells[2].dataset.sort))"
     browser.evaluate("document.querySelectorAll('#quality th')[2].click()")
     first = browser.evaluate(column)
     assert first == sorted(first, reverse=True)
@@ -196,8 +214,10 @@ def test_latent_dashboard_renders_with_its_histogram_windows_and_links(run, brow
 def test_the_error_check_sees_console_errors_exceptions_and_missing_images(tmp_path, browser):
     """Guards the checks above: a page with each kind of error must be reported."""
     page = tmp_path / "broken.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="missing.png">'
-                    '<script>console.error("logged error"); notDefined();</script></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><body><img src="missing.png">'
+        '<script>console.error("logged error"); notDefined();</script></body></html>'
+    )
     browser.open(page)
     errors = browser.errors()
     assert any("logged error" in e for e in errors)

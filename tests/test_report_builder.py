@@ -28,8 +28,9 @@ if __name__ == "__main__":
     if not (folder / "run" / "interp" / "token" / "latents.csv").is_file():
         start = time.perf_counter()
         folder.mkdir(parents=True, exist_ok=True)
-        build_report_run(folder, d_model=576, d_sae=4608, k=32, vocab_size=49152, n_windows=64,
-                         context_size=256, n_latents=100)
+        build_report_run(
+            folder, d_model=576, d_sae=4608, k=32, vocab_size=49152, n_windows=64, context_size=256, n_latents=100
+        )
         print(f"built the default-sized run in {time.perf_counter() - start:.1f} s")
     start = time.perf_counter()
     write_report(folder / "run", progress=True)

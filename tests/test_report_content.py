@@ -48,7 +48,7 @@ def test_quality_table_rows_match_metrics_json(run, report):
     by_key = {(row["variant"], str(row["layer"])): row for row in metrics}
     for cells in rows:
         source = by_key[(cells[0], cells[1])]
-        shown = dict(zip(header, cells))
+        shown = dict(zip(header, cells, strict=True))
         assert float(shown["EV pooled"]) == pytest.approx(source["explained_variance_pooled"], abs=5e-4)
         assert float(shown["cosine"]) == pytest.approx(source["cosine"], abs=5e-4)
         assert shown["CE meaningful"] == ("yes" if source["meaningful_downstream"] else "no")
@@ -59,7 +59,7 @@ def test_interp_and_separation_tables_match_their_stage_outputs(run, report):
     tables = read_tables(report)
     interp = json.loads((run / "interp" / "token" / "interp.json").read_text())["saes"]
     header, rows = tables["interp"][0], tables["interp"][1:]
-    shown = {(r[0], r[1]): dict(zip(header, r)) for r in rows}
+    shown = {(r[0], r[1]): dict(zip(header, r, strict=True)) for r in rows}
     for sae in interp:
         cells = shown[(sae["variant"], str(sae["layer"]))]
         assert float(cells["fuzz AUROC"]) == pytest.approx(sae["fuzz"]["auroc"], abs=5e-4)
@@ -86,7 +86,7 @@ def test_each_variant_has_one_colour_everywhere(run, report):
     assert variant_colors(("mine", "trained", "other"))["trained"] == colors["trained"]
     page = next((run / "dashboards" / "control" / "layer2").glob("latent*.html")).read_text()
     for text in (report, page):
-        assert f'background:{colors["control"]}' in text
+        assert f"background:{colors['control']}" in text
 
 
 def test_roc_auroc_matches_scikit_learn_with_ties():

@@ -15,12 +15,12 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from randsae.data.activations import ActivationCache
-from randsae.run_dir import RunDir, Site
-from randsae.report import write_report
 from randsae.interp.latent_cache import LatentEntries
-from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
+from randsae.report import write_report
 from randsae.report.dashboards import latent_page
+from randsae.report.latent_data import HISTOGRAM_BINS, N_LOGITS, WindowLayout, latent_view
 from randsae.report.neuronpedia import feature_json
+from randsae.run_dir import RunDir, Site
 from randsae.sae import load_sae
 from tests.helpers import build_report_run
 
@@ -58,13 +58,13 @@ def test_one_page_and_one_feature_json_per_scored_latent(run, scored):
 
 def test_firing_count_and_max_match_the_sae_on_the_heldout_activations(run, scored):
     """Recomputed with the SAE's own encode() over the activation cache, BOS rows left out."""
-    for variant, layer in sorted({(v, l) for v, l, _ in scored}):
+    for variant, layer in sorted({(v, y) for v, y, _ in scored}):
         sae = load_sae(run / "saes" / variant / f"layer{layer}")
         cache = ActivationCache.open(RunDir(run).activations(Site(variant, layer), "heldout"))
         with torch.no_grad():
             codes = sae.encode(cache.load())
         codes[:: cache.manifest.context_size] = 0  # position 0 of every window is BOS
-        for latent in [l for v, y, l in scored if (v, y) == (variant, layer)]:
+        for latent in [n for v, y, n in scored if (v, y) == (variant, layer)]:
             data = feature(run, variant, layer, latent)
             column = codes[:, latent]
             assert sum(data["freq_hist_data_bar_heights"]) == int((column > 0).sum())
@@ -99,7 +99,7 @@ def test_layer_pages_link_every_variants_latents(run, scored):
     for layer in (0, 1):
         page = (run / "dashboards" / f"layer{layer}.html").read_text()
         links = re.findall(r'href="([^"#]+/latent\d+\.html)"', page)
-        assert sorted(links) == sorted(f"{v}/layer{layer}/latent{l}.html" for v, y, l in scored if y == layer)
+        assert sorted(links) == sorted(f"{v}/layer{layer}/latent{n}.html" for v, y, n in scored if y == layer)
         assert all((run / "dashboards" / link).is_file() for link in links)
 
 
@@ -120,8 +120,9 @@ def test_without_unembedding_or_tokenizer_the_pages_say_so(tmp_path):
 def test_a_latent_that_never_fires_gets_an_empty_view_not_an_error():
     layout = WindowLayout(np.arange(64) % 7, np.array([f"t{i}" for i in range(7)], dtype=object), 32, 16)
     empty = LatentEntries(np.zeros(0, np.int64), np.zeros(0, np.float32))
-    view = latent_view("trained", 0, 5, empty, layout, 62, np.random.default_rng(0), explanation=None,
-                       scores={}, logits=None)
+    view = latent_view(
+        "trained", 0, 5, empty, layout, 62, np.random.default_rng(0), explanation=None, scores={}, logits=None
+    )
     assert view.n_firing == 0 and view.top_windows == () and view.quantiles == () and view.top_tokens == ()
     assert sum(view.histogram_counts) == 0
     assert feature_json(view, "m", None)["activations"] == []

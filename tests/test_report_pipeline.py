@@ -4,9 +4,9 @@ stages: the formats the report reads are the ones `randsae run` writes."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -24,9 +24,22 @@ def test_report_of_a_real_pipeline_run(tiny_run, tmp_path):
     shutil.copytree(tiny_run, run, symlinks=True)
     shutil.rmtree(run / "interp", ignore_errors=True)
     shutil.rmtree(run / "analysis", ignore_errors=True)
-    interpret_run(run, InterpConfig(n_latents=3, min_examples=2, window_size=16, n_top_windows=50,
-                                    n_explanation_windows=4, n_quantiles=2, n_per_quantile=2, n_negatives=4,
-                                    n_bootstrap=20, verify_rows=16), progress=False)
+    interpret_run(
+        run,
+        InterpConfig(
+            n_latents=3,
+            min_examples=2,
+            window_size=16,
+            n_top_windows=50,
+            n_explanation_windows=4,
+            n_quantiles=2,
+            n_per_quantile=2,
+            n_negatives=4,
+            n_bootstrap=20,
+            verify_rows=16,
+        ),
+        progress=False,
+    )
     analyze_run(run, AnalysisConfig(bootstrap_samples=20, window_tokens=16), progress=False)
     report = write_report(run, progress=False).read_text()
 

@@ -18,7 +18,10 @@ def dense_topk_sae(x, W_enc, b_enc, b_dec, W_dec, k):
 
 def random_params(seed, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    make = lambda *shape: torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+
+    def make(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
     return make(N, D), make(D, M), make(M), make(D), make(M, D)
 
 
@@ -42,7 +45,7 @@ def test_all_gradients_match_dense_reference(with_input_grad):
     top = topk_encode(x, W_enc, b_enc, b_dec, K)
     recon = sparse_decode(top.values, top.indices, W_dec) + b_dec
     ((recon - target).pow(2) * torch.linspace(0.5, 2, D, dtype=x.dtype)).sum().backward()
-    named = dict(zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], (x, W_enc, b_enc, b_dec, W_dec)))
+    named = dict(zip(["x", "W_enc", "b_enc", "b_dec", "W_dec"], (x, W_enc, b_enc, b_dec, W_dec), strict=True))
     fast = {name: p.grad.clone() for name, p in named.items() if p.grad is not None}
     for p in (x, W_enc, b_enc, b_dec, W_dec):
         p.grad = None
@@ -77,7 +80,7 @@ def test_kernels_are_deterministic():
         top = topk_encode(x, W_enc, b_enc, b_dec, K)
         sparse_decode(top.values, top.indices, W_dec).square().sum().backward()
         grads.append([p.grad.clone() for p in params[1:]])
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
 def test_low_precision_selection_keeps_exact_values_and_gradients():
@@ -98,5 +101,5 @@ def test_low_precision_selection_keeps_exact_values_and_gradients():
     keep = torch.zeros(N, M, dtype=torch.bool).scatter(1, top.indices, True)
     z = torch.where(keep, ((x - b_dec) @ W_enc + b_enc).relu(), 0.0)
     (z @ W_dec).square().sum().backward()
-    for name, a, p in zip(["W_enc", "b_enc", "b_dec", "W_dec"], fast, (W_enc, b_enc, b_dec, W_dec)):
+    for name, a, p in zip(["W_enc", "b_enc", "b_dec", "W_dec"], fast, (W_enc, b_enc, b_dec, W_dec), strict=True):
         assert torch.allclose(a, p.grad, atol=1e-3, rtol=1e-4), name

@@ -69,8 +69,10 @@ def test_init_has_unit_decoder_rows_and_transposed_encoder():
 
 
 def test_seeded_init_is_reproducible():
-    a, b, c = (ReluSAE(SAEConfig("relu_l1", 8, 20, l1_coefficient=1.0), generator=torch.Generator().manual_seed(s))
-               for s in (5, 5, 6))
+    a, b, c = (
+        ReluSAE(SAEConfig("relu_l1", 8, 20, l1_coefficient=1.0), generator=torch.Generator().manual_seed(s))
+        for s in (5, 5, 6)
+    )
     assert torch.equal(a.W_dec, b.W_dec) and not torch.equal(a.W_dec, c.W_dec)
 
 

@@ -19,10 +19,13 @@ def perturbed(sae):
     return sae
 
 
-@pytest.mark.parametrize("cfg, saelens_name", [
-    (SAEConfig("topk", 12, 48, k=5, metadata=METADATA), "topk"),
-    (SAEConfig("relu_l1", 12, 48, l1_coefficient=0.01, metadata=METADATA), "standard"),
-])
+@pytest.mark.parametrize(
+    "cfg, saelens_name",
+    [
+        (SAEConfig("topk", 12, 48, k=5, metadata=METADATA), "topk"),
+        (SAEConfig("relu_l1", 12, 48, l1_coefficient=0.01, metadata=METADATA), "standard"),
+    ],
+)
 def test_round_trip_is_bit_identical(tmp_path, cfg, saelens_name):
     sae = perturbed(build_sae(cfg, seed=0))
     sae.save(tmp_path)
@@ -49,12 +52,19 @@ def test_missing_folder_and_unknown_architecture_are_user_errors(tmp_path):
         load_sae(tmp_path)
 
 
-@pytest.mark.parametrize("cfg", [SAEConfig("topk", 12, 48, k=5, metadata=METADATA),
-                                 SAEConfig("relu_l1", 12, 48, l1_coefficient=0.01, metadata=METADATA)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SAEConfig("topk", 12, 48, k=5, metadata=METADATA),
+        SAEConfig("relu_l1", 12, 48, l1_coefficient=0.01, metadata=METADATA),
+    ],
+)
 def test_real_sae_lens_loads_our_folder_and_encodes_the_same(tmp_path, cfg):
     sae_lens = pytest.importorskip(
-        "sae_lens", reason="sae-lens is not installed (it pulls transformer-lens, wandb and ~45 packages; "
-                           "`pip install sae-lens` into a separate venv sharing this torch to run this test)")
+        "sae_lens",
+        reason="sae-lens is not installed (it pulls transformer-lens, wandb and ~45 packages; "
+        "`pip install sae-lens` into a separate venv sharing this torch to run this test)",
+    )
     ours = perturbed(build_sae(cfg, seed=1))
     ours.save(tmp_path)
     theirs = sae_lens.SAE.load_from_disk(tmp_path)

@@ -27,8 +27,9 @@ def sparse_activations(n_tokens: int, seed: int = 0) -> torch.Tensor:
     """Tokens made of 3 out of 64 ground-truth directions plus a little noise and an offset [n, D]."""
     g = torch.Generator().manual_seed(seed)
     directions = torch.nn.functional.normalize(torch.randn(64, D, generator=g), dim=1)
-    codes = torch.zeros(n_tokens, 64).scatter(1, torch.randint(0, 64, (n_tokens, 3), generator=g),
-                                              torch.rand(n_tokens, 3, generator=g) * 2 + 0.5)
+    codes = torch.zeros(n_tokens, 64).scatter(
+        1, torch.randint(0, 64, (n_tokens, 3), generator=g), torch.rand(n_tokens, 3, generator=g) * 2 + 0.5
+    )
     return codes @ directions + 0.02 * torch.randn(n_tokens, D, generator=g) + 3.0
 
 
@@ -116,8 +117,9 @@ def test_auxk_acts_only_once_latents_count_as_dead():
     cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, dead_tokens_threshold=1024)
     plain = train_sae(source, cfg, sae_cfg, progress=False)
     auxk = train_sae(source, dataclasses.replace(cfg, auxk_coefficient=1 / 32), sae_cfg, progress=False)
-    never_dead = train_sae(source, dataclasses.replace(cfg, auxk_coefficient=1 / 32, dead_tokens_threshold=10**6),
-                           sae_cfg, progress=False)
+    never_dead = train_sae(
+        source, dataclasses.replace(cfg, auxk_coefficient=1 / 32, dead_tokens_threshold=10**6), sae_cfg, progress=False
+    )
     assert torch.equal(never_dead.sae.W_enc, plain.sae.W_enc), "no dead latent: AuxK adds nothing"
     assert not torch.equal(auxk.sae.W_enc, plain.sae.W_enc)
     assert auxk.log.final_fvu < auxk.log.loss_curve[0].fvu
@@ -125,13 +127,22 @@ def test_auxk_acts_only_once_latents_count_as_dead():
 
 def test_bf16_selection_trains_as_well_and_saves_an_exact_sae(trained):
     source, cfg, result = trained
-    fast = train_sae(source, dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
-                     SAEConfig("topk", D, 128, k=4), seed=0, progress=False)
+    fast = train_sae(
+        source,
+        dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
+        SAEConfig("topk", D, 128, k=4),
+        seed=0,
+        progress=False,
+    )
     assert fast.log.final_fvu < result.log.final_fvu + 0.03
     assert fast.sae.selection_dtype is None
     with pytest.raises(UserError, match="TopK"):
-        train_sae(source, dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
-                  SAEConfig("relu_l1", D, 64, l1_coefficient=1e-3), progress=False)
+        train_sae(
+            source,
+            dataclasses.replace(cfg, topk_selection_dtype="bfloat16"),
+            SAEConfig("relu_l1", D, 64, l1_coefficient=1e-3),
+            progress=False,
+        )
 
 
 class InterruptedSource(TensorSource):
@@ -183,11 +194,14 @@ def test_save_writes_saelens_folder_and_training_log(trained, tmp_path):
     assert not list((tmp_path / "sae").glob("*.tmp"))
 
 
-@pytest.mark.parametrize("cfg, sae_cfg, match", [
-    (TrainConfig(batch_size=512), SAEConfig("topk", D, 64, k=4), "less than one batch"),
-    (TrainConfig(batch_size=64), SAEConfig("topk", D + 1, 64, k=4), "d_in"),
-    (TrainConfig(batch_size=64), SAEConfig("jumprelu", D, 64), "architecture"),
-])
+@pytest.mark.parametrize(
+    "cfg, sae_cfg, match",
+    [
+        (TrainConfig(batch_size=512), SAEConfig("topk", D, 64, k=4), "less than one batch"),
+        (TrainConfig(batch_size=64), SAEConfig("topk", D + 1, 64, k=4), "d_in"),
+        (TrainConfig(batch_size=64), SAEConfig("jumprelu", D, 64), "architecture"),
+    ],
+)
 def test_bad_settings_are_user_errors(cfg, sae_cfg, match):
     with pytest.raises(UserError, match=match):
         train_sae(TensorSource(sparse_activations(300)), cfg, sae_cfg, progress=False)

@@ -26,8 +26,7 @@ def test_paper_file_is_the_papers_sweep():
 
 
 def test_toml_round_trip(tmp_path):
-    config = ToyConfig(networks=("mlp2", "mlp4", "transformer_block"), seeds=(3, 4), mean_active=3,
-                       center_data=False)
+    config = ToyConfig(networks=("mlp2", "mlp4", "transformer_block"), seeds=(3, 4), mean_active=3, center_data=False)
     path = tmp_path / "c.toml"
     path.write_text(dump_toml(config))
     assert load_toy_config(path) == config
@@ -49,24 +48,27 @@ def test_unknown_key_names_the_key_and_the_valid_ones(tmp_path):
     assert "'epoch'" in error.value.problem and "epochs" in error.value.fix and "latent_counts" in error.value.fix
 
 
-@pytest.mark.parametrize("raw, key", [
-    ({"epochs": "ten"}, "epochs"),
-    ({"epochs": 0}, "epochs"),
-    ({"latent_counts": 512}, "latent_counts"),
-    ({"latent_counts": [512, 512]}, "latent_counts"),
-    ({"latent_counts": []}, "latent_counts"),
-    ({"seeds": [0.5]}, "seeds"),
-    ({"networks": ["mlp1"]}, "networks"),
-    ({"networks": ["resnet"]}, "networks"),
-    ({"test_fraction": 1.0}, "test_fraction"),
-    ({"mean_active": 0}, "mean_active"),
-    ({"l1_log10_min": 3.0}, "l1_log10_min"),
-    ({"n_samples": 100}, "n_samples"),
-    ({"device": "tpu"}, "device"),
-    ({"epochs": True}, "epochs"),
-    ({"center_data": 1}, "center_data"),
-    ({"workers": 0}, "workers"),
-])
+@pytest.mark.parametrize(
+    "raw, key",
+    [
+        ({"epochs": "ten"}, "epochs"),
+        ({"epochs": 0}, "epochs"),
+        ({"latent_counts": 512}, "latent_counts"),
+        ({"latent_counts": [512, 512]}, "latent_counts"),
+        ({"latent_counts": []}, "latent_counts"),
+        ({"seeds": [0.5]}, "seeds"),
+        ({"networks": ["mlp1"]}, "networks"),
+        ({"networks": ["resnet"]}, "networks"),
+        ({"test_fraction": 1.0}, "test_fraction"),
+        ({"mean_active": 0}, "mean_active"),
+        ({"l1_log10_min": 3.0}, "l1_log10_min"),
+        ({"n_samples": 100}, "n_samples"),
+        ({"device": "tpu"}, "device"),
+        ({"epochs": True}, "epochs"),
+        ({"center_data": 1}, "center_data"),
+        ({"workers": 0}, "workers"),
+    ],
+)
 def test_bad_values_are_user_errors_naming_the_key(raw, key):
     with pytest.raises(UserError, match=key) as error:
         build_dataclass(ToyConfig, raw)

@@ -34,7 +34,7 @@ def reference_stats(x, x_hat, z):
     n = z.shape[1]
     l0, l1, ratio, hoyer = [], [], [], []
     for code in z:
-        a, b = np.sum(np.abs(code)), np.sqrt(np.sum(code ** 2))
+        a, b = np.sum(np.abs(code)), np.sqrt(np.sum(code**2))
         l0.append(np.count_nonzero(code))
         l1.append(a)
         ratio.append(a / np.sqrt(b) if b > 0 else 0.0)
@@ -53,7 +53,7 @@ def test_code_stats_match_numpy_reference():
     stats = code_stats(x, x_hat, z)
     expected = reference_stats(x.double().numpy(), x_hat.double().numpy(), z.double().numpy())
     got = (stats.fvu, stats.l0, stats.l1, stats.l1_over_sqrt_l2, stats.hoyer, stats.dead_fraction)
-    for value, reference in zip(got, expected):
+    for value, reference in zip(got, expected, strict=True):
         assert value.item() == pytest.approx(reference, rel=1e-5)
 
 
@@ -75,7 +75,7 @@ def test_code_stats_batched_over_saes():
     batched = code_stats(x, x_hat, z)
     for index in range(3):
         single = code_stats(x, x_hat[index], z[index])
-        for got, want in zip(batched, single):
+        for got, want in zip(batched, single, strict=True):
             assert got[index].item() == pytest.approx(want.item(), rel=1e-6)
 
 

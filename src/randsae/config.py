@@ -122,20 +122,31 @@ class ExperimentConfig:
     def _check_sections_agree(self) -> None:
         context = self.tokens.context_size
         if "step0" in self.variants and not is_hub_id(self.model.name):
-            raise invalid("variants", self.variants, f"a list without step0: model.name = {self.model.name!r} has no "
-                          "Hub initialization checkpoint (fresh_init is the step-0 analogue)")
+            raise invalid(
+                "variants",
+                self.variants,
+                f"a list without step0: model.name = {self.model.name!r} has no "
+                "Hub initialization checkpoint (fresh_init is the step-0 analogue)",
+            )
         if self.train.context_size is not None:
             raise invalid("train.context_size", self.train.context_size, "nothing: it is tokens.context_size")
         if self.eval.ce_windows > self.tokens.heldout_tokens // context:
-            raise invalid("eval.ce_windows", self.eval.ce_windows,
-                          f"at most the {self.tokens.heldout_tokens // context} held-out windows "
-                          "(tokens.heldout_tokens / tokens.context_size)")
+            raise invalid(
+                "eval.ce_windows",
+                self.eval.ce_windows,
+                f"at most the {self.tokens.heldout_tokens // context} held-out windows "
+                "(tokens.heldout_tokens / tokens.context_size)",
+            )
         if context % self.interp.window_size:
-            raise invalid("interp.window_size", self.interp.window_size,
-                          f"a divisor of tokens.context_size = {context}")
+            raise invalid(
+                "interp.window_size", self.interp.window_size, f"a divisor of tokens.context_size = {context}"
+            )
         if self.analysis.seed_stability and self.analysis.stability_seed == self.seed:
-            raise invalid("analysis.stability_seed", self.analysis.stability_seed,
-                          f"a seed other than seed = {self.seed}, which trained the first SAEs")
+            raise invalid(
+                "analysis.stability_seed",
+                self.analysis.stability_seed,
+                f"a seed other than seed = {self.seed}, which trained the first SAEs",
+            )
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

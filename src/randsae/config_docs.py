@@ -13,6 +13,7 @@ import inspect
 import json
 import textwrap
 import typing
+from itertools import pairwise
 from typing import Any
 
 from randsae.config import ExperimentConfig, load_config
@@ -21,25 +22,62 @@ from randsae.toml_config import type_name
 from randsae.toy.config import ToyConfig
 
 EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
-    ("layers=[]",), ("layers=[3, 3]",), ("layers=[-1]",), ('layers="3"',),
-    ('variants=["trained", "shuffled"]',), ('variants=["trained", "trained"]',), ('variants=["trained", "step0"]',),
-    ("device=gpu",), ("activation_dtype=fp16",), ("activation_dtype=int8",),
-    ('model.name=""',), ('model.revision=""',), ("model.dtype=fp16",),
-    ('data.source=""',), ('data.dataset_config=""',), ('data.column=""',),
-    ("tokens.context_size=1",), ("tokens.train_tokens=0",), ("tokens.heldout_tokens=100",),
+    ("layers=[]",),
+    ("layers=[3, 3]",),
+    ("layers=[-1]",),
+    ('layers="3"',),
+    ('variants=["trained", "shuffled"]',),
+    ('variants=["trained", "trained"]',),
+    ('variants=["trained", "step0"]',),
+    ("device=gpu",),
+    ("activation_dtype=fp16",),
+    ("activation_dtype=int8",),
+    ('model.name=""',),
+    ('model.revision=""',),
+    ("model.dtype=fp16",),
+    ('data.source=""',),
+    ('data.dataset_config=""',),
+    ('data.column=""',),
+    ("tokens.context_size=1",),
+    ("tokens.train_tokens=0",),
+    ("tokens.heldout_tokens=100",),
     ("tokens.heldout_fraction=1",),
     ("variant.init_scale=0",),
-    ("sae.architecture=topk2",), ("sae.expansion=0",), ("sae.k=0",), ('sae.k="16"',), ("sae.l1_coefficient=-1",),
-    ("train.batch_size=0",), ("train.n_epochs=0",), ("train.buffer_tokens=0",), ("train.dead_tokens_threshold=0",),
-    ("train.log_points=0",), ("train.total_tokens=100",), ("train.lr=0",), ("train.context_size=128",),
-    ("train.topk_selection_dtype=int8",), ("train.warmup_steps=-1",), ("train.auxk_coefficient=-1",),
-    ("train.checkpoint_every_s=-1",), ("train.max_grad_norm=0",),
-    ("eval.ce_windows=0",), ("eval.ce_windows=64",), ("eval.batch_windows=0",),
-    ("interp.n_latents=0",), ("interp.window_size=48",), ("interp.n_negatives=-1",), ("interp.judge=gpt",),
-    ("interp.explainer=human",), ("interp.api=rest",), ("interp.explainer=llm",), ("interp.judge=http",),
-    ("interp.judge=http", "interp.model=m", "interp.base_url=localhost:8000"), ("interp.highlight_threshold=1.5",),
-    ("interp.max_failure_fraction=2",), ("interp.timeout_s=0",),
-    ("analysis.single_token_threshold=1.5",), ("analysis.top_windows=0",),
+    ("sae.architecture=topk2",),
+    ("sae.expansion=0",),
+    ("sae.k=0",),
+    ('sae.k="16"',),
+    ("sae.l1_coefficient=-1",),
+    ("train.batch_size=0",),
+    ("train.n_epochs=0",),
+    ("train.buffer_tokens=0",),
+    ("train.dead_tokens_threshold=0",),
+    ("train.log_points=0",),
+    ("train.total_tokens=100",),
+    ("train.lr=0",),
+    ("train.context_size=128",),
+    ("train.topk_selection_dtype=int8",),
+    ("train.warmup_steps=-1",),
+    ("train.auxk_coefficient=-1",),
+    ("train.checkpoint_every_s=-1",),
+    ("train.max_grad_norm=0",),
+    ("eval.ce_windows=0",),
+    ("eval.ce_windows=64",),
+    ("eval.batch_windows=0",),
+    ("interp.n_latents=0",),
+    ("interp.window_size=48",),
+    ("interp.n_negatives=-1",),
+    ("interp.judge=gpt",),
+    ("interp.explainer=human",),
+    ("interp.api=rest",),
+    ("interp.explainer=llm",),
+    ("interp.judge=http",),
+    ("interp.judge=http", "interp.model=m", "interp.base_url=localhost:8000"),
+    ("interp.highlight_threshold=1.5",),
+    ("interp.max_failure_fraction=2",),
+    ("interp.timeout_s=0",),
+    ("analysis.single_token_threshold=1.5",),
+    ("analysis.top_windows=0",),
     ("analysis.seed_stability=true", "analysis.stability_seed=0"),
 )
 """Mistakes as `randsae run --set` arguments (on the embedded default); every one is a load-time error
@@ -53,11 +91,15 @@ opened, and text too short for the asked train or held-out tokens."""
 def field_docs(cls: type) -> dict[str, str]:
     """The attribute docstrings of a dataclass (the string literal right after each field), one line each."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    return {node.target.id: " ".join(after.value.value.split())
-            for node, after in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)}
+    return {
+        node.target.id: " ".join(after.value.value.split())
+        for node, after in pairwise(body)
+        if isinstance(node, ast.AnnAssign)
+        and isinstance(node.target, ast.Name)
+        and isinstance(after, ast.Expr)
+        and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
+    }
 
 
 def toml_value(value: Any) -> str:
@@ -128,8 +170,14 @@ def render() -> str:
     for field in dataclasses.fields(ExperimentConfig):
         section = getattr(paper, field.name)
         if dataclasses.is_dataclass(section):
-            lines += ["", f"## `[{field.name}]`", "", docs[field.name], "",
-                      *key_table(type(section), section, getattr(embedded, field.name))]
+            lines += [
+                "",
+                f"## `[{field.name}]`",
+                "",
+                docs[field.name],
+                "",
+                *key_table(type(section), section, getattr(embedded, field.name)),
+            ]
     lines += [
         "",
         "## Toy configs",
@@ -149,8 +197,10 @@ def render() -> str:
         "",
         "| mistake | error |",
         "| --- | --- |",
-        *(f"| `{' '.join(f'--set {item}' for item in mistake)}` | {mistake_error(mistake)} |"
-          for mistake in EXAMPLE_MISTAKES),
+        *(
+            f"| `{' '.join(f'--set {item}' for item in mistake)}` | {mistake_error(mistake)} |"
+            for mistake in EXAMPLE_MISTAKES
+        ),
         "",
         " ".join(RUNTIME_CHECKS.split()),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from transformers import PreTrainedModel
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.config import ExperimentConfig, dump_config
@@ -52,8 +53,10 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
     run.root.mkdir(parents=True, exist_ok=True)
     resolved = dump_config(cfg)
     if run.config.is_file() and run.config.read_text() != resolved:
-        raise UserError(f"{run.root} holds a run of a different config",
-                        "Use a new --out folder, or the same config to resume that run")
+        raise UserError(
+            f"{run.root} holds a run of a different config",
+            "Use a new --out folder, or the same config to resume that run",
+        )
     write_text_atomic(run.config, resolved)
     lm.tokenizer.save_pretrained(run.tokenizer())
     if not all(run.tokens(split).is_file() for split in SPLITS):
@@ -66,7 +69,7 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
     return {split: load_tokens(run.tokens(split)) for split in SPLITS}
 
 
-def _save_unembedding(model: nn.Module, path: Path) -> None:
+def _save_unembedding(model: PreTrainedModel, path: Path) -> None:
     """The trained unembedding (fp16) and final norm scale, for the dashboards' top promoted logits."""
     output = model.get_output_embeddings()
     if path.is_file() or output is None:
@@ -78,26 +81,56 @@ def _save_unembedding(model: nn.Module, path: Path) -> None:
     save_safetensors_atomic(path, tensors)
 
 
-def harvest_variant(cfg: ExperimentConfig, run: RunDir, model: nn.Module, blocks: nn.ModuleList,
-                    blocks_path: str, model_name: str, variant: str, tokens: dict[str, Tensor],
-                    device: torch.device, progress: bool) -> None:
+def harvest_variant(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    model: PreTrainedModel,
+    blocks: nn.ModuleList,
+    blocks_path: str,
+    model_name: str,
+    variant: str,
+    tokens: dict[str, Tensor],
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Cache every layer's residual stream on both splits, one truncated forward per batch."""
     batch = cfg.eval.batch_windows
     for split, input_ids in tokens.items():
         writers = {}
         for layer in cfg.layers:
-            spec = CacheManifest(model=model_name, variant=variant, layer=layer,
-                                 hook_name=hook_name(blocks_path, layer), split=split,
-                                 n_tokens=input_ids.numel(), d_model=model.config.hidden_size,
-                                 dtype=cfg.activation_dtype, context_size=input_ids.shape[1])
+            spec = CacheManifest(
+                model=model_name,
+                variant=variant,
+                layer=layer,
+                hook_name=hook_name(blocks_path, layer),
+                split=split,
+                n_tokens=input_ids.numel(),
+                d_model=model.config.hidden_size,
+                dtype=cfg.activation_dtype,
+                context_size=input_ids.shape[1],
+            )
             windows_per_shard = max(batch, SHARD_WINDOWS // batch * batch)
             writers[layer] = CacheWriter(run.activations(Site(variant, layer), split), spec, windows_per_shard)
-        harvest(lambda ids: residual_stream(model, blocks, cfg.layers, ids), input_ids, writers, batch, device,
-                desc=f"harvest {variant} {split}", progress=progress)
+        harvest(
+            lambda ids: residual_stream(model, blocks, cfg.layers, ids),
+            input_ids,
+            writers,
+            batch,
+            device,
+            desc=f"harvest {variant} {split}",
+            progress=progress,
+        )
 
 
-def train_variant_saes(cfg: ExperimentConfig, run: RunDir, variant: str, model_name: str, blocks_path: str,
-                       device: torch.device, progress: bool) -> None:
+def train_variant_saes(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    variant: str,
+    model_name: str,
+    blocks_path: str,
+    device: torch.device,
+    progress: bool,
+) -> None:
     """Train one SAE per layer on the variant's train cache (skipping those already saved).
 
     The cache's shard checksums are verified once before training, so a corrupt shard is never trained on.
@@ -110,24 +143,42 @@ def train_variant_saes(cfg: ExperimentConfig, run: RunDir, variant: str, model_n
         cache.verify()
         manifest = cache.manifest
         sae_cfg = SAEConfig(
-            architecture=cfg.sae.architecture, d_in=manifest.d_model, d_sae=cfg.sae.expansion * manifest.d_model,
+            architecture=cfg.sae.architecture,
+            d_in=manifest.d_model,
+            d_sae=cfg.sae.expansion * manifest.d_model,
             k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
             l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
-            metadata={"model_name": model_name, "hook_name": hook_name(blocks_path, layer), "variant": variant,
-                      "layer": layer, "context_size": manifest.context_size, "prepend_bos": True,
-                      "dataset_path": cfg.data.source, "seed": cfg.seed})
+            metadata={
+                "model_name": model_name,
+                "hook_name": hook_name(blocks_path, layer),
+                "variant": variant,
+                "layer": layer,
+                "context_size": manifest.context_size,
+                "prepend_bos": True,
+                "dataset_path": cfg.data.source,
+                "seed": cfg.seed,
+            },
+        )
         train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size)
         if progress:
             print(f"training {cfg.sae.architecture} SAE {variant} layer {layer} (d_sae {sae_cfg.d_sae})")
         folder.mkdir(parents=True, exist_ok=True)
-        result = train_sae(cache, train_cfg, sae_cfg, seed=cfg.seed, device=device, progress=progress,
-                           checkpoint=folder / SAE_CHECKPOINT_FILE)  # an interrupted training resumes
+        result = train_sae(
+            cache,
+            train_cfg,
+            sae_cfg,
+            seed=cfg.seed,
+            device=device,
+            progress=progress,
+            checkpoint=folder / SAE_CHECKPOINT_FILE,
+        )  # an interrupted training resumes
         result.save(folder)
 
 
 @torch.no_grad()
-def reconstruction_on_heldout(sae: SparseAutoencoder, cache: ActivationCache, device: torch.device,
-                              rows: int = 4096) -> ReconstructionMetrics:
+def reconstruction_on_heldout(
+    sae: SparseAutoencoder, cache: ActivationCache, device: torch.device, rows: int = 4096
+) -> ReconstructionMetrics:
     """Quality metrics over the held-out cache, BOS rows left out."""
     context = cache.manifest.context_size
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
@@ -141,32 +192,57 @@ def reconstruction_on_heldout(sae: SparseAutoencoder, cache: ActivationCache, de
     return accumulator.result()
 
 
-def evaluate_variant(cfg: ExperimentConfig, run: RunDir, model: nn.Module, blocks: nn.ModuleList,
-                     variant: str, heldout: Tensor, device: torch.device) -> list[MetricsRow]:
+def evaluate_variant(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    model: PreTrainedModel,
+    blocks: nn.ModuleList,
+    variant: str,
+    heldout: Tensor,
+    device: torch.device,
+) -> list[MetricsRow]:
     """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in."""
     saes = {layer: load_sae(run.sae(SAEKey(variant, layer)), device=device).eval() for layer in cfg.layers}
-    reconstruction = {layer: reconstruction_on_heldout(sae, ActivationCache.open(
-        run.activations(Site(variant, layer), "heldout")), device) for layer, sae in saes.items()}
+    reconstruction = {
+        layer: reconstruction_on_heldout(
+            sae, ActivationCache.open(run.activations(Site(variant, layer), "heldout")), device
+        )
+        for layer, sae in saes.items()
+    }
     embedding = model.get_input_embeddings()
-    reseed = (lambda index: embedding.reseed(cfg.variant.seed + index)) if isinstance(embedding, NoiseEmbedding) else None
+    reseed = (
+        (lambda index: embedding.reseed(cfg.variant.seed + index)) if isinstance(embedding, NoiseEmbedding) else None
+    )
     downstream = downstream_metrics(
-        model, {layer: (blocks[layer], saes[layer]) for layer in cfg.layers},
-        heldout[: cfg.eval.ce_windows], batch_size=cfg.eval.batch_windows, before_forward=reseed)
+        model,
+        {layer: (blocks[layer], saes[layer]) for layer in cfg.layers},
+        heldout[: cfg.eval.ce_windows],
+        batch_size=cfg.eval.batch_windows,
+        before_forward=reseed,
+    )
     return [_row(variant, layer, saes[layer], reconstruction[layer], downstream[layer]) for layer in cfg.layers]
 
 
-def _row(variant: str, layer: int, sae: SparseAutoencoder, rec: ReconstructionMetrics,
-         down: DownstreamMetrics) -> MetricsRow:
+def _row(
+    variant: str, layer: int, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics
+) -> MetricsRow:
     names = {field.name for field in dataclasses.fields(MetricsRow)}
     measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
-    return MetricsRow(variant=variant, layer=layer, hook_name=sae.cfg.metadata.get("hook_name", ""),
-                      d_sae=sae.cfg.d_sae, meaningful_downstream=predicts_language(variant),
-                      n_eval_tokens=rec.n_tokens, n_downstream_predictions=down.n_predictions,
-                      **{k: v for k, v in measured.items() if k in names})
+    return MetricsRow(
+        variant=variant,
+        layer=layer,
+        hook_name=sae.cfg.metadata.get("hook_name", ""),
+        d_sae=sae.cfg.d_sae,
+        meaningful_downstream=predicts_language(variant),
+        n_eval_tokens=rec.n_tokens,
+        n_downstream_predictions=down.n_predictions,
+        **{k: v for k, v in measured.items() if k in names},
+    )
 
 
-def run_pipeline(cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = True,
-                 lm: LoadedModel | None = None) -> list[MetricsRow]:
+def run_pipeline(
+    cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = True, lm: LoadedModel | None = None
+) -> list[MetricsRow]:
     """Prepare, harvest, train and evaluate every variant × layer; returns the metrics rows.
 
     Pass `lm` to run on a model object of your own (it is treated as the trained model).
@@ -180,9 +256,11 @@ def run_pipeline(cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = 
     run.root.mkdir(parents=True, exist_ok=True)  # only once the model and layers are known to be good
     timings = Timings(run)
     timings.seconds["load_model"] = time.perf_counter() - start
-    load_step0 = None
-    if is_hub_id(cfg.model.name):
-        load_step0 = lambda: load_model(cfg.model, device, revision=cfg.model.step0_revision).model  # noqa: E731
+    load_step0 = (
+        (lambda: load_model(cfg.model, device, revision=cfg.model.step0_revision).model)
+        if is_hub_id(cfg.model.name)
+        else None
+    )
     with timings.stage("prepare"):
         tokens = prepare_run(cfg, run, lm, progress)
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}
@@ -190,11 +268,13 @@ def run_pipeline(cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = 
         if all((variant, layer) in rows for layer in cfg.layers):
             continue
         with timings.stage("build_variants"):
-            model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()
+            # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
+            model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()  # type: ignore[arg-type]
             _, variant_blocks = find_blocks(model, blocks_path)
         with timings.stage("harvest"):
-            harvest_variant(cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, tokens,
-                            device, progress)
+            harvest_variant(
+                cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, tokens, device, progress
+            )
         with timings.stage("train"):
             train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
         with timings.stage("evaluate"):

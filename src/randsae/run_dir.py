@@ -152,8 +152,10 @@ class RunDir:
         """A run directory that `randsae run` has started; UserError for any other folder."""
         run_dir = cls.at(run)
         if not run_dir.config.is_file():
-            raise UserError(f"{run_dir.root} is not a randsae run directory (no config.toml)",
-                            "Pass a folder written by `randsae run`")
+            raise UserError(
+                f"{run_dir.root} is not a randsae run directory (no config.toml)",
+                "Pass a folder written by `randsae run`",
+            )
         return run_dir
 
     # The whole run.
@@ -262,11 +264,22 @@ class RunDir:
                 if key is not None:
                     keys.append(key)
         if not keys:
-            raise UserError(f"no SAE under {self.root / 'saes'}",
-                            "Train SAEs first (`randsae run`), or pass the folder it wrote")
+            raise UserError(
+                f"no SAE under {self.root / 'saes'}", "Train SAEs first (`randsae run`), or pass the folder it wrote"
+            )
         order = {name: index for index, name in enumerate(dict.fromkeys([*self.configured_variants(), *VARIANTS]))}
-        return sorted(keys, key=lambda k: (k.model or "", order.get(k.variant, len(order)), k.variant,
-                                           k.variant_seed or 0, k.layer, k.architecture or "", k.sae_seed or 0))
+        return sorted(
+            keys,
+            key=lambda k: (
+                k.model or "",
+                order.get(k.variant, len(order)),
+                k.variant,
+                k.variant_seed or 0,
+                k.layer,
+                k.architecture or "",
+                k.sae_seed or 0,
+            ),
+        )
 
     def configured_variants(self) -> list[str]:
         """The `variants` of the run's config.toml, in order ([] when it is missing or unreadable)."""

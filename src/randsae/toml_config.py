@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import operator
 import re
 import tomllib
 import types
@@ -57,13 +59,17 @@ def apply_overrides(data: dict[str, Any], assignments: Iterable[str]) -> dict[st
         key, equals, text = assignment.partition("=")
         path = key.strip().split(".")
         if not equals or not all(_BARE_KEY.fullmatch(part) for part in path):
-            raise UserError(f"--set {assignment!r} is not key=value", "Write --set section.key=value, e.g. --set sae.k=16")
+            raise UserError(
+                f"--set {assignment!r} is not key=value", "Write --set section.key=value, e.g. --set sae.k=16"
+            )
         table = data
         for depth, part in enumerate(path[:-1]):
             table = table.setdefault(part, {})
             if not isinstance(table, dict):
-                raise UserError(f"--set {assignment!r}: {'.'.join(path[:depth + 1])} is not a table",
-                                "Set a key inside a [section], e.g. --set sae.k=16")
+                raise UserError(
+                    f"--set {assignment!r}: {'.'.join(path[: depth + 1])} is not a table",
+                    "Set a key inside a [section], e.g. --set sae.k=16",
+                )
         table[path[-1]] = _override_value(text.strip(), assignment)
     return data
 
@@ -79,8 +85,9 @@ def _override_value(text: str, assignment: str) -> Any:
             return text
         parsed = {}
     if set(parsed) != {"value"}:
-        raise UserError(f"--set {assignment!r}: {text} is not a TOML value",
-                        'Write a number, true/false, a "string" or a [list]')
+        raise UserError(
+            f"--set {assignment!r}: {text} is not a TOML value", 'Write a number, true/false, a "string" or a [list]'
+        )
     return parsed["value"]
 
 
@@ -122,7 +129,7 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         base = typing.get_origin(option) or option
         if base is tuple and isinstance(value, list):
             item_types = [arg for arg in typing.get_args(option) if arg is not Ellipsis]
-            item_hint = typing.Union[tuple(item_types)] if item_types else Any  # type: ignore[valid-type]
+            item_hint = functools.reduce(operator.or_, item_types) if item_types else Any
             try:
                 return tuple(value if item_hint is Any else [coerce(item, item_hint, key) for item in value])
             except UserError:
@@ -131,8 +138,10 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
             return float(value)
         if isinstance(base, type) and isinstance(value, base) and not (base is int and isinstance(value, bool)):
             return value
-    raise UserError(f"config key {key!r} has the wrong type ({type(value).__name__}: {value!r})",
-                    f"Give it a value of type {type_name(hint)}")
+    raise UserError(
+        f"config key {key!r} has the wrong type ({type(value).__name__}: {value!r})",
+        f"Give it a value of type {type_name(hint)}",
+    )
 
 
 def type_name(hint: Any) -> str:
@@ -148,8 +157,11 @@ def type_name(hint: Any) -> str:
 def to_plain(value: Any) -> Any:
     """Dataclasses as dicts and tuples as lists; None values, which TOML cannot hold, are left out."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {field.name: to_plain(getattr(value, field.name)) for field in dataclasses.fields(value)
-                if getattr(value, field.name) is not None}
+        return {
+            field.name: to_plain(getattr(value, field.name))
+            for field in dataclasses.fields(value)
+            if getattr(value, field.name) is not None
+        }
     if isinstance(value, tuple):
         return [to_plain(item) for item in value]
     return value

@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 
-
 class RowLayout(NamedTuple):
     """Where each analysed row sits. BOS rows (position 0) are left out, as in SAE training."""
 
@@ -66,8 +65,13 @@ def concat_codes(parts: list[SparseCodes], n_rows: int, d_sae: int) -> SparseCod
     if not parts:
         empty = torch.zeros(0, dtype=torch.long)
         return SparseCodes(empty, empty, torch.zeros(0), n_rows, d_sae)
-    return SparseCodes(torch.cat([p.row for p in parts]), torch.cat([p.latent for p in parts]),
-                       torch.cat([p.value for p in parts]), n_rows, d_sae)
+    return SparseCodes(
+        torch.cat([p.row for p in parts]),
+        torch.cat([p.latent for p in parts]),
+        torch.cat([p.value for p in parts]),
+        n_rows,
+        d_sae,
+    )
 
 
 def firing_counts(codes: SparseCodes) -> Tensor:
@@ -82,8 +86,7 @@ def group_keys(keys: Tensor) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(distinct), torch.from_numpy(inverse.reshape(-1))
 
 
-def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size: Tensor,
-                        d_sae: int) -> Tensor:
+def between_group_share(latent: Tensor, value: Tensor, group: Tensor, group_size: Tensor, d_sae: int) -> Tensor:
     """Per latent, the share of its activation variance explained by group means, adjusted for chance:
 
         epsilon^2 = 1 - (SS_within / (n - G)) / (SS_total / (n - 1))

@@ -54,8 +54,17 @@ class AnalysisConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise invalid(f"analysis.{name}", value, "a number between 0 and 1")
-        for name in ("min_activations", "top_windows", "window_tokens", "position_bins", "min_token_count",
-                     "max_heldout_tokens", "max_lookup_tokens", "bootstrap_samples", "chunk_rows"):
+        for name in (
+            "min_activations",
+            "top_windows",
+            "window_tokens",
+            "position_bins",
+            "min_token_count",
+            "max_heldout_tokens",
+            "max_lookup_tokens",
+            "bootstrap_samples",
+            "chunk_rows",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise invalid(f"analysis.{name}", value, "an integer of at least 1")

@@ -32,8 +32,9 @@ def context_dependence(codes: SparseCodes, token: Tensor, top_token_id: Tensor, 
     group_of_token = torch.cumsum(frequent.long(), 0) - 1
     row_token = token[codes.row]
     keep = frequent[row_token]
-    share = between_group_share(codes.latent[keep], codes.value[keep], group_of_token[row_token[keep]],
-                                count[frequent], codes.d_sae)
+    share = between_group_share(
+        codes.latent[keep], codes.value[keep], group_of_token[row_token[keep]], count[frequent], codes.d_sae
+    )
     eligible = (top_token_id >= 0) & frequent[top_token_id.clamp_min(0)]
     result[eligible] = 1.0 - share[eligible]
     return result

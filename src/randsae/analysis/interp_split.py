@@ -48,28 +48,36 @@ def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
         reader = csv.DictReader(handle)
         missing = {"variant", "layer", "latent"} - set(reader.fieldnames or ())
         if missing:
-            raise UserError(f"{path} lacks the column(s) {', '.join(sorted(missing))}",
-                            "Rerun `randsae interpret` to rewrite it, or delete it to skip the auto-interp split")
+            raise UserError(
+                f"{path} lacks the column(s) {', '.join(sorted(missing))}",
+                "Rerun `randsae interpret` to rewrite it, or delete it to skip the auto-interp split",
+            )
         for line, record in enumerate(reader, start=2):
             try:
                 key = (record["variant"], int(record["layer"]))
                 latent = int(record["latent"])
             except (TypeError, ValueError):
-                raise UserError(f"{path} line {line}: layer and latent must be integers",
-                                "Rerun `randsae interpret` to rewrite it") from None
+                raise UserError(
+                    f"{path} line {line}: layer and latent must be integers", "Rerun `randsae interpret` to rewrite it"
+                ) from None
             columns[key].append((latent, _float(record.get("fuzz_auroc")), _float(record.get("detection_auroc"))))
-    return {key: LatentScores(np.array([r[0] for r in rows], dtype=np.int64), np.array([r[1] for r in rows]),
-                              np.array([r[2] for r in rows])) for key, rows in columns.items()}
+    return {
+        key: LatentScores(
+            np.array([r[0] for r in rows], dtype=np.int64),
+            np.array([r[1] for r in rows]),
+            np.array([r[2] for r in rows]),
+        )
+        for key, rows in columns.items()
+    }
 
 
-def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float
-                         ) -> dict[str, np.ndarray]:
+def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
     """The scored latents' finite AUROCs by latent type, as `{score}_{kind}` -> float64 array
     (e.g. `fuzz_auroc_contextual`)."""
     in_range = scores.latent < top_token_share.size
     share = np.full(scores.latent.size, np.nan)
     share[in_range] = top_token_share[scores.latent[in_range]]
-    kinds = dict(zip(KINDS, (share >= threshold, share < threshold)))
+    kinds = dict(zip(KINDS, (share >= threshold, share < threshold), strict=True))
     split = {}
     for score in SCORES:
         values = getattr(scores, score)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable, Mapping
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -20,8 +20,8 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.context import context_dependence
 from randsae.analysis.interp_split import KINDS
 from randsae.analysis.positional import positional_r2
-from randsae.analysis.single_token import top_token_share
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
+from randsae.analysis.single_token import top_token_share
 from randsae.analysis.token_lookup import TokenErrors, TokenLookup, VarianceAccumulator
 from randsae.sae.base import SparseAutoencoder
 
@@ -88,8 +88,9 @@ class SAEAnalysis(NamedTuple):
 
 
 @torch.no_grad()
-def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: RowLayout,
-                   lookup: TokenLookup) -> tuple[SparseCodes, TokenErrors]:
+def encode_heldout(
+    sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: RowLayout, lookup: TokenLookup
+) -> tuple[SparseCodes, TokenErrors]:
     """Stream the held-out cache (all rows, in order) and keep what the analysed rows need."""
     n = layout.cache_row.numel()
     device = next(sae.parameters()).device
@@ -103,8 +104,9 @@ def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: Row
             x = chunk[layout.cache_row[first:last] - start].float()
             latents, reconstruction = sae.encode_sparse(x.to(device))
             latents, reconstruction = latents.to("cpu"), reconstruction.cpu()
-            codes.append(SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0],
-                                     sae.cfg.d_sae))
+            codes.append(
+                SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0], sae.cfg.d_sae)
+            )
             sae_error.append((x - reconstruction).square().sum(1).double())
             lookup_error.append((x - lookup.predict(layout.token[first:last])).square().sum(1).double())
             variance.add(x, layout.sequence[first:last])
@@ -113,8 +115,7 @@ def encode_heldout(sae: SparseAutoencoder, chunks: Iterable[Tensor], layout: Row
             break
     if sum(e.numel() for e in sae_error) != n:
         raise ValueError(f"held-out activations end before row {int(layout.cache_row[-1])}")
-    errors = TokenErrors(layout.sequence, torch.cat(sae_error), torch.cat(lookup_error),
-                         variance.sequence_variance())
+    errors = TokenErrors(layout.sequence, torch.cat(sae_error), torch.cat(lookup_error), variance.sequence_variance())
     return concat_codes(codes, n, sae.cfg.d_sae), errors
 
 
@@ -134,7 +135,7 @@ def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, Me
     the latents active on at least `min_activations` rows."""
     measured = latents.firing_count >= cfg.min_activations
     share = latents.top_token_share[measured]
-    r2 = np.nan_to_num(latents.positional_r2[measured])   # NaN only for a latent constant on every row
+    r2 = np.nan_to_num(latents.positional_r2[measured])  # NaN only for a latent constant on every row
     cd = latents.context_dependence[measured]
     return {
         "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0),
@@ -157,21 +158,34 @@ def token_samples(errors: TokenErrors) -> dict[str, RatioSample]:
     }
 
 
-def summarize(variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample],
-              n_rows: int) -> SAEMeasurements:
+def summarize(
+    variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample], n_rows: int
+) -> SAEMeasurements:
     """The SAE's record: every sample's value, plus the counts behind them (`n_rows` analysed rows)."""
-    values = {name: sample.value() for name, sample in samples.items()}
-    interp_counts = {f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight
-                     for kind in KINDS if f"fuzz_auroc_{kind}" in samples}
+    values: dict[str, Any] = {name: sample.value() for name, sample in samples.items()}  # float fields, by name
+    interp_counts = {
+        f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight for kind in KINDS if f"fuzz_auroc_{kind}" in samples
+    }
     return SAEMeasurements(
-        variant=variant, layer=layer, d_sae=int(latents.firing_count.size),
-        n_rows=n_rows, n_alive=int((latents.firing_count > 0).sum()),
+        variant=variant,
+        layer=layer,
+        d_sae=int(latents.firing_count.size),
+        n_rows=n_rows,
+        n_alive=int((latents.firing_count > 0).sum()),
         n_measured=samples["single_token_fraction"].weight,
-        n_context_eligible=samples["mean_context_dependence"].weight, **interp_counts, **values)
+        n_context_eligible=samples["mean_context_dependence"].weight,
+        **interp_counts,
+        **values,
+    )
 
 
-def analyse_sae(sae: SparseAutoencoder, heldout_chunks: Iterable[Tensor], layout: RowLayout, lookup: TokenLookup,
-                cfg: AnalysisConfig) -> SAEAnalysis:
+def analyse_sae(
+    sae: SparseAutoencoder,
+    heldout_chunks: Iterable[Tensor],
+    layout: RowLayout,
+    lookup: TokenLookup,
+    cfg: AnalysisConfig,
+) -> SAEAnalysis:
     """The per-latent and per-row arrays of one SAE on the held-out rows of `layout`."""
     codes, errors = encode_heldout(sae, heldout_chunks, layout, lookup)
     return SAEAnalysis(measure_latents(codes, layout, cfg), errors)

@@ -22,8 +22,19 @@ from randsae.errors import UserError
 from randsae.records import from_plain
 from randsae.run_dir import RunDir, read_json
 
-LATENT_COLUMNS = ("variant", "layer", "latent", "firing_count", "top_token_id", "top_token_share", "single_token",
-                  "positional_r2", "positional", "context_dependence", "seed_match_cosine")
+LATENT_COLUMNS = (
+    "variant",
+    "layer",
+    "latent",
+    "firing_count",
+    "top_token_id",
+    "top_token_share",
+    "single_token",
+    "positional_r2",
+    "positional",
+    "context_dependence",
+    "seed_match_cosine",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +69,11 @@ def separation_csv(rows: tuple[SeparationRow, ...]) -> str:
     return buffer.getvalue()
 
 
-def latents_csv(latents: Mapping[tuple[str, int], LatentMeasures], matches: Mapping[tuple[str, int], np.ndarray],
-                cfg: AnalysisConfig) -> str:
+def latents_csv(
+    latents: Mapping[tuple[str, int], LatentMeasures],
+    matches: Mapping[tuple[str, int], np.ndarray],
+    cfg: AnalysisConfig,
+) -> str:
     """One row per latent of every SAE; empty cells where a value is undefined."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -68,12 +82,19 @@ def latents_csv(latents: Mapping[tuple[str, int], LatentMeasures], matches: Mapp
         n = m.firing_count.size
         match = matches.get((variant, layer), np.full(n, np.nan))
         columns = [
-            [variant] * n, [layer] * n, range(n), m.firing_count, m.top_token_id, _cells(m.top_token_share),
-            (m.top_token_share >= cfg.single_token_threshold).astype(int), _cells(m.positional_r2),
+            [variant] * n,
+            [layer] * n,
+            range(n),
+            m.firing_count,
+            m.top_token_id,
+            _cells(m.top_token_share),
+            (m.top_token_share >= cfg.single_token_threshold).astype(int),
+            _cells(m.positional_r2),
             (np.nan_to_num(m.positional_r2) >= cfg.positional_threshold).astype(int),
-            _cells(m.context_dependence), _cells(match),
+            _cells(m.context_dependence),
+            _cells(match),
         ]
-        writer.writerows(zip(*columns))
+        writer.writerows(zip(*columns, strict=True))
     return buffer.getvalue()
 
 
@@ -81,8 +102,12 @@ def _cells(values: np.ndarray) -> list[str]:
     return ["" if not math.isfinite(v) else f"{v:.6g}" for v in values.tolist()]
 
 
-def write_outputs(run: RunDir, summary: AnalysisSummary, latents: Mapping[tuple[str, int], LatentMeasures],
-                  matches: Mapping[tuple[str, int], np.ndarray]) -> None:
+def write_outputs(
+    run: RunDir,
+    summary: AnalysisSummary,
+    latents: Mapping[tuple[str, int], LatentMeasures],
+    matches: Mapping[tuple[str, int], np.ndarray],
+) -> None:
     write_text_atomic(run.analysis_latents_csv, latents_csv(latents, matches, summary.config))
     write_text_atomic(run.separation_csv, separation_csv(summary.separation))
     write_json_atomic(run.analysis_json, analysis_json(summary))
@@ -93,8 +118,10 @@ def format_separation_table(summary: AnalysisSummary) -> str:
     if not summary.separation:
         text = "no separation table (needs a trained SAE and at least one other variant)"
     else:
-        text = ("What separates trained from random (pooled over layers; d = Cohen's d, trained minus variant)\n"
-                + format_rows(summary.separation))
+        text = (
+            "What separates trained from random (pooled over layers; d = Cohen's d, trained minus variant)\n"
+            + format_rows(summary.separation)
+        )
     return "\n".join([text, *(f"note: {note}" for note in summary.notes)])
 
 
@@ -102,10 +129,13 @@ def load_analysis(run: RunDir) -> AnalysisSummary:
     """RUN/analysis/analysis.json back as the `AnalysisSummary` that wrote it."""
     data = read_json(run.analysis_json, "`randsae analyze`")
     try:
-        return AnalysisSummary(from_plain(AnalysisConfig, data["config"]),
-                               tuple(from_plain(SAEMeasurements, sae) for sae in data["saes"]),
-                               tuple(from_plain(SeparationRow, row) for row in data["separation"]),
-                               tuple(str(note) for note in data["notes"]))
+        return AnalysisSummary(
+            from_plain(AnalysisConfig, data["config"]),
+            tuple(from_plain(SAEMeasurements, sae) for sae in data["saes"]),
+            tuple(from_plain(SeparationRow, row) for row in data["separation"]),
+            tuple(str(note) for note in data["notes"]),
+        )
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{run.analysis_json} holds damaged analysis results ({error!r})",
-                        "Delete it and rerun `randsae analyze`") from None
+        raise UserError(
+            f"{run.analysis_json} holds damaged analysis results ({error!r})", "Delete it and rerun `randsae analyze`"
+        ) from None

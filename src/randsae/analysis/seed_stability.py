@@ -21,8 +21,8 @@ from torch import Tensor
 
 from randsae.data.activations import ActivationCache
 from randsae.errors import UserError
-from randsae.sae.base import SparseAutoencoder, load_sae
 from randsae.run_dir import SAE_TRAINING_FILE
+from randsae.sae.base import SparseAutoencoder, load_sae
 from randsae.sae.trainer import TrainConfig, train_sae
 
 
@@ -49,11 +49,19 @@ def match_decoders(w_dec_a: Tensor, w_dec_b: Tensor) -> LatentMatch:
 def reproduced(cosine: np.ndarray, threshold: float) -> np.ndarray:
     """Bool per latent of SAE a: its matched partner's cosine is at least `threshold` (its mean is the
     stable share; unmatched latents count as not reproduced)."""
-    return cosine >= threshold   # False for NaN (unmatched)
+    return cosine >= threshold  # False for NaN (unmatched)
 
 
-def second_seed_sae(first: SparseAutoencoder, first_folder: Path, train_cache: ActivationCache, out_folder: Path,
-                    seed: int, *, device: str | torch.device = "cpu", progress: bool = True) -> SparseAutoencoder:
+def second_seed_sae(
+    first: SparseAutoencoder,
+    first_folder: Path,
+    train_cache: ActivationCache,
+    out_folder: Path,
+    seed: int,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> SparseAutoencoder:
     """The SAE `first` retrained with `seed` on the same activations and settings (saved, reused when present).
 
     The training settings come from the first SAE's `training.json`, so only the seed differs.
@@ -62,12 +70,16 @@ def second_seed_sae(first: SparseAutoencoder, first_folder: Path, train_cache: A
         return load_sae(out_folder)
     log_path = first_folder / SAE_TRAINING_FILE
     if not log_path.is_file():
-        raise UserError(f"cannot retrain {first_folder} with another seed: it has no {SAE_TRAINING_FILE}",
-                        "Train the SAEs with `randsae run`, or turn analysis.seed_stability off")
+        raise UserError(
+            f"cannot retrain {first_folder} with another seed: it has no {SAE_TRAINING_FILE}",
+            "Train the SAEs with `randsae run`, or turn analysis.seed_stability off",
+        )
     log = json.loads(log_path.read_text())
     if log.get("seed") == seed:
-        raise UserError(f"analysis.stability_seed = {seed} is the seed {first_folder} was trained with",
-                        "Set analysis.stability_seed to another value")
+        raise UserError(
+            f"analysis.stability_seed = {seed} is the seed {first_folder} was trained with",
+            "Set analysis.stability_seed to another value",
+        )
     train_cfg = TrainConfig(**log["config"])
     sae_cfg = dataclasses.replace(first.cfg, metadata={**first.cfg.metadata, "seed": seed})
     result = train_sae(train_cache, train_cfg, sae_cfg, seed=seed, device=device, progress=progress)

@@ -59,7 +59,7 @@ class MeanSample(NamedTuple):
         means = np.empty(n_boot)
         for start in range(0, n_boot, 128):
             rows = min(128, n_boot - start)
-            means[start:start + rows] = self.units[rng.integers(0, n, size=(rows, n), dtype=np.int32)].mean(1)
+            means[start : start + rows] = self.units[rng.integers(0, n, size=(rows, n), dtype=np.int32)].mean(1)
         return means
 
 
@@ -134,13 +134,14 @@ def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray]
     if weights.sum() == 0:
         return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0)
     weights /= weights.sum()
-    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts) if w > 0))
-    draws = sum(w * p.draws for w, p in zip(weights, parts) if w > 0)
+    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts, strict=True) if w > 0))
+    draws = sum(w * p.draws for w, p in zip(weights, parts, strict=True) if w > 0)
     return value, draws, np.concatenate([p.sample.units for p in parts])
 
 
-def compare(trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: str, variant: str,
-            layer: str) -> SeparationRow:
+def compare(
+    trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: str, variant: str, layer: str
+) -> SeparationRow:
     t_value, t_draws, t_units = _pooled(trained)
     o_value, o_draws, o_units = _pooled(other)
     differences = t_draws - o_draws
@@ -148,12 +149,24 @@ def compare(trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: 
         low = high = math.nan
     else:
         low, high = (float(q) for q in np.percentile(differences, [2.5, 97.5]))
-    return SeparationRow(metric, variant, layer, t_value, o_value, t_value - o_value, low, high,
-                         cohens_d(t_units, o_units), t_units.size, o_units.size)
+    return SeparationRow(
+        metric,
+        variant,
+        layer,
+        t_value,
+        o_value,
+        t_value - o_value,
+        low,
+        high,
+        cohens_d(t_units, o_units),
+        t_units.size,
+        o_units.size,
+    )
 
 
-def separation_table(samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_boot: int,
-                     seed: int) -> list[SeparationRow]:
+def separation_table(
+    samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_boot: int, seed: int
+) -> list[SeparationRow]:
     """Rows for every metric x non-reference variant, pooled over layers then per layer.
 
     `samples[metric][(variant, layer)]`. Pooled rows come first, metrics ordered by mean |d| over the
@@ -177,8 +190,13 @@ def separation_table(samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_
             if not shared:
                 continue
             for label, group in [(ALL_LAYERS, shared)] + [(str(layer), [layer]) for layer in shared]:
-                row = compare([resampled[(REFERENCE, layer)] for layer in group],
-                              [resampled[(variant, layer)] for layer in group], metric, variant, label)
+                row = compare(
+                    [resampled[(REFERENCE, layer)] for layer in group],
+                    [resampled[(variant, layer)] for layer in group],
+                    metric,
+                    variant,
+                    label,
+                )
                 (pooled if label == ALL_LAYERS else per_layer)[metric].append(row)
     order = sorted(pooled, key=lambda metric: -_separation(pooled[metric]))
     return [row for m in order for row in pooled[m]] + [row for m in order for row in per_layer[m]]
@@ -198,7 +216,8 @@ def format_rows(rows: Sequence[SeparationRow]) -> str:
         if row.layer != ALL_LAYERS:
             continue
         interval = f"{row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
-        lines.append((row.metric, row.variant, f"{row.trained:.3f}", f"{row.other:.3f}", interval,
-                      f"{row.effect_size:+.2f}"))
+        lines.append(
+            (row.metric, row.variant, f"{row.trained:.3f}", f"{row.other:.3f}", interval, f"{row.effect_size:+.2f}")
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)

@@ -48,7 +48,8 @@ def top_token_share(codes: SparseCodes, window: Tensor, token: Tensor, top_windo
     n_windows = int(window.max()) + 1
     pairs, pair_of = group_keys(codes.latent * n_windows + window[codes.row])
     pair_max = torch.zeros(pairs.numel(), dtype=torch.float64).scatter_reduce_(
-        0, pair_of, value, "amax", include_self=False)
+        0, pair_of, value, "amax", include_self=False
+    )
     in_top = _rank_within(pairs // n_windows, pair_max) < top_windows
     keep = in_top[pair_of]
     latent, tok, value = codes.latent[keep], token[codes.row[keep]], value[keep]
@@ -62,7 +63,8 @@ def top_token_share(codes: SparseCodes, window: Tensor, token: Tensor, top_windo
     is_best = mass == best[cell_latent]
     big = torch.iinfo(torch.long).max
     best_token = torch.full((d_sae,), big, dtype=torch.long).scatter_reduce_(
-        0, cell_latent[is_best], cell_token[is_best], "amin")
+        0, cell_latent[is_best], cell_token[is_best], "amin"
+    )
     alive = total > 0
     share[alive] = best[alive] / total[alive]
     top[alive] = best_token[alive]

@@ -19,7 +19,12 @@ from randsae.analysis.codes import row_layout
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import LatentScores, read_interp_scores, split_by_latent_type
 from randsae.analysis.measure import (
-    LatentMeasures, SAEAnalysis, analyse_sae, latent_samples, summarize, token_samples,
+    LatentMeasures,
+    SAEAnalysis,
+    analyse_sae,
+    latent_samples,
+    summarize,
+    token_samples,
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
@@ -33,17 +38,25 @@ from randsae.run_dir import RunDir, SAEKey
 from randsae.sae.base import WEIGHTS_FILE, load_sae
 
 # Settings that change the per-latent arrays (the thresholds only change what is derived from them).
-_MEASURE_SETTINGS = ("top_windows", "window_tokens", "position_bins", "min_token_count", "max_heldout_tokens",
-                     "max_lookup_tokens")
+_MEASURE_SETTINGS = (
+    "top_windows",
+    "window_tokens",
+    "position_bins",
+    "min_token_count",
+    "max_heldout_tokens",
+    "max_lookup_tokens",
+)
 
 
 def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor) -> ActivationCache:
     cache = ActivationCache.open(run.activations(entry.site, split))
     if cache.manifest.context_size != input_ids.shape[1] or cache.n_tokens != input_ids.numel():
-        raise UserError(f"activation cache {cache.folder} ({cache.n_tokens} rows, context "
-                        f"{cache.manifest.context_size}) does not match RUN/tokens/{split}.safetensors "
-                        f"({input_ids.numel()} tokens, context {input_ids.shape[1]})",
-                        "Delete the run's activations folder and rerun `randsae run` to harvest it again")
+        raise UserError(
+            f"activation cache {cache.folder} ({cache.n_tokens} rows, context "
+            f"{cache.manifest.context_size}) does not match RUN/tokens/{split}.safetensors "
+            f"({input_ids.numel()} tokens, context {input_ids.shape[1]})",
+            "Delete the run's activations folder and rerun `randsae run` to harvest it again",
+        )
     return cache
 
 
@@ -75,8 +88,14 @@ def _save_part(path: Path, key: str, analysis: SAEAnalysis) -> None:
         np.savez(file, key=np.array(key), **analysis.latents._asdict(), **errors)
 
 
-def measure_entry(run: RunDir, entry: SAEKey, cfg: AnalysisConfig, heldout_ids: torch.Tensor,
-                  train_ids: torch.Tensor, device: str | torch.device = "cpu") -> SAEAnalysis:
+def measure_entry(
+    run: RunDir,
+    entry: SAEKey,
+    cfg: AnalysisConfig,
+    heldout_ids: torch.Tensor,
+    train_ids: torch.Tensor,
+    device: str | torch.device = "cpu",
+) -> SAEAnalysis:
     """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged."""
     heldout = _open_cache(run, entry, "heldout", heldout_ids)
     train = _open_cache(run, entry, "train", train_ids)
@@ -100,18 +119,32 @@ def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisC
     return {name: MeanSample(values) for name, values in split.items()}
 
 
-def seed_match_cosine(run: RunDir, entry: SAEKey, train_ids: torch.Tensor, cfg: AnalysisConfig, *,
-                      device: str | torch.device = "cpu", progress: bool = True) -> np.ndarray:
+def seed_match_cosine(
+    run: RunDir,
+    entry: SAEKey,
+    train_ids: torch.Tensor,
+    cfg: AnalysisConfig,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
     """Per latent, the decoder cosine of its Hungarian partner in the SAE retrained with `cfg.stability_seed`."""
     first = load_sae(run.sae(entry))
-    second = second_seed_sae(first, run.sae(entry), _open_cache(run, entry, "train", train_ids),
-                             run.second_seed_sae(entry, cfg.stability_seed),
-                             cfg.stability_seed, device=device, progress=progress)
+    second = second_seed_sae(
+        first,
+        run.sae(entry),
+        _open_cache(run, entry, "train", train_ids),
+        run.second_seed_sae(entry, cfg.stability_seed),
+        cfg.stability_seed,
+        device=device,
+        progress=progress,
+    )
     return match_decoders(first.W_dec, second.W_dec).cosine
 
 
-def analyze_run(run: RunDir | Path, cfg: AnalysisConfig, *, progress: bool = True,
-                device: str | torch.device = "cpu") -> AnalysisSummary:
+def analyze_run(
+    run: RunDir | Path, cfg: AnalysisConfig, *, progress: bool = True, device: str | torch.device = "cpu"
+) -> AnalysisSummary:
     """Measure every SAE of the run, build the separation table, write `RUN/analysis/`.
 
     `device` runs the SAEs' encoding and the seed-stability retraining. The auto-interp split uses the

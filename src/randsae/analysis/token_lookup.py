@@ -50,8 +50,9 @@ def sum_rows_by_group(x: Tensor, group: Tensor, n_groups: int) -> Tensor:
     """[n_groups, d] float64 sums of the rows x [n, d] of each group [n], as a sparse one-hot product
     (an order of magnitude faster than index_add_ on CPU)."""
     n = group.numel()
-    one_hot = scipy.sparse.csr_matrix((np.ones(n, dtype=np.float32), (group.numpy(), np.arange(n))),
-                                      shape=(n_groups, n))
+    one_hot = scipy.sparse.csr_matrix(
+        (np.ones(n, dtype=np.float32), (group.numpy(), np.arange(n))), shape=(n_groups, n)
+    )
     return torch.from_numpy(np.asarray(one_hot @ x.float().numpy(), dtype=np.float64))
 
 
@@ -65,14 +66,14 @@ def fit_token_lookup(chunks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup
     context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
     keep_row = not_bos(torch.arange(flat.numel()), context_size)
-    distinct, index_of_row = np.unique(flat.numpy(), return_inverse=True)
-    token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(index_of_row.reshape(-1))
+    distinct, inverse = np.unique(flat.numpy(), return_inverse=True)
+    token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(inverse.reshape(-1))
     sums: Tensor | None = None
     start = 0
     for chunk in chunks:
         stop = min(start + chunk.shape[0], flat.numel())
         keep = keep_row[start:stop]
-        chunk_sums = sum_rows_by_group(chunk[:stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
+        chunk_sums = sum_rows_by_group(chunk[: stop - start][keep], index_of_row[start:stop][keep], token_ids.numel())
         sums = chunk_sums if sums is None else sums.add_(chunk_sums)
         start = stop
         if start == flat.numel():

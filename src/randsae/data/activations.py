@@ -81,8 +81,10 @@ class ActivationCache:
         except (ValueError, TypeError, KeyError) as error:
             raise UserError(f"activation cache manifest {folder / MANIFEST} is corrupt ({error})", fix) from None
         if not manifest.complete:
-            raise UserError(f"activation cache {folder} is incomplete (harvest interrupted)",
-                            "Rerun `randsae run` with the same --out to resume it")
+            raise UserError(
+                f"activation cache {folder} is incomplete (harvest interrupted)",
+                "Rerun `randsae run` with the same --out to resume it",
+            )
         for shard in manifest.shards:
             path = folder / shard.file
             if not path.is_file() or (shard.n_bytes is not None and path.stat().st_size != shard.n_bytes):
@@ -94,8 +96,9 @@ class ActivationCache:
         for shard in self.manifest.shards:
             path = self.folder / shard.file
             if file_sha256(path) != shard.sha256:
-                raise UserError(f"activation cache shard {path} is corrupt (checksum mismatch)",
-                                _rebuild_fix(self.folder))
+                raise UserError(
+                    f"activation cache shard {path} is corrupt (checksum mismatch)", _rebuild_fix(self.folder)
+                )
 
     @property
     def n_tokens(self) -> int:
@@ -111,10 +114,12 @@ class ActivationCache:
             try:
                 data = load_file(self.folder / shard.file)["activations"]
             except Exception as error:  # safetensors raises its own error types for a damaged file
-                raise UserError(f"activation cache shard {self.folder / shard.file} is unreadable ({error})",
-                                _rebuild_fix(self.folder)) from None
+                raise UserError(
+                    f"activation cache shard {self.folder / shard.file} is unreadable ({error})",
+                    _rebuild_fix(self.folder),
+                ) from None
             for start in range(0, data.shape[0], rows):
-                yield data[start:start + rows].float()
+                yield data[start : start + rows].float()
 
     def load(self) -> Tensor:
         """Every row at once [n_tokens, d_model] (float32)."""
@@ -130,9 +135,10 @@ class CacheWriter:
         self.buffer: list[Tensor] = []
         folder.mkdir(parents=True, exist_ok=True)
         existing = self._existing_manifest()
-        same_spec = existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec
-        self.manifest = existing if same_spec else spec
-        if not same_spec:
+        if existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec:
+            self.manifest = existing
+        else:
+            self.manifest = spec
             self._save_manifest()
 
     def _existing_manifest(self) -> CacheManifest | None:
@@ -171,9 +177,15 @@ class CacheWriter:
         write_text_atomic(self.folder / MANIFEST, self.manifest.to_json())
 
 
-def harvest(forward: Callable[[Tensor], dict[int, Tensor]], input_ids: Tensor,
-            writers: dict[int, CacheWriter], batch_size: int, device: torch.device,
-            desc: str = "harvest", progress: bool = True) -> None:
+def harvest(
+    forward: Callable[[Tensor], dict[int, Tensor]],
+    input_ids: Tensor,
+    writers: dict[int, CacheWriter],
+    batch_size: int,
+    device: torch.device,
+    desc: str = "harvest",
+    progress: bool = True,
+) -> None:
     """Run `forward` (one truncated model pass → {layer: [batch, C, d]}) over all windows not yet cached.
 
     Every layer's writer is fed from the same forward; all writers resume from the least advanced one.
@@ -184,10 +196,17 @@ def harvest(forward: Callable[[Tensor], dict[int, Tensor]], input_ids: Tensor,
     start = min(writer.windows_done for writer in pending)
     windows_per_shard = pending[0].windows_per_shard
     start -= start % windows_per_shard
-    bar = tqdm(total=input_ids.shape[0] * input_ids.shape[1], initial=start * input_ids.shape[1],
-               desc=desc, unit="tok", unit_scale=True, disable=not progress, leave=False)
+    bar = tqdm(
+        total=input_ids.shape[0] * input_ids.shape[1],
+        initial=start * input_ids.shape[1],
+        desc=desc,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        leave=False,
+    )
     for begin in range(start, input_ids.shape[0], batch_size):
-        batch = input_ids[begin:begin + batch_size].to(device=device, dtype=torch.long)
+        batch = input_ids[begin : begin + batch_size].to(device=device, dtype=torch.long)
         outputs = forward(batch)
         for layer, writer in writers.items():
             if not writer.manifest.complete and writer.windows_done <= begin:

@@ -83,8 +83,10 @@ def _file_texts(cfg: TextConfig) -> Iterator[str]:
         elif suffix in (".jsonl", ".json", ".parquet", ".arrow"):
             yield from _table_column(path, suffix, cfg.column)
         else:
-            raise UserError(f"cannot read {path}: unknown file type {suffix!r}",
-                            "Use .txt, .md, .jsonl, .json, .parquet or .arrow files")
+            raise UserError(
+                f"cannot read {path}: unknown file type {suffix!r}",
+                "Use .txt, .md, .jsonl, .json, .parquet or .arrow files",
+            )
 
 
 def _table_column(path: str, suffix: str, column: str) -> Iterator[str]:
@@ -96,8 +98,10 @@ def _table_column(path: str, suffix: str, column: str) -> Iterator[str]:
         kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[suffix]
         table = datasets.load_dataset(kind, data_files=path, split="train")
     if column not in table.column_names:
-        raise UserError(f"{path} has no column {column!r} (it has {', '.join(table.column_names)})",
-                        "Set data.column to the text column")
+        raise UserError(
+            f"{path} has no column {column!r} (it has {', '.join(table.column_names)})",
+            "Set data.column to the text column",
+        )
     yield from table[column]
 
 
@@ -105,15 +109,18 @@ def _hub_texts(cfg: TextConfig) -> Iterator[str]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(cfg.source, cfg.dataset_config, split=cfg.split,
-                                        streaming=cfg.streaming)
+        dataset = datasets.load_dataset(cfg.source, cfg.dataset_config, split=cfg.split, streaming=cfg.streaming)
     except Exception as error:  # datasets raises many types for a missing or unreachable dataset
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise UserError(f"could not open dataset {cfg.source!r}: {reason}",
-                        "Check the dataset name, config and split (and network access to the Hub), "
-                        "or point data.source to local files") from None
+        raise UserError(
+            f"could not open dataset {cfg.source!r}: {reason}",
+            "Check the dataset name, config and split (and network access to the Hub), "
+            "or point data.source to local files",
+        ) from None
     for row in dataset:
         if cfg.column not in row:
-            raise UserError(f"dataset {cfg.source!r} has no column {cfg.column!r} (it has {', '.join(row)})",
-                            "Set data.column to the text column")
+            raise UserError(
+                f"dataset {cfg.source!r} has no column {cfg.column!r} (it has {', '.join(row)})",
+                "Set data.column to the text column",
+            )
         yield row[cfg.column]

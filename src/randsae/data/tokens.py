@@ -49,8 +49,11 @@ class TokenConfig:
             raise invalid("tokens.context_size", self.context_size, "at least 2 (BOS and one token)")
         for name in ("train_tokens", "heldout_tokens"):
             if getattr(self, name) < self.context_size:
-                raise invalid(f"tokens.{name}", getattr(self, name),
-                              f"at least one window of tokens.context_size = {self.context_size} tokens")
+                raise invalid(
+                    f"tokens.{name}",
+                    getattr(self, name),
+                    f"at least one window of tokens.context_size = {self.context_size} tokens",
+                )
         if not 0 < self.heldout_fraction < 1:
             raise invalid("tokens.heldout_fraction", self.heldout_fraction, "a fraction strictly between 0 and 1")
 
@@ -76,13 +79,13 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     if bos is None:
-        raise UserError("the tokenizer has neither a BOS nor an EOS token",
-                        "Use a model whose tokenizer defines one of them")
+        raise UserError(
+            "the tokenizer has neither a BOS nor an EOS token", "Use a model whose tokenizer defines one of them"
+        )
     return bos, eos if eos is not None else bos
 
 
-def pack_windows(documents: Iterable[list[int]], n_windows: int, context_size: int,
-                 bos: int, separator: int) -> Tensor:
+def pack_windows(documents: Iterable[list[int]], n_windows: int, context_size: int, bos: int, separator: int) -> Tensor:
     """int32 [≤ n_windows, context_size]: documents joined by `separator`, cut, each window led by BOS."""
     body = context_size - 1
     needed = n_windows * body
@@ -97,8 +100,9 @@ def pack_windows(documents: Iterable[list[int]], n_windows: int, context_size: i
     return torch.cat([torch.full((n, 1), bos, dtype=torch.int32), windows], dim=1)
 
 
-def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
-                    cfg: TokenConfig, batch_docs: int = 256) -> dict[str, Tensor]:
+def tokenize_splits(
+    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, cfg: TokenConfig, batch_docs: int = 256
+) -> dict[str, Tensor]:
     """{"train": [n, C], "heldout": [m, C]}: stops reading text once both splits are full."""
     bos, separator = special_ids(tokenizer)
     body = cfg.context_size - 1
@@ -109,7 +113,7 @@ def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
 
     def flush() -> None:
         encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
-        for text, ids in zip(pending, encoded):
+        for text, ids in zip(pending, encoded, strict=True):
             split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
             docs[split].append(ids)
             have[split] += len(ids) + 1
@@ -123,12 +127,13 @@ def tokenize_splits(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase,
                 break
     if pending:
         flush()
-    windows = {split: pack_windows(docs[split], wanted[split], cfg.context_size, bos, separator)
-               for split in SPLITS}
+    windows = {split: pack_windows(docs[split], wanted[split], cfg.context_size, bos, separator) for split in SPLITS}
     for split, tensor in windows.items():
         if tensor.shape[0] < wanted[split]:
-            raise UserError(f"the text has only {tensor.numel()} {split} tokens, {wanted[split] * cfg.context_size} "
-                            f"were asked for", "Lower data.train_tokens / data.heldout_tokens or use more text")
+            raise UserError(
+                f"the text has only {tensor.numel()} {split} tokens, {wanted[split] * cfg.context_size} were asked for",
+                "Lower data.train_tokens / data.heldout_tokens or use more text",
+            )
     return windows
 
 
@@ -144,5 +149,7 @@ def load_tokens(path: Path) -> Tensor:
     try:
         return load_file(path)["input_ids"]
     except Exception as error:  # safetensors raises its own error types for a damaged file
-        raise UserError(f"token file {path} is damaged ({error})",
-                        "Delete it and rerun `randsae run` with the same --out to tokenize again") from None
+        raise UserError(
+            f"token file {path} is damaged ({error})",
+            "Delete it and rerun `randsae run` with the same --out to tokenize again",
+        ) from None

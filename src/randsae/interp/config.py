@@ -76,33 +76,55 @@ class InterpConfig:
     """Seeds latent selection, example sampling, prompt order and fuzzing's random highlights."""
 
     def __post_init__(self) -> None:
-        for name in ("n_latents", "min_examples", "window_size", "n_top_windows", "n_explanation_windows",
-                     "n_quantiles", "n_per_quantile", "examples_per_prompt", "n_list_tokens",
-                     "concurrency", "explanation_max_tokens", "n_bootstrap"):
+        for name in (
+            "n_latents",
+            "min_examples",
+            "window_size",
+            "n_top_windows",
+            "n_explanation_windows",
+            "n_quantiles",
+            "n_per_quantile",
+            "examples_per_prompt",
+            "n_list_tokens",
+            "concurrency",
+            "explanation_max_tokens",
+            "n_bootstrap",
+        ):
             if getattr(self, name) < 1:
-                raise UserError(f"interp.{name} must be at least 1, got {getattr(self, name)}",
-                                f"Set interp.{name} to a positive integer")
+                raise UserError(
+                    f"interp.{name} must be at least 1, got {getattr(self, name)}",
+                    f"Set interp.{name} to a positive integer",
+                )
         for name in ("n_negatives", "retries", "verify_rows", "backoff_s"):
             if getattr(self, name) < 0:
-                raise UserError(f"interp.{name} must not be negative, got {getattr(self, name)}",
-                                f"Set interp.{name} to 0 or more")
+                raise UserError(
+                    f"interp.{name} must not be negative, got {getattr(self, name)}", f"Set interp.{name} to 0 or more"
+                )
         for name, allowed in (("judge", JUDGES), ("explainer", EXPLAINERS), ("api", HTTP_APIS)):
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown interp.{name} {getattr(self, name)!r}", f"Use one of {', '.join(allowed)}")
         if not 0 < self.highlight_threshold < 1:
-            raise UserError(f"interp.highlight_threshold must be in (0, 1), got {self.highlight_threshold}",
-                            "Use a fraction of the window max, e.g. 0.3")
+            raise UserError(
+                f"interp.highlight_threshold must be in (0, 1), got {self.highlight_threshold}",
+                "Use a fraction of the window max, e.g. 0.3",
+            )
         if not 0 <= self.max_failure_fraction <= 1:
-            raise UserError(f"interp.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}",
-                            "Use a fraction, e.g. 0.5")
+            raise UserError(
+                f"interp.max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}",
+                "Use a fraction, e.g. 0.5",
+            )
         if self.timeout_s <= 0:
             raise UserError(f"interp.timeout_s must be positive, got {self.timeout_s}", "Use seconds, e.g. 120")
         if self.judge == "token" and self.explainer == "llm":
-            raise UserError("the token judge scores token-list explanations only, but interp.explainer is 'llm'",
-                            "Use judge = 'http' or 'hf' for LLM explanations, or explainer = 'token_list'")
+            raise UserError(
+                "the token judge scores token-list explanations only, but interp.explainer is 'llm'",
+                "Use judge = 'http' or 'hf' for LLM explanations, or explainer = 'token_list'",
+            )
         if self.judge != "token" and not self.model:
-            raise UserError(f"interp.judge = {self.judge!r} needs interp.model",
-                            "Set interp.model to the server's model name (http) or a local model path (hf)")
+            raise UserError(
+                f"interp.judge = {self.judge!r} needs interp.model",
+                "Set interp.model to the server's model name (http) or a local model path (hf)",
+            )
         if self.judge == "http" and not self.base_url.startswith(("http://", "https://")):
             raise invalid("interp.base_url", self.base_url, "the server's URL, e.g. http://127.0.0.1:8000/v1")
 
@@ -117,10 +139,23 @@ class InterpConfig:
 def describe_scaling(cfg: InterpConfig) -> str:
     """One line naming every protocol number that differs from the paper's, or saying none does."""
     paper = InterpConfig()
-    protocol = ("n_latents", "min_examples", "window_size", "n_top_windows", "n_explanation_windows",
-                "n_quantiles", "n_per_quantile", "n_negatives", "highlight_threshold", "examples_per_prompt")
-    changed = [f"{name} {getattr(paper, name)} -> {getattr(cfg, name)}"
-               for name in protocol if getattr(cfg, name) != getattr(paper, name)]
+    protocol = (
+        "n_latents",
+        "min_examples",
+        "window_size",
+        "n_top_windows",
+        "n_explanation_windows",
+        "n_quantiles",
+        "n_per_quantile",
+        "n_negatives",
+        "highlight_threshold",
+        "examples_per_prompt",
+    )
+    changed = [
+        f"{name} {getattr(paper, name)} -> {getattr(cfg, name)}"
+        for name in protocol
+        if getattr(cfg, name) != getattr(paper, name)
+    ]
     judge = f"judge: {cfg.judge}" + (f" ({cfg.model})" if cfg.model else "") + f", explainer: {cfg.resolved_explainer}"
     if not changed:
         return f"interp: the paper's protocol numbers; {judge}"

@@ -90,8 +90,9 @@ def active_windows(entries: LatentEntries, context_size: int, window_size: int) 
     return ActiveWindows(rows, values, windows, ids, first, maxima, np.argsort(-maxima, kind="stable"))
 
 
-def sample_examples(entries: LatentEntries, tokens: np.ndarray, context_size: int, cfg: InterpConfig,
-                    rng: np.random.Generator) -> LatentExamples:
+def sample_examples(
+    entries: LatentEntries, tokens: np.ndarray, context_size: int, cfg: InterpConfig, rng: np.random.Generator
+) -> LatentExamples:
     """Draw the explanation set, the quantile-stratified positives and the negatives of one latent."""
     size = cfg.window_size
     active = active_windows(entries, context_size, size)
@@ -122,8 +123,7 @@ def sample_examples(entries: LatentEntries, tokens: np.ndarray, context_size: in
         slot = np.minimum(slot, max(len(ids) - 1, 0))
         hit = (ids[order][slot] == windows) if len(ids) else np.zeros(len(windows), bool)
         activations[order[slot[hit]], (rows[hit] % context_size) % size] = values[hit]
-        return WindowSet(ids, window_tokens(tokens, ids, context_size, size), activations,
-                         quantile.astype(np.int64))
+        return WindowSet(ids, window_tokens(tokens, ids, context_size, size), activations, quantile.astype(np.int64))
 
     return LatentExamples(
         explanation=window_set(explain_ids, explain_bins),

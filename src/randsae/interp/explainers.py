@@ -57,7 +57,7 @@ def parse_token_list(explanation: str) -> list[str] | None:
     if not explanation.startswith(TOKEN_LIST_LEAD):
         return None
     try:
-        tokens = json.loads("[" + explanation[len(TOKEN_LIST_LEAD):] + "]")
+        tokens = json.loads("[" + explanation[len(TOKEN_LIST_LEAD) :] + "]")
     except json.JSONDecodeError:
         return None
     return tokens if tokens and all(isinstance(token, str) for token in tokens) else None
@@ -78,8 +78,9 @@ class TokenListExplainer:
     def __init__(self, n_tokens: int):
         self.n_tokens = n_tokens
 
-    def explain_many(self, window_sets: Sequence[WindowSet], str_tokens: StrTokens,
-                     progress: bool = False) -> list[Explanation]:
+    def explain_many(
+        self, window_sets: Sequence[WindowSet], str_tokens: StrTokens, progress: bool = False
+    ) -> list[Explanation]:
         explanations = []
         for windows in window_sets:
             top = token_activation_mass(windows.token_ids, windows.activations).token_ids[: self.n_tokens]
@@ -103,14 +104,15 @@ class LLMExplainer:
         marked = highlight_mask(windows.activations, self.highlight_threshold)
         levels = activation_levels(windows.activations)
         texts, activation_lists = [], []
-        for ids, mask, level in zip(windows.token_ids, marked, levels):
+        for ids, mask, level in zip(windows.token_ids, marked, levels, strict=True):
             pieces = str_tokens(ids.tolist())
             texts.append(prompts.render_window(pieces, mask))
             activation_lists.append([(pieces[i], int(level[i])) for i in np.flatnonzero(mask)])
         return prompts.explainer_prompt(texts, activation_lists)
 
-    def explain_many(self, window_sets: Sequence[WindowSet], str_tokens: StrTokens,
-                     progress: bool = False) -> list[Explanation]:
+    def explain_many(
+        self, window_sets: Sequence[WindowSet], str_tokens: StrTokens, progress: bool = False
+    ) -> list[Explanation]:
         def explain(windows: WindowSet) -> Explanation:
             if len(windows.window_ids) == 0:
                 return Explanation("", "parse", "no explanation windows")

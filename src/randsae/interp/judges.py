@@ -81,7 +81,8 @@ class TokenJudge:
                 probability = max((weight.get(token, 0.0) for token in item.str_tokens), default=0.0)
                 prediction = probability > 0
             else:
-                marked = [token for token, on in zip(item.str_tokens, item.marked) if on]
+                assert item.marked is not None, "fuzzing items carry their highlighted tokens"
+                marked = [token for token, on in zip(item.str_tokens, item.marked, strict=True) if on]
                 probability = sum(token in weight for token in marked) / max(len(marked), 1)
                 prediction = probability >= 0.5
             verdicts.append(Verdict(prediction, float(probability), None, self.source))
@@ -105,5 +106,7 @@ class LLMJudge:
         except JudgeFailure as failure:
             return failed(failure.kind, len(texts), "logprobs")
         source = "logprobs" if answers.from_logprobs else "hard_answers"
-        return [Verdict(prediction, probability, None, source)
-                for prediction, probability in zip(answers.predictions, answers.probabilities)]
+        return [
+            Verdict(prediction, probability, None, source)
+            for prediction, probability in zip(answers.predictions, answers.probabilities, strict=True)
+        ]

@@ -94,8 +94,9 @@ def _probability_of_one(token: TokenChoice) -> float:
     return mass["1"] / (mass["0"] + mass["1"])
 
 
-def run_concurrently(function: Callable[[T], R], items: Sequence[T], workers: int, description: str,
-                     progress: bool) -> list[R]:
+def run_concurrently(
+    function: Callable[[T], R], items: Sequence[T], workers: int, description: str, progress: bool
+) -> list[R]:
     """`[function(item) for item in items]` on `workers` threads, in order, with a progress bar."""
     bar = _bar(len(items), description, progress)
     try:
@@ -134,4 +135,4 @@ def _bar(total: int, description: str, enabled: bool):
 
 def chunks(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]

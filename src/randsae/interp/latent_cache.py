@@ -83,9 +83,18 @@ def open_latent_cache(folder: Path) -> LatentCache | None:
 
 
 @torch.no_grad()
-def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, chunks: Iterable[Tensor],
-                       *, n_tokens: int, context_size: int, verify_rows: int, seed: int,
-                       progress: bool = False) -> LatentCache:
+def build_latent_cache(
+    folder: Path,
+    sae: SparseAutoencoder,
+    sae_sha256: str,
+    chunks: Iterable[Tensor],
+    *,
+    n_tokens: int,
+    context_size: int,
+    verify_rows: int,
+    seed: int,
+    progress: bool = False,
+) -> LatentCache:
     """Encode every chunk of activation rows, write the nonzero entries as shards, then verify a sample.
 
     The manifest is written last, so an interrupted build is simply redone.
@@ -112,20 +121,30 @@ def build_latent_cache(folder: Path, sae: SparseAutoencoder, sae_sha256: str, ch
         max_values.scatter_reduce_(0, latents, values, reduce="amax")
         value_dtype = torch.float16 if values.numel() == 0 or values.max() <= FLOAT16_MAX else torch.float32
         name = f"shard_{len(shards):05d}.safetensors"
-        save_safetensors_atomic(folder / name, {"rows": rows.to(torch.int32), "latents": latents.to(latent_dtype),
-                                     "values": values.to(value_dtype)})
+        save_safetensors_atomic(
+            folder / name,
+            {"rows": rows.to(torch.int32), "latents": latents.to(latent_dtype), "values": values.to(value_dtype)},
+        )
         shards.append(name)
         in_chunk = check_rows[(check_rows >= start) & (check_rows < stop)]
         checked_x.append(chunk[torch.as_tensor(in_chunk - start, dtype=torch.long)])
         start = stop
     if start != n_tokens:
-        raise UserError(f"activation cache gave {start} rows but its manifest says {n_tokens}",
-                        "Delete the activation cache and re-run the harvest")
+        raise UserError(
+            f"activation cache gave {start} rows but its manifest says {n_tokens}",
+            "Delete the activation cache and re-run the harvest",
+        )
     reference = sae.encode(torch.cat(checked_x).to(device)).cpu() if checked_x else torch.zeros(0, d_sae)
     save_safetensors_atomic(folder / STATS_FILE, {"counts": counts, "max_values": max_values})
-    manifest = LatentCacheManifest(n_tokens=n_tokens, context_size=context_size, d_sae=d_sae,
-                                   sae_sha256=sae_sha256, n_entries=int(counts.sum()), shards=tuple(shards),
-                                   verified_rows=len(check_rows))
+    manifest = LatentCacheManifest(
+        n_tokens=n_tokens,
+        context_size=context_size,
+        d_sae=d_sae,
+        sae_sha256=sae_sha256,
+        n_entries=int(counts.sum()),
+        shards=tuple(shards),
+        verified_rows=len(check_rows),
+    )
     cache = LatentCache(folder, manifest, counts.numpy(), max_values.numpy())
     verify_against_encode(cache, check_rows, reference)
     write_text_atomic(folder / MANIFEST, json.dumps(dataclasses.asdict(manifest), indent=1))
@@ -149,10 +168,12 @@ def verify_against_encode(cache: LatentCache, rows: np.ndarray, reference: Tenso
     bad = ((stored - expected).abs() > tolerance).any(dim=1)
     if bad.any():
         diff = float((stored - expected).abs().max())
-        raise UserError(f"latent cache {cache.folder} disagrees with the SAE's encode() on {int(bad.sum())} of "
-                        f"{len(rows)} sampled rows (max abs difference {diff:.3g})",
-                        "Delete that folder and re-run; if it persists the SAE's fast encode path or its "
-                        "conversion is broken, so fix the SAE before scoring")
+        raise UserError(
+            f"latent cache {cache.folder} disagrees with the SAE's encode() on {int(bad.sum())} of "
+            f"{len(rows)} sampled rows (max abs difference {diff:.3g})",
+            "Delete that folder and re-run; if it persists the SAE's fast encode path or its "
+            "conversion is broken, so fix the SAE before scoring",
+        )
 
 
 def load_latent_entries(cache: LatentCache, latents: Sequence[int]) -> dict[int, LatentEntries]:
@@ -172,14 +193,15 @@ def load_latent_entries(cache: LatentCache, latents: Sequence[int]) -> dict[int,
     order = np.lexsort((rows, owner))
     rows, owner, values = rows[order], owner[order], values[order]
     bounds = np.searchsorted(owner, wanted, side="left"), np.searchsorted(owner, wanted, side="right")
-    return {int(latent): LatentEntries(rows[lo:hi], values[lo:hi])
-            for latent, lo, hi in zip(wanted, *bounds)}
+    return {
+        int(latent): LatentEntries(rows[lo:hi], values[lo:hi]) for latent, lo, hi in zip(wanted, *bounds, strict=True)
+    }
 
 
 def _verification_sample(n_tokens: int, context_size: int, verify_rows: int, seed: int) -> np.ndarray:
     """Sorted distinct rows to re-encode, always including a BOS row (which must come out empty)."""
     rng = np.random.default_rng(seed)
-    sample = rng.choice(n_tokens, size=min(verify_rows, n_tokens), replace=False) if verify_rows else []
+    sample = rng.choice(n_tokens, size=min(verify_rows, n_tokens), replace=False) if verify_rows else np.zeros(0)
     return np.unique(np.concatenate([np.asarray(sample, dtype=np.int64), [0]])) if n_tokens else np.zeros(0, np.int64)
 
 

@@ -7,6 +7,7 @@ answer's P("1") / (P("0") + P("1")) is read from the logits at its position (key
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -35,14 +36,17 @@ class HFLanguageModel:
     def _single_token(self, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         if len(ids) != 1:
-            raise UserError(f"the judge's tokenizer splits {text!r} into {len(ids)} tokens",
-                            "Use a model whose vocabulary has the digits 0 and 1 as tokens")
+            raise UserError(
+                f"the judge's tokenizer splits {text!r} into {len(ids)} tokens",
+                "Use a model whose vocabulary has the digits 0 and 1 as tokens",
+            )
         return ids[0]
 
     def _prompt_text(self, prompt: Prompt) -> str:
         if self.tokenizer.chat_template:
             messages = [{"role": "system", "content": prompt.system}, {"role": "user", "content": prompt.user}]
-            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            # tokenize=False: the rendered text (transformers annotates every return form)
+            return cast(str, self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
         return prompt.as_text()
 
     def answer_prefix(self, prompt: Prompt) -> str:
@@ -55,9 +59,10 @@ class HFLanguageModel:
     @torch.no_grad()
     def generate(self, prompt: Prompt, max_tokens: int) -> str:
         ids = self._ids(self._prompt_text(prompt))
-        out = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
-                                  pad_token_id=self.tokenizer.eos_token_id)
-        reply = self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+        out = self.model.generate(
+            ids, max_new_tokens=max_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id
+        )
+        reply = cast(str, self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))  # one sequence: str
         # Without a chat template the prompt ends with the answer lead: put it back so replies read alike.
         return reply if self.tokenizer.chat_template else prompt.answer_lead + reply
 

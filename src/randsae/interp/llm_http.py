@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -27,8 +26,18 @@ RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 class HttpLanguageModel:
     """`api = "chat"` posts to {base_url}/chat/completions, `"completion"` to {base_url}/completions."""
 
-    def __init__(self, base_url: str, model: str, *, api: str = "chat", api_key_env: str = "OPENAI_API_KEY",
-                 concurrency: int = 16, timeout_s: float = 120.0, retries: int = 3, backoff_s: float = 1.0):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api: str = "chat",
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 16,
+        timeout_s: float = 120.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+    ):
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api = api
@@ -49,8 +58,10 @@ class HttpLanguageModel:
     def _complete(self, prompt: Prompt, max_tokens: int, logprobs: bool) -> tuple[str, list[TokenChoice] | None]:
         payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
         if self.api == "chat":
-            payload["messages"] = [{"role": "system", "content": prompt.system},
-                                   {"role": "user", "content": prompt.user}]
+            payload["messages"] = [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ]
             if logprobs:
                 payload.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
             reply = self._post("/chat/completions", payload)
@@ -58,7 +69,7 @@ class HttpLanguageModel:
                 choice = reply["choices"][0]
                 return choice["message"]["content"] or "", _chat_logprobs(choice.get("logprobs"))
             except (KeyError, IndexError, TypeError) as error:
-                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}")
+                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}") from error
         payload["prompt"] = prompt.as_text()
         if logprobs:
             payload["logprobs"] = TOP_LOGPROBS
@@ -68,7 +79,7 @@ class HttpLanguageModel:
             # The prompt ends with the answer lead ("Explanation:"): put it back so replies read alike.
             return prompt.answer_lead + (choice["text"] or ""), _completion_logprobs(choice.get("logprobs"))
         except (KeyError, IndexError, TypeError) as error:
-            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}")
+            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}") from error
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         """POST with retries and exponential backoff on timeouts, connection errors, 429 and 5xx."""
@@ -87,16 +98,15 @@ class HttpLanguageModel:
             except urllib.error.HTTPError as error:
                 problem = f"HTTP {error.code} from {self.base_url}{path}: {error.read()[:200]!r}"
                 if error.code not in RETRYABLE_STATUS:
-                    raise JudgeFailure("request", problem)
+                    raise JudgeFailure("request", problem) from error
                 continue
-            except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError,
-                    http.client.HTTPException) as error:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
                 problem = f"{type(error).__name__} talking to {self.base_url}{path}: {error}"
                 continue
             try:
                 return json.loads(raw)
-            except json.JSONDecodeError:
-                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}")
+            except json.JSONDecodeError as error:
+                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}") from error
         raise JudgeFailure("request", f"{problem} (after {self.retries + 1} attempts)")
 
 
@@ -119,7 +129,7 @@ def _completion_logprobs(logprobs: dict[str, Any] | None) -> list[TokenChoice] |
     tops = logprobs.get("top_logprobs") or [None] * len(logprobs["tokens"])
     chosen = logprobs.get("token_logprobs") or [None] * len(logprobs["tokens"])
     tokens = []
-    for token, logprob, top in zip(logprobs["tokens"], chosen, tops):
+    for token, logprob, top in zip(logprobs["tokens"], chosen, tops, strict=True):
         alternatives = dict(top or {})
         if logprob is not None:
             alternatives.setdefault(token, logprob)

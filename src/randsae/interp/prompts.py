@@ -52,7 +52,7 @@ EXPLAINER_SYSTEM = (
 def explainer_prompt(texts: Sequence[str], activation_lists: Sequence[Sequence[tuple[str, int]]]) -> Prompt:
     """`texts`: marked windows; `activation_lists`: (token, activation 0-10) of each window's marked tokens."""
     excerpts = []
-    for i, (text, activations) in enumerate(zip(texts, activation_lists), start=1):
+    for i, (text, activations) in enumerate(zip(texts, activation_lists, strict=True), start=1):
         listed = ", ".join(f"{token!r} {value}" for token, value in activations)
         excerpts.append(f"Excerpt {i}: {text}\nActivations: {listed}")
     user = "\n\n".join(excerpts) + "\n\nWhat do the marked tokens have in common? End with 'Explanation: ...'."
@@ -76,7 +76,6 @@ def judge_prompt(task: str, explanation: str, texts: Sequence[str]) -> Prompt:
     """A detection (plain texts) or fuzzing (marked texts) prompt with one 0/1 answer per text."""
     system = (DETECTION_SYSTEM if task == "detection" else FUZZING_SYSTEM).format(n=len(texts))
     excerpts = "\n".join(f"Excerpt {i}: {text}" for i, text in enumerate(texts, start=1))
-    user = (f"Explanation: {explanation}\n\n{excerpts}\n\n"
-            f"Reply with a list of {len(texts)} numbers, each 1 or 0.")
+    user = f"Explanation: {explanation}\n\n{excerpts}\n\nReply with a list of {len(texts)} numbers, each 1 or 0."
     # Completion-style prompts open the list for the model: small models then keep to the format.
     return Prompt(system, user, "Answer: [")

@@ -10,8 +10,8 @@ judge at once, so an HTTP server has many in flight.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from itertools import repeat
-from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -50,11 +50,14 @@ class _ItemToJudge(NamedTuple):
     activations: np.ndarray
 
 
-def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator,
-                   str_tokens: StrTokens) -> list[_ItemToJudge]:
+def items_to_judge(
+    task: str, examples: LatentExamples, cfg: InterpConfig, rng: np.random.Generator, str_tokens: StrTokens
+) -> list[_ItemToJudge]:
     """The test windows of one latent, positives then negatives, marked for fuzzing."""
     positives, negatives = examples.positives, examples.negatives
     width = positives.token_ids.shape[1] if len(positives.window_ids) else cfg.window_size
+    positive_marks: np.ndarray | None
+    negative_marks: np.ndarray | None
     if task == "fuzz":
         positive_marks = highlight_mask(positives.activations, cfg.highlight_threshold)
         k = min(math.ceil(positive_marks.sum(axis=1).mean()), width) if len(positive_marks) else 1
@@ -65,22 +68,31 @@ def items_to_judge(task: str, examples: LatentExamples, cfg: InterpConfig, rng: 
         positive_marks = negative_marks = None
     items = []
     for windows, marks, activating in ((positives, positive_marks, True), (negatives, negative_marks, False)):
-        marks = repeat(None) if marks is None else marks
-        for ids, acts, quantile, mark in zip(windows.token_ids, windows.activations, windows.quantile, marks):
+        window_marks: Iterable[np.ndarray | None] = repeat(None) if marks is None else marks
+        for ids, acts, quantile, mark in zip(
+            windows.token_ids, windows.activations, windows.quantile, window_marks, strict=False
+        ):
             items.append(_ItemToJudge(JudgeItem(str_tokens(ids.tolist()), mark), activating, int(quantile), acts))
     return items
 
 
-def score_latents(task: str, examples: Sequence[LatentExamples], explanations: Sequence[Explanation],
-                  judge: Judge, cfg: InterpConfig, rngs: Sequence[np.random.Generator], str_tokens: StrTokens,
-                  progress: bool = False) -> list[list[ScoredExample]]:
+def score_latents(
+    task: str,
+    examples: Sequence[LatentExamples],
+    explanations: Sequence[Explanation],
+    judge: Judge,
+    cfg: InterpConfig,
+    rngs: Sequence[np.random.Generator],
+    str_tokens: StrTokens,
+    progress: bool = False,
+) -> list[list[ScoredExample]]:
     """Judge every latent's test windows under its explanation; one record list per latent."""
     plans: list[list[tuple[list[_ItemToJudge], int | None]]] = []
     requests: list[JudgeRequest] = []
-    for latent_examples, explanation, rng in zip(examples, explanations, rngs):
+    for latent_examples, explanation, rng in zip(examples, explanations, rngs, strict=True):
         items = items_to_judge(task, latent_examples, cfg, rng, str_tokens)
         shuffled = [items[i] for i in rng.permutation(len(items))]
-        plan = []
+        plan: list[tuple[list[_ItemToJudge], int | None]] = []
         for batch in chunks(shuffled, cfg.examples_per_prompt):
             if explanation.failure is None:
                 requests.append(JudgeRequest(task, explanation.text, [test.item for test in batch]))
@@ -91,10 +103,10 @@ def score_latents(task: str, examples: Sequence[LatentExamples], explanations: S
     verdicts = judge.judge_many(requests, progress=progress)
     results = []
     for plan in plans:
-        records = []
+        records: list[ScoredExample] = []
         for batch, request_index in plan:
             answers = verdicts[request_index] if request_index is not None else failed("explanation", len(batch), "")
-            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers))
+            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers, strict=True))
         results.append(records)
     return results
 

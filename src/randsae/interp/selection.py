@@ -28,8 +28,9 @@ class LatentSelection:
     """Latents that never fire on the held-out tokens."""
 
 
-def select_latents(counts: Mapping[str, np.ndarray], n_latents: int, min_examples: int,
-                   seed: int) -> dict[str, LatentSelection]:
+def select_latents(
+    counts: Mapping[str, np.ndarray], n_latents: int, min_examples: int, seed: int
+) -> dict[str, LatentSelection]:
     """Per SAE (keyed by module name): min(n_latents, fewest eligible of any SAE) latents drawn at random,
     seeded by `seed` and the module name so every SAE's draw is reproducible on its own."""
     eligible = {module: np.flatnonzero(c >= min_examples) for module, c in counts.items()}
@@ -38,13 +39,18 @@ def select_latents(counts: Mapping[str, np.ndarray], n_latents: int, min_example
     n_scored = min(n_latents, *(len(e) for e in eligible.values()))
     if n_scored == 0:
         empty = sorted(module for module, e in eligible.items() if len(e) == 0)
-        raise UserError(f"no latent fires on {min_examples}+ held-out positions in {', '.join(empty)}",
-                        "Lower interp.min_examples or hold out more tokens")
+        raise UserError(
+            f"no latent fires on {min_examples}+ held-out positions in {', '.join(empty)}",
+            "Lower interp.min_examples or hold out more tokens",
+        )
     selections = {}
     for module, candidates in eligible.items():
         rng = np.random.default_rng([seed, *module.encode()])
         chosen = np.sort(rng.choice(candidates, size=n_scored, replace=False))
-        selections[module] = LatentSelection(latents=tuple(int(i) for i in chosen), n_requested=n_latents,
-                                             n_eligible=len(candidates),
-                                             n_dead=int((counts[module] == 0).sum()))
+        selections[module] = LatentSelection(
+            latents=tuple(int(i) for i in chosen),
+            n_requested=n_latents,
+            n_eligible=len(candidates),
+            n_dead=int((counts[module] == 0).sum()),
+        )
     return selections

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from randsae.atomic import write_json_atomic, write_text_atomic
+from randsae.data.activations import ActivationCache
+from randsae.data.tokens import load_tokens
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
@@ -23,30 +26,54 @@ from randsae.interp.examples import LatentExamples, sample_examples
 from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
 from randsae.interp.judges import LLMJudge, TokenJudge
 from randsae.interp.language_models import JudgeFailure, LanguageModel, chunks
-from randsae.interp.latent_cache import (LatentCache, build_latent_cache, load_latent_entries,
-                                         open_latent_cache, sae_fingerprint)
-from randsae.atomic import write_json_atomic, write_text_atomic
-from randsae.data.activations import ActivationCache
-from randsae.data.tokens import load_tokens
+from randsae.interp.latent_cache import (
+    LatentCache,
+    build_latent_cache,
+    load_latent_entries,
+    open_latent_cache,
+    sae_fingerprint,
+)
 from randsae.interp.outputs import TASKS, read_scores, write_scores
 from randsae.interp.prompts import Prompt
 from randsae.interp.scorers import score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
-from randsae.interp.summary import (InterpSummary, LatentResult, SAEInterp, latent_scores, summarize_scores,
-                                    write_latents_csv)
+from randsae.interp.summary import (
+    InterpSummary,
+    LatentResult,
+    SAEInterp,
+    latent_scores,
+    summarize_scores,
+    write_latents_csv,
+)
 from randsae.run_dir import InterpDir, RunDir, SAEKey, judge_label
 from randsae.sae.base import load_sae, read_sae_config
 
 LATENTS_PER_BATCH = 16
 """Latents explained and judged together: enough requests in flight, little lost to an interruption."""
-OPERATIONAL_FIELDS = {"base_url", "api_key_env", "concurrency", "timeout_s", "retries", "backoff_s",
-                      "max_failure_fraction", "n_bootstrap", "verify_rows"}
+OPERATIONAL_FIELDS = {
+    "base_url",
+    "api_key_env",
+    "concurrency",
+    "timeout_s",
+    "retries",
+    "backoff_s",
+    "max_failure_fraction",
+    "n_bootstrap",
+    "verify_rows",
+}
 """Settings that do not change which latents are scored or what the judge is asked."""
 
 
-def interpret_run(run: RunDir | Path, cfg: InterpConfig, *, device: str | torch.device = "cpu", progress: bool = True,
-                  str_tokens: StrTokens | None = None, language_model: LanguageModel | None = None) -> InterpSummary:
+def interpret_run(
+    run: RunDir | Path,
+    cfg: InterpConfig,
+    *,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    str_tokens: StrTokens | None = None,
+    language_model: LanguageModel | None = None,
+) -> InterpSummary:
     """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/{judge}/ (docs/interp.md).
 
     `device` encodes the latent caches; `str_tokens` (token ids -> text pieces) defaults to the run's
@@ -63,19 +90,37 @@ def interpret_run(run: RunDir | Path, cfg: InterpConfig, *, device: str | torch.
     caches = {sae.module: ensure_latent_cache(run, sae, cfg, device, progress) for sae in saes}
     for sae in saes:
         if caches[sae.module].manifest.context_size != context_size:
-            raise UserError(f"activations of {sae.module} have context {caches[sae.module].manifest.context_size} "
-                            f"but tokens/heldout.safetensors has {context_size}", "Re-run the harvest stage")
+            raise UserError(
+                f"activations of {sae.module} have context {caches[sae.module].manifest.context_size} "
+                f"but tokens/heldout.safetensors has {context_size}",
+                "Re-run the harvest stage",
+            )
     selections = load_or_select(paths, caches, cfg)
     first = next(iter(selections.values()))
     fewest = min(selections, key=lambda module: selections[module].n_eligible)
-    _say(progress, f"scoring {len(first.latents)} latents per SAE (requested {cfg.n_latents}; fewest eligible: "
-                   f"{selections[fewest].n_eligible} in {fewest}, min_examples {cfg.min_examples})")
+    _say(
+        progress,
+        f"scoring {len(first.latents)} latents per SAE (requested {cfg.n_latents}; fewest eligible: "
+        f"{selections[fewest].n_eligible} in {fewest}, min_examples {cfg.min_examples})",
+    )
     explainer, judge = build_explainer_and_judge(cfg, language_model)
 
     results, latent_rows = [], []
     for sae in saes:
-        sae_result, rows = interpret_sae(run, sae, caches[sae.module], selections[sae.module], tokens, context_size,
-                                         paths, cfg, explainer, judge, str_tokens, progress)
+        sae_result, rows = interpret_sae(
+            run,
+            sae,
+            caches[sae.module],
+            selections[sae.module],
+            tokens,
+            context_size,
+            paths,
+            cfg,
+            explainer,
+            judge,
+            str_tokens,
+            progress,
+        )
         results.append(sae_result)
         latent_rows.extend(rows)
     summary = InterpSummary(str(run.root), scaling, tuple(results), tuple(latent_rows), time.perf_counter() - start)
@@ -102,27 +147,39 @@ def tokenizer_str_tokens(folder: Path) -> StrTokens:
 
     def str_tokens(ids: Sequence[int]) -> list[str]:
         missing = sorted({i for i in ids if i not in known})
-        known.update(zip(missing, tokenizer.batch_decode([[i] for i in missing])))
+        known.update(zip(missing, tokenizer.batch_decode([[i] for i in missing]), strict=True))
         return [known[i] for i in ids]
 
     return str_tokens
 
 
-def ensure_latent_cache(run: RunDir, sae: SAEKey, cfg: InterpConfig, device: str | torch.device,
-                        progress: bool) -> LatentCache:
+def ensure_latent_cache(
+    run: RunDir, sae: SAEKey, cfg: InterpConfig, device: str | torch.device, progress: bool
+) -> LatentCache:
     """Reuse the latent cache when it was built from these SAE weights and activations, else build it."""
     folder = run.latent_cache(sae)
     fingerprint = sae_fingerprint(run.sae(sae))
     activations = ActivationCache.open(run.activations(sae.site, "heldout"))
     existing = open_latent_cache(folder)
-    if (existing is not None and existing.manifest.sae_sha256 == fingerprint
-            and existing.manifest.n_tokens == activations.manifest.n_tokens):
+    if (
+        existing is not None
+        and existing.manifest.sae_sha256 == fingerprint
+        and existing.manifest.n_tokens == activations.manifest.n_tokens
+    ):
         return existing
     model = load_sae(run.sae(sae), device=device)
     chunk_rows = max(256, (1 << 26) // model.cfg.d_sae)
-    return build_latent_cache(folder, model, fingerprint, activations.iter_chunks(rows=chunk_rows),
-                              n_tokens=activations.manifest.n_tokens, context_size=activations.manifest.context_size,
-                              verify_rows=cfg.verify_rows, seed=cfg.seed, progress=progress)
+    return build_latent_cache(
+        folder,
+        model,
+        fingerprint,
+        activations.iter_chunks(rows=chunk_rows),
+        n_tokens=activations.manifest.n_tokens,
+        context_size=activations.manifest.context_size,
+        verify_rows=cfg.verify_rows,
+        seed=cfg.seed,
+        progress=progress,
+    )
 
 
 def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
@@ -132,14 +189,25 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
     if paths.selection.is_file():
         stored = json.loads(paths.selection.read_text())
         if stored["settings"] == settings and stored["sae_sha256"] == weights:
-            return {module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
-                    for module, entry in stored["selections"].items()}
-        raise UserError(f"{paths.root} holds results made with other interp settings or SAEs",
-                        f"Delete {paths.root} to start over, or re-run with the settings in {paths.selection}")
-    selections = select_latents({module: cache.counts for module, cache in caches.items()},
-                                cfg.n_latents, cfg.min_examples, cfg.seed)
-    write_json_atomic(paths.selection, {"settings": settings, "sae_sha256": weights,
-                                        "selections": {m: dataclasses.asdict(s) for m, s in selections.items()}})
+            return {
+                module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
+                for module, entry in stored["selections"].items()
+            }
+        raise UserError(
+            f"{paths.root} holds results made with other interp settings or SAEs",
+            f"Delete {paths.root} to start over, or re-run with the settings in {paths.selection}",
+        )
+    selections = select_latents(
+        {module: cache.counts for module, cache in caches.items()}, cfg.n_latents, cfg.min_examples, cfg.seed
+    )
+    write_json_atomic(
+        paths.selection,
+        {
+            "settings": settings,
+            "sae_sha256": weights,
+            "selections": {m: dataclasses.asdict(s) for m, s in selections.items()},
+        },
+    )
     return selections
 
 
@@ -150,20 +218,32 @@ def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel |
     if language_model is None and cfg.judge == "http":
         from randsae.interp.llm_http import HttpLanguageModel
 
-        language_model = HttpLanguageModel(cfg.base_url, cfg.model, api=cfg.api, api_key_env=cfg.api_key_env,
-                                           concurrency=cfg.concurrency, timeout_s=cfg.timeout_s,
-                                           retries=cfg.retries, backoff_s=cfg.backoff_s)
+        language_model = HttpLanguageModel(
+            cfg.base_url,
+            cfg.model,
+            api=cfg.api,
+            api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency,
+            timeout_s=cfg.timeout_s,
+            retries=cfg.retries,
+            backoff_s=cfg.backoff_s,
+        )
         try:
             language_model.generate(Prompt("Answer with one word.", "Say OK.", ""), 2)
         except JudgeFailure as failure:
-            raise UserError(f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
-                            f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}")
+            raise UserError(
+                f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
+                f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}",
+            ) from failure
     elif language_model is None:
         from randsae.interp.llm_hf import HFLanguageModel
 
         language_model = HFLanguageModel(cfg.model)
-    explainer = (TokenListExplainer(cfg.n_list_tokens) if cfg.resolved_explainer == "token_list"
-                 else LLMExplainer(language_model, cfg.highlight_threshold, cfg.explanation_max_tokens))
+    explainer = (
+        TokenListExplainer(cfg.n_list_tokens)
+        if cfg.resolved_explainer == "token_list"
+        else LLMExplainer(language_model, cfg.highlight_threshold, cfg.explanation_max_tokens)
+    )
     return explainer, LLMJudge(language_model)
 
 
@@ -172,39 +252,66 @@ def latent_rng(seed: int, module: str, latent: int, stream: int) -> np.random.Ge
     return np.random.default_rng([seed, latent, stream, *module.encode()])
 
 
-def interpret_sae(run: RunDir, sae: SAEKey, cache: LatentCache, selection: LatentSelection, tokens: np.ndarray,
-                  context_size: int, paths: InterpDir, cfg: InterpConfig, explainer, judge,
-                  str_tokens: StrTokens, progress: bool) -> tuple[SAEInterp, list[LatentResult]]:
+def interpret_sae(
+    run: RunDir,
+    sae: SAEKey,
+    cache: LatentCache,
+    selection: LatentSelection,
+    tokens: np.ndarray,
+    context_size: int,
+    paths: InterpDir,
+    cfg: InterpConfig,
+    explainer,
+    judge,
+    str_tokens: StrTokens,
+    progress: bool,
+) -> tuple[SAEInterp, list[LatentResult]]:
     """Explain and score the selected latents not done yet, then summarize all of them from disk."""
     module, latents = sae.module, selection.latents
     entries = load_latent_entries(cache, latents)
-    examples = [sample_examples(entries[latent], tokens, context_size, cfg, latent_rng(cfg.seed, module, latent, 0))
-                for latent in latents]
+    examples = [
+        sample_examples(entries[latent], tokens, context_size, cfg, latent_rng(cfg.seed, module, latent, 0))
+        for latent in latents
+    ]
     pending = [i for i, latent in enumerate(latents) if not _is_done(paths, module, latent)]
     if pending:
         _say(progress, f"{module}: explaining and scoring {len(pending)} of {len(latents)} latents")
     for batch in chunks(pending, LATENTS_PER_BATCH):
-        explanations = _explanations(paths, module, [latents[i] for i in batch], [examples[i] for i in batch],
-                                     explainer, str_tokens, progress)
+        explanations = _explanations(
+            paths, module, [latents[i] for i in batch], [examples[i] for i in batch], explainer, str_tokens, progress
+        )
         for task_index, task in enumerate(TASKS, start=1):
             rngs = [latent_rng(cfg.seed, module, latents[i], task_index) for i in batch]
-            scored = score_latents(task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens,
-                                   progress)
-            for i, records in zip(batch, scored):
-                write_scores(paths.score(task, module, latents[i]), records)
+            scored = score_latents(
+                task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens, progress
+            )
+            for i, latent_records in zip(batch, scored, strict=True):
+                write_scores(paths.score(task, module, latents[i]), latent_records)
 
     records = {task: [read_scores(paths.score(task, module, latent)) for latent in latents] for task in TASKS}
-    rows = [_latent_row(sae, latent, cache, examples[i], paths, {t: records[t][i] for t in TASKS}, str_tokens)
-            for i, latent in enumerate(latents)]
+    rows = [
+        _latent_row(sae, latent, cache, examples[i], paths, {t: records[t][i] for t in TASKS}, str_tokens)
+        for i, latent in enumerate(latents)
+    ]
     summaries = {task: summarize_scores(records[task], cfg.n_bootstrap, cfg.seed) for task in TASKS}
     result = SAEInterp(
-        variant=sae.variant, layer=sae.layer, module=module,
-        hook_name=str(read_sae_config(run.sae(sae)).metadata.get("hook_name", "")), d_sae=cache.manifest.d_sae,
-        n_tokens=cache.manifest.n_tokens, n_dead=selection.n_dead, n_eligible=selection.n_eligible,
-        n_requested=selection.n_requested, n_sampled=len(latents), explainer=cfg.resolved_explainer,
-        judge=cfg.judge, n_explanation_failures=sum(row.explanation_failure != "" for row in rows),
+        variant=sae.variant,
+        layer=sae.layer,
+        module=module,
+        hook_name=str(read_sae_config(run.sae(sae)).metadata.get("hook_name", "")),
+        d_sae=cache.manifest.d_sae,
+        n_tokens=cache.manifest.n_tokens,
+        n_dead=selection.n_dead,
+        n_eligible=selection.n_eligible,
+        n_requested=selection.n_requested,
+        n_sampled=len(latents),
+        explainer=cfg.resolved_explainer,
+        judge=cfg.judge,
+        n_explanation_failures=sum(row.explanation_failure != "" for row in rows),
         token_entropy=spread(np.array([row.token_entropy for row in rows])),
-        fuzz=summaries["fuzz"], detection=summaries["detection"])
+        fuzz=summaries["fuzz"],
+        detection=summaries["detection"],
+    )
     return result, rows
 
 
@@ -219,8 +326,15 @@ def _is_done(paths: InterpDir, module: str, latent: int) -> bool:
     return True
 
 
-def _explanations(paths: InterpDir, module: str, latents: list[int], examples: list[LatentExamples], explainer,
-                  str_tokens: StrTokens, progress: bool) -> list[Explanation]:
+def _explanations(
+    paths: InterpDir,
+    module: str,
+    latents: list[int],
+    examples: list[LatentExamples],
+    explainer,
+    str_tokens: StrTokens,
+    progress: bool,
+) -> list[Explanation]:
     """Stored explanations where usable, new ones for the rest (written with their windows and reply)."""
     stored: dict[int, Explanation] = {}
     for latent in latents:
@@ -228,28 +342,50 @@ def _explanations(paths: InterpDir, module: str, latents: list[int], examples: l
         if path.is_file():
             record = json.loads(path.read_text())
             if record["explanation_failure"] != "request":
-                stored[latent] = Explanation(record["explanation"], record["explanation_failure"] or None,
-                                             record["reply"])
+                stored[latent] = Explanation(
+                    record["explanation"], record["explanation_failure"] or None, record["reply"]
+                )
     missing = [i for i, latent in enumerate(latents) if latent not in stored]
     fresh = explainer.explain_many([examples[i].explanation for i in missing], str_tokens, progress)
-    for i, explanation in zip(missing, fresh):
+    for i, explanation in zip(missing, fresh, strict=True):
         latent, windows = latents[i], examples[i].explanation
-        write_json_atomic(paths.latent_record(module, latent), {
-            "module": module, "latent": latent, "explanation": explanation.text,
-            "explanation_failure": explanation.failure or "", "reply": explanation.reply,
-            "n_active_windows": examples[i].n_active_windows,
-            "explanation_windows": [
-                {"window": int(w), "quantile": int(q), "str_tokens": str_tokens(ids.tolist()),
-                 "activations": np.round(acts.astype(np.float64), 4).tolist()}
-                for w, q, ids, acts in zip(windows.window_ids, windows.quantile, windows.token_ids,
-                                           windows.activations)]}, indent=None)
+        write_json_atomic(
+            paths.latent_record(module, latent),
+            {
+                "module": module,
+                "latent": latent,
+                "explanation": explanation.text,
+                "explanation_failure": explanation.failure or "",
+                "reply": explanation.reply,
+                "n_active_windows": examples[i].n_active_windows,
+                "explanation_windows": [
+                    {
+                        "window": int(w),
+                        "quantile": int(q),
+                        "str_tokens": str_tokens(ids.tolist()),
+                        "activations": np.round(acts.astype(np.float64), 4).tolist(),
+                    }
+                    for w, q, ids, acts in zip(
+                        windows.window_ids, windows.quantile, windows.token_ids, windows.activations, strict=True
+                    )
+                ],
+            },
+            indent=None,
+        )
         write_text_atomic(paths.explanation(module, latent), json.dumps(explanation.text, ensure_ascii=False))
         stored[latent] = explanation
     return [stored[latent] for latent in latents]
 
 
-def _latent_row(sae: SAEKey, latent: int, cache: LatentCache, examples: LatentExamples, paths: InterpDir,
-                records: dict, str_tokens: StrTokens) -> LatentResult:
+def _latent_row(
+    sae: SAEKey,
+    latent: int,
+    cache: LatentCache,
+    examples: LatentExamples,
+    paths: InterpDir,
+    records: dict,
+    str_tokens: StrTokens,
+) -> LatentResult:
     record = json.loads(paths.latent_record(sae.module, latent).read_text())
     windows = examples.explanation
     mass = token_activation_mass(windows.token_ids, windows.activations)
@@ -257,15 +393,30 @@ def _latent_row(sae: SAEKey, latent: int, cache: LatentCache, examples: LatentEx
     share = float(mass.mass[0] / mass.mass.sum()) if len(mass.mass) else float("nan")
     fuzz, detection = latent_scores(records["fuzz"]), latent_scores(records["detection"])
     return LatentResult(
-        variant=sae.variant, layer=sae.layer, module=sae.module, latent=latent,
-        n_activations=int(cache.counts[latent]), max_activation=float(cache.max_values[latent]),
-        n_active_windows=examples.n_active_windows, n_explanation_windows=len(windows.window_ids),
-        n_positives=len(examples.positives.window_ids), n_negatives=len(examples.negatives.window_ids),
-        explanation=record["explanation"], explanation_failure=record["explanation_failure"],
-        token_entropy=token_entropy(windows.token_ids, windows.activations), explanation_top_token=top_token,
-        explanation_top_token_share=share, fuzz_auroc=fuzz.auroc, detection_auroc=detection.auroc,
-        fuzz_balanced_accuracy=fuzz.balanced_accuracy, detection_balanced_accuracy=detection.balanced_accuracy,
-        fuzz_f1=fuzz.f1, detection_f1=detection.f1, fuzz_failed=fuzz.n_failed, detection_failed=detection.n_failed)
+        variant=sae.variant,
+        layer=sae.layer,
+        module=sae.module,
+        latent=latent,
+        n_activations=int(cache.counts[latent]),
+        max_activation=float(cache.max_values[latent]),
+        n_active_windows=examples.n_active_windows,
+        n_explanation_windows=len(windows.window_ids),
+        n_positives=len(examples.positives.window_ids),
+        n_negatives=len(examples.negatives.window_ids),
+        explanation=record["explanation"],
+        explanation_failure=record["explanation_failure"],
+        token_entropy=token_entropy(windows.token_ids, windows.activations),
+        explanation_top_token=top_token,
+        explanation_top_token_share=share,
+        fuzz_auroc=fuzz.auroc,
+        detection_auroc=detection.auroc,
+        fuzz_balanced_accuracy=fuzz.balanced_accuracy,
+        detection_balanced_accuracy=detection.balanced_accuracy,
+        fuzz_f1=fuzz.f1,
+        detection_f1=detection.f1,
+        fuzz_failed=fuzz.n_failed,
+        detection_failed=detection.n_failed,
+    )
 
 
 def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpDir) -> None:
@@ -280,7 +431,8 @@ def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpDir) 
                 f"the judge failed on {failed} of {total} examples of {sae.module} ({requests} request, {parses} "
                 f"unparseable, {failed - requests - parses} without explanation; details in {paths.root})",
                 "Check the server and model (a larger judge answers in format more often); "
-                "re-running retries the failed requests")
+                "re-running retries the failed requests",
+            )
 
 
 def _say(enabled: bool, message: str) -> None:

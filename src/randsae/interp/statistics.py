@@ -12,7 +12,7 @@ latents' multiplicities; the bootstrap resamples latents, so one U matrix serves
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, overload
 
 import numpy as np
 
@@ -68,8 +68,9 @@ def pair_counts(labels: np.ndarray, scores: np.ndarray, groups: np.ndarray, n_gr
         below_or_tied = np.searchsorted(negatives, pos_scores, side="right")
         wins = below + 0.5 * (below_or_tied - below)
         ordered[:, m] = np.bincount(pos_groups, weights=wins, minlength=n_groups)
-    return PairCounts(ordered, np.bincount(groups[labels], minlength=n_groups),
-                      np.bincount(groups[~labels], minlength=n_groups))
+    return PairCounts(
+        ordered, np.bincount(groups[labels], minlength=n_groups), np.bincount(groups[~labels], minlength=n_groups)
+    )
 
 
 def per_group_auroc(counts: PairCounts) -> np.ndarray:
@@ -79,6 +80,10 @@ def per_group_auroc(counts: PairCounts) -> np.ndarray:
         return np.where(denominator > 0, np.diag(counts.ordered) / denominator, np.nan)
 
 
+@overload
+def pooled_auroc(counts: PairCounts, weights: None = None) -> float: ...
+@overload
+def pooled_auroc(counts: PairCounts, weights: np.ndarray) -> np.ndarray: ...
 def pooled_auroc(counts: PairCounts, weights: np.ndarray | None = None) -> np.ndarray | float:
     """AUROC of all examples pooled; `weights` [B, G] gives one value per row (group multiplicities)."""
     if weights is None:

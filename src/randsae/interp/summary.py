@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from randsae.atomic import write_text_atomic
-from randsae.interp import statistics
 from randsae.errors import UserError
+from randsae.interp import statistics
 from randsae.interp.scorers import ScoredExample
 from randsae.records import from_plain
 from randsae.run_dir import InterpDir, read_json
@@ -116,12 +116,17 @@ class InterpSummary:
 
     def to_json(self) -> dict[str, Any]:
         """interp.json: everything but the per-latent rows (those are latents.csv); NaN is written as null."""
-        return {"run_dir": self.run_dir, "scaling": self.scaling, "seconds": round(self.seconds, 2),
-                "saes": [dataclasses.asdict(sae) for sae in self.saes]}
+        return {
+            "run_dir": self.run_dir,
+            "scaling": self.scaling,
+            "seconds": round(self.seconds, 2),
+            "saes": [dataclasses.asdict(sae) for sae in self.saes],
+        }
 
 
-def summarize_scores(records_per_latent: Sequence[Sequence[ScoredExample]], n_bootstrap: int,
-                     seed: int) -> ScoreSummary:
+def summarize_scores(
+    records_per_latent: Sequence[Sequence[ScoredExample]], n_bootstrap: int, seed: int
+) -> ScoreSummary:
     """Pooled and per-latent statistics of one scorer over the latents of one SAE."""
     labels, probabilities, predictions, failed, groups = [], [], [], [], []
     failures: Counter[str] = Counter()
@@ -139,17 +144,26 @@ def summarize_scores(records_per_latent: Sequence[Sequence[ScoredExample]], n_bo
                 sources[record.source] += 1
     labels_a = np.asarray(labels, bool)
     effective = statistics.effective_predictions(labels_a, np.asarray(predictions, bool), np.asarray(failed, bool))
-    counts = statistics.pair_counts(labels_a, np.asarray(probabilities, np.float64), np.asarray(groups, np.int64),
-                                    len(records_per_latent))
+    counts = statistics.pair_counts(
+        labels_a, np.asarray(probabilities, np.float64), np.asarray(groups, np.int64), len(records_per_latent)
+    )
     interval = statistics.pooled_auroc_interval(counts, n_bootstrap, seed)
     return ScoreSummary(
-        auroc=interval.estimate, auroc_low=interval.low, auroc_high=interval.high,
+        auroc=interval.estimate,
+        auroc_low=interval.low,
+        auroc_high=interval.high,
         latent_auroc=statistics.spread(statistics.per_group_auroc(counts)),
         balanced_accuracy=statistics.balanced_accuracy(labels_a, effective),
         f1=statistics.f1_score(labels_a, effective),
-        n_examples=len(labels), n_positives=int(labels_a.sum()), n_negatives=int((~labels_a).sum()),
-        n_failed=int(sum(failed)), n_request_failures=failures["request"], n_parse_failures=failures["parse"],
-        n_explanation_failures=failures["explanation"], probability_source=_source_label(sources))
+        n_examples=len(labels),
+        n_positives=int(labels_a.sum()),
+        n_negatives=int((~labels_a).sum()),
+        n_failed=int(sum(failed)),
+        n_request_failures=failures["request"],
+        n_parse_failures=failures["parse"],
+        n_explanation_failures=failures["explanation"],
+        probability_source=_source_label(sources),
+    )
 
 
 class LatentTaskScores(NamedTuple):
@@ -168,8 +182,12 @@ def latent_scores(records: Sequence[ScoredExample]) -> LatentTaskScores:
     failed = np.asarray([r.failure is not None for r in records], bool)
     probabilities = np.asarray([statistics.FAILED_PROBABILITY if r.failure else r.probability for r in records])
     effective = statistics.effective_predictions(labels, np.asarray([bool(r.prediction) for r in records]), failed)
-    return LatentTaskScores(statistics.auroc(labels, probabilities), statistics.balanced_accuracy(labels, effective),
-                            statistics.f1_score(labels, effective), int(failed.sum()))
+    return LatentTaskScores(
+        statistics.auroc(labels, probabilities),
+        statistics.balanced_accuracy(labels, effective),
+        statistics.f1_score(labels, effective),
+        int(failed.sum()),
+    )
 
 
 def _source_label(sources: Counter[str]) -> str:
@@ -197,8 +215,10 @@ def _cell(value: Any) -> Any:
 
 def format_interp_table(summary: InterpSummary) -> str:
     """The printed summary: one line per variant x layer, the scaling and judge above it."""
-    header = (f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<22} {'detect AUROC [95% CI]':<22} "
-              f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7}")
+    header = (
+        f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<22} {'detect AUROC [95% CI]':<22} "
+        f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7}"
+    )
     lines = [summary.scaling, header]
     for sae in summary.saes:
         fuzz, detection = sae.fuzz, sae.detection
@@ -208,10 +228,13 @@ def format_interp_table(summary: InterpSummary) -> str:
             f"{sae.variant:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
             f"{fuzz.latent_auroc.median:>8.3f} {fuzz.balanced_accuracy:>7.3f} {fuzz.f1:>5.2f} "
             f"{sae.token_entropy.mean:>7.2f} {f'{sae.n_eligible}/{sae.n_sampled}/{sae.n_dead}':>18} "
-            f"{f'{failed}/{total}':>7}")
+            f"{f'{failed}/{total}':>7}"
+        )
     sources = sorted({sae.fuzz.probability_source for sae in summary.saes})
-    lines.append(f"probabilities from: {', '.join(sources)}; bal.acc and F1 are fuzzing's; "
-                 f"failed examples count as wrong and score 0.5")
+    lines.append(
+        f"probabilities from: {', '.join(sources)}; bal.acc and F1 are fuzzing's; "
+        f"failed examples count as wrong and score 0.5"
+    )
     return "\n".join(lines)
 
 
@@ -227,16 +250,20 @@ def load_interp_summary(results: InterpDir) -> InterpSummary:
         latents = read_latents_csv(results.table) if results.table.is_file() else ()
         return InterpSummary(str(data["run_dir"]), str(data["scaling"]), saes, latents, float(data["seconds"]))
     except (KeyError, TypeError, ValueError) as error:
-        raise UserError(f"{results.root} holds damaged interp results ({error!r})",
-                        f"Delete {results.summary} and rerun `randsae interpret`") from None
+        raise UserError(
+            f"{results.root} holds damaged interp results ({error!r})",
+            f"Delete {results.summary} and rerun `randsae interpret`",
+        ) from None
 
 
 def read_latents_csv(path: Path) -> tuple[LatentResult, ...]:
     """latents.csv rows as `LatentResult`s (an empty number cell is NaN)."""
     hints = typing.get_type_hints(LatentResult)
     with open(path, newline="") as file:
-        return tuple(LatentResult(**{name: _parse_cell(text, hints[name]) for name, text in row.items()})
-                     for row in csv.DictReader(file))
+        return tuple(
+            LatentResult(**{name: _parse_cell(text, hints[name]) for name, text in row.items()})
+            for row in csv.DictReader(file)
+        )
 
 
 def _parse_cell(text: str, kind: Any) -> Any:

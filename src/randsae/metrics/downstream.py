@@ -60,10 +60,19 @@ def _keep_bos(replacement: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Ten
     return replace
 
 
+def _through_sae(reconstruct: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """The residual [batch, seq, d] replaced by its reconstruction (in float32, cast back by `_keep_bos`)."""
+    return lambda resid: reconstruct(resid.flatten(0, 1).float()).view_as(resid)
+
+
 @torch.no_grad()
-def downstream_metrics(model: nn.Module, splices: dict[int, tuple[nn.Module, Callable[[Tensor], Tensor]]],
-                       input_ids: Tensor, batch_size: int = 4,
-                       before_forward: Callable[[int], None] | None = None) -> dict[int, DownstreamMetrics]:
+def downstream_metrics(
+    model: nn.Module,
+    splices: dict[int, tuple[nn.Module, Callable[[Tensor], Tensor]]],
+    input_ids: Tensor,
+    batch_size: int = 4,
+    before_forward: Callable[[int], None] | None = None,
+) -> dict[int, DownstreamMetrics]:
     """Per layer: clean, zero-ablated and SAE-spliced forwards of `input_ids` [n, C].
 
     `splices` maps a layer to (its block, a function from residuals [n, d] to the SAE reconstruction).
@@ -80,13 +89,15 @@ def downstream_metrics(model: nn.Module, splices: dict[int, tuple[nn.Module, Cal
         return model(input_ids=batch, use_cache=False).logits
 
     for index, start in enumerate(range(0, input_ids.shape[0], batch_size)):
-        batch = input_ids[start:start + batch_size].to(device=device, dtype=torch.long)
+        batch = input_ids[start : start + batch_size].to(device=device, dtype=torch.long)
         clean = forward(batch, index)
         ce_clean = _next_token_ce(clean, batch).item()
         for layer, (block, reconstruct) in splices.items():
             sums[layer]["ce_clean"] += ce_clean
-            patches = {"zero": torch.zeros_like,
-                       "sae": lambda resid, f=reconstruct: f(resid.flatten(0, 1).float()).view_as(resid)}
+            patches: dict[str, Callable[[Tensor], Tensor]] = {
+                "zero": torch.zeros_like,
+                "sae": _through_sae(reconstruct),
+            }
             for name, patch in patches.items():
                 with replace_residual(block, _keep_bos(patch)):
                     logits = forward(batch, index)
@@ -97,6 +108,9 @@ def downstream_metrics(model: nn.Module, splices: dict[int, tuple[nn.Module, Cal
     for layer, totals in sums.items():
         mean = {key: value / n_predictions for key, value in totals.items()}
         results[layer] = DownstreamMetrics(
-            **mean, ce_loss_score=ce_loss_score(mean["ce_clean"], mean["ce_zero"], mean["ce_sae"]),
-            kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]), n_predictions=n_predictions)
+            **mean,
+            ce_loss_score=ce_loss_score(mean["ce_clean"], mean["ce_zero"], mean["ce_sae"]),
+            kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]),
+            n_predictions=n_predictions,
+        )
     return results

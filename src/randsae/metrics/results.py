@@ -50,8 +50,10 @@ def load_metrics(run: RunDir) -> list[MetricsRow]:
     try:
         return [from_plain(MetricsRow, row) for row in rows]
     except (TypeError, KeyError) as error:
-        raise UserError(f"{run.metrics_json} does not hold metrics rows ({error})",
-                        "Delete it and rerun `randsae run` with the same --out to re-evaluate") from None
+        raise UserError(
+            f"{run.metrics_json} does not hold metrics rows ({error})",
+            "Delete it and rerun `randsae run` with the same --out to re-evaluate",
+        ) from None
 
 
 def save_metrics(run: RunDir, rows: list[MetricsRow]) -> None:
@@ -67,8 +69,10 @@ def save_metrics(run: RunDir, rows: list[MetricsRow]) -> None:
 
 def format_metrics_table(rows: list[MetricsRow]) -> str:
     """The variant × layer table printed at the end of a run."""
-    header = (f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV per-token':>13}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
-              f"{'dead':>7}{'dense':>7}{'CE scr':>8}{'KL scr':>8}")
+    header = (
+        f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV per-token':>13}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
+        f"{'dead':>7}{'dense':>7}{'CE scr':>8}{'KL scr':>8}"
+    )
     lines = [header, "-" * len(header)]
     for row in rows:
         flag = "" if row.meaningful_downstream else "*"
@@ -76,7 +80,8 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
             f"{row.variant:<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}"
             f"{row.explained_variance_per_token:>13.3f}"
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
-            f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}")
+            f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"
+        )
     if any(not row.meaningful_downstream for row in rows):
         lines.append("* CE/KL scores are not meaningful for variants other than trained: no language model predicts.")
     return "\n".join(lines)

@@ -24,7 +24,12 @@ KNOWN_BLOCK_PATHS = (
 )
 
 
-KNOWN_FINAL_NORM_PATHS = ("model.norm", "gpt_neox.final_layer_norm", "transformer.ln_f", "model.decoder.final_layer_norm")
+KNOWN_FINAL_NORM_PATHS = (
+    "model.norm",
+    "gpt_neox.final_layer_norm",
+    "transformer.ln_f",
+    "model.decoder.final_layer_norm",
+)
 
 
 def final_norm_weight(model: nn.Module) -> Tensor | None:
@@ -48,14 +53,17 @@ def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.Modu
                 module = getattr(module, part)
         except AttributeError:
             if path:
-                raise UserError(f"model has no module {path!r}",
-                                "Set model.blocks to the dotted path of its block list "
-                                "(print(model) shows it)") from None
+                raise UserError(
+                    f"model has no module {path!r}",
+                    "Set model.blocks to the dotted path of its block list (print(model) shows it)",
+                ) from None
             continue
         if isinstance(module, nn.ModuleList):
             return candidate, module
-    raise UserError(f"cannot find the transformer blocks of {type(model).__name__}",
-                    "Set model.blocks to the dotted path of its block list, e.g. 'gpt_neox.layers'")
+    raise UserError(
+        f"cannot find the transformer blocks of {type(model).__name__}",
+        "Set model.blocks to the dotted path of its block list, e.g. 'gpt_neox.layers'",
+    )
 
 
 def hook_name(blocks_path: str, layer: int) -> str:
@@ -65,8 +73,10 @@ def hook_name(blocks_path: str, layer: int) -> str:
 def check_layers(layers: Sequence[int], n_layers: int) -> None:
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise UserError(f"layer {bad[0]} is out of range: the model has {n_layers} blocks",
-                        f"Choose layers between 0 and {n_layers - 1}")
+        raise UserError(
+            f"layer {bad[0]} is out of range: the model has {n_layers} blocks",
+            f"Choose layers between 0 and {n_layers - 1}",
+        )
 
 
 class _StopForward(Exception):
@@ -78,8 +88,9 @@ def _block_output(output) -> Tensor:
 
 
 @torch.no_grad()
-def residual_stream(model: nn.Module, blocks: nn.ModuleList, layers: Sequence[int],
-                    input_ids: Tensor) -> dict[int, Tensor]:
+def residual_stream(
+    model: nn.Module, blocks: nn.ModuleList, layers: Sequence[int], input_ids: Tensor
+) -> dict[int, Tensor]:
     """One truncated forward: {layer: block output [batch, seq, d_model]} for every requested layer."""
     captured: dict[int, Tensor] = {}
     deepest = max(layers)

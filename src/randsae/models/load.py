@@ -82,8 +82,10 @@ def load_model(cfg: ModelConfig, device: torch.device, revision: str | None = No
         model, tokenizer = _load_pretrained(str(path), None, dtype)
         display = display_name(cfg.name)
     elif not is_hub_id(name):
-        raise UserError(f"model {name!r} is neither a folder, a .gguf file nor a hub id",
-                        "Pass a hub id like EleutherAI/pythia-70m, a model folder or a .gguf file")
+        raise UserError(
+            f"model {name!r} is neither a folder, a .gguf file nor a hub id",
+            "Pass a hub id like EleutherAI/pythia-70m, a model folder or a .gguf file",
+        )
     else:
         model, tokenizer = _load_pretrained(name, revision or cfg.revision, dtype)
         display = name
@@ -104,9 +106,10 @@ def _load_pretrained(name: str, revision: str | None, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0][:200]
-        raise UserError(f"could not load model {where}: {reason}",
-                        "Check the hub id and revision (and network access to the Hub), "
-                        "or pass a local folder or .gguf file") from None
+        raise UserError(
+            f"could not load model {where}: {reason}",
+            "Check the hub id and revision (and network access to the Hub), or pass a local folder or .gguf file",
+        ) from None
     return model, tokenizer
 
 
@@ -122,13 +125,16 @@ def _load_gguf(path: Path, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0][:200]
-        raise UserError(f"could not load GGUF file {path}: {reason}",
-                        "Check that it is a GGUF causal LM of an architecture transformers supports") from None
+        raise UserError(
+            f"could not load GGUF file {path}: {reason}",
+            "Check that it is a GGUF causal LM of an architecture transformers supports",
+        ) from None
     # The weights are already dequantized: drop the GGUF markers that make transformers refuse to save.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # set by from_pretrained, not declared on the class
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     with atomic_path(converted) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return model.to(dtype), tokenizer
+    # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
+    return model.to(dtype), tokenizer  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -17,8 +18,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 from randsae.errors import UserError
 from randsae.toml_config import invalid
 
-VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control",
-            "permuted", "fresh_init")
+VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted", "fresh_init")
 """Every variant, in the order tables, plots and palettes list them."""
 PAPER_VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control")
 """The variants Heap et al. compare: what a run compares unless its config says otherwise."""
@@ -55,9 +55,12 @@ def check_variant_names(names: list[str]) -> None:
 
 def norm_parameter_names(model: nn.Module) -> set[str]:
     """Names of the parameters owned by normalization layers (LayerNorm, RMSNorm, ...)."""
-    return {f"{module_name}.{param_name}" if module_name else param_name
-            for module_name, module in model.named_modules() if "norm" in type(module).__name__.lower()
-            for param_name, _ in module.named_parameters(recurse=False)}
+    return {
+        f"{module_name}.{param_name}" if module_name else param_name
+        for module_name, module in model.named_modules()
+        if "norm" in type(module).__name__.lower()
+        for param_name, _ in module.named_parameters(recurse=False)
+    }
 
 
 def rerandomize_tensor(tensor: Tensor, generator: torch.Generator, scale: float = 1.0) -> Tensor:
@@ -79,8 +82,12 @@ def permute_tensor(tensor: Tensor, generator: torch.Generator, scale: float = 1.
 
 
 @torch.no_grad()
-def _redraw_parameters(model: nn.Module, draw: Callable[[Tensor, torch.Generator, float], Tensor],
-                       cfg: VariantConfig, keep: Callable[[str], bool]) -> None:
+def _redraw_parameters(
+    model: nn.Module,
+    draw: Callable[[Tensor, torch.Generator, float], Tensor],
+    cfg: VariantConfig,
+    keep: Callable[[str], bool],
+) -> None:
     generator = torch.Generator().manual_seed(cfg.seed)
     norms = set() if cfg.rerandomize_norms else norm_parameter_names(model)
     for name, param in model.named_parameters():
@@ -108,23 +115,26 @@ class NoiseEmbedding(nn.Module):
         return noise.to(device=input_ids.device, dtype=self.dtype)
 
 
-def build_variant(trained: PreTrainedModel, name: str, cfg: VariantConfig,
-                  load_step0: Callable[[], PreTrainedModel] | None = None) -> PreTrainedModel:
+def build_variant(
+    trained: PreTrainedModel, name: str, cfg: VariantConfig, load_step0: Callable[[], PreTrainedModel] | None = None
+) -> PreTrainedModel:
     """A new model for variant `name`; the trained model is left untouched."""
     check_variant_names([name])
     if name == "trained":
         return trained
     if name == "step0":
         if load_step0 is None:
-            raise UserError("the step0 variant needs a Hub model with an initialization checkpoint",
-                            "Use a hub id such as EleutherAI/pythia-70m, or use fresh_init instead")
+            raise UserError(
+                "the step0 variant needs a Hub model with an initialization checkpoint",
+                "Use a hub id such as EleutherAI/pythia-70m, or use fresh_init instead",
+            )
         return load_step0()
     if name == "fresh_init":
         return _fresh_init(trained, cfg)
     model = copy.deepcopy(trained)
     if name == "control":
-        embedding = model.get_input_embeddings()
-        model.set_input_embeddings(NoiseEmbedding(embedding.weight.shape[1], embedding.weight.dtype, cfg.seed))
+        weight = cast(Tensor, model.get_input_embeddings().weight)
+        model.set_input_embeddings(NoiseEmbedding(weight.shape[1], weight.dtype, cfg.seed))
     elif name == "permuted":
         _redraw_parameters(model, permute_tensor, cfg, keep=lambda _: False)
     else:

@@ -119,8 +119,13 @@ class LogitEffects(NamedTuple):
     """Smallest, smallest first."""
 
 
-def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembedding, decode: StrTokens,
-                  device: str | torch.device = "cpu") -> dict[int, LogitEffects]:
+def logit_effects(
+    sae_folder: Path,
+    latents: Sequence[int],
+    unembedding: Unembedding,
+    decode: StrTokens,
+    device: str | torch.device = "cpu",
+) -> dict[int, LogitEffects]:
     """Per latent, the tokens its decoder direction promotes and suppresses most through the unembedding."""
     with safe_open(sae_folder / WEIGHTS_FILE, "pt") as file:
         directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float().to(device)
@@ -133,7 +138,9 @@ def logit_effects(sae_folder: Path, latents: Sequence[int], unembedding: Unembed
     texts = decode(torch.cat([top.indices, bottom.indices], dim=1).flatten().tolist())
     effects = {}
     for n, latent in enumerate(latents):
-        weights = [TokenWeight(text, value) for text, value in zip(texts[2 * k * n: 2 * k * (n + 1)], values[n])]
+        weights = [
+            TokenWeight(text, value) for text, value in zip(texts[2 * k * n : 2 * k * (n + 1)], values[n], strict=True)
+        ]
         effects[latent] = LogitEffects(tuple(weights[:k]), tuple(weights[k:]))
     return effects
 
@@ -158,9 +165,19 @@ class WindowLayout(NamedTuple):
         return cls(tokens, texts, int(input_ids.shape[1]), window_size)
 
 
-def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, layout: WindowLayout,
-                n_tokens: int, rng: np.random.Generator, *, explanation: str | None, scores: Mapping[str, Any],
-                logits: LogitEffects | None) -> LatentView:
+def latent_view(
+    variant: str,
+    layer: int,
+    latent: int,
+    entries: LatentEntries,
+    layout: WindowLayout,
+    n_tokens: int,
+    rng: np.random.Generator,
+    *,
+    explanation: str | None,
+    scores: Mapping[str, Any],
+    logits: LogitEffects | None,
+) -> LatentView:
     """Build one latent's view from all its nonzero activations (rows sorted ascending)."""
     ctx, size = layout.context_size, layout.window_size
     active = active_windows(entries, ctx, size)
@@ -169,33 +186,50 @@ def latent_view(variant: str, layer: int, latent: int, entries: LatentEntries, l
     ranked = active.by_strength
 
     rank_groups = [g for g in np.array_split(np.arange(len(ranked)), max(1, min(N_QUANTILES, len(ranked)))) if len(g)]
-    picks = [np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False))
-             for ranks in rank_groups]
+    picks = [
+        np.sort(rng.choice(ranks, size=min(WINDOWS_PER_QUANTILE, len(ranks)), replace=False)) for ranks in rank_groups
+    ]
     n_top = min(N_TOP_WINDOWS, len(ranked))
     shown = np.concatenate([ranked[:n_top], *(ranked[p] for p in picks)]).astype(np.int64)
     texts = layout.token_texts[window_tokens(layout.tokens, window_ids[shown], ctx, size)]
     dense = np.zeros((len(shown), size), np.float32)
     for j, k in enumerate(shown):
-        dense[j, (rows[starts[k]:ends[k]] % ctx) % size] = values[starts[k]:ends[k]]
-    shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense)]
+        dense[j, (rows[starts[k] : ends[k]] % ctx) % size] = values[starts[k] : ends[k]]
+    shown_windows = [Window(tuple(t), tuple(np.round(d, 4).tolist())) for t, d in zip(texts, dense, strict=True)]
     top_windows, rest = shown_windows[:n_top], iter(shown_windows[n_top:])
     quantiles = tuple(
-        QuantileGroup(int(ranks[0]) + 1, int(ranks[-1]) + 1, float(maxima[ranked[ranks]].min()),
-                      float(maxima[ranked[ranks]].max()), tuple(next(rest) for _ in picked))
-        for ranks, picked in zip(rank_groups, picks))
+        QuantileGroup(
+            int(ranks[0]) + 1,
+            int(ranks[-1]) + 1,
+            float(maxima[ranked[ranks]].min()),
+            float(maxima[ranked[ranks]].max()),
+            tuple(next(rest) for _ in picked),
+        )
+        for ranks, picked in zip(rank_groups, picks, strict=True)
+    )
 
     mass = token_activation_mass(layout.tokens[entries.rows], entries.values)
     total = float(mass.mass.sum()) or 1.0
-    counts, edges = np.histogram(entries.values, bins=HISTOGRAM_BINS,
-                                 range=(0.0, float(entries.values.max()) if len(entries.values) else 1.0))
+    counts, edges = np.histogram(
+        entries.values, bins=HISTOGRAM_BINS, range=(0.0, float(entries.values.max()) if len(entries.values) else 1.0)
+    )
     return LatentView(
-        variant=variant, layer=layer, latent=latent, explanation=explanation, scores=scores,
-        n_firing=len(entries.values), n_tokens=n_tokens,
+        variant=variant,
+        layer=layer,
+        latent=latent,
+        explanation=explanation,
+        scores=scores,
+        n_firing=len(entries.values),
+        n_tokens=n_tokens,
         max_activation=float(entries.values.max()) if len(entries.values) else 0.0,
-        histogram_counts=tuple(counts.tolist()), histogram_edges=tuple(edges.tolist()),
-        top_windows=tuple(top_windows), quantiles=quantiles,
-        top_tokens=tuple(TokenWeight(t, float(m) / total) for t, m in
-                         zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS])),
+        histogram_counts=tuple(counts.tolist()),
+        histogram_edges=tuple(edges.tolist()),
+        top_windows=tuple(top_windows),
+        quantiles=quantiles,
+        top_tokens=tuple(
+            TokenWeight(t, float(m) / total)
+            for t, m in zip(layout.token_texts[mass.token_ids[:N_TOP_TOKENS]], mass.mass[:N_TOP_TOKENS], strict=True)
+        ),
         promoted_logits=logits.promoted if logits else None,
         suppressed_logits=logits.suppressed if logits else None,
     )
@@ -246,15 +280,28 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
         latents = sorted(rows)
         entries = load_latent_entries(cache, latents)
         sae_folder = run.run.sae(key)
-        logits = (logit_effects(sae_folder, latents, unembedding, decode, device)
-                  if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file() else {})
+        logits = (
+            logit_effects(sae_folder, latents, unembedding, decode, device)
+            if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file()
+            else {}
+        )
         n_tokens = count_not_bos(cache.manifest.n_tokens, cache.manifest.context_size)
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
-            latent_view(variant, layer, latent, entries[latent], layout, n_tokens, rng,
-                        explanation=rows[latent].explanation or None, scores=as_row(rows[latent]),
-                        logits=logits.get(latent))
-            for latent in latents]
+            latent_view(
+                variant,
+                layer,
+                latent,
+                entries[latent],
+                layout,
+                n_tokens,
+                rng,
+                explanation=rows[latent].explanation or None,
+                scores=as_row(rows[latent]),
+                logits=logits.get(latent),
+            )
+            for latent in latents
+        ]
     return LatentViews(views, tuple(notes))
 
 

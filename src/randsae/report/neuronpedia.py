@@ -9,6 +9,7 @@ per example window with `tokens`, `values`, `maxValue`, `maxValueTokenIndex`, `m
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from randsae.atomic import json_ready
@@ -27,21 +28,30 @@ def model_id(model_name: str) -> str:
 
 def _activation(window: Window, bin_min: float, bin_max: float, bin_contains: float) -> dict[str, Any]:
     values = list(window.activations)
-    return {"tokens": list(window.tokens), "values": values, "maxValue": max(values),
-            "maxValueTokenIndex": values.index(max(values)), "minValue": min(values),
-            "binMin": bin_min, "binMax": bin_max, "binContains": bin_contains}
+    return {
+        "tokens": list(window.tokens),
+        "values": values,
+        "maxValue": max(values),
+        "maxValueTokenIndex": values.index(max(values)),
+        "minValue": min(values),
+        "binMin": bin_min,
+        "binMax": bin_max,
+        "binContains": bin_contains,
+    }
 
 
 def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[str, Any]:
     """The feature record of one latent, ready for strict JSON (an undefined number is null)."""
     n_windows = view.quantiles[-1].last_rank if view.quantiles else 0
     top_min = min((w.max_activation for w in view.top_windows), default=0.0)
-    activations = [_activation(w, top_min, view.max_activation, len(view.top_windows) / max(n_windows, 1))
-                   for w in view.top_windows]
+    activations = [
+        _activation(w, top_min, view.max_activation, len(view.top_windows) / max(n_windows, 1))
+        for w in view.top_windows
+    ]
     for group in view.quantiles:
         activations += [_quantile_activation(w, group, n_windows) for w in group.windows]
     edges = view.histogram_edges
-    feature = {
+    feature: dict[str, Any] = {
         "modelId": model_id(model_name),
         "layer": source_id(view.variant, view.layer),
         "index": str(view.latent),
@@ -52,19 +62,22 @@ def feature_json(view: LatentView, model_name: str, judge: str | None) -> dict[s
         "neg_str": [t.token for t in view.suppressed_logits or ()],
         "neg_values": [t.value for t in view.suppressed_logits or ()],
         "freq_hist_data_bar_heights": list(view.histogram_counts),
-        "freq_hist_data_bar_values": [(lo + hi) / 2 for lo, hi in zip(edges[:-1], edges[1:])],
+        "freq_hist_data_bar_values": [(lo + hi) / 2 for lo, hi in pairwise(edges)],
         "logits_hist_data_bar_heights": [],
         "logits_hist_data_bar_values": [],
         "activations": activations,
         "explanations": [],
-        "randsae": {"variant": view.variant, "layer": view.layer,
-                    "scores": dict(view.scores),
-                    "top_tokens": [[t.token, t.value] for t in view.top_tokens]},
+        "randsae": {
+            "variant": view.variant,
+            "layer": view.layer,
+            "scores": dict(view.scores),
+            "top_tokens": [[t.token, t.value] for t in view.top_tokens],
+        },
     }
     if view.explanation is not None:
-        feature["explanations"].append({"description": view.explanation,
-                                        "explanationModelName": judge or "unknown",
-                                        "typeName": "randsae-interp"})
+        feature["explanations"].append(
+            {"description": view.explanation, "explanationModelName": judge or "unknown", "typeName": "randsae-interp"}
+        )
     return json_ready(feature)
 
 

@@ -59,10 +59,12 @@ document.querySelectorAll("table.sortable th").forEach(function (th) {
 
 def render_page(title: str, body: str) -> str:
     """A complete HTML document around `body` (trusted HTML); `title` is escaped."""
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
-            f"<body>\n{body}\n<script>{SORT_SCRIPT}</script></body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n"
+        f"<body>\n{body}\n<script>{SORT_SCRIPT}</script></body></html>\n"
+    )
 
 
 def note(text: str, *, warning: bool = False) -> str:
@@ -76,5 +78,8 @@ def figure(data_uri: str, alt: str) -> str:
 
 def definition_list(items: list[tuple[str, str]]) -> str:
     """`<dl>` of (term, text) pairs, both escaped."""
-    return '<dl class="meta">' + "".join(
-        f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in items) + "</dl>"
+    return (
+        '<dl class="meta">'
+        + "".join(f"<dt>{html.escape(term)}</dt><dd>{html.escape(text)}</dd>" for term, text in items)
+        + "</dl>"
+    )

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 
 from randsae.models.variants import VARIANTS
 
-KNOWN_VARIANT_COLORS = dict(zip(VARIANTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b",
-                                           "#e377c2"), strict=True))
+KNOWN_VARIANT_COLORS = dict(
+    zip(VARIANTS, ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#e377c2"), strict=True)
+)
 """matplotlib's tab10 colours, one per variant in `VARIANTS` order (trained blue, step0 orange, ...)."""
 SPARE_COLORS = ("#7f7f7f", "#bcbd22", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 

@@ -78,9 +78,14 @@ def _grid(n_panels: int, columns: int, width: float, height: float, top: float =
     rows = math.ceil(n_panels / columns)
     fig_width, fig_height = width * columns, height * rows + top
     figure = Figure(figsize=(fig_width, fig_height))
-    figure.subplots_adjust(left=0.55 / fig_width, right=1 - 0.15 / fig_width, bottom=0.45 / fig_height,
-                           top=1 - (top + 0.35) / fig_height, wspace=0.55 / (width - 0.55),
-                           hspace=0.8 / (height - 0.8))
+    figure.subplots_adjust(
+        left=0.55 / fig_width,
+        right=1 - 0.15 / fig_width,
+        bottom=0.45 / fig_height,
+        top=1 - (top + 0.35) / fig_height,
+        wspace=0.55 / (width - 0.55),
+        hspace=0.8 / (height - 0.8),
+    )
     axes = figure.subplots(rows, columns, squeeze=False).ravel().tolist()
     for unused in axes[n_panels:]:
         unused.set_visible(False)
@@ -96,7 +101,7 @@ def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
     """Metric against layer, one line per variant with its 95% band where the metric has one."""
     figure, axes = _grid(len(panels), 4, 3.3, 2.5)
     shown: list[str] = []
-    for ax, panel in zip(axes, panels):
+    for ax, panel in zip(axes, panels, strict=True):
         for variant, points in panel.series.items():
             points = sorted(points)
             layers = [p.layer for p in points]
@@ -120,10 +125,15 @@ def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
 def roc_grid(curves: Mapping[int, Mapping[str, RocCurve]], colors: Mapping[str, str], title: str) -> str:
     """ROC curves per variant, one panel per layer, AUROC in each legend (the paper's Figure 1)."""
     figure, axes = _grid(len(curves), 3, 3.4, 3.4, top=0.0)
-    for ax, (layer, by_variant) in zip(axes, sorted(curves.items())):
+    for ax, (layer, by_variant) in zip(axes, sorted(curves.items()), strict=True):
         for variant, curve in by_variant.items():
-            ax.plot(curve.false_positive_rate, curve.true_positive_rate, color=colors[variant], lw=1.5,
-                    label=f"{variant} ({curve.auroc:.3f})")
+            ax.plot(
+                curve.false_positive_rate,
+                curve.true_positive_rate,
+                color=colors[variant],
+                lw=1.5,
+                label=f"{variant} ({curve.auroc:.3f})",
+            )
         ax.plot([0, 1], [0, 1], ":", color="grey", lw=1)
         ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
         ax.set_title(f"{title}, layer {layer}", fontsize=9)
@@ -134,11 +144,12 @@ def roc_grid(curves: Mapping[int, Mapping[str, RocCurve]], colors: Mapping[str, 
     return to_data_uri(figure)
 
 
-def entropy_scatter(points: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str],
-                    auroc_name: str) -> str:
+def entropy_scatter(
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]], colors: Mapping[str, str], auroc_name: str
+) -> str:
     """Per-latent token entropy against per-latent AUROC, one panel per variant (the paper's Appendix H)."""
     figure, axes = _grid(len(points), 4, 3.0, 2.6, top=0.0)
-    for ax, (variant, (entropy, auroc)) in zip(axes, points.items()):
+    for ax, (variant, (entropy, auroc)) in zip(axes, points.items(), strict=True):
         ax.scatter(entropy, auroc, s=9, alpha=0.6, color=colors[variant], edgecolors="none")
         ax.set_title(f"{variant} (n={int(np.isfinite(entropy * auroc).sum())})", fontsize=9)
         ax.set_xlabel("token entropy (bits)", fontsize=8)

@@ -12,6 +12,7 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ import torch
 
 from randsae.atomic import write_text_atomic
 from randsae.interp.outputs import read_scores
-from randsae.interp.summary import SAEInterp
 from randsae.interp.statistics import FAILED_PROBABILITY
+from randsae.interp.summary import SAEInterp
 from randsae.models.load import display_name
 from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
@@ -30,8 +31,8 @@ from randsae.report.page import figure, note, render_page
 from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
 from randsae.report.run_inputs import RunInputs, as_row, read_run
-from randsae.run_dir import RunDir
 from randsae.report.tables import Column, html_table, present_columns, variant_chip
+from randsae.run_dir import RunDir
 
 MAX_ROC_LAYERS = 6
 TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
@@ -39,31 +40,47 @@ TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
 QUALITY_COLUMNS = (
     Column("explained_variance_pooled", "EV pooled", ".3f", "1 - sum|x - x_hat|^2 / sum|x - mean|^2"),
     Column("explained_variance_per_token", "EV per-token", ".3f", "mean over tokens of per-token explained variance"),
-    Column("mse", "MSE", ".4g"), Column("cosine", "cosine", ".3f"), Column("l0", "L0", ".1f"),
-    Column("l1", "L1", ".3g"), Column("dead_fraction", "dead", ".3f"), Column("dense_fraction", "dense", ".3f"),
+    Column("mse", "MSE", ".4g"),
+    Column("cosine", "cosine", ".3f"),
+    Column("l0", "L0", ".1f"),
+    Column("l1", "L1", ".3g"),
+    Column("dead_fraction", "dead", ".3f"),
+    Column("dense_fraction", "dense", ".3f"),
     Column("ce_loss_score", "CE score", ".3f", "(CE_zero - CE_sae) / (CE_zero - CE_clean)"),
-    Column("kl_score", "KL score", ".3f"), Column("ce_clean", "CE clean", ".3f"),
-    Column("ce_zero", "CE zero", ".3f"), Column("ce_sae", "CE SAE", ".3f"),
+    Column("kl_score", "KL score", ".3f"),
+    Column("ce_clean", "CE clean", ".3f"),
+    Column("ce_zero", "CE zero", ".3f"),
+    Column("ce_sae", "CE SAE", ".3f"),
     Column("meaningful_downstream", "CE meaningful", "", "false except for trained (no language model predicts)"),
     Column("n_eval_tokens", "eval tokens", "d"),
 )
 ANALYSIS_COLUMNS = (
-    Column("single_token_fraction", "single-token", ".3f"), Column("positional_fraction", "positional", ".3f"),
-    Column("mean_top_token_share", "top-token share", ".3f"), Column("mean_positional_r2", "positional R²", ".3f"),
-    Column("mean_context_dependence", "context dep.", ".3f"), Column("lookup_ev", "lookup EV", ".3f"),
-    Column("sae_ev", "SAE EV", ".3f"), Column("sae_ev_beyond_lookup", "SAE EV beyond lookup", ".3f"),
+    Column("single_token_fraction", "single-token", ".3f"),
+    Column("positional_fraction", "positional", ".3f"),
+    Column("mean_top_token_share", "top-token share", ".3f"),
+    Column("mean_positional_r2", "positional R²", ".3f"),
+    Column("mean_context_dependence", "context dep.", ".3f"),
+    Column("lookup_ev", "lookup EV", ".3f"),
+    Column("sae_ev", "SAE EV", ".3f"),
+    Column("sae_ev_beyond_lookup", "SAE EV beyond lookup", ".3f"),
     Column("fuzz_auroc_single_token", "fuzz AUROC single-token", ".3f"),
     Column("fuzz_auroc_contextual", "fuzz AUROC contextual", ".3f"),
     Column("detection_auroc_single_token", "detect AUROC single-token", ".3f"),
     Column("detection_auroc_contextual", "detect AUROC contextual", ".3f"),
     Column("seed_stable_share", "seed-stable share", ".3f"),
-    Column("n_alive", "alive", "d"), Column("n_rows", "rows", "d"),
+    Column("n_alive", "alive", "d"),
+    Column("n_rows", "rows", "d"),
 )
 SEPARATION_COLUMNS = (
-    Column("metric", "metric"), Column("variant", "variant"), Column("layer", "layer"),
-    Column("trained", "trained", ".3f"), Column("other", "variant value", ".3f"),
-    Column("difference", "trained − variant", "+.3f"), Column("ci_low", "CI low", "+.3f"),
-    Column("ci_high", "CI high", "+.3f"), Column("effect_size", "Cohen's d", "+.2f"),
+    Column("metric", "metric"),
+    Column("variant", "variant"),
+    Column("layer", "layer"),
+    Column("trained", "trained", ".3f"),
+    Column("other", "variant value", ".3f"),
+    Column("difference", "trained − variant", "+.3f"),
+    Column("ci_low", "CI low", "+.3f"),
+    Column("ci_high", "CI high", "+.3f"),
+    Column("effect_size", "Cohen's d", "+.2f"),
 )
 
 
@@ -74,16 +91,24 @@ def write_report(run_dir: RunDir | Path, *, progress: bool = True, device: str |
     colors = variant_colors(run.variants)
     latent_views = collect_latent_views(run, progress, device)
     folder = run.run.dashboards
-    written = write_dashboards(folder, latent_views.views, run.variants, colors, latent_views.notes,
-                               run.config.model.name if run.config else "", _judge(run))
+    written = write_dashboards(
+        folder,
+        latent_views.views,
+        run.variants,
+        colors,
+        latent_views.notes,
+        run.config.model.name if run.config else "",
+        _judge(run),
+    )
     _remove_stale_files(folder, written)
     n_pages = sum(len(latents) for latents in latent_views.views.values())
     body = _report_body(run, colors, latent_views.notes, n_pages, sorted({layer for _, layer in latent_views.views}))
     report = run.run.report
     write_text_atomic(report, render_page(f"randsae report: {_model_name(run)}", body))
     if progress:
-        print(f"report: {report} and {n_pages} latent dashboards in {time.perf_counter() - start:.1f} s",
-              file=sys.stderr)
+        print(
+            f"report: {report} and {n_pages} latent dashboards in {time.perf_counter() - start:.1f} s", file=sys.stderr
+        )
     return report
 
 
@@ -106,24 +131,39 @@ def _judge(run: RunInputs) -> str | None:
     return run.interp.summary.saes[0].judge if run.interp and run.interp.summary.saes else None
 
 
-def _report_body(run: RunInputs, colors: Mapping[str, str], dashboard_notes: Sequence[str], n_pages: int,
-                 dashboard_layers: Sequence[int]) -> str:
+def _report_body(
+    run: RunInputs,
+    colors: Mapping[str, str],
+    dashboard_notes: Sequence[str],
+    n_pages: int,
+    dashboard_layers: Sequence[int],
+) -> str:
     dashboards = run.run.dashboards.name
-    sections = [f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
-                '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
-                '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
-                f'<a href="{dashboards}/index.html">latent dashboards</a></nav>',
-                *(note(text) for text in run.notes), run_header(run, colors),
-                '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>']
+    sections = [
+        f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
+        '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
+        '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
+        f'<a href="{dashboards}/index.html">latent dashboards</a></nav>',
+        *(note(text) for text in run.notes),
+        run_header(run, colors),
+        '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
+    ]
     panels = _panels(run)
-    sections.append(figure(plots.metric_grid(panels, colors), "metrics against layer, one line per variant")
-                    if panels else note("metrics.json has none of the plotted metrics."))
+    sections.append(
+        figure(plots.metric_grid(panels, colors), "metrics against layer, one line per variant")
+        if panels
+        else note("metrics.json has none of the plotted metrics.")
+    )
     sections += _interp_figures(run, colors)
     sections += _tables(run, colors)
-    sections.append(f'<h2 id="dashboards">Latent dashboards</h2><p>{n_pages} latent pages: '
-                    f'<a href="{dashboards}/index.html">index</a> · '
-                    + " · ".join(f'<a href="{dashboards}/layer{layer}.html">layer {layer}, all variants</a>'
-                                 for layer in dashboard_layers) + "</p>")
+    sections.append(
+        f'<h2 id="dashboards">Latent dashboards</h2><p>{n_pages} latent pages: '
+        f'<a href="{dashboards}/index.html">index</a> · '
+        + " · ".join(
+            f'<a href="{dashboards}/layer{layer}.html">layer {layer}, all variants</a>' for layer in dashboard_layers
+        )
+        + "</p>"
+    )
     sections += [note(text) for text in dashboard_notes]
     return "\n".join(sections)
 
@@ -135,8 +175,9 @@ def _series(rows: Iterable[Any], value, low=None, high=None) -> dict[str, list[p
         number = value(row)
         if number is None or (isinstance(number, float) and math.isnan(number)):
             continue
-        point = plots.Point(int(row.layer), float(number), _float(low(row) if low else None),
-                            _float(high(row) if high else None))
+        point = plots.Point(
+            int(row.layer), float(number), _float(low(row) if low else None), _float(high(row) if high else None)
+        )
         series.setdefault(str(row.variant), []).append(point)
     return series
 
@@ -150,23 +191,40 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
     panels = []
     saes = run.interp.summary.saes if run.interp else ()
     for task in ("fuzz", "detection"):
-        panels.append(plots.Panel(f"{TASK_TITLES[task]} AUROC (95% CI)", _series(
-            saes, lambda r, t=task: getattr(r, t).auroc, lambda r, t=task: getattr(r, t).auroc_low,
-            lambda r, t=task: getattr(r, t).auroc_high)))
-    metric = lambda key: lambda row: getattr(row, key)  # noqa: E731
+        panels.append(
+            plots.Panel(
+                f"{TASK_TITLES[task]} AUROC (95% CI)",
+                _series(
+                    saes,
+                    lambda r, t=task: getattr(r, t).auroc,
+                    lambda r, t=task: getattr(r, t).auroc_low,
+                    lambda r, t=task: getattr(r, t).auroc_high,
+                ),
+            )
+        )
     random_variants = frozenset(r.variant for r in run.metrics if not r.meaningful_downstream)
-    panels += [plots.Panel("explained variance (pooled)", _series(run.metrics, metric("explained_variance_pooled"))),
-               plots.Panel("cosine(x, x̂)", _series(run.metrics, metric("cosine"))),
-               plots.Panel("L1 of latent activations", _series(run.metrics, metric("l1"))),
-               plots.Panel("CE-loss score", _series(run.metrics, metric("ce_loss_score")), random_variants,
-                           "dashed: not meaningful (random weights)" if random_variants else "")]
+    panels += [
+        plots.Panel("explained variance (pooled)", _series(run.metrics, attrgetter("explained_variance_pooled"))),
+        plots.Panel("cosine(x, x̂)", _series(run.metrics, attrgetter("cosine"))),
+        plots.Panel("L1 of latent activations", _series(run.metrics, attrgetter("l1"))),
+        plots.Panel(
+            "CE-loss score",
+            _series(run.metrics, attrgetter("ce_loss_score")),
+            random_variants,
+            "dashed: not meaningful (random weights)" if random_variants else "",
+        ),
+    ]
     panels.append(plots.Panel("token entropy (bits, mean)", _series(saes, lambda r: r.token_entropy.mean)))
     if run.analysis:
-        panels += [plots.Panel(title, _series(run.analysis.saes, metric(key))) for key, title in (
-            ("single_token_fraction", "single-token latent fraction"),
-            ("positional_fraction", "positional latent fraction"),
-            ("lookup_ev", "token-lookup explained variance"),
-            ("sae_ev_beyond_lookup", "SAE EV beyond the lookup"))]
+        panels += [
+            plots.Panel(title, _series(run.analysis.saes, attrgetter(key)))
+            for key, title in (
+                ("single_token_fraction", "single-token latent fraction"),
+                ("positional_fraction", "positional latent fraction"),
+                ("lookup_ev", "token-lookup explained variance"),
+                ("sae_ev_beyond_lookup", "SAE EV beyond the lookup"),
+            )
+        ]
     return [panel for panel in panels if panel.series]
 
 
@@ -177,8 +235,10 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     layers = sorted({row.layer for row in run.interp.summary.latents})
     if len(layers) > MAX_ROC_LAYERS:
         layers = [layers[int(i)] for i in np.linspace(0, len(layers) - 1, MAX_ROC_LAYERS).round()]
-    out = ['<h2 id="roc">ROC curves (the paper\'s Figure 1)</h2>',
-           "<p>Every judged example of every scored latent of a variant, pooled; AUROC in the legend.</p>"]
+    out = [
+        '<h2 id="roc">ROC curves (the paper\'s Figure 1)</h2>',
+        "<p>Every judged example of every scored latent of a variant, pooled; AUROC in the legend.</p>",
+    ]
     for task in ("fuzz", "detection"):
         curves = _roc_curves(run, task, layers)
         if curves:
@@ -190,8 +250,10 @@ def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     for variant in run.variants:
         rows = [r for r in run.interp.summary.latents if r.variant == variant]
         if rows:
-            points[variant] = (np.array([r.token_entropy for r in rows], float),
-                               np.array([r.fuzz_auroc for r in rows], float))
+            points[variant] = (
+                np.array([r.token_entropy for r in rows], float),
+                np.array([r.fuzz_auroc for r in rows], float),
+            )
     if points:
         out.append(figure(plots.entropy_scatter(points, colors, "fuzzing"), "token entropy against fuzzing AUROC"))
     return out
@@ -223,47 +285,84 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     ids = (Column("variant", "variant"), Column("layer", "layer"))
     out = ['<h2 id="tables">Tables</h2><p>Click a column header to sort.</p><h3>SAE quality (variant × layer)</h3>']
     metrics = [as_row(row) for row in run.metrics]
-    out.append(html_table([*ids, *present_columns(QUALITY_COLUMNS, metrics)], _ordered(run, metrics),
-                          table_id="quality", cell_html=chip))
+    out.append(
+        html_table(
+            [*ids, *present_columns(QUALITY_COLUMNS, metrics)],
+            _ordered(run, metrics),
+            table_id="quality",
+            cell_html=chip,
+        )
+    )
     if run.interp:
         rows = [_interp_row(sae) for sae in run.interp.summary.saes]
-        out += ["<h3>Auto-interpretability (variant × layer)</h3>",
-                html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip)]
+        out += [
+            "<h3>Auto-interpretability (variant × layer)</h3>",
+            html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip),
+        ]
     if run.analysis:
         analysed = [as_row(sae) for sae in run.analysis.saes]
-        out += ["<h3>What separates trained from random (variant × layer)</h3>",
-                html_table([*ids, *present_columns(ANALYSIS_COLUMNS, analysed)],
-                           _ordered(run, analysed), table_id="analysis", cell_html=chip)]
+        out += [
+            "<h3>What separates trained from random (variant × layer)</h3>",
+            html_table(
+                [*ids, *present_columns(ANALYSIS_COLUMNS, analysed)],
+                _ordered(run, analysed),
+                table_id="analysis",
+                cell_html=chip,
+            ),
+        ]
         pooled = [as_row(r) for r in run.analysis.separation if r.layer == "all"]
         per_layer = [as_row(r) for r in run.analysis.separation if r.layer != "all"]
-        out += ["<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",
-                html_table(SEPARATION_COLUMNS, pooled, table_id="separation", cell_html=chip),
-                "<details><summary>Per layer</summary>",
-                html_table(SEPARATION_COLUMNS, per_layer, table_id="separation-layers", cell_html=chip),
-                "</details>", *(note(text) for text in run.analysis.notes)]
+        out += [
+            "<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",
+            html_table(SEPARATION_COLUMNS, pooled, table_id="separation", cell_html=chip),
+            "<details><summary>Per layer</summary>",
+            html_table(SEPARATION_COLUMNS, per_layer, table_id="separation-layers", cell_html=chip),
+            "</details>",
+            *(note(text) for text in run.analysis.notes),
+        ]
     return out
 
 
 INTERP_COLUMNS = (
-    Column("fuzz_auroc", "fuzz AUROC", ".3f"), Column("fuzz_low", "fuzz CI low", ".3f"),
-    Column("fuzz_high", "fuzz CI high", ".3f"), Column("fuzz_median", "fuzz median per latent", ".3f"),
-    Column("detection_auroc", "detect AUROC", ".3f"), Column("detection_low", "detect CI low", ".3f"),
-    Column("detection_high", "detect CI high", ".3f"), Column("fuzz_balanced_accuracy", "fuzz bal. acc.", ".3f"),
-    Column("fuzz_f1", "fuzz F1", ".3f"), Column("token_entropy", "entropy (bits)", ".2f"),
-    Column("n_eligible", "eligible", "d"), Column("n_sampled", "sampled", "d"), Column("n_dead", "dead", "d"),
-    Column("n_failed", "failed examples", "d"), Column("probability_source", "probabilities from"),
+    Column("fuzz_auroc", "fuzz AUROC", ".3f"),
+    Column("fuzz_low", "fuzz CI low", ".3f"),
+    Column("fuzz_high", "fuzz CI high", ".3f"),
+    Column("fuzz_median", "fuzz median per latent", ".3f"),
+    Column("detection_auroc", "detect AUROC", ".3f"),
+    Column("detection_low", "detect CI low", ".3f"),
+    Column("detection_high", "detect CI high", ".3f"),
+    Column("fuzz_balanced_accuracy", "fuzz bal. acc.", ".3f"),
+    Column("fuzz_f1", "fuzz F1", ".3f"),
+    Column("token_entropy", "entropy (bits)", ".2f"),
+    Column("n_eligible", "eligible", "d"),
+    Column("n_sampled", "sampled", "d"),
+    Column("n_dead", "dead", "d"),
+    Column("n_failed", "failed examples", "d"),
+    Column("probability_source", "probabilities from"),
 )
 
 
 def _interp_row(sae: SAEInterp) -> dict[str, Any]:
     fuzz, detection = sae.fuzz, sae.detection
-    return {"variant": sae.variant, "layer": sae.layer, "fuzz_auroc": fuzz.auroc, "fuzz_low": fuzz.auroc_low,
-            "fuzz_high": fuzz.auroc_high, "fuzz_median": fuzz.latent_auroc.median, "detection_auroc": detection.auroc,
-            "detection_low": detection.auroc_low, "detection_high": detection.auroc_high,
-            "fuzz_balanced_accuracy": fuzz.balanced_accuracy, "fuzz_f1": fuzz.f1,
-            "token_entropy": sae.token_entropy.mean, "n_eligible": sae.n_eligible, "n_sampled": sae.n_sampled,
-            "n_dead": sae.n_dead, "n_failed": fuzz.n_failed + detection.n_failed,
-            "probability_source": fuzz.probability_source}
+    return {
+        "variant": sae.variant,
+        "layer": sae.layer,
+        "fuzz_auroc": fuzz.auroc,
+        "fuzz_low": fuzz.auroc_low,
+        "fuzz_high": fuzz.auroc_high,
+        "fuzz_median": fuzz.latent_auroc.median,
+        "detection_auroc": detection.auroc,
+        "detection_low": detection.auroc_low,
+        "detection_high": detection.auroc_high,
+        "fuzz_balanced_accuracy": fuzz.balanced_accuracy,
+        "fuzz_f1": fuzz.f1,
+        "token_entropy": sae.token_entropy.mean,
+        "n_eligible": sae.n_eligible,
+        "n_sampled": sae.n_sampled,
+        "n_dead": sae.n_dead,
+        "n_failed": fuzz.n_failed + detection.n_failed,
+        "probability_source": fuzz.probability_source,
+    }
 
 
 def _ordered(run: RunInputs, rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

@@ -28,9 +28,13 @@ def run_header(run: RunInputs, colors: Mapping[str, str]) -> str:
         items.append(("model", f"{display_name(model.name)} (revision {model.revision or 'default'})"))
     items += [("variants", ", ".join(run.variants)), ("layers", ", ".join(map(str, run.layers)))]
     if run.config is not None:
-        items += [(title, ", ".join(f"{key} = {_setting(value)}"
-                                    for key, value in to_plain(getattr(run.config, table)).items()))
-                  for table, title in CONFIG_TABLES]
+        items += [
+            (
+                title,
+                ", ".join(f"{key} = {_setting(value)}" for key, value in to_plain(getattr(run.config, table)).items()),
+            )
+            for table, title in CONFIG_TABLES
+        ]
     heldout = run.run.tokens("heldout")
     if heldout.is_file():
         with safe_open(heldout, "pt") as file:
@@ -43,15 +47,26 @@ def run_header(run: RunInputs, colors: Mapping[str, str]) -> str:
     warnings = []
     if run.interp and run.interp.summary.saes:
         first = run.interp.summary.saes[0]
-        items += [("judge", f"{first.judge} (explainer: {first.explainer})"),
-                  ("auto-interp protocol", run.interp.summary.scaling)]
+        items += [
+            ("judge", f"{first.judge} (explainer: {first.explainer})"),
+            ("auto-interp protocol", run.interp.summary.scaling),
+        ]
         warnings = _interp_warnings(run.interp.summary.saes)
-    items.append(("software", f"python {platform.python_version()}, " + ", ".join(
-        f"{name} {_version(name)}" for name in SOFTWARE)))
+    items.append(
+        (
+            "software",
+            f"python {platform.python_version()}, " + ", ".join(f"{name} {_version(name)}" for name in SOFTWARE),
+        )
+    )
     if run.timings:
         total = sum(run.timings.values())
-        items.append(("wall time", ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.timings.items())
-                      + f" (total {total:.1f} s)"))
+        items.append(
+            (
+                "wall time",
+                ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in run.timings.items())
+                + f" (total {total:.1f} s)",
+            )
+        )
     chips = " ".join(variant_chip(v, colors) for v in run.variants)
     return f'<h2 id="run">Run</h2>{"".join(warnings)}<p>{chips}</p>{definition_list(items)}'
 
@@ -72,17 +87,31 @@ def _interp_warnings(saes: Sequence[SAEInterp]) -> list[str]:
     failed examples."""
     warnings = []
     if saes[0].judge == "token":
-        warnings.append(note("Auto-interp used the LLM-free token judge: explanations are token lists scored by "
-                             "token membership, not an LLM's judgement. Its AUROCs measure how single-token the "
-                             "latents are, and are not comparable to the paper's LLM-judged numbers.", warning=True))
+        warnings.append(
+            note(
+                "Auto-interp used the LLM-free token judge: explanations are token lists scored by "
+                "token membership, not an LLM's judgement. Its AUROCs measure how single-token the "
+                "latents are, and are not comparable to the paper's LLM-judged numbers.",
+                warning=True,
+            )
+        )
     sources = {getattr(sae, task).probability_source for sae in saes for task in ("fuzz", "detection")}
     if any(source == "hard_answers" or source.startswith("mixed") for source in sources):
-        warnings.append(note("The judge returned no log-probabilities for some or all examples: those AUROCs come "
-                             "from 0/1 answers (probabilities from: " + ", ".join(sorted(sources)) + ").",
-                             warning=True))
+        warnings.append(
+            note(
+                "The judge returned no log-probabilities for some or all examples: those AUROCs come "
+                "from 0/1 answers (probabilities from: " + ", ".join(sorted(sources)) + ").",
+                warning=True,
+            )
+        )
     failed = sum(getattr(sae, task).n_failed for sae in saes for task in ("fuzz", "detection"))
     if failed:
         total = sum(getattr(sae, task).n_examples for sae in saes for task in ("fuzz", "detection"))
-        warnings.append(note(f"{failed} of {total} judged examples failed (no usable answer); they count as wrong "
-                             "and score 0.5 in every AUROC, as the interp stage reports them.", warning=True))
+        warnings.append(
+            note(
+                f"{failed} of {total} judged examples failed (no usable answer); they count as wrong "
+                "and score 0.5 in every AUROC, as the interp stage reports them.",
+                warning=True,
+            )
+        )
     return warnings

@@ -53,8 +53,10 @@ def read_run(run: RunDir) -> RunInputs:
         raise UserError(f"run directory {run.root} does not exist", "Pass the folder written by `randsae run`")
     metrics = tuple(load_metrics(run))
     if not metrics:
-        raise UserError(f"{run.metrics_json} not found: the run has no quality metrics yet",
-                        "Run `randsae run` on this folder first (the report needs at least metrics.json)")
+        raise UserError(
+            f"{run.metrics_json} not found: the run has no quality metrics yet",
+            "Run `randsae run` on this folder first (the report needs at least metrics.json)",
+        )
     notes: list[str] = []
     config = None
     if run.config.is_file():
@@ -68,8 +70,11 @@ def read_run(run: RunDir) -> RunInputs:
         notes.append("timings.json is missing: wall time per stage is not shown.")
     interp = _read_interp(run, notes)
     analysis = _read_analysis(run, notes)
-    found = [row.variant for rows in (metrics, interp.summary.saes if interp else (),
-                                      analysis.saes if analysis else ()) for row in rows]
+    found = [
+        row.variant
+        for rows in (metrics, interp.summary.saes if interp else (), analysis.saes if analysis else ())
+        for row in rows
+    ]
     configured = list(config.variants) if config else []
     variants = tuple(dict.fromkeys([*(v for v in configured if v in found), *found]))
     layers = tuple(sorted({row.layer for row in metrics}))
@@ -79,21 +84,29 @@ def read_run(run: RunDir) -> RunInputs:
 def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:
     judges = run.interp_judges()
     if not judges:
-        notes.append("No auto-interpretability results (interp/*/interp.json): fuzzing and detection AUROC, ROC "
-                     "curves, token entropy and latent dashboards are left out. Run `randsae interpret RUN_DIR`.")
+        notes.append(
+            "No auto-interpretability results (interp/*/interp.json): fuzzing and detection AUROC, ROC "
+            "curves, token entropy and latent dashboards are left out. Run `randsae interpret RUN_DIR`."
+        )
         return None
     if len(judges) > 1:
-        notes.append(f"Auto-interp results of the {judges[0]} judge are shown; the run also has "
-                     f"{', '.join(judges[1:])} (RUN/interp/).")
+        notes.append(
+            f"Auto-interp results of the {judges[0]} judge are shown; the run also has "
+            f"{', '.join(judges[1:])} (RUN/interp/)."
+        )
     files = run.interp(judges[0])
-    settings = read_json(files.selection, "`randsae interpret`").get("settings", {}) if files.selection.is_file() else {}
+    settings = (
+        read_json(files.selection, "`randsae interpret`").get("settings", {}) if files.selection.is_file() else {}
+    )
     return InterpResults(judges[0], files, load_interp_summary(files), settings)
 
 
 def _read_analysis(run: RunDir, notes: list[str]) -> AnalysisSummary | None:
     if not run.analysis_json.is_file():
-        notes.append("No separation analysis (analysis/analysis.json): single-token, positional and token-lookup "
-                     "measurements and the separation table are left out. Run `randsae analyze RUN_DIR`.")
+        notes.append(
+            "No separation analysis (analysis/analysis.json): single-token, positional and token-lookup "
+            "measurements and the separation table are left out. Run `randsae analyze RUN_DIR`."
+        )
         return None
     return load_analysis(run)
 
@@ -101,5 +114,3 @@ def _read_analysis(run: RunDir, notes: list[str]) -> AnalysisSummary | None:
 def as_row(record: Any) -> dict[str, Any]:
     """A result dataclass or NamedTuple as a table row (its fields by name)."""
     return record._asdict() if hasattr(record, "_asdict") else dataclasses.asdict(record)
-
-

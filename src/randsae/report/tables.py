@@ -43,8 +43,13 @@ def present_columns(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]
     return [column for column in columns if any(column.key in row for row in rows)]
 
 
-def html_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, table_id: str,
-               cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] | None = None) -> str:
+def html_table(
+    columns: Sequence[Column],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    table_id: str,
+    cell_html: Mapping[str, Callable[[Mapping[str, Any]], str]] | None = None,
+) -> str:
     """A sortable `<table>`; `cell_html[key](row)` renders a column as trusted HTML (links, colour chips)."""
     cell_html = cell_html or {}
     head = "".join(f'<th title="{html.escape(c.title)}">{html.escape(c.label)}</th>' for c in columns)
@@ -55,15 +60,22 @@ def html_table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *, 
             value = row.get(column.key)
             sort = _sort_key(value)
             attribute = f' data-sort="{sort}"' if sort is not None else ' class="text"'
-            content = (cell_html[column.key](row) if column.key in cell_html
-                       else html.escape(format_value(value, column.format)))
+            content = (
+                cell_html[column.key](row)
+                if column.key in cell_html
+                else html.escape(format_value(value, column.format))
+            )
             cells.append(f"<td{attribute}>{content}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<table class="sortable" id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
-            f"<tbody>{''.join(body)}</tbody></table>")
+    return (
+        f'<table class="sortable" id="{html.escape(table_id)}"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def variant_chip(variant: str, colors: Mapping[str, str]) -> str:
     """The variant's name after a square of its colour."""
-    return (f'<span class="variant"><span class="chip" style="background:{colors.get(variant, "#000")}"></span>'
-            f"{html.escape(variant)}</span>")
+    return (
+        f'<span class="variant"><span class="chip" style="background:{colors.get(variant, "#000")}"></span>'
+        f"{html.escape(variant)}</span>"
+    )

@@ -28,7 +28,23 @@ from randsae.sae.trainer import (
 )
 
 __all__ = [
-    "ActivationSource", "LogPoint", "LossOutput", "ReluSAE", "SAEConfig", "SparseAutoencoder", "SparseLatents",
-    "TensorSource", "TopKOutput", "TopKSAE", "TrainConfig", "TrainLog", "TrainResult", "architecture_class",
-    "build_sae", "default_lr", "load_sae", "register", "train_sae",
+    "ActivationSource",
+    "LogPoint",
+    "LossOutput",
+    "ReluSAE",
+    "SAEConfig",
+    "SparseAutoencoder",
+    "SparseLatents",
+    "TensorSource",
+    "TopKOutput",
+    "TopKSAE",
+    "TrainConfig",
+    "TrainLog",
+    "TrainResult",
+    "architecture_class",
+    "build_sae",
+    "default_lr",
+    "load_sae",
+    "register",
+    "train_sae",
 ]

@@ -43,8 +43,13 @@ class SAEConfig:
     def to_json(self) -> dict[str, Any]:
         """SAELens-compatible cfg.json."""
         cfg = dataclasses.asdict(self)
-        cfg.update(architecture=SAELENS_ARCHITECTURE.get(self.architecture, self.architecture),
-                   dtype="float32", device="cpu", apply_b_dec_to_input=True, normalize_activations="none")
+        cfg.update(
+            architecture=SAELENS_ARCHITECTURE.get(self.architecture, self.architecture),
+            dtype="float32",
+            device="cpu",
+            apply_b_dec_to_input=True,
+            normalize_activations="none",
+        )
         return cfg
 
     @classmethod
@@ -167,15 +172,19 @@ def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> S
     """Load an SAE saved by `SparseAutoencoder.save` (or by SAELens, for the architectures we have)."""
     folder = Path(folder)
     if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-        raise UserError(f"no SAE at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})",
-                        "Point to a folder written by `randsae run` or SAELens")
+        raise UserError(
+            f"no SAE at {folder} (needs {CONFIG_FILE} and {WEIGHTS_FILE})",
+            "Point to a folder written by `randsae run` or SAELens",
+        )
     cfg = read_sae_config(folder)
     sae = architecture_class(cfg.architecture)(cfg)
     try:
         weights = load_file(folder / WEIGHTS_FILE)
     except Exception as error:  # safetensors raises its own error types for a damaged file
-        raise UserError(f"SAE weights {folder / WEIGHTS_FILE} are damaged ({error})",
-                        "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it") from None
+        raise UserError(
+            f"SAE weights {folder / WEIGHTS_FILE} are damaged ({error})",
+            "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it",
+        ) from None
     sae.load_state_dict(weights)
     return sae.to(device)
 
@@ -185,8 +194,10 @@ def read_sae_config(folder: Path) -> SAEConfig:
     try:
         return SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
     except (ValueError, TypeError, KeyError) as error:
-        raise UserError(f"SAE config {folder / CONFIG_FILE} is damaged ({error})",
-                        "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it") from None
+        raise UserError(
+            f"SAE config {folder / CONFIG_FILE} is damaged ({error})",
+            "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it",
+        ) from None
 
 
 def architecture_names() -> tuple[str, ...]:

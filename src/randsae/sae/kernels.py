@@ -33,8 +33,9 @@ class TopKOutput(NamedTuple):
     """[n, k] int64 latent ids, ascending within each token."""
 
 
-def topk_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
-                selection_dtype: torch.dtype | None = None) -> TopKOutput:
+def topk_encode(
+    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, selection_dtype: torch.dtype | None = None
+) -> TopKOutput:
     """ReLU of the k largest pre-activations `(x - b_dec) @ W_enc + b_enc`.
 
     x [n, d], W_enc [d, m], b_enc [m], b_dec [d] -> TopKOutput([n, k], [n, k]); differentiable in x, W_enc,
@@ -62,8 +63,9 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n_latents: int)
     """
     n, k = indices.shape
     tokens = torch.arange(n, device=indices.device).repeat_interleave(k)
-    selection = torch.sparse_coo_tensor(torch.stack([indices.reshape(-1), tokens]), weights.reshape(-1),
-                                        (n_latents, n), check_invariants=False)
+    selection = torch.sparse_coo_tensor(
+        torch.stack([indices.reshape(-1), tokens]), weights.reshape(-1), (n_latents, n), check_invariants=False
+    )
     return torch.sparse.mm(selection, rows)
 
 
@@ -76,15 +78,17 @@ def gather_dots(indices: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     row_starts = torch.arange(0, n * k + 1, k, device=indices.device)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        pattern = torch.sparse_csr_tensor(row_starts, indices.reshape(-1), rows.new_zeros(n * k),
-                                          (n, columns.shape[1]), check_invariants=False)
+        pattern = torch.sparse_csr_tensor(
+            row_starts, indices.reshape(-1), rows.new_zeros(n * k), (n, columns.shape[1]), check_invariants=False
+        )
     return torch.sparse.sampled_addmm(pattern, rows, columns, beta=0.0).values().view(n, k)
 
 
 class _TopKEncode(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int,
-                selection_dtype: torch.dtype | None):
+    def forward(
+        ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, k: int, selection_dtype: torch.dtype | None
+    ):
         centred = x - b_dec
         if selection_dtype is None or selection_dtype == x.dtype:
             pre = torch.addmm(b_enc, centred, W_enc)

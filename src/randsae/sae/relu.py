@@ -23,12 +23,16 @@ class ReluSAE(SparseAutoencoder):
     """encode: relu((x - b_dec) @ W_enc + b_enc); decode: z @ W_dec + b_dec; decoder rows kept unit-norm."""
 
     architecture = "relu_l1"
+    l1_coefficient: Tensor
+    """λ, a 0-d buffer (see __init__)."""
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None):
         super().__init__(cfg)
         if cfg.l1_coefficient is None or not cfg.l1_coefficient >= 0:
-            raise UserError(f"relu_l1 SAE needs a non-negative l1_coefficient, got {cfg.l1_coefficient!r}",
-                            "Set l1_coefficient (the λ of the L1 penalty) in the SAE config")
+            raise UserError(
+                f"relu_l1 SAE needs a non-negative l1_coefficient, got {cfg.l1_coefficient!r}",
+                "Set l1_coefficient (the λ of the L1 penalty) in the SAE config",
+            )
         # A buffer rather than a float, so a batched trainer can give every stacked SAE its own λ
         # (torch.func.functional_call swaps buffers like parameters). Not persistent: the SAELens file
         # keeps its four tensors and cfg.json holds λ.

@@ -26,13 +26,16 @@ class TopKSAE(SparseAutoencoder):
 
     def __init__(self, cfg: SAEConfig):
         if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
-            raise UserError(f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
-                            "Set sae.k to a positive number of active latents (the paper uses 32)")
+            raise UserError(
+                f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
+                "Set sae.k to a positive number of active latents (the paper uses 32)",
+            )
         super().__init__(cfg)
+        self.k: int = cfg.k
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
         """[n, d_in] -> the k active latents per token: TopKOutput(values [n, k], indices [n, k])."""
-        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.cfg.k, self.selection_dtype)
+        return topk_encode(x, self.W_enc, self.b_enc, self.b_dec, self.k, self.selection_dtype)
 
     def encode(self, x: Tensor) -> Tensor:
         """[n, d_in] -> dense latents [n, d_sae], zero outside each token's top k."""

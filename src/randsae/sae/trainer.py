@@ -25,23 +25,25 @@ from tqdm.auto import tqdm
 from randsae.atomic import atomic_path, write_text_atomic
 from randsae.data.tokens import count_not_bos, not_bos
 from randsae.errors import UserError
+from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.base import (
     LossOutput,
     SAEConfig,
     SparseAutoencoder,
     architecture_class,
 )
-from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.topk import TopKSAE
 from randsae.toml_config import invalid
-
 
 
 class ActivationSource(Protocol):
     """What the trainer reads: `ActivationCache` provides it, `TensorSource` wraps a tensor."""
 
-    n_tokens: int
-    d_model: int
+    @property
+    def n_tokens(self) -> int: ...
+
+    @property
+    def d_model(self) -> int: ...
 
     def iter_chunks(self, rows: int) -> Iterator[Tensor]:
         """Chunks [≤ rows, d_model] of consecutive rows, in row order, covering all `n_tokens` rows."""
@@ -107,15 +109,19 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise invalid(f"train.{name}", getattr(self, name), "an integer of at least 1")
         if self.total_tokens is not None and self.total_tokens < self.batch_size:
-            raise invalid("train.total_tokens", self.total_tokens,
-                          f"at least one batch (train.batch_size = {self.batch_size}), or leave it out")
+            raise invalid(
+                "train.total_tokens",
+                self.total_tokens,
+                f"at least one batch (train.batch_size = {self.batch_size}), or leave it out",
+            )
         if self.lr is not None and not self.lr > 0:
             raise invalid("train.lr", self.lr, "a positive number, or leave it out for the paper's rule")
         if self.context_size is not None and self.context_size < 2:
             raise invalid("train.context_size", self.context_size, "the windows' length in tokens (at least 2)")
         if self.topk_selection_dtype not in (None, "bfloat16", "float16", "float32"):
-            raise invalid("train.topk_selection_dtype", self.topk_selection_dtype,
-                          "bfloat16, float16 or float32, or leave it out")
+            raise invalid(
+                "train.topk_selection_dtype", self.topk_selection_dtype, "bfloat16, float16 or float32, or leave it out"
+            )
         for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s"):
             if not getattr(self, name) >= 0:
                 raise invalid(f"train.{name}", getattr(self, name), "a number of at least 0")
@@ -203,7 +209,7 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
     quarter at a time). Rows left over after its last whole batch are carried into the next one.
     """
     buffer_rows = max(cfg.buffer_tokens, cfg.batch_size)
-    skip_bos = cfg.skip_bos and cfg.context_size is not None
+    bos_every = cfg.context_size if cfg.skip_bos else None  # None: keep every row
     leftover = torch.empty(0, source.d_model)
     while True:
         pending, n_pending, row = [leftover], leftover.shape[0], 0
@@ -211,8 +217,8 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
         for chunk in _with_end_marker(chunks):
             if chunk is not None:
                 rows = chunk.shape[0]
-                if skip_bos:
-                    chunk = chunk[not_bos(torch.arange(row, row + rows), cfg.context_size)]
+                if bos_every is not None:
+                    chunk = chunk[not_bos(torch.arange(row, row + rows), bos_every)]
                 row += rows
                 pending.append(chunk.float())
                 n_pending += chunk.shape[0]
@@ -232,8 +238,13 @@ def _with_end_marker(chunks: Iterator[Tensor]) -> Iterator[Tensor | None]:
     yield None
 
 
-def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: Tensor, cfg: TrainConfig,
-               dead_mask: Tensor | None = None) -> LossOutput:
+def train_step(
+    sae: SparseAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    x: Tensor,
+    cfg: TrainConfig,
+    dead_mask: Tensor | None = None,
+) -> LossOutput:
     """One optimizer step on a batch x [n, d_in]: loss (+ weighted AuxK), backward, removal of the gradient
     along each decoder row, clipping, the update, and decoder rows back to unit norm."""
     out = sae.loss(x, dead_mask)
@@ -247,9 +258,16 @@ def train_step(sae: SparseAutoencoder, optimizer: torch.optim.Optimizer, x: Tens
     return out
 
 
-def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *, seed: int = 0,
-              device: str | torch.device = "cpu", progress: bool = True,
-              checkpoint: str | os.PathLike | None = None) -> TrainResult:
+def train_sae(
+    source: ActivationSource,
+    cfg: TrainConfig,
+    sae_cfg: SAEConfig,
+    *,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+) -> TrainResult:
     """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
 
     The seed fixes the initialization and the shuffling (bit-identical on CPU). With `checkpoint` (a file
@@ -258,13 +276,17 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     with the same SAE as an uninterrupted run. The file is removed once training finishes.
     """
     if sae_cfg.d_in != source.d_model:
-        raise UserError(f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
-                        "Build the SAEConfig with d_in equal to the activations' width")
+        raise UserError(
+            f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
+            "Build the SAEConfig with d_in equal to the activations' width",
+        )
     rows_per_epoch = usable_rows(source.n_tokens, cfg)
     n_steps = (cfg.total_tokens or cfg.n_epochs * rows_per_epoch) // cfg.batch_size
     if n_steps < 1:
-        raise UserError(f"{rows_per_epoch} usable tokens x {cfg.n_epochs} epochs is less than one batch "
-                        f"of {cfg.batch_size}", "Harvest more tokens, add epochs or lower batch_size")
+        raise UserError(
+            f"{rows_per_epoch} usable tokens x {cfg.n_epochs} epochs is less than one batch of {cfg.batch_size}",
+            "Harvest more tokens, add epochs or lower batch_size",
+        )
     warmup = min(cfg.warmup_steps, n_steps // 10)
     peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
     log_every = max(1, n_steps // cfg.log_points)
@@ -272,8 +294,10 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     sae = build_sae(sae_cfg, seed)
     if cfg.topk_selection_dtype is not None:
         if not isinstance(sae, TopKSAE):
-            raise UserError(f"train.topk_selection_dtype applies to TopK SAEs, not {sae_cfg.architecture}",
-                            "Leave topk_selection_dtype unset for this architecture")
+            raise UserError(
+                f"train.topk_selection_dtype applies to TopK SAEs, not {sae_cfg.architecture}",
+                "Leave topk_selection_dtype unset for this architecture",
+            )
         sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
     first = next(buffers)
@@ -286,9 +310,14 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
     fvu_sum = torch.zeros((), device=device)
     curve: list[LogPoint] = []
-    bar = tqdm(total=n_steps * cfg.batch_size, unit="tok", unit_scale=True, disable=not progress,
-               desc=f"train {sae_cfg.architecture} SAE")
-    batches = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
+    bar = tqdm(
+        total=n_steps * cfg.batch_size,
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        desc=f"train {sae_cfg.architecture} SAE",
+    )
+    batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
     fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_steps])
     resumed = _load_checkpoint(checkpoint, fingerprint, device)
     first_step, wall_before = 0, 0.0
@@ -302,7 +331,7 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
         batches = itertools.islice(batches, first_step, None)
         bar.update(first_step * cfg.batch_size)
     start = last_save = time.perf_counter()
-    for step, batch in zip(range(first_step, n_steps), batches):
+    for step, batch in zip(range(first_step, n_steps), batches, strict=False):
         x = batch.to(device, non_blocking=True)
         dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
         out = train_step(sae, optimizer, x, cfg, dead_mask)
@@ -312,16 +341,32 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
         fvu_sum += out.fvu
         if (step + 1) % log_every == 0 or step + 1 == n_steps:
             steps_in_interval = step + 1 - (curve[-1].step if curve else 0)
-            curve.append(LogPoint(step + 1, (step + 1) * cfg.batch_size, fvu_sum.item() / steps_in_interval,
-                                  peak_lr * lr_factor(step, warmup, n_steps)))
+            curve.append(
+                LogPoint(
+                    step + 1,
+                    (step + 1) * cfg.batch_size,
+                    fvu_sum.item() / steps_in_interval,
+                    peak_lr * lr_factor(step, warmup, n_steps),
+                )
+            )
             fvu_sum.zero_()
             bar.set_postfix(fvu=f"{curve[-1].fvu:.3f}")
         bar.update(x.shape[0])
         if checkpoint is not None and time.perf_counter() - last_save >= cfg.checkpoint_every_s:
-            _save_checkpoint(checkpoint, {
-                "fingerprint": fingerprint, "step": step + 1, "sae": sae.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "since_fired": since_fired, "fvu_sum": fvu_sum,
-                "curve": [tuple(point) for point in curve], "wall": wall_before + time.perf_counter() - start})
+            _save_checkpoint(
+                checkpoint,
+                {
+                    "fingerprint": fingerprint,
+                    "step": step + 1,
+                    "sae": sae.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "since_fired": since_fired,
+                    "fvu_sum": fvu_sum,
+                    "curve": [tuple(point) for point in curve],
+                    "wall": wall_before + time.perf_counter() - start,
+                },
+            )
             last_save = time.perf_counter()
     bar.close()
     if checkpoint is not None:
@@ -330,9 +375,19 @@ def train_sae(source: ActivationSource, cfg: TrainConfig, sae_cfg: SAEConfig, *,
     tokens = n_steps * cfg.batch_size
     trained_here = (n_steps - first_step) * cfg.batch_size
     dead = since_fired >= min(cfg.dead_tokens_threshold, tokens)
-    log = TrainLog(steps=n_steps, tokens=tokens, final_fvu=curve[-1].fvu, dead_fraction=dead.float().mean().item(),
-                   loss_curve=tuple(curve), peak_lr=peak_lr, warmup_steps=warmup, wall_time_s=wall,
-                   tokens_per_s=trained_here / (wall - wall_before), seed=seed, config=cfg)
+    log = TrainLog(
+        steps=n_steps,
+        tokens=tokens,
+        final_fvu=curve[-1].fvu,
+        dead_fraction=dead.float().mean().item(),
+        loss_curve=tuple(curve),
+        peak_lr=peak_lr,
+        warmup_steps=warmup,
+        wall_time_s=wall,
+        tokens_per_s=trained_here / (wall - wall_before),
+        seed=seed,
+        config=cfg,
+    )
     if isinstance(sae, TopKSAE):
         sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
     return TrainResult(sae.eval(), log)
@@ -343,8 +398,9 @@ def _save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
-                     ) -> dict[str, Any] | None:
+def _load_checkpoint(
+    path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
+) -> dict[str, Any] | None:
     """The saved state if `path` holds one for exactly this run (same configs, seed and data size)."""
     if path is None or not Path(path).is_file():
         return None

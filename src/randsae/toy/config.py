@@ -76,7 +76,7 @@ class ToyConfig:
                 _bad(name, getattr(self, name), "a positive integer")
         if not 0 < self.mean_active <= self.n_features:
             _bad("mean_active", self.mean_active, f"a number in (0, n_features={self.n_features}]")
-        if not 0 < self.frequency_decay:
+        if not self.frequency_decay > 0:
             _bad("frequency_decay", self.frequency_decay, "a positive number (the paper uses 0.99)")
         if not 0 < self.test_fraction < 1:
             _bad("test_fraction", self.test_fraction, "a fraction strictly between 0 and 1")
@@ -90,8 +90,11 @@ class ToyConfig:
         for name in ("latent_counts", "seeds", "networks"):
             values = getattr(self, name)
             if len(set(values)) != len(values) or (name != "networks" and not values):
-                _bad(name, list(values), "a non-empty list without repeats" if name != "networks" else
-                     "a list without repeats")
+                _bad(
+                    name,
+                    list(values),
+                    "a non-empty list without repeats" if name != "networks" else "a list without repeats",
+                )
         if any(count < 1 for count in self.latent_counts):
             _bad("latent_counts", list(self.latent_counts), "positive integers")
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):

@@ -27,8 +27,9 @@ class ToyData(NamedTuple):
     """[n_samples, n_features] non-negative; zero where a feature is off. samples = coefficients @ features."""
 
 
-def generate_toy_data(n_samples: int, n_features: int, n_dims: int, mean_active: float, frequency_decay: float,
-                      generator: torch.Generator) -> ToyData:
+def generate_toy_data(
+    n_samples: int, n_features: int, n_dims: int, mean_active: float, frequency_decay: float, generator: torch.Generator
+) -> ToyData:
     features = torch.randn(n_features, n_dims, generator=generator)
     features /= features.norm(dim=1, keepdim=True)
     mixing = torch.randn(n_features, n_features, generator=generator)

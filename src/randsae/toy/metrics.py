@@ -10,6 +10,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 from torch import Tensor
 
 
@@ -79,16 +80,21 @@ def pareto_front(sparsity: np.ndarray, explained: np.ndarray, higher_is_sparser:
     return np.array(front, dtype=int)
 
 
-def front_gap(front_a: tuple[np.ndarray, np.ndarray], front_b: tuple[np.ndarray, np.ndarray],
-              higher_is_sparser: bool, log_scale: bool, n_grid: int = 200) -> float:
+def front_gap(
+    front_a: tuple[ArrayLike, ArrayLike],
+    front_b: tuple[ArrayLike, ArrayLike],
+    higher_is_sparser: bool,
+    log_scale: bool,
+    n_grid: int = 200,
+) -> float:
     """Mean vertical distance a − b between two (sparsity, explained) point sets' Pareto fronts.
 
     Each front is read as a step function: the best explained variance reachable at a given sparsity or
     sparser. The mean is over a grid spanning the sparsity range both fronts cover (log-spaced when
-    `log_scale`, where points at zero are
-    left out); NaN when the ranges do not overlap.
+    `log_scale`, where points at zero are left out); NaN when the ranges do not overlap.
     """
-    def on_axis(points: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+
+    def on_axis(points: tuple[ArrayLike, ArrayLike]) -> tuple[np.ndarray, np.ndarray]:
         sparsity, explained = (np.asarray(values, dtype=float) for values in points)
         keep = sparsity > 0 if log_scale else np.isfinite(sparsity)
         return sparsity[keep], explained[keep]
@@ -98,12 +104,12 @@ def front_gap(front_a: tuple[np.ndarray, np.ndarray], front_b: tuple[np.ndarray,
         reachable = sparsity[None, :] >= grid[:, None] if higher_is_sparser else sparsity[None, :] <= grid[:, None]
         return np.where(reachable, explained[None, :], -np.inf).max(axis=1)
 
-    front_a, front_b = on_axis(front_a), on_axis(front_b)
-    if min(front_a[0].size, front_b[0].size) == 0:
+    a, b = on_axis(front_a), on_axis(front_b)
+    if min(a[0].size, b[0].size) == 0:
         return float("nan")
-    low = max(front_a[0].min(), front_b[0].min())
-    high = min(front_a[0].max(), front_b[0].max())
+    low = max(a[0].min(), b[0].min())
+    high = min(a[0].max(), b[0].max())
     if not low <= high:
         return float("nan")
     grid = np.geomspace(low, high, n_grid) if log_scale else np.linspace(low, high, n_grid)
-    return float(np.mean(best_at(front_a, grid) - best_at(front_b, grid)))
+    return float(np.mean(best_at(a, grid) - best_at(b, grid)))

@@ -8,6 +8,7 @@ net(f_i) itself, which adds the network's constant output net(0) to every featur
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import NamedTuple
 
 import torch
@@ -34,7 +35,7 @@ def build_network(name: str, n_dims: int, seed: int) -> nn.Module:
         depth = int(name.removeprefix("mlp"))
         widths = [n_dims] + [4 * n_dims] * (depth - 1) + [n_dims]
         layers: list[nn.Module] = []
-        for width_in, width_out in zip(widths[:-1], widths[1:]):
+        for width_in, width_out in pairwise(widths):
             layers += [nn.Linear(width_in, width_out), nn.ReLU()]
         return nn.Sequential(*layers[:-1]).eval()
 
@@ -44,8 +45,9 @@ class _CausalBlock(nn.Module):
 
     def __init__(self, n_dims: int):
         super().__init__()
-        self.block = nn.TransformerEncoderLayer(n_dims, TRANSFORMER_HEADS, dim_feedforward=4 * n_dims, dropout=0.0,
-                                                batch_first=True, norm_first=True)
+        self.block = nn.TransformerEncoderLayer(
+            n_dims, TRANSFORMER_HEADS, dim_feedforward=4 * n_dims, dropout=0.0, batch_first=True, norm_first=True
+        )
         self.eval()
 
     def forward(self, rows: Tensor, context: int = TRANSFORMER_CONTEXT) -> Tensor:

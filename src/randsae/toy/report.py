@@ -17,19 +17,23 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt  # after use(): the backend must be chosen first
+import numpy as np
 
 from randsae.atomic import write_text_atomic
-from randsae.toml_config import to_plain  # noqa: E402
-from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front  # noqa: E402
-from randsae.toy.results import ToyResult, ToyRow  # noqa: E402
+from randsae.toml_config import to_plain
+from randsae.toy.metrics import SPARSITY_MEASURES, pareto_front
+from randsae.toy.results import ToyResult, ToyRow
 
 REPORT_FILE = "toy_report.html"
 CSV_FILE = "toy_results.csv"
 JSON_FILE = "toy_results.json"
-MEASURE_LABELS = {"l0": "L0 (active latents)", "l1": "L1 (‖z‖₁)", "l1_over_sqrt_l2": "‖z‖₁ / √‖z‖₂",
-                  "hoyer": "Hoyer sparsity"}
+MEASURE_LABELS = {
+    "l0": "L0 (active latents)",
+    "l1": "L1 (‖z‖₁)",
+    "l1_over_sqrt_l2": "‖z‖₁ / √‖z‖₂",
+    "hoyer": "Hoyer sparsity",
+}
 DATA_STYLE = {"toy": ("tab:blue", "planted features"), "gaussian": ("tab:orange", "Gaussian control")}
 
 
@@ -84,14 +88,20 @@ def mmcs_figure(rows: tuple[ToyRow, ...]) -> str:
     """MMCS against λ, one panel per network, a line per (data, width), mean over seeds."""
     networks = _networks(rows)
     figure, axes = plt.subplots(1, len(networks), figsize=(4.5 * len(networks), 3.6), squeeze=False, sharey=True)
-    for axis, network in zip(axes[0], networks):
+    for axis, network in zip(axes[0], networks, strict=True):
         for data, (color, label) in DATA_STYLE.items():
             widths = sorted({row.d_sae for row in rows if row.network == network and row.data == data})
             for shade, width in enumerate(widths):
-                points = _mean_by_l1([row for row in rows if (row.network, row.data, row.d_sae) == (network, data, width)],
-                                     "mmcs")
-                axis.plot(*points, marker="o", color=color, alpha=1.0 - 0.6 * shade / max(len(widths), 1),
-                          label=f"{label}, {width} latents")
+                points = _mean_by_l1(
+                    [row for row in rows if (row.network, row.data, row.d_sae) == (network, data, width)], "mmcs"
+                )
+                axis.plot(
+                    *points,
+                    marker="o",
+                    color=color,
+                    alpha=1.0 - 0.6 * shade / max(len(widths), 1),
+                    label=f"{label}, {width} latents",
+                )
         axis.set(xscale="log", xlabel="L1 coefficient λ", title=f"network: {network}", ylim=(0, 1))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("MMCS with planted features")
@@ -108,10 +118,14 @@ def _mean_by_l1(rows: list[ToyRow], metric: str) -> tuple[np.ndarray, np.ndarray
 def pareto_figure(rows: tuple[ToyRow, ...]) -> str:
     """Explained variance against each sparsity measure: a row per measure, a column per network."""
     networks = _networks(rows)
-    figure, axes = plt.subplots(len(SPARSITY_MEASURES), len(networks), squeeze=False,
-                                figsize=(4.5 * len(networks), 3.2 * len(SPARSITY_MEASURES)))
-    for row_axes, (measure, higher_is_sparser) in zip(axes, SPARSITY_MEASURES.items()):
-        for axis, network in zip(row_axes, networks):
+    figure, axes = plt.subplots(
+        len(SPARSITY_MEASURES),
+        len(networks),
+        squeeze=False,
+        figsize=(4.5 * len(networks), 3.2 * len(SPARSITY_MEASURES)),
+    )
+    for row_axes, (measure, higher_is_sparser) in zip(axes, SPARSITY_MEASURES.items(), strict=True):
+        for axis, network in zip(row_axes, networks, strict=True):
             for data, (color, label) in DATA_STYLE.items():
                 points = [row for row in rows if row.network == network and row.data == data]
                 sparsity = np.array([getattr(row, measure) for row in points])
@@ -121,8 +135,11 @@ def pareto_figure(rows: tuple[ToyRow, ...]) -> str:
                 axis.step(sparsity[front], explained[front], where="post", color=color, label=label)
             if measure != "hoyer":
                 axis.set_xscale("symlog", linthresh=1e-2)
-            axis.set(xlabel=MEASURE_LABELS[measure] + (" (higher = sparser)" if higher_is_sparser else ""),
-                     ylabel="explained variance", title=f"network: {network}")
+            axis.set(
+                xlabel=MEASURE_LABELS[measure] + (" (higher = sparser)" if higher_is_sparser else ""),
+                ylabel="explained variance",
+                title=f"network: {network}",
+            )
             axis.set_ylim(top=1.05)  # no floor: uncentred data can explain less than its mean does
             axis.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
@@ -135,6 +152,7 @@ def _table(header: list[str], body: list[list[Any]]) -> str:
         if isinstance(value, float):
             return "–" if not math.isfinite(value) else f"{value:.4g}"
         return html.escape(str(value))
+
     head = "".join(f"<th>{html.escape(name)}</th>" for name in header)
     rows = "".join("<tr>" + "".join(f"<td>{cell(value)}</td>" for value in row) + "</tr>" for row in body)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
@@ -147,10 +165,14 @@ th{background:#f3f3f3}img{max-width:100%}p.note{color:#555;font-size:0.9em}"""
 
 def render_html(result: ToyResult) -> str:
     rows = result.rows
-    recovery = _table(["data", "network", "latents", "best MMCS", "at λ"],
-                      [[r.data, r.network, r.d_sae, r.best_mmcs, r.best_l1_coefficient] for r in result.recovery])
-    gaps = _table(["network", "sparsity measure", "gap (toy − control)"],
-                  [[g.network, MEASURE_LABELS[g.measure], g.gap] for g in result.gaps])
+    recovery = _table(
+        ["data", "network", "latents", "best MMCS", "at λ"],
+        [[r.data, r.network, r.d_sae, r.best_mmcs, r.best_l1_coefficient] for r in result.recovery],
+    )
+    gaps = _table(
+        ["network", "sparsity measure", "gap (toy − control)"],
+        [[g.network, MEASURE_LABELS[g.measure], g.gap] for g in result.gaps],
+    )
     settings = _table(["setting", "value"], [[key, value] for key, value in to_plain(result.config).items()])
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>randsae toy models</title><style>{STYLE}</style></head><body>

@@ -68,6 +68,8 @@ class ToyResult:
         """A few lines for the terminal: where the report is, best MMCS, and the L0 Pareto gap."""
         recovery = " · ".join(f"{r.data}/{r.network}/{r.d_sae} {r.best_mmcs:.3f}" for r in self.recovery)
         gaps = " · ".join(f"{g.network} {g.gap:.3f}" for g in self.gaps if g.measure == "l0")
-        return (f"toy report: {self.out_dir / 'toy_report.html'} ({len(self.rows)} SAEs, {self.wall_seconds:.0f} s)\n"
-                f"best MMCS with the planted features: {recovery}\n"
-                f"Pareto gap toy − control (explained variance at equal L0): {gaps}")
+        return (
+            f"toy report: {self.out_dir / 'toy_report.html'} ({len(self.rows)} SAEs, {self.wall_seconds:.0f} s)\n"
+            f"best MMCS with the planted features: {recovery}\n"
+            f"Pareto gap toy − control (explained variance at equal L0): {gaps}"
+        )

@@ -49,14 +49,18 @@ def build_datasets(config: ToyConfig) -> list[Dataset]:
     """The toy data and its Gaussian control, untouched and through each random network, centred (unless
     `center_data` is off) and scaled to unit RMS."""
     generator = torch.Generator().manual_seed(derived_seed(config.data_seed, "toy_data"))
-    toy = generate_toy_data(config.n_samples, config.n_features, config.n_dims, config.mean_active,
-                            config.frequency_decay, generator)
+    toy = generate_toy_data(
+        config.n_samples, config.n_features, config.n_dims, config.mean_active, config.frequency_decay, generator
+    )
     raw = {"toy": toy.samples, "gaussian": gaussian_control(toy.samples, generator)}
     n_train = config.n_samples - round(config.n_samples * config.test_fraction)
     datasets = []
     for network_name in (NO_NETWORK, *config.networks):
-        network = None if network_name == NO_NETWORK else build_network(
-            network_name, config.n_dims, derived_seed(config.data_seed, f"network:{network_name}"))
+        network = (
+            None
+            if network_name == NO_NETWORK
+            else build_network(network_name, config.n_dims, derived_seed(config.data_seed, f"network:{network_name}"))
+        )
         for data in DATA_KINDS:
             if network is None:
                 samples, features = raw[data], toy.features
@@ -65,8 +69,9 @@ def build_datasets(config: ToyConfig) -> list[Dataset]:
             if config.center_data:
                 samples = samples - samples[:n_train].mean(dim=0)
             samples = unit_rms(samples).to(config.device)
-            datasets.append(Dataset(data, network_name, samples[:n_train], samples[n_train:],
-                                    features.to(config.device)))
+            datasets.append(
+                Dataset(data, network_name, samples[:n_train], samples[n_train:], features.to(config.device))
+            )
     return datasets
 
 
@@ -77,21 +82,36 @@ def run_toy(config: ToyConfig, out_dir: Path, *, progress: bool = True) -> ToyRe
     _claim(out_dir, config)
     parts = out_dir / PARTS_DIR
     parts.mkdir(exist_ok=True)
-    units = [Unit(dataset, d_sae, seed) for dataset in build_datasets(config)
-             for d_sae in config.latent_counts for seed in config.seeds]
+    units = [
+        Unit(dataset, d_sae, seed)
+        for dataset in build_datasets(config)
+        for d_sae in config.latent_counts
+        for seed in config.seeds
+    ]
     todo = [unit for unit in units if not (parts / unit.file_name).exists()]
     if progress and todo:
-        print(f"toy: {len(todo)} sweeps of {config.l1_count} SAEs to train ({len(units) - len(todo)} resumed), "
-              f"{min(config.workers, len(todo))} at a time", flush=True)
+        print(
+            f"toy: {len(todo)} sweeps of {config.l1_count} SAEs to train ({len(units) - len(todo)} resumed), "
+            f"{min(config.workers, len(todo))} at a time",
+            flush=True,
+        )
     for done, (unit, unit_rows) in enumerate(_train_units(todo, config, progress), start=1):
         write_text_atomic(parts / unit.file_name, json.dumps([dataclasses.asdict(row) for row in unit_rows], indent=1))
         if progress:
-            print(f"toy: {done}/{len(todo)} sweeps done ({unit.file_name.removesuffix('.json')}), "
-                  f"{time.perf_counter() - start:.0f} s", flush=True)
+            print(
+                f"toy: {done}/{len(todo)} sweeps done ({unit.file_name.removesuffix('.json')}), "
+                f"{time.perf_counter() - start:.0f} s",
+                flush=True,
+            )
     rows = [ToyRow(**row) for unit in units for row in json.loads((parts / unit.file_name).read_text())]
-    result = ToyResult(config=config, rows=tuple(rows), recovery=summarize_recovery(rows),
-                       gaps=front_gaps(rows, config.networks), wall_seconds=time.perf_counter() - start,
-                       out_dir=out_dir)
+    result = ToyResult(
+        config=config,
+        rows=tuple(rows),
+        recovery=summarize_recovery(rows),
+        gaps=front_gaps(rows, config.networks),
+        wall_seconds=time.perf_counter() - start,
+        out_dir=out_dir,
+    )
     write_outputs(result)
     return result
 
@@ -118,28 +138,48 @@ def _train_units(units: list[Unit], config: ToyConfig, progress: bool) -> Iterat
     # spawn, not fork: a forked child inherits torch's thread pool in an unusable state.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        futures = {pool.submit(train_and_score, unit.dataset, unit.d_sae, unit.seed, config, False): unit
-                   for unit in units}
+        futures = {
+            pool.submit(train_and_score, unit.dataset, unit.d_sae, unit.seed, config, False): unit for unit in units
+        }
         for future in as_completed(futures):
             yield futures[future], future.result()
 
 
 def train_and_score(dataset: Dataset, d_sae: int, seed: int, config: ToyConfig, progress: bool) -> list[ToyRow]:
     """Train one λ sweep on the dataset's training samples and score every SAE on its test samples."""
-    saes = train_relu_sweep(dataset.train, d_sae, config.l1_coefficients, seed, epochs=config.epochs,
-                            batch_size=config.batch_size, learning_rate=config.learning_rate,
-                            metadata={"dataset_path": f"toy:{dataset.data}:{dataset.network}"}, progress=progress)
+    saes = train_relu_sweep(
+        dataset.train,
+        d_sae,
+        config.l1_coefficients,
+        seed,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        learning_rate=config.learning_rate,
+        metadata={"dataset_path": f"toy:{dataset.data}:{dataset.network}"},
+        progress=progress,
+    )
     rows = []
     with torch.no_grad():
-        for sae in saes:
+        for sae, l1_coefficient in zip(saes, config.l1_coefficients, strict=True):  # the sweep keeps their order
             codes = sae.encode(dataset.test)
             stats = code_stats(dataset.test, sae.decode(codes), codes)
-            rows.append(ToyRow(
-                data=dataset.data, network=dataset.network, d_sae=d_sae, seed=seed,
-                l1_coefficient=float(sae.cfg.l1_coefficient), mmcs=float(mmcs(dataset.features, sae.W_dec)),
-                fvu=float(stats.fvu), explained_variance=1.0 - float(stats.fvu), l0=float(stats.l0),
-                l1=float(stats.l1), l1_over_sqrt_l2=float(stats.l1_over_sqrt_l2), hoyer=float(stats.hoyer),
-                dead_fraction=float(stats.dead_fraction)))
+            rows.append(
+                ToyRow(
+                    data=dataset.data,
+                    network=dataset.network,
+                    d_sae=d_sae,
+                    seed=seed,
+                    l1_coefficient=float(l1_coefficient),
+                    mmcs=float(mmcs(dataset.features, sae.W_dec)),
+                    fvu=float(stats.fvu),
+                    explained_variance=1.0 - float(stats.fvu),
+                    l0=float(stats.l0),
+                    l1=float(stats.l1),
+                    l1_over_sqrt_l2=float(stats.l1_over_sqrt_l2),
+                    hoyer=float(stats.hoyer),
+                    dead_fraction=float(stats.dead_fraction),
+                )
+            )
     return rows
 
 
@@ -161,10 +201,17 @@ def front_gaps(rows: list[ToyRow], networks: tuple[str, ...]) -> tuple[FrontGap,
     for network in (NO_NETWORK, *networks):
         points = {data: [row for row in rows if row.network == network and row.data == data] for data in DATA_KINDS}
         for measure, higher_is_sparser in SPARSITY_MEASURES.items():
-            toy, control = (([getattr(row, measure) for row in points[data]],
-                             [row.explained_variance for row in points[data]]) for data in DATA_KINDS)
-            gaps.append(FrontGap(network, measure, front_gap(toy, control, higher_is_sparser,
-                                                             log_scale=measure in LOG_SCALE_MEASURES)))
+            toy, control = (
+                ([getattr(row, measure) for row in points[data]], [row.explained_variance for row in points[data]])
+                for data in DATA_KINDS
+            )
+            gaps.append(
+                FrontGap(
+                    network,
+                    measure,
+                    front_gap(toy, control, higher_is_sparser, log_scale=measure in LOG_SCALE_MEASURES),
+                )
+            )
     return tuple(gaps)
 
 
@@ -175,7 +222,9 @@ def _claim(out_dir: Path, config: ToyConfig) -> None:
     if path.exists():
         previous = load_toy_config(path)
         if previous != config:
-            raise UserError(f"{out_dir} holds a toy run with other settings ({path})",
-                            "Use a fresh --out directory, or the same --config to resume")
+            raise UserError(
+                f"{out_dir} holds a toy run with other settings ({path})",
+                "Use a fresh --out directory, or the same --config to resume",
+            )
         return
     write_text_atomic(path, dump_toml(config))

@@ -48,9 +48,18 @@ def _normalized_decoder(sae: ReluSAE) -> Tensor:
     return sae.W_dec
 
 
-def train_relu_sweep(x_train: Tensor, d_sae: int, l1_coefficients: Sequence[float], seed: int, *, epochs: int,
-                     batch_size: int, learning_rate: float, metadata: dict | None = None,
-                     progress: bool = False) -> list[ReluSAE]:
+def train_relu_sweep(
+    x_train: Tensor,
+    d_sae: int,
+    l1_coefficients: Sequence[float],
+    seed: int,
+    *,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    metadata: dict | None = None,
+    progress: bool = False,
+) -> list[ReluSAE]:
     """One `ReluSAE` per λ, all from the same seeded initialization, trained on the same batches.
 
     x_train [n, d_in] (on the device to train on); returns the trained SAEs in λ order, on that device.
@@ -58,8 +67,13 @@ def train_relu_sweep(x_train: Tensor, d_sae: int, l1_coefficients: Sequence[floa
     device = x_train.device
     saes = []
     for l1 in l1_coefficients:
-        cfg = SAEConfig("relu_l1", d_in=x_train.shape[1], d_sae=d_sae, l1_coefficient=float(l1),
-                        metadata={**(metadata or {}), "seed": seed})
+        cfg = SAEConfig(
+            "relu_l1",
+            d_in=x_train.shape[1],
+            d_sae=d_sae,
+            l1_coefficient=float(l1),
+            metadata={**(metadata or {}), "seed": seed},
+        )
         init = torch.Generator().manual_seed(derived_seed(seed, "sae_init"))
         saes.append(ReluSAE(cfg, generator=init).to(device))
     params, buffers = stack_module_state(saes)
@@ -71,9 +85,11 @@ def train_relu_sweep(x_train: Tensor, d_sae: int, l1_coefficients: Sequence[floa
         module = _Call(template, method)
 
         def run(trained_params, frozen_params, stacked_buffers, *args):
-            state = {f"sae.{name}": value for name, value in {**trained_params, **frozen_params,
-                                                              **stacked_buffers}.items()}
+            state = {
+                f"sae.{name}": value for name, value in {**trained_params, **frozen_params, **stacked_buffers}.items()
+            }
             return functional_call(module, state, args)
+
         return run
 
     batched_loss = vmap(call(_training_loss), in_dims=(0, 0, 0, None))
@@ -82,12 +98,17 @@ def train_relu_sweep(x_train: Tensor, d_sae: int, l1_coefficients: Sequence[floa
     optimizer = torch.optim.Adam(trained.values(), lr=learning_rate, fused=True)
     order = torch.Generator().manual_seed(derived_seed(seed, "batch_order"))
     steps_per_epoch = x_train.shape[0] // batch_size
-    bar = tqdm(total=epochs * steps_per_epoch, desc=f"{len(saes)} SAEs × {d_sae} latents", unit="step",
-               disable=not progress, leave=False)
+    bar = tqdm(
+        total=epochs * steps_per_epoch,
+        desc=f"{len(saes)} SAEs × {d_sae} latents",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
     for _ in range(epochs):
         permutation = torch.randperm(x_train.shape[0], generator=order).to(device)
         for step in range(steps_per_epoch):
-            batch = x_train[permutation[step * batch_size:(step + 1) * batch_size]]
+            batch = x_train[permutation[step * batch_size : (step + 1) * batch_size]]
             loss = batched_loss(trained, frozen, buffers, batch).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
