@@ -27,24 +27,36 @@ def test_the_default_run_keeps_the_simple_layout(tmp_path: Path):
 def test_every_axis_adds_one_level(tmp_path: Path):
     run = RunDir(tmp_path)
     key = SAEKey("rerandomized", 2, model="pythia-160m", variant_seed=4, architecture="batchtopk", sae_seed=1)
-    assert run.sae(key) == (tmp_path / "models" / "pythia-160m" / "saes" / "rerandomized-draw4" / "layer2"
-                            / "batchtopk" / "seed1")
-    assert run.activations(key.site, "train") == (tmp_path / "models" / "pythia-160m" / "activations"
-                                                  / "rerandomized-draw4" / "layer2" / "train")
+    assert run.sae(key) == (
+        tmp_path / "models" / "pythia-160m" / "saes" / "rerandomized-draw4" / "layer2" / "batchtopk" / "seed1"
+    )
+    assert run.activations(key.site, "train") == (
+        tmp_path / "models" / "pythia-160m" / "activations" / "rerandomized-draw4" / "layer2" / "train"
+    )
     assert key.site == Site("rerandomized", 2, "pythia-160m", 4)
-    assert run.tokens("heldout", "pythia-160m") == tmp_path / "models" / "pythia-160m" / "tokens" / "heldout.safetensors"
+    assert (
+        run.tokens("heldout", "pythia-160m") == tmp_path / "models" / "pythia-160m" / "tokens" / "heldout.safetensors"
+    )
     assert key.module == "pythia-160m.rerandomized-draw4.layer2.batchtopk.seed1"
 
 
-@pytest.mark.parametrize("variant_seed, architecture, sae_seed",
-                         list(itertools.product([None, 0, 7], [None, "topk"], [None, 0, 3])))
+@pytest.mark.parametrize(
+    "variant_seed, architecture, sae_seed", list(itertools.product([None, 0, 7], [None, "topk"], [None, 0, 3]))
+)
 def test_a_folder_parses_back_to_its_key(variant_seed, architecture, sae_seed):
     key = SAEKey("rerandomized_keep_embeddings", 17, None, variant_seed, architecture, sae_seed)
     assert SAEKey.from_parts(key.parts()) == key
 
 
-@pytest.mark.parametrize("parts", [("trained",), ("trained", "block3"), ("trained", "layer3", "topk", "relu"),
-                                   ("trained", "layer3", "seed1", "topk")])
+@pytest.mark.parametrize(
+    "parts",
+    [
+        ("trained",),
+        ("trained", "block3"),
+        ("trained", "layer3", "topk", "relu"),
+        ("trained", "layer3", "seed1", "topk"),
+    ],
+)
 def test_folders_that_are_not_sae_folders_are_skipped(parts):
     assert SAEKey.from_parts(parts) is None
 
@@ -57,16 +69,28 @@ def _save_fake_sae(folder: Path) -> None:
 def test_discovery_finds_every_sae_in_the_config_order(tmp_path: Path):
     run = RunDir(tmp_path)
     (tmp_path / "config.toml").write_text('variants = ["control", "trained"]\n')
-    keys = [SAEKey("trained", 10), SAEKey("trained", 3), SAEKey("control", 3), SAEKey("step0", 3),
-            SAEKey("zzz_custom", 1), SAEKey("trained", 3, model="gpt2"),
-            SAEKey("trained", 3, architecture="topk", sae_seed=2)]
+    keys = [
+        SAEKey("trained", 10),
+        SAEKey("trained", 3),
+        SAEKey("control", 3),
+        SAEKey("step0", 3),
+        SAEKey("zzz_custom", 1),
+        SAEKey("trained", 3, model="gpt2"),
+        SAEKey("trained", 3, architecture="topk", sae_seed=2),
+    ]
     for key in keys:
         _save_fake_sae(run.sae(key))
     (tmp_path / "saes" / "trained" / "notes").mkdir()  # not an SAE folder
     found = run.discover_saes()
-    assert found == [SAEKey("control", 3), SAEKey("trained", 3), SAEKey("trained", 3, architecture="topk", sae_seed=2),
-                     SAEKey("trained", 10), SAEKey("step0", 3), SAEKey("zzz_custom", 1),
-                     SAEKey("trained", 3, model="gpt2")]
+    assert found == [
+        SAEKey("control", 3),
+        SAEKey("trained", 3),
+        SAEKey("trained", 3, architecture="topk", sae_seed=2),
+        SAEKey("trained", 10),
+        SAEKey("step0", 3),
+        SAEKey("zzz_custom", 1),
+        SAEKey("trained", 3, model="gpt2"),
+    ]
 
 
 def test_no_sae_is_a_user_error(tmp_path: Path):

@@ -88,9 +88,17 @@ def _existing_run(args: argparse.Namespace):
 
 def command_interpret(args: argparse.Namespace) -> None:
     run, cfg, device = _existing_run(args)
-    overrides = {key: value for key, value in (("judge", args.judge), ("base_url", args.base_url),
-                                                ("model", args.model), ("api", args.api),
-                                                ("concurrency", args.concurrency)) if value is not None}
+    overrides = {
+        key: value
+        for key, value in (
+            ("judge", args.judge),
+            ("base_url", args.base_url),
+            ("model", args.model),
+            ("api", args.api),
+            ("concurrency", args.concurrency),
+        )
+        if value is not None
+    }
     with _timed(run, "interpret"):
         _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet)
 

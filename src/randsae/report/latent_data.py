@@ -245,8 +245,12 @@ class LatentViews(NamedTuple):
 def collect_latent_views(run: RunInputs, progress: bool = False, device: str | torch.device = "cpu") -> LatentViews:
     """Views of every latent the interp stage scored, one latent-cache pass per SAE."""
     if run.interp is None or not run.interp.summary.latents:
-        return LatentViews({}, ("No latent dashboards: the run has no interp/*/latents.csv "
-                                "(run `randsae interpret RUN_DIR`).",) if run.interp is not None else ())
+        return LatentViews(
+            {},
+            ("No latent dashboards: the run has no interp/*/latents.csv (run `randsae interpret RUN_DIR`).",)
+            if run.interp is not None
+            else (),
+        )
     heldout = run.run.tokens("heldout")
     if not heldout.is_file():
         return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))

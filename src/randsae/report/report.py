@@ -230,8 +230,12 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
 
 def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     if not run.interp or not run.interp.summary.latents:
-        return ['<h2 id="roc">ROC curves</h2>', note("No auto-interp results: ROC curves and the entropy plot "
-                                                     "need interp/*/latents.csv and the score files.")]
+        return [
+            '<h2 id="roc">ROC curves</h2>',
+            note(
+                "No auto-interp results: ROC curves and the entropy plot need interp/*/latents.csv and the score files."
+            ),
+        ]
     layers = sorted({row.layer for row in run.interp.summary.latents})
     if len(layers) > MAX_ROC_LAYERS:
         layers = [layers[int(i)] for i in np.linspace(0, len(layers) - 1, MAX_ROC_LAYERS).round()]
