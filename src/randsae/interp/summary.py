@@ -78,7 +78,8 @@ class ScoreSummary:
     """Examples with no usable answer: counted wrong, probability 0.5 for AUROC."""
     n_request_failures: int
     n_parse_failures: int
-    n_explanation_failures: int
+    n_unexplained_examples: int
+    """Examples not judged because their latent has no usable explanation."""
     probability_source: str
     """"logprobs", "hard_answers" (AUROC then comes from 0/1 answers), "token_membership", or "mixed: ..."."""
 
@@ -100,6 +101,7 @@ class SAEInterp:
     explainer: str
     judge: str
     n_explanation_failures: int
+    """Latents whose explanation failed (their examples count as `n_unexplained_examples` of each task)."""
     token_entropy: statistics.Spread
     fuzz: ScoreSummary
     detection: ScoreSummary
@@ -161,7 +163,7 @@ def summarize_scores(
         n_failed=int(sum(failed)),
         n_request_failures=failures["request"],
         n_parse_failures=failures["parse"],
-        n_explanation_failures=failures["explanation"],
+        n_unexplained_examples=failures["explanation"],
         probability_source=_source_label(sources),
     )
 
