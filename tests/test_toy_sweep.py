@@ -5,7 +5,7 @@ import torch
 
 from randsae.sae.base import SAEConfig
 from randsae.sae.relu import ReluSAE
-from randsae.toy.config import derived_seed
+from randsae.seeds import derived_seed
 from randsae.toy.data import gaussian_control, generate_toy_data, unit_rms
 from randsae.toy.metrics import mmcs
 from randsae.toy.sweep import train_relu_sweep

@@ -9,7 +9,9 @@ built. Every output is checked for before it is made, so rerunning the same comm
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -31,6 +33,7 @@ from randsae.models.variants import NoiseEmbedding, build_variant, predicts_lang
 from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
 from randsae.sae.trainer import train_sae
+from randsae.seeds import derived_seed
 
 SHARD_WINDOWS = 64
 """Windows per activation-cache shard (a multiple of every harvest batch size used)."""
@@ -59,14 +62,27 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
         )
     write_text_atomic(run.config, resolved)
     lm.tokenizer.save_pretrained(run.tokenizer())
-    if not all(run.tokens(split).is_file() for split in SPLITS):
+    missing = [split for split in SPLITS if not tokens_intact(run.tokens(split))]
+    if missing:
         if progress:
             print(f"tokenizing {cfg.data.source} ...")
         windows = tokenize_splits(iter_texts(cfg.data), lm.tokenizer, cfg.tokens)
-        for split in SPLITS:
+        for split in missing:
             save_tokens(run.tokens(split), windows[split])
     _save_unembedding(lm.model, run.unembedding())
     return {split: load_tokens(run.tokens(split)) for split in SPLITS}
+
+
+def tokens_intact(path: Path) -> bool:
+    """Whether a split's token file is there and readable; a damaged one is reported and tokenized again."""
+    if not path.is_file():
+        return False
+    try:
+        load_tokens(path)
+    except UserError as error:
+        print(f"{error.problem}: tokenizing again", file=sys.stderr)
+        return False
+    return True
 
 
 def _save_unembedding(model: PreTrainedModel, path: Path) -> None:
@@ -119,7 +135,17 @@ def harvest_variant(
             device,
             desc=f"harvest {variant} {split}",
             progress=progress,
+            before_batch=_noise_reseed(model, cfg.variant.seed, split),
         )
+
+
+def _noise_reseed(model: PreTrainedModel, seed: int, stream: str) -> Callable[[int], None] | None:
+    """For the noise-embedding control: reseed its noise per batch from (seed, stream, batch position), so
+    every forward over the same windows draws the same noise, however the work was interrupted or split."""
+    embedding = model.get_input_embeddings()
+    if not isinstance(embedding, NoiseEmbedding):
+        return None
+    return lambda position: embedding.reseed(derived_seed(seed, f"{stream}/{position}"))
 
 
 def train_variant_saes(
@@ -130,15 +156,18 @@ def train_variant_saes(
     blocks_path: str,
     device: torch.device,
     progress: bool,
-) -> None:
-    """Train one SAE per layer on the variant's train cache (skipping those already saved).
+) -> list[int]:
+    """Train one SAE per layer on the variant's train cache (skipping those already trained and intact);
+    returns the layers trained now.
 
     The cache's shard checksums are verified once before training, so a corrupt shard is never trained on.
     """
+    trained = []
     for layer in cfg.layers:
         folder = run.sae(SAEKey(variant, layer))
-        if (folder / SAE_TRAINING_FILE).is_file():
+        if sae_is_trained(folder):
             continue
+        trained.append(layer)
         cache = ActivationCache.open(run.activations(Site(variant, layer), "train"))
         cache.verify()
         manifest = cache.manifest
@@ -172,7 +201,21 @@ def train_variant_saes(
             progress=progress,
             checkpoint=folder / SAE_CHECKPOINT_FILE,
         )  # an interrupted training resumes
-        result.save(folder)
+        (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
+        result.save(folder)  # training.json is written last: it marks the SAE as trained
+    return trained
+
+
+def sae_is_trained(folder: Path) -> bool:
+    """Trained means a training record beside weights that load; a damaged SAE is reported and retrained."""
+    if not (folder / SAE_TRAINING_FILE).is_file():
+        return False
+    try:
+        load_sae(folder)
+    except UserError as error:
+        print(f"{error.problem}: training it again", file=sys.stderr)
+        return False
+    return True
 
 
 @torch.no_grad()
@@ -200,27 +243,25 @@ def evaluate_variant(
     variant: str,
     heldout: Tensor,
     device: torch.device,
+    layers: Sequence[int],
 ) -> list[MetricsRow]:
-    """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in."""
-    saes = {layer: load_sae(run.sae(SAEKey(variant, layer)), device=device).eval() for layer in cfg.layers}
+    """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for `layers`."""
+    saes = {layer: load_sae(run.sae(SAEKey(variant, layer)), device=device).eval() for layer in layers}
     reconstruction = {
         layer: reconstruction_on_heldout(
             sae, ActivationCache.open(run.activations(Site(variant, layer), "heldout")), device
         )
         for layer, sae in saes.items()
     }
-    embedding = model.get_input_embeddings()
-    reseed = (
-        (lambda index: embedding.reseed(cfg.variant.seed + index)) if isinstance(embedding, NoiseEmbedding) else None
-    )
+    reseed = _noise_reseed(model, cfg.variant.seed, "downstream")
     downstream = downstream_metrics(
         model,
-        {layer: (blocks[layer], saes[layer]) for layer in cfg.layers},
+        {layer: (blocks[layer], saes[layer]) for layer in layers},
         heldout[: cfg.eval.ce_windows],
         batch_size=cfg.eval.batch_windows,
         before_forward=reseed,
     )
-    return [_row(variant, layer, saes[layer], reconstruction[layer], downstream[layer]) for layer in cfg.layers]
+    return [_row(variant, layer, saes[layer], reconstruction[layer], downstream[layer]) for layer in layers]
 
 
 def _row(
@@ -265,7 +306,11 @@ def run_pipeline(
         tokens = prepare_run(cfg, run, lm, progress)
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}
     for variant in cfg.variants:
-        if all((variant, layer) in rows for layer in cfg.layers):
+        # Done is read off the artifacts themselves: intact caches, trained SAEs, and a metrics row per SAE.
+        missing_caches = [layer for layer in cfg.layers if not caches_complete(run, Site(variant, layer))]
+        untrained = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
+        unevaluated = [layer for layer in cfg.layers if (variant, layer) not in rows]
+        if not (missing_caches or untrained or unevaluated):
             continue
         with timings.stage("build_variants"):
             # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
@@ -276,13 +321,24 @@ def run_pipeline(
                 cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, tokens, device, progress
             )
         with timings.stage("train"):
-            train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
+            retrained = train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
+        stale = sorted(set(unevaluated) | set(retrained))
         with timings.stage("evaluate"):
-            for row in evaluate_variant(cfg, run, model, variant_blocks, variant, tokens["heldout"], device):
+            for row in evaluate_variant(cfg, run, model, variant_blocks, variant, tokens["heldout"], device, stale):
                 rows[(row.variant, row.layer)] = row
         save_metrics(run, [rows[key] for key in sorted(rows, key=_row_order(cfg))])
         del model
     return [rows[(variant, layer)] for variant in cfg.variants for layer in cfg.layers]
+
+
+def caches_complete(run: RunDir, site: Site) -> bool:
+    """Whether both splits' caches of a site are complete and intact (else the harvest resumes or repairs)."""
+    try:
+        for split in SPLITS:
+            ActivationCache.open(run.activations(site, split))
+    except UserError:
+        return False
+    return True
 
 
 def _row_order(cfg: ExperimentConfig):

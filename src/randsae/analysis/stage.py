@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,7 @@ def _load_part(path: Path, key: str) -> SAEAnalysis | None:
                 return None
             latents = LatentMeasures(*(part[name] for name in LatentMeasures._fields))
             errors = TokenErrors(*(torch.from_numpy(part[name]) for name in TokenErrors._fields))
-    except (OSError, KeyError, ValueError):
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # a damaged part is measured again
         return None
     return SAEAnalysis(latents, errors)
 

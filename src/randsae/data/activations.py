@@ -73,18 +73,15 @@ class ActivationCache:
         The checksums are checked by `verify()`, which the pipeline runs before an SAE trains on a cache.
         """
         folder = Path(folder)
-        fix = _rebuild_fix(folder)
+        fix = "Rerun `randsae run` with the same --out: it harvests what is missing or damaged again"
         try:
             manifest = CacheManifest.from_json((folder / MANIFEST).read_text())
         except FileNotFoundError:
-            raise UserError(f"no activation cache at {folder}", "Run `randsae run` to harvest it") from None
+            raise UserError(f"no activation cache at {folder}", fix) from None
         except (ValueError, TypeError, KeyError) as error:
             raise UserError(f"activation cache manifest {folder / MANIFEST} is corrupt ({error})", fix) from None
         if not manifest.complete:
-            raise UserError(
-                f"activation cache {folder} is incomplete (harvest interrupted)",
-                "Rerun `randsae run` with the same --out to resume it",
-            )
+            raise UserError(f"activation cache {folder} is incomplete (harvest interrupted)", fix)
         for shard in manifest.shards:
             path = folder / shard.file
             if not path.is_file() or (shard.n_bytes is not None and path.stat().st_size != shard.n_bytes):
@@ -127,7 +124,11 @@ class ActivationCache:
 
 
 class CacheWriter:
-    """Appends shards to one cache folder, resuming where an earlier harvest of the same spec stopped."""
+    """Appends shards to one cache folder, resuming where an earlier harvest of the same spec stopped.
+
+    Resuming keeps the recorded shards up to the first one that is missing or not at its recorded size, so a
+    damaged cache is repaired by harvesting again from there (the harvest is deterministic).
+    """
 
     def __init__(self, folder: Path, spec: CacheManifest, windows_per_shard: int):
         self.folder = folder
@@ -136,7 +137,11 @@ class CacheWriter:
         folder.mkdir(parents=True, exist_ok=True)
         existing = self._existing_manifest()
         if existing is not None and dataclasses.replace(existing, complete=False, shards=()) == spec:
+            intact = _intact_prefix(folder, existing.shards)
             self.manifest = existing
+            if len(intact) < len(existing.shards):
+                self.manifest = dataclasses.replace(existing, complete=False, shards=intact)
+                self._save_manifest()
         else:
             self.manifest = spec
             self._save_manifest()
@@ -185,10 +190,13 @@ def harvest(
     device: torch.device,
     desc: str = "harvest",
     progress: bool = True,
+    before_batch: Callable[[int], None] | None = None,
 ) -> None:
     """Run `forward` (one truncated model pass → {layer: [batch, C, d]}) over all windows not yet cached.
 
     Every layer's writer is fed from the same forward; all writers resume from the least advanced one.
+    `before_batch(first_window)` runs before each forward (the control reseeds its noise there, so a resumed
+    or repaired harvest draws the same noise for the same windows).
     """
     pending = [writer for writer in writers.values() if not writer.manifest.complete]
     if not pending:
@@ -207,6 +215,8 @@ def harvest(
     )
     for begin in range(start, input_ids.shape[0], batch_size):
         batch = input_ids[begin : begin + batch_size].to(device=device, dtype=torch.long)
+        if before_batch is not None:
+            before_batch(begin)
         outputs = forward(batch)
         for layer, writer in writers.items():
             if not writer.manifest.complete and writer.windows_done <= begin:
@@ -215,6 +225,15 @@ def harvest(
     bar.close()
     for writer in pending:
         writer.finish()
+
+
+def _intact_prefix(folder: Path, shards: tuple[Shard, ...]) -> tuple[Shard, ...]:
+    """The leading shards whose files are present at their recorded size."""
+    for index, shard in enumerate(shards):
+        path = folder / shard.file
+        if not path.is_file() or (shard.n_bytes is not None and path.stat().st_size != shard.n_bytes):
+            return shards[:index]
+    return shards
 
 
 def _rebuild_fix(folder: Path) -> str:

@@ -151,5 +151,5 @@ def load_tokens(path: Path) -> Tensor:
     except Exception as error:  # safetensors raises its own error types for a damaged file
         raise UserError(
             f"token file {path} is damaged ({error})",
-            "Delete it and rerun `randsae run` with the same --out to tokenize again",
+            "Rerun `randsae run` with the same --out: it tokenizes a damaged file again",
         ) from None

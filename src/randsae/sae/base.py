@@ -168,6 +168,9 @@ def register(cls: type[SparseAutoencoder]) -> type[SparseAutoencoder]:
     return cls
 
 
+_RETRAIN = "Rerun `randsae run` with the same --out: it retrains a damaged SAE"
+
+
 def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> SparseAutoencoder:
     """Load an SAE saved by `SparseAutoencoder.save` (or by SAELens, for the architectures we have)."""
     folder = Path(folder)
@@ -179,13 +182,9 @@ def load_sae(folder: str | os.PathLike, device: str | torch.device = "cpu") -> S
     cfg = read_sae_config(folder)
     sae = architecture_class(cfg.architecture)(cfg)
     try:
-        weights = load_file(folder / WEIGHTS_FILE)
-    except Exception as error:  # safetensors raises its own error types for a damaged file
-        raise UserError(
-            f"SAE weights {folder / WEIGHTS_FILE} are damaged ({error})",
-            "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it",
-        ) from None
-    sae.load_state_dict(weights)
+        sae.load_state_dict(load_file(folder / WEIGHTS_FILE))
+    except Exception as error:  # safetensors raises its own error types; a wrong shape is a RuntimeError
+        raise UserError(f"SAE weights {folder / WEIGHTS_FILE} are damaged ({error})", _RETRAIN) from None
     return sae.to(device)
 
 
@@ -194,10 +193,7 @@ def read_sae_config(folder: Path) -> SAEConfig:
     try:
         return SAEConfig.from_json(json.loads((folder / CONFIG_FILE).read_text()))
     except (ValueError, TypeError, KeyError) as error:
-        raise UserError(
-            f"SAE config {folder / CONFIG_FILE} is damaged ({error})",
-            "Delete the SAE folder and rerun `randsae run` with the same --out to retrain it",
-        ) from None
+        raise UserError(f"SAE config {folder / CONFIG_FILE} is damaged ({error})", _RETRAIN) from None
 
 
 def architecture_names() -> tuple[str, ...]:

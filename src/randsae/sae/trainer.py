@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -401,8 +402,18 @@ def _save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def _load_checkpoint(
     path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
 ) -> dict[str, Any] | None:
-    """The saved state if `path` holds one for exactly this run (same configs, seed and data size)."""
+    """The saved state if `path` holds one for exactly this run (same configs, seed and data size).
+
+    A checkpoint is only a shortcut: an unreadable one is reported and training starts from the beginning.
+    """
     if path is None or not Path(path).is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)
-    return state if state.get("fingerprint") == fingerprint else None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # torch.load raises many kinds (pickle, zip, EOF, runtime) for a damaged file
+        print(
+            f"training checkpoint {path} is unreadable ({type(error).__name__}): training from the start",
+            file=sys.stderr,
+        )
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -106,16 +105,6 @@ class ToyConfig:
     @property
     def l1_coefficients(self) -> tuple[float, ...]:
         return tuple(np.logspace(self.l1_log10_min, self.l1_log10_max, self.l1_count).tolist())
-
-
-def derived_seed(seed: int, stream: str) -> int:
-    """The seed for one use of a configured seed (`stream`: "toy_data", "sae_init", ...).
-
-    Two streams seeded alike would draw the same numbers: an SAE initialized from seed 0 would start
-    with its decoder rows equal to features drawn from seed 0. Mixing the stream name into the seed keeps
-    every use independent.
-    """
-    return int(np.random.SeedSequence([seed, zlib.crc32(stream.encode())]).generate_state(1, dtype=np.uint64)[0])
 
 
 def _bad(name: str, value: Any, expected: str) -> None:

@@ -21,8 +21,9 @@ from torch import Tensor
 
 from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
+from randsae.seeds import derived_seed
 from randsae.toml_config import dump_toml
-from randsae.toy.config import ToyConfig, derived_seed, load_toy_config
+from randsae.toy.config import ToyConfig, load_toy_config
 from randsae.toy.data import gaussian_control, generate_toy_data, unit_rms
 from randsae.toy.metrics import SPARSITY_MEASURES, code_stats, front_gap, mmcs
 from randsae.toy.networks import build_network, map_through

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from randsae.sae.base import SAEConfig
 from randsae.sae.relu import ReluSAE
-from randsae.toy.config import derived_seed
+from randsae.seeds import derived_seed
 
 TRAINED = ("W_enc", "b_enc", "W_dec")
 """The paper's toy autoencoder has no decoder bias: b_dec stays at zero, outside the optimizer."""
