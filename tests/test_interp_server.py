@@ -21,7 +21,7 @@ from randsae.interp import InterpConfig, interpret_run
 from randsae.interp.llm_http import HttpLanguageModel
 from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
-from randsae.run_dir import RunDir
+from randsae.run_dir import RunDir, judge_label
 from tests.helpers import build_interp_run, str_tokens
 
 pytestmark = pytest.mark.slow
@@ -116,7 +116,7 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
     for score in (sae.fuzz, sae.detection):
         assert score.n_request_failures == 0
         assert score.n_examples == 2 * 4
-    paths = RunDir(run).interp("token")
+    paths = RunDir(run).interp(judge_label(cfg.judge, cfg.model))
     records = [
         r
         for latent in json.loads(paths.selection.read_text())["selections"]["tokenlike.layer1"]["latents"]
