@@ -118,3 +118,27 @@ def test_a_damaged_analysis_part_is_measured_again(run):
     second = analyze_run(run, cfg, progress=False)
     assert second.saes == first.saes
     assert part.stat().st_size > 0
+
+
+def test_a_damaged_latent_cache_is_built_again(tmp_path):
+    from randsae.interp import InterpConfig, interpret_run
+    from tests.helpers import build_interp_run, str_tokens
+
+    run = RunDir(build_interp_run(tmp_path / "run", variants=("tokenlike",)))
+    cfg = InterpConfig(
+        n_latents=4,
+        min_examples=4,
+        window_size=16,
+        n_top_windows=50,
+        n_explanation_windows=4,
+        n_quantiles=2,
+        n_per_quantile=2,
+        n_negatives=4,
+        n_bootstrap=20,
+        verify_rows=16,
+    )
+    first = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+    cache = run.latent_cache(run.discover_saes()[0])
+    _truncate(next(cache.glob("shard_*")))
+    second = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+    assert second.saes == first.saes and second.latents == first.latents

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -73,12 +74,19 @@ def sae_fingerprint(sae_folder: Path) -> str:
 
 
 def open_latent_cache(folder: Path) -> LatentCache | None:
-    """The cache in `folder`, or None when it is missing or was never completed."""
+    """The cache in `folder`, or None when it is missing, was never completed or is damaged (it is then
+    built again: it is derived from the SAE and the held-out activations alone)."""
     if not (folder / MANIFEST).is_file() or not (folder / STATS_FILE).is_file():
         return None
-    raw = json.loads((folder / MANIFEST).read_text())
-    manifest = LatentCacheManifest(**{**raw, "shards": tuple(raw["shards"])})
-    stats = load_file(folder / STATS_FILE)
+    try:
+        raw = json.loads((folder / MANIFEST).read_text())
+        manifest = LatentCacheManifest(**{**raw, "shards": tuple(raw["shards"])})
+        stats = load_file(folder / STATS_FILE)
+        for name in manifest.shards:  # the header parse catches a missing or truncated shard
+            with safe_open(folder / name, "pt"):
+                pass
+    except Exception:  # JSON, field and safetensors errors alike: any damage means rebuild
+        return None
     return LatentCache(folder, manifest, stats["counts"].numpy(), stats["max_values"].numpy())
 
 
