@@ -255,3 +255,18 @@ def test_run_checks_an_llm_judge_before_the_harvest(tmp_path, capsys, settings, 
     overrides = [item for setting in [*settings, 'interp.model="/no/such/judge"'] for item in ("--set", setting)]
     assert main(["run", "--out", str(tmp_path / "run"), "--quiet", *overrides]) == 2
     assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_interpret_retry_failed_on_the_command_line_reaches_the_stage(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    import randsae.interp
+    from randsae.cli import main
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the command records its time in the run
+    asked = []
+    monkeypatch.setattr(randsae.interp, "interpret_run", lambda run, cfg, **kwargs: asked.append(kwargs))
+    monkeypatch.setattr(randsae.interp, "format_interp_table", lambda summary: "")
+    assert main(["interpret", str(run), "--retry-failed", "--quiet", "--device", "cpu"]) == 0
+    assert main(["interpret", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert [kwargs["retry_failed"] for kwargs in asked] == [True, False]
