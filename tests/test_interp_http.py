@@ -10,6 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from randsae.interp import llm_http
 from randsae.interp.language_models import JudgeFailure
 from randsae.interp.llm_http import HttpLanguageModel
 from randsae.interp.prompts import Prompt
@@ -18,7 +19,7 @@ PROMPT = Prompt("system words", "user words", "Answer:")
 
 
 class ScriptedServer:
-    """Answers each POST with the next scripted (status, body, delay); remembers requests and headers."""
+    """Answers each request with the next scripted (status, body, delay[, headers]); remembers requests."""
 
     def __init__(self, script):
         self.script = list(script)
@@ -29,10 +30,12 @@ class ScriptedServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
-                length = int(self.headers["Content-Length"])
+                length = int(self.headers.get("Content-Length", 0))
                 with lock:
-                    owner.requests.append((self.path, dict(self.headers), json.loads(self.rfile.read(length))))
-                    status, body, delay = owner.script.pop(0) if owner.script else owner.fallback
+                    owner.requests.append(
+                        (self.path, dict(self.headers), json.loads(self.rfile.read(length) or "null"))
+                    )
+                    status, body, delay, *extra = owner.script.pop(0) if owner.script else owner.fallback
                     owner.in_flight += 1
                     owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
                 time.sleep(delay)
@@ -41,11 +44,15 @@ class ScriptedServer:
                 payload = body if isinstance(body, bytes) else json.dumps(body).encode()
                 try:
                     self.send_response(status)
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
+
+            do_GET = do_POST  # where a followed POST redirect would arrive
 
             def log_message(self, *args):
                 pass
@@ -53,7 +60,7 @@ class ScriptedServer:
         self.fallback = (200, {}, 0)
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     def close(self):
         self.server.shutdown()
@@ -153,16 +160,54 @@ def test_timeouts_exhaust_the_retries_into_a_request_failure(serve):
     assert caught.value.kind == "request" and "after 2 attempts" in caught.value.detail
 
 
-def test_client_errors_are_not_retried_and_garbage_is_a_parse_failure(serve):
+def test_client_errors_are_not_retried_and_garbage_bodies_are_malformed_not_parse_failures(serve):
     server = serve([(400, {"error": "bad model"}, 0)])
     with pytest.raises(JudgeFailure) as caught:
         model(server.url).generate(PROMPT, 5)
     assert caught.value.kind == "request" and "HTTP 400" in caught.value.detail and len(server.requests) == 1
-    server = serve([(200, b"<html>not json</html>", 0), (200, {"unexpected": True}, 0)])
-    for _ in range(2):
+    garbage = [b"<html>not json</html>", b"\xff\xfe", {"unexpected": True}, {"choices": []}, [1, 2]]
+    server = serve([(200, body, 0) for body in garbage])
+    for _ in garbage:  # the server misbehaved: a rerun asks again
         with pytest.raises(JudgeFailure) as caught:
             model(server.url).generate(PROMPT, 5)
-        assert caught.value.kind == "parse"
+        assert caught.value.kind == "malformed"
+    server = serve([(200, chat_reply("I think the first one fires."), 0)])
+    with pytest.raises(JudgeFailure) as caught:  # a well-formed reply without the answers: the model's fault
+        model(server.url).binary_answers(PROMPT, 3)
+    assert caught.value.kind == "parse"
+
+
+def test_a_redirect_is_not_followed_so_the_key_never_reaches_another_host(serve, monkeypatch):
+    monkeypatch.setenv("RANDSAE_TEST_KEY", "sk-secret-123")
+    elsewhere = serve([])
+    elsewhere.fallback = (200, chat_reply("ok"), 0)
+    target = elsewhere.url + "/chat/completions"
+    for code in (301, 302, 303, 307, 308):
+        home = serve([(code, b"", 0, {"Location": target})])
+        with pytest.raises(JudgeFailure) as caught:
+            model(home.url).generate(PROMPT, 5)
+        assert caught.value.kind == "request" and f"HTTP {code}" in caught.value.detail
+        assert target in caught.value.detail and "sk-secret" not in caught.value.detail
+        assert len(home.requests) == 1 and home.requests[0][1]["Authorization"] == "Bearer sk-secret-123"
+    assert elsewhere.requests == []  # the other host saw nothing, header or not
+
+
+def test_retry_after_seconds_outweigh_a_shorter_backoff_and_are_capped(serve, monkeypatch):
+    server = serve([(429, {"error": "slow down"}, 0, {"Retry-After": "1"}), (200, chat_reply("ok"), 0)])
+    start = time.monotonic()
+    assert model(server.url, backoff_s=0).generate(PROMPT, 5) == "ok"
+    assert time.monotonic() - start >= 1.0
+    monkeypatch.setattr(llm_http, "MAX_RETRY_AFTER_S", 0.2)
+    server = serve(
+        [
+            (503, {"error": "busy"}, 0, {"Retry-After": "3600"}),
+            (429, {"error": "busy"}, 0, {"Retry-After": "Wed, 21 Oct 2099 07:28:00 GMT"}),  # date form: backoff
+            (200, chat_reply("ok"), 0),
+        ]
+    )
+    start = time.monotonic()
+    assert model(server.url, backoff_s=0).generate(PROMPT, 5) == "ok"
+    assert time.monotonic() - start < 1.0 and len(server.requests) == 3
 
 
 def test_unreachable_server_is_a_request_failure():

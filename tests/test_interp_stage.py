@@ -16,7 +16,7 @@ import pytest
 from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
-from randsae.interp.outputs import read_explanation, read_scores
+from randsae.interp.outputs import TASKS, read_explanation, read_scores
 from randsae.run_dir import RunDir
 from tests.helpers import build_interp_run, str_tokens
 
@@ -88,52 +88,111 @@ def test_token_judge_run_writes_every_output_and_separates_token_latents_from_no
 
 
 class ScriptedModel:
-    """A fake LLM backend: explanations always parse; the first `fail_first` judge calls time out."""
+    """A fake LLM backend, one request at a time so the n-th call is known. The i-th explanation and judge
+    call fail as `explain_faults[i]` / `judge_faults[i]` say ("request", "malformed", "parse", "interrupt"
+    or None), later ones succeed; it remembers every prompt asked and the failed ones' kind and size."""
 
-    concurrency = 4
+    concurrency = 1
 
-    def __init__(self, fail_first: int = 0):
-        self.fail_first = fail_first
-        self.judge_calls = 0
-        self.explain_calls = 0
+    def __init__(self, explain_faults=(), judge_faults=()) -> None:
+        self.explain_faults, self.judge_faults = list(explain_faults), list(judge_faults)
+        self.explained: list[str] = []
+        self.judged: list[str] = []
+        self.failed: dict[str, tuple[str, int]] = {}
 
     def generate(self, prompt, max_tokens):
-        self.explain_calls += 1
+        self.explained.append(prompt.user)
         assert "<<" in prompt.user
+        kind = self.explain_faults.pop(0) if self.explain_faults else None
+        if kind == "parse":
+            return "I cannot tell what these have in common."  # no 'Explanation:' line
+        if kind:
+            raise JudgeFailure(kind, "scripted")
         return "Thinking...\nExplanation: words with a w"
 
     def binary_answers(self, prompt, n):
-        self.judge_calls += 1
-        if self.judge_calls <= self.fail_first:
-            raise JudgeFailure("request", "timed out")
+        self.judged.append(prompt.user)
+        kind = self.judge_faults.pop(0) if self.judge_faults else None
+        if kind == "interrupt":
+            raise KeyboardInterrupt
+        if kind:
+            self.failed[prompt.user] = (kind, n)
+            raise JudgeFailure(kind, "scripted")
         return BinaryAnswers([True] * n, [0.7] * n, True)
 
+    def failed_examples(self, kinds) -> int:
+        return sum(n for kind, n in self.failed.values() if kind in kinds)
 
-def test_request_failures_are_counted_then_retried_on_resume_and_nothing_else_is(tmp_path):
+
+def _failures(sae, kind: str) -> int:
+    return getattr(sae.fuzz, f"n_{kind}_failures") + getattr(sae.detection, f"n_{kind}_failures")
+
+
+def test_failures_are_retried_by_kind_and_retry_failed_asks_every_one_again(tmp_path):
     run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     cfg = small_config(judge="http", model="scripted", max_failure_fraction=1.0)
-    flaky = ScriptedModel(fail_first=3)
+    paths = RunDir(run).interp("http-scripted")
+    # Latent 1's explanation request fails (HTTP 500, say) and latent 2's reply has no explanation line;
+    # six judge prompts fail, two of each kind.
+    flaky = ScriptedModel(explain_faults=[None, "request", "parse"], judge_faults=["request", "malformed", "parse"] * 2)
     first = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=flaky)
     sae = first.saes[0]
-    assert sae.fuzz.n_request_failures + sae.detection.n_request_failures == 3 * cfg.examples_per_prompt
+    latents = json.loads(paths.selection.read_text())["selections"]["tokenlike.layer1"]["latents"]
+    sizes = {latent: len(read_scores(paths.score("fuzz", "tokenlike.layer1", latent))) for latent in latents}
+    assert sae.n_explanation_failures == 2
+    assert sae.n_explanation_request_failures == sae.n_explanation_parse_failures == 1
+    for kind in ("request", "malformed", "parse"):
+        assert _failures(sae, kind) == flaky.failed_examples({kind}) > 0
+    assert sae.fuzz.n_unexplained_examples == sizes[latents[1]] + sizes[latents[2]]
     assert sae.fuzz.probability_source == "logprobs"
+    table = format_interp_table(first)
+    assert "failures by kind" in table and "--retry-failed" in table
+    before = {t: [read_scores(paths.score(t, "tokenlike.layer1", latent)) for latent in latents] for t in TASKS}
 
+    # A rerun asks again what the server spoiled (request, malformed), not what the model answered badly.
     steady = ScriptedModel()
-    second = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=steady)
-    assert steady.explain_calls == 0
-    assert 0 < steady.judge_calls < flaky.judge_calls  # only latents with a failed request are judged again
-    assert second.saes[0].fuzz.n_failed == second.saes[0].detection.n_failed == 0
+    sae = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=steady).saes[0]
+    retryable = {prompt for prompt, (kind, _) in flaky.failed.items() if kind != "parse"}
+    prompts_of_latent_1 = 2 * -(-sizes[latents[1]] // cfg.examples_per_prompt)
+    assert len(steady.explained) == 1 and retryable <= set(steady.judged)
+    assert len(steady.judged) == len(retryable) + prompts_of_latent_1
+    assert _failures(sae, "request") == _failures(sae, "malformed") == 0
+    assert _failures(sae, "parse") == flaky.failed_examples({"parse"})
+    assert (sae.n_explanation_failures, sae.n_explanation_parse_failures) == (1, 1)
+    for task in TASKS:  # what was answered is kept, not asked again
+        for latent, old in zip(latents, before[task], strict=True):
+            new = read_scores(paths.score(task, "tokenlike.layer1", latent))
+            assert [r for r in old if r.failure is None] == [
+                r for r, o in zip(new, old, strict=True) if o.failure is None
+            ]
 
-    third = ScriptedModel()
-    interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=third)
-    assert third.judge_calls == third.explain_calls == 0
+    # --retry-failed asks the rest, parse failures included; interrupted after the new explanation ...
+    with pytest.raises(KeyboardInterrupt):
+        interpret_run(
+            run,
+            cfg,
+            progress=False,
+            str_tokens=str_tokens,
+            language_model=ScriptedModel(judge_faults=["interrupt"]),
+            retry_failed=True,
+        )
+    # ... and resumed: latent 2's old "no explanation" scores are not taken for its new explanation's.
+    again = ScriptedModel()
+    summary = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=again, retry_failed=True)
+    assert again.explained == [] and {p for p, (k, _) in flaky.failed.items() if k == "parse"} <= set(again.judged)
+    assert summary.saes[0].fuzz.n_failed == summary.saes[0].detection.n_failed == 0
+    assert summary.saes[0].n_explanation_failures == 0
+
+    done = ScriptedModel()
+    interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=done, retry_failed=True)
+    assert done.judged == done.explained == []
 
 
 def test_too_many_failures_stop_the_run_with_a_clear_error(tmp_path):
     run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     cfg = small_config(judge="http", model="scripted", max_failure_fraction=0.1)
     with pytest.raises(UserError, match="judge failed on"):
-        interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel(10**6))
+        interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel(["request"] * 8))
     assert (run / "interp" / "http-scripted" / "interp.json").is_file()  # the results are still written
 
 
@@ -162,7 +221,7 @@ def test_a_second_judge_sits_beside_the_first(tmp_path):
 def test_changed_settings_do_not_mix_with_old_results(tmp_path):
     run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
     interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
-    with pytest.raises(UserError, match="other interp settings"):
+    with pytest.raises(UserError, match="other interp settings or SAEs \\(n_negatives: 8 stored, 4 now\\)"):
         interpret_run(run, small_config(n_negatives=4), progress=False, str_tokens=str_tokens)
 
 
@@ -180,3 +239,34 @@ def test_an_unreachable_judge_server_is_one_clear_error(tmp_path):
     cfg = small_config(judge="http", model="m", base_url="http://127.0.0.1:9/v1", retries=0, timeout_s=2)
     with pytest.raises(UserError, match="does not answer"):
         interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+    assert not (run / "interp").exists()  # asked before any work: no latent cache built
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (['interp.judge="http"', 'interp.base_url="http://127.0.0.1:9/v1"', "interp.retries=0"], "does not answer"),
+        (['interp.judge="hf"'], "no local model at"),
+    ],
+)
+def test_run_checks_an_llm_judge_before_the_harvest(tmp_path, capsys, settings, message):
+    from randsae.cli import main
+
+    overrides = [item for setting in [*settings, 'interp.model="/no/such/judge"'] for item in ("--set", setting)]
+    assert main(["run", "--out", str(tmp_path / "run"), "--quiet", *overrides]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_interpret_retry_failed_on_the_command_line_reaches_the_stage(tmp_path, tiny_run, monkeypatch):
+    import shutil
+
+    import randsae.interp
+    from randsae.cli import main
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")  # the command records its time in the run
+    asked = []
+    monkeypatch.setattr(randsae.interp, "interpret_run", lambda run, cfg, **kwargs: asked.append(kwargs))
+    monkeypatch.setattr(randsae.interp, "format_interp_table", lambda summary: "")
+    assert main(["interpret", str(run), "--retry-failed", "--quiet", "--device", "cpu"]) == 0
+    assert main(["interpret", str(run), "--quiet", "--device", "cpu"]) == 0
+    assert [kwargs["retry_failed"] for kwargs in asked] == [True, False]

@@ -32,6 +32,10 @@ def command_run(args: argparse.Namespace) -> None:
     run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
     progress = not args.quiet
     print(f"randsae run → {run.root}  (config: {args.config or 'embedded default'})")
+    if "interpret" not in args.skip:
+        from randsae.interp.stage import check_judge
+
+        check_judge(cfg.interp)  # an LLM judge that cannot answer stops the run before the harvest
     rows = run_pipeline(cfg, run, progress=progress)
     print(format_metrics_table(rows))
     device = resolve_device(cfg.device)
@@ -50,10 +54,10 @@ def command_run(args: argparse.Namespace) -> None:
     print(f"done in {total:.0f}s ({stages}); results in {run.root}")
 
 
-def _interpret(run, cfg, device, progress: bool) -> None:
+def _interpret(run, cfg, device, progress: bool, retry_failed: bool = False) -> None:
     from randsae.interp import format_interp_table, interpret_run
 
-    print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress)))
+    print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)))
 
 
 def _analyze(run, cfg, device, progress: bool) -> None:
@@ -100,7 +104,7 @@ def command_interpret(args: argparse.Namespace) -> None:
         if value is not None
     }
     with _timed(run, "interpret"):
-        _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet)
+        _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet, args.retry_failed)
 
 
 def command_analyze(args: argparse.Namespace) -> None:
@@ -170,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     interpret.add_argument("--model", help="model name (http) or local model path (hf)")
     interpret.add_argument("--api", choices=["chat", "completion"], help="OpenAI API flavour for --judge http")
     interpret.add_argument("--concurrency", type=int, help="HTTP requests in flight at once")
+    interpret.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="ask every failed explanation and example again, replies without the expected answers included "
+        "(a plain rerun asks only request and malformed-reply failures again)",
+    )
     interpret.set_defaults(handler=command_interpret)
 
     analyze = commands.add_parser("analyze", help="measurements that separate trained from random")

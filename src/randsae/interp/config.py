@@ -61,11 +61,13 @@ class InterpConfig:
     timeout_s: float = 120.0
     """Seconds before one HTTP request is abandoned (then retried)."""
     retries: int = 3
-    """Retries per request after a timeout, connection error, 429 or 5xx, with exponential backoff."""
+    """Retries per request after a timeout, connection error, 429 or 5xx, with exponential backoff (longer when
+    the server's Retry-After asks, up to 60 s). A request still failing is counted and asked again on a rerun."""
     backoff_s: float = 1.0
     """First retry waits this long, then doubles."""
     max_failure_fraction: float = 0.5
-    """Stop with an error when more than this fraction of judged examples failed (timeout or garbage)."""
+    """Stop with an error when more than this fraction of judged examples failed (any kind: no reply, a
+    malformed reply, an answer that does not parse, no explanation)."""
     explanation_max_tokens: int = 120
     """Token budget of one generated explanation."""
     n_bootstrap: int = 1000

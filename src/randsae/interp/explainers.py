@@ -30,7 +30,8 @@ class Explanation(NamedTuple):
     text: str
     """The explanation ("" when it failed)."""
     failure: str | None
-    """None, or "request" / "parse": the latent's test examples then count as failures."""
+    """None, or a `JudgeFailure` kind ("request", "malformed", "parse"): the latent's test examples then
+    count as failures of kind "explanation"."""
     reply: str
     """The explainer's full reply, kept for inspection."""
 

@@ -42,7 +42,7 @@ class Verdict(NamedTuple):
     probability: float | None
     """P(fires); None on failure."""
     failure: str | None
-    """None, "request", "parse" or "explanation" (no usable explanation to judge)."""
+    """None, a `JudgeFailure` kind ("request", "malformed", "parse") or "explanation" (no usable explanation)."""
     source: str
     """How the probability was obtained: "logprobs", "hard_answers" or "token_membership"."""
 

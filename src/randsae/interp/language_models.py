@@ -2,7 +2,7 @@
 
 A backend generates text (explanations) and answers a prompt with n binary answers, each with
 P("1") / (P("0") + P("1")) read from the model's log-probs when it gives them. A request that fails after
-its retries or a reply that cannot be parsed raises `JudgeFailure`; callers count those, never drop them.
+its retries or a reply that cannot be read raises `JudgeFailure`; callers count those, never drop them.
 """
 
 from __future__ import annotations
@@ -18,9 +18,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+RETRIED_FAILURES = frozenset({"request", "malformed"})
+"""Failure kinds a rerun asks again: the server misbehaved, so a later answer may well be good."""
+FAILURE_KINDS = ("request", "malformed", "parse")
+"""Every kind; `randsae interpret --retry-failed` asks all of them again."""
+
+
 class JudgeFailure(Exception):
-    """A request that failed after its retries (`kind = "request"`) or a reply that could not be read
-    (`kind = "parse"`)."""
+    """A failed request or unusable reply, by `kind`: "request" (no reply after its retries: timeout,
+    connection, HTTP error), "malformed" (a reply that is not the API's JSON), "parse" (a well-formed reply
+    whose text does not hold the expected answer: the model's fault, so only `--retry-failed` re-asks)."""
 
     def __init__(self, kind: str, detail: str):
         super().__init__(f"{kind} failure: {detail}")

@@ -16,6 +16,14 @@ from randsae.interp.language_models import BinaryAnswers
 from randsae.interp.prompts import Prompt
 
 
+def local_model_path(model: str) -> Path:
+    """`interp.model` as a path that exists (checked before a run starts, too)."""
+    path = Path(model).expanduser()
+    if not path.exists():
+        raise UserError(f"no local model at {path}", "Set interp.model to a model folder or a .gguf file")
+    return path
+
+
 class HFLanguageModel:
     """`model`: a folder `from_pretrained` reads, or a `.gguf` file (dequantized by transformers)."""
 
@@ -24,9 +32,7 @@ class HFLanguageModel:
     def __init__(self, model: str):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        path = Path(model).expanduser()
-        if not path.exists():
-            raise UserError(f"no local model at {path}", "Set interp.model to a model folder or a .gguf file")
+        path = local_model_path(model)
         folder, gguf = (path.parent, {"gguf_file": path.name}) if path.suffix == ".gguf" else (path, {})
         self.tokenizer = AutoTokenizer.from_pretrained(folder, **gguf)
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **gguf).eval()

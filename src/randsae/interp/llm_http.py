@@ -3,7 +3,8 @@
 Requests run on a thread pool (see `run_concurrently`), so a server sees `concurrency` prompts in flight.
 Every request asks for log-probs; a server that sends none still works, and the answers are then marked
 as hard answers. The API key is read from the environment when the backend is made and only ever sent in
-the Authorization header: never logged, printed or written.
+the Authorization header, to `base_url` itself: never logged, printed or written, and redirects are not
+followed (urllib would resend the header to whichever host a redirect names).
 """
 
 from __future__ import annotations
@@ -21,6 +22,15 @@ from randsae.interp.prompts import Prompt
 
 TOP_LOGPROBS = 5
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+MAX_RETRY_AFTER_S = 60.0
+"""Longest wait a server's `Retry-After` gets: a longer one is cut to this, so a run never stalls for hours."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """Makes a 3xx reply an HTTPError instead of a new request carrying the Authorization header."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
 
 
 class HttpLanguageModel:
@@ -46,6 +56,7 @@ class HttpLanguageModel:
         self.retries = retries
         self.backoff_s = backoff_s
         self._api_key = os.environ.get(api_key_env, "")
+        self._opener = urllib.request.build_opener(_NoRedirects())
 
     def generate(self, prompt: Prompt, max_tokens: int) -> str:
         text, _ = self._complete(prompt, max_tokens, logprobs=False)
@@ -69,7 +80,9 @@ class HttpLanguageModel:
                 choice = reply["choices"][0]
                 return choice["message"]["content"] or "", _chat_logprobs(choice.get("logprobs"))
             except (KeyError, IndexError, TypeError) as error:
-                raise JudgeFailure("parse", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}") from error
+                raise JudgeFailure(
+                    "malformed", f"unexpected chat reply shape ({error!r}): {str(reply)[:200]}"
+                ) from error
         payload["prompt"] = prompt.as_text()
         if logprobs:
             payload["logprobs"] = TOP_LOGPROBS
@@ -79,35 +92,54 @@ class HttpLanguageModel:
             # The prompt ends with the answer lead ("Explanation:"): put it back so replies read alike.
             return prompt.answer_lead + (choice["text"] or ""), _completion_logprobs(choice.get("logprobs"))
         except (KeyError, IndexError, TypeError) as error:
-            raise JudgeFailure("parse", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}") from error
+            raise JudgeFailure(
+                "malformed", f"unexpected completion reply shape ({error!r}): {str(reply)[:200]}"
+            ) from error
 
     def _post(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """POST with retries and exponential backoff on timeouts, connection errors, 429 and 5xx."""
+        """POST with retries on timeouts, connection errors, 429 and 5xx: exponential backoff, or longer
+        when the server's `Retry-After` (seconds, at most MAX_RETRY_AFTER_S) asks for it."""
+        url = self.base_url + path
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         body = json.dumps(payload).encode()
-        problem = ""
+        problem, wait = "", 0.0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.base_url + path, data=body, headers=headers, method="POST")
+                time.sleep(wait)
+            wait = self.backoff_s * 2**attempt
+            request = urllib.request.Request(url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                with self._opener.open(request, timeout=self.timeout_s) as response:
                     raw = response.read()
             except urllib.error.HTTPError as error:
-                problem = f"HTTP {error.code} from {self.base_url}{path}: {error.read()[:200]!r}"
+                if 300 <= error.code < 400:
+                    raise JudgeFailure(
+                        "request",
+                        f"{url} redirects (HTTP {error.code}) to {error.headers.get('Location')}, which is not "
+                        "followed so that the API key goes to no other host",
+                    ) from error
+                problem = f"HTTP {error.code} from {url}: {error.read()[:200]!r}"
                 if error.code not in RETRYABLE_STATUS:
                     raise JudgeFailure("request", problem) from error
+                wait = max(wait, _retry_after(error.headers.get("Retry-After")))
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException) as error:
-                problem = f"{type(error).__name__} talking to {self.base_url}{path}: {error}"
+                problem = f"{type(error).__name__} talking to {url}: {error}"
                 continue
             try:
                 return json.loads(raw)
-            except json.JSONDecodeError as error:
-                raise JudgeFailure("parse", f"reply from {self.base_url}{path} is not JSON: {raw[:200]!r}") from error
+            except ValueError as error:  # not JSON, or not UTF-8
+                raise JudgeFailure("malformed", f"reply from {url} is not JSON: {raw[:200]!r}") from error
         raise JudgeFailure("request", f"{problem} (after {self.retries + 1} attempts)")
+
+
+def _retry_after(value: str | None) -> float:
+    """Seconds a `Retry-After: <seconds>` header asks to wait, capped; 0 for none or the HTTP-date form."""
+    if value is None or not value.strip().isdigit():
+        return 0.0
+    return min(float(value), MAX_RETRY_AFTER_S)
 
 
 def _chat_logprobs(logprobs: dict[str, Any] | None) -> list[TokenChoice] | None:

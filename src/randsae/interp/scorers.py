@@ -4,13 +4,14 @@ Detection shows plain windows. Fuzzing shows positives with their true highlight
 highlight threshold) and negatives with the same number of random highlights, ceil(mean highlighted
 tokens per positive), so the count of marks gives nothing away. Each latent's positives and negatives are
 shuffled together and cut into prompts of `examples_per_prompt`; the requests of every latent go to the
-judge at once, so an HTTP server has many in flight.
+judge at once, so an HTTP server has many in flight. Shuffle and highlights are seeded per latent, so a
+rerun cuts the same prompts and asks again only those whose earlier answer failed.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from itertools import repeat
 from typing import NamedTuple
 
@@ -85,30 +86,64 @@ def score_latents(
     rngs: Sequence[np.random.Generator],
     str_tokens: StrTokens,
     progress: bool = False,
+    previous: Sequence[Sequence[ScoredExample] | None] | None = None,
+    redo: Collection[str] = (),
 ) -> list[list[ScoredExample]]:
-    """Judge every latent's test windows under its explanation; one record list per latent."""
-    plans: list[list[tuple[list[_ItemToJudge], int | None]]] = []
+    """Judge every latent's test windows under its explanation; one record list per latent.
+
+    `previous`: per latent, its records from an earlier run under the same explanation (or None). A prompt
+    whose earlier records cover the same windows and failed in no kind of `redo` keeps them unasked.
+    """
+    plans: list[list[tuple[list[_ItemToJudge], int | Sequence[ScoredExample] | None]]] = []
     requests: list[JudgeRequest] = []
-    for latent_examples, explanation, rng in zip(examples, explanations, rngs, strict=True):
+    for k, (latent_examples, explanation, rng) in enumerate(zip(examples, explanations, rngs, strict=True)):
         items = items_to_judge(task, latent_examples, cfg, rng, str_tokens)
         shuffled = [items[i] for i in rng.permutation(len(items))]
-        plan: list[tuple[list[_ItemToJudge], int | None]] = []
-        for batch in chunks(shuffled, cfg.examples_per_prompt):
-            if explanation.failure is None:
-                requests.append(JudgeRequest(task, explanation.text, [test.item for test in batch]))
-                plan.append((list(batch), len(requests) - 1))
+        batches = [list(batch) for batch in chunks(shuffled, cfg.examples_per_prompt)]
+        earlier = _cut_like(previous[k] if previous else None, batches)
+        plan: list[tuple[list[_ItemToJudge], int | Sequence[ScoredExample] | None]] = []
+        for b, batch in enumerate(batches):
+            if explanation.failure is not None:
+                plan.append((batch, None))
+            elif earlier and all(r.failure not in redo and r.failure != "explanation" for r in earlier[b]):
+                plan.append((batch, earlier[b]))  # answered (or failed in a kept kind): not asked again
             else:
-                plan.append((list(batch), None))
+                requests.append(JudgeRequest(task, explanation.text, [test.item for test in batch]))
+                plan.append((batch, len(requests) - 1))
         plans.append(plan)
     verdicts = judge.judge_many(requests, progress=progress)
     results = []
     for plan in plans:
         records: list[ScoredExample] = []
-        for batch, request_index in plan:
-            answers = verdicts[request_index] if request_index is not None else failed("explanation", len(batch), "")
-            records.extend(_record(test, verdict) for test, verdict in zip(batch, answers, strict=True))
+        for batch, source in plan:
+            if source is None or isinstance(source, int):
+                answers = failed("explanation", len(batch), "") if source is None else verdicts[source]
+                records.extend(_record(test, verdict) for test, verdict in zip(batch, answers, strict=True))
+            else:
+                records.extend(source)  # kept from the earlier run
         results.append(records)
     return results
+
+
+def _cut_like(
+    records: Sequence[ScoredExample] | None, batches: Sequence[Sequence[_ItemToJudge]]
+) -> list[Sequence[ScoredExample]] | None:
+    """`records` cut into the prompts `batches`, or None when they were not judged on exactly these windows."""
+    if records is None or len(records) != sum(len(batch) for batch in batches):
+        return None
+    cut, start = [], 0
+    for batch in batches:
+        part = records[start : start + len(batch)]
+        start += len(batch)
+        for record, test in zip(part, batch, strict=True):
+            if (record.str_tokens, record.activating, record.highlighted) != (
+                test.item.str_tokens,
+                test.activating,
+                _highlighted(test),
+            ):
+                return None
+        cut.append(part)
+    return cut
 
 
 def _record(test: _ItemToJudge, verdict: Verdict) -> ScoredExample:
@@ -120,7 +155,11 @@ def _record(test: _ItemToJudge, verdict: Verdict) -> ScoredExample:
         prediction=verdict.prediction,
         probability=verdict.probability,
         correct=verdict.failure is None and verdict.prediction == test.activating,
-        highlighted=None if test.item.marked is None else np.flatnonzero(test.item.marked).tolist(),
+        highlighted=_highlighted(test),
         failure=verdict.failure,
         source=verdict.source,
     )
+
+
+def _highlighted(test: _ItemToJudge) -> list[int] | None:
+    return None if test.item.marked is None else np.flatnonzero(test.item.marked).tolist()

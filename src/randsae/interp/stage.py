@@ -2,7 +2,8 @@
 
 Resumable at every level: a latent cache whose manifest matches the SAE is reused, the latent selection
 is stored, and a latent whose explanation and both score files are on disk is not judged again (except
-for examples whose request failed, which a re-run retries).
+for prompts that failed in a kind a rerun retries: request and malformed, and parse too with
+`retry_failed`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from randsae.interp.entropy import token_activation_mass, token_entropy
 from randsae.interp.examples import LatentExamples, sample_examples
 from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
 from randsae.interp.judges import LLMJudge, TokenJudge
-from randsae.interp.language_models import JudgeFailure, LanguageModel, chunks
+from randsae.interp.language_models import FAILURE_KINDS, RETRIED_FAILURES, JudgeFailure, LanguageModel, chunks
 from randsae.interp.latent_cache import (
     LatentCache,
     build_latent_cache,
@@ -35,13 +37,14 @@ from randsae.interp.latent_cache import (
 )
 from randsae.interp.outputs import TASKS, read_scores, write_scores
 from randsae.interp.prompts import Prompt
-from randsae.interp.scorers import score_latents
+from randsae.interp.scorers import ScoredExample, score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
 from randsae.interp.summary import (
     InterpSummary,
     LatentResult,
     SAEInterp,
+    describe_failures,
     latent_scores,
     summarize_scores,
     write_latents_csv,
@@ -73,17 +76,21 @@ def interpret_run(
     progress: bool = True,
     str_tokens: StrTokens | None = None,
     language_model: LanguageModel | None = None,
+    retry_failed: bool = False,
 ) -> InterpSummary:
     """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/{judge}/ (docs/interp.md).
 
     `device` encodes the latent caches; `str_tokens` (token ids -> text pieces) defaults to the run's
     tokenizer; `language_model` overrides the backend that `cfg.judge` would build (tests, or a model
-    already loaded).
+    already loaded). Stored failures of the kinds in RETRIED_FAILURES are asked again; `retry_failed`
+    asks every failed explanation and example again, parse failures included.
     """
     start = time.perf_counter()
     run = RunDir.at(run)
     saes = run.discover_saes()
     paths = run.interp(judge_label(cfg.judge, cfg.model))
+    explainer, judge = build_explainer_and_judge(cfg, language_model)  # the server first: before any work
+    retry = frozenset(FAILURE_KINDS) if retry_failed else RETRIED_FAILURES
     tokens, context_size = load_heldout_tokens(run)
     str_tokens = str_tokens or tokenizer_str_tokens(run.tokenizer())
     scaling = describe_scaling(cfg)
@@ -103,7 +110,6 @@ def interpret_run(
         f"scoring {len(first.latents)} latents per SAE (requested {cfg.n_latents}; fewest eligible: "
         f"{selections[fewest].n_eligible} in {fewest}, min_examples {cfg.min_examples})",
     )
-    explainer, judge = build_explainer_and_judge(cfg, language_model)
 
     results, latent_rows = [], []
     for sae in saes:
@@ -120,6 +126,7 @@ def interpret_run(
             judge,
             str_tokens,
             progress,
+            retry,
         )
         results.append(sae_result)
         latent_rows.extend(rows)
@@ -194,7 +201,8 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
                 for module, entry in stored["selections"].items()
             }
         raise UserError(
-            f"{paths.root} holds results made with other interp settings or SAEs",
+            f"{paths.root} holds results made with other interp settings or SAEs "
+            f"({_differences(stored['settings'], settings, stored['sae_sha256'], weights)})",
             f"Delete {paths.root} to start over, or re-run with the settings in {paths.selection}",
         )
     selections = select_latents(
@@ -211,30 +219,62 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
     return selections
 
 
+def _differences(stored: dict, settings: dict, stored_weights: dict, weights: dict) -> str:
+    """'n_negatives: 8 stored, 4 now; SAE weights changed: trained.layer3', for the refusal message."""
+    names = sorted(set(stored) | set(settings))
+    changed = [
+        f"{n}: {stored.get(n)!r} stored, {settings.get(n)!r} now" for n in names if stored.get(n) != settings.get(n)
+    ]
+    for what, modules in (
+        ("SAE weights changed", [m for m in stored_weights if m in weights and stored_weights[m] != weights[m]]),
+        ("SAEs added", [m for m in weights if m not in stored_weights]),
+        ("SAEs gone", [m for m in stored_weights if m not in weights]),
+    ):
+        if modules:
+            changed.append(f"{what}: {', '.join(modules)}")
+    return "; ".join(changed)
+
+
+def check_judge(cfg: InterpConfig) -> None:
+    """Before a long run: an HTTP judge server must answer, a local judge model must exist."""
+    if cfg.judge == "http":
+        http_language_model(cfg)
+    elif cfg.judge == "hf":
+        from randsae.interp.llm_hf import local_model_path
+
+        local_model_path(cfg.model)
+
+
+def http_language_model(cfg: InterpConfig) -> LanguageModel:
+    """The HTTP backend `cfg` names, asked once: a server that does not answer is a one-line error."""
+    from randsae.interp.llm_http import HttpLanguageModel
+
+    model = HttpLanguageModel(
+        cfg.base_url,
+        cfg.model,
+        api=cfg.api,
+        api_key_env=cfg.api_key_env,
+        concurrency=cfg.concurrency,
+        timeout_s=cfg.timeout_s,
+        retries=cfg.retries,
+        backoff_s=cfg.backoff_s,
+    )
+    try:
+        model.generate(Prompt("Answer with one word.", "Say OK.", ""), 2)
+    except JudgeFailure as failure:
+        raise UserError(
+            f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
+            f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}",
+        ) from failure
+    return model
+
+
 def build_explainer_and_judge(cfg: InterpConfig, language_model: LanguageModel | None):
     """The explainer and judge `cfg` names; an HTTP server is checked once before any real work."""
     if cfg.judge == "token":
         return TokenListExplainer(cfg.n_list_tokens), TokenJudge()
     if language_model is None and cfg.judge == "http":
-        from randsae.interp.llm_http import HttpLanguageModel
-
-        language_model = HttpLanguageModel(
-            cfg.base_url,
-            cfg.model,
-            api=cfg.api,
-            api_key_env=cfg.api_key_env,
-            concurrency=cfg.concurrency,
-            timeout_s=cfg.timeout_s,
-            retries=cfg.retries,
-            backoff_s=cfg.backoff_s,
-        )
-        try:
-            language_model.generate(Prompt("Answer with one word.", "Say OK.", ""), 2)
-        except JudgeFailure as failure:
-            raise UserError(
-                f"the judge server at {cfg.base_url} does not answer ({failure.detail})",
-                f"Start it, or fix interp.base_url / interp.model / the key in ${cfg.api_key_env}",
-            ) from failure
+        language_model = http_language_model(cfg)
     elif language_model is None:
         from randsae.interp.llm_hf import HFLanguageModel
 
@@ -265,25 +305,35 @@ def interpret_sae(
     judge,
     str_tokens: StrTokens,
     progress: bool,
+    retry: frozenset[str] = RETRIED_FAILURES,
 ) -> tuple[SAEInterp, list[LatentResult]]:
-    """Explain and score the selected latents not done yet, then summarize all of them from disk."""
+    """Explain and score the selected latents not done yet (or with failures of a kind in `retry`), then
+    summarize all of them from disk."""
     module, latents = sae.module, selection.latents
     entries = load_latent_entries(cache, latents)
     examples = [
         sample_examples(entries[latent], tokens, context_size, cfg, latent_rng(cfg.seed, module, latent, 0))
         for latent in latents
     ]
-    pending = [i for i, latent in enumerate(latents) if not _is_done(paths, module, latent)]
+    pending = [i for i, latent in enumerate(latents) if not _is_done(paths, module, latent, retry)]
     if pending:
         _say(progress, f"{module}: explaining and scoring {len(pending)} of {len(latents)} latents")
     for batch in chunks(pending, LATENTS_PER_BATCH):
         explanations = _explanations(
-            paths, module, [latents[i] for i in batch], [examples[i] for i in batch], explainer, str_tokens, progress
+            paths,
+            module,
+            [latents[i] for i in batch],
+            [examples[i] for i in batch],
+            explainer,
+            str_tokens,
+            progress,
+            retry,
         )
         for task_index, task in enumerate(TASKS, start=1):
             rngs = [latent_rng(cfg.seed, module, latents[i], task_index) for i in batch]
+            earlier = [_earlier_scores(paths.score(task, module, latents[i])) for i in batch]
             scored = score_latents(
-                task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens, progress
+                task, [examples[i] for i in batch], explanations, judge, cfg, rngs, str_tokens, progress, earlier, retry
             )
             for i, latent_records in zip(batch, scored, strict=True):
                 write_scores(paths.score(task, module, latents[i]), latent_records)
@@ -294,6 +344,7 @@ def interpret_sae(
         for i, latent in enumerate(latents)
     ]
     summaries = {task: summarize_scores(records[task], cfg.n_bootstrap, cfg.seed) for task in TASKS}
+    explanation_failures = Counter(row.explanation_failure for row in rows if row.explanation_failure)
     result = SAEInterp(
         variant=sae.variant,
         layer=sae.layer,
@@ -307,7 +358,10 @@ def interpret_sae(
         n_sampled=len(latents),
         explainer=cfg.resolved_explainer,
         judge=cfg.judge,
-        n_explanation_failures=sum(row.explanation_failure != "" for row in rows),
+        n_explanation_failures=sum(explanation_failures.values()),
+        n_explanation_request_failures=explanation_failures["request"],
+        n_explanation_malformed_failures=explanation_failures["malformed"],
+        n_explanation_parse_failures=explanation_failures["parse"],
         token_entropy=spread(np.array([row.token_entropy for row in rows])),
         fuzz=summaries["fuzz"],
         detection=summaries["detection"],
@@ -315,15 +369,23 @@ def interpret_sae(
     return result, rows
 
 
-def _is_done(paths: InterpDir, module: str, latent: int) -> bool:
+def _is_done(paths: InterpDir, module: str, latent: int, retry: frozenset[str]) -> bool:
     record = paths.latent_record(module, latent)
-    if not record.is_file() or json.loads(record.read_text())["explanation_failure"] == "request":
+    if not record.is_file() or json.loads(record.read_text())["explanation_failure"] in retry:
         return False
     for task in TASKS:
         score = paths.score(task, module, latent)
-        if not score.is_file() or any(r.failure == "request" for r in read_scores(score)):
+        if not score.is_file() or any(r.failure in retry for r in read_scores(score)):
             return False
     return True
+
+
+def _earlier_scores(path: Path) -> list[ScoredExample] | None:
+    """A latent's stored records, for `score_latents` to keep what needs no asking again; None if unreadable."""
+    try:
+        return read_scores(path)
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _explanations(
@@ -334,14 +396,16 @@ def _explanations(
     explainer,
     str_tokens: StrTokens,
     progress: bool,
+    retry: frozenset[str],
 ) -> list[Explanation]:
-    """Stored explanations where usable, new ones for the rest (written with their windows and reply)."""
+    """Stored explanations unless they failed in a kind of `retry`, new ones for the rest (written with their
+    windows and reply; the latent's old score files, judged under the old explanation, are removed first)."""
     stored: dict[int, Explanation] = {}
     for latent in latents:
         path = paths.latent_record(module, latent)
         if path.is_file():
             record = json.loads(path.read_text())
-            if record["explanation_failure"] != "request":
+            if record["explanation_failure"] not in retry:
                 stored[latent] = Explanation(
                     record["explanation"], record["explanation_failure"] or None, record["reply"]
                 )
@@ -349,6 +413,8 @@ def _explanations(
     fresh = explainer.explain_many([examples[i].explanation for i in missing], str_tokens, progress)
     for i, explanation in zip(missing, fresh, strict=True):
         latent, windows = latents[i], examples[i].explanation
+        for task in TASKS:
+            paths.score(task, module, latent).unlink(missing_ok=True)
         write_json_atomic(
             paths.latent_record(module, latent),
             {
@@ -425,13 +491,11 @@ def check_failures(summary: InterpSummary, cfg: InterpConfig, paths: InterpDir) 
         failed = sae.fuzz.n_failed + sae.detection.n_failed
         total = sae.fuzz.n_examples + sae.detection.n_examples
         if total and failed / total > cfg.max_failure_fraction:
-            requests = sae.fuzz.n_request_failures + sae.detection.n_request_failures
-            parses = sae.fuzz.n_parse_failures + sae.detection.n_parse_failures
             raise UserError(
-                f"the judge failed on {failed} of {total} examples of {sae.module} ({requests} request, {parses} "
-                f"unparseable, {failed - requests - parses} without explanation; details in {paths.root})",
-                "Check the server and model (a larger judge answers in format more often); "
-                "re-running retries the failed requests",
+                f"the judge failed on {describe_failures(sae)}, more than interp.max_failure_fraction = "
+                f"{cfg.max_failure_fraction}; details in {paths.root}",
+                "Check the server and model (a larger judge answers in format more often); a rerun asks request "
+                "and malformed failures again, `randsae interpret RUN --retry-failed` parse failures too",
             )
 
 

@@ -41,7 +41,7 @@ class LatentResult:
     n_negatives: int
     explanation: str
     explanation_failure: str
-    """"" or "request" / "parse"."""
+    """"" or a `JudgeFailure` kind: "request", "malformed", "parse"."""
     token_entropy: float
     """Bits; activation mass over token ids in the explanation windows."""
     explanation_top_token: str
@@ -77,7 +77,11 @@ class ScoreSummary:
     n_failed: int
     """Examples with no usable answer: counted wrong, probability 0.5 for AUROC."""
     n_request_failures: int
+    """No reply after the retries (timeout, connection, HTTP error): asked again on a rerun."""
+    n_malformed_failures: int
+    """A reply that is not the API's JSON: asked again on a rerun."""
     n_parse_failures: int
+    """A well-formed reply without the expected answers: asked again only by `--retry-failed`."""
     n_unexplained_examples: int
     """Examples not judged because their latent has no usable explanation."""
     probability_source: str
@@ -102,6 +106,10 @@ class SAEInterp:
     judge: str
     n_explanation_failures: int
     """Latents whose explanation failed (their examples count as `n_unexplained_examples` of each task)."""
+    n_explanation_request_failures: int
+    """Of those, latents whose explanation request got no reply (the kinds as in `ScoreSummary`)."""
+    n_explanation_malformed_failures: int
+    n_explanation_parse_failures: int
     token_entropy: statistics.Spread
     fuzz: ScoreSummary
     detection: ScoreSummary
@@ -162,6 +170,7 @@ def summarize_scores(
         n_negatives=int((~labels_a).sum()),
         n_failed=int(sum(failed)),
         n_request_failures=failures["request"],
+        n_malformed_failures=failures["malformed"],
         n_parse_failures=failures["parse"],
         n_unexplained_examples=failures["explanation"],
         probability_source=_source_label(sources),
@@ -237,7 +246,49 @@ def format_interp_table(summary: InterpSummary) -> str:
         f"probabilities from: {', '.join(sources)}; bal.acc and F1 are fuzzing's; "
         f"failed examples count as wrong and score 0.5"
     )
+    failing = [sae for sae in summary.saes if sae.fuzz.n_failed + sae.detection.n_failed]
+    if failing:
+        lines.append(
+            f"{'failures by kind':<30} {'layer':>5}  {'examples':>9} {'request':>7} {'malformed':>9} {'parse':>5} "
+            f"{'unexplained':>11}  {'explanations':>12} {'request':>7} {'malformed':>9} {'parse':>5}"
+        )
+        for sae in failing:
+            failed, total, request, malformed, parse, unexplained = _failure_counts(sae)
+            lines.append(
+                f"{sae.variant:<30} {sae.layer:>5}  {f'{failed}/{total}':>9} {request:>7} {malformed:>9} {parse:>5} "
+                f"{unexplained:>11}  {f'{sae.n_explanation_failures}/{sae.n_sampled}':>12} "
+                f"{sae.n_explanation_request_failures:>7} {sae.n_explanation_malformed_failures:>9} "
+                f"{sae.n_explanation_parse_failures:>5}"
+            )
+        lines.append(
+            "a rerun asks request and malformed failures again; `randsae interpret RUN --retry-failed` re-asks "
+            "parse failures (replies without the expected answers) too"
+        )
     return "\n".join(lines)
+
+
+def _failure_counts(sae: SAEInterp) -> tuple[int, int, int, int, int, int]:
+    """(failed, examples, request, malformed, parse, unexplained) over fuzzing and detection together."""
+    fuzz, detection = sae.fuzz, sae.detection
+    return (
+        fuzz.n_failed + detection.n_failed,
+        fuzz.n_examples + detection.n_examples,
+        fuzz.n_request_failures + detection.n_request_failures,
+        fuzz.n_malformed_failures + detection.n_malformed_failures,
+        fuzz.n_parse_failures + detection.n_parse_failures,
+        fuzz.n_unexplained_examples + detection.n_unexplained_examples,
+    )
+
+
+def describe_failures(sae: SAEInterp) -> str:
+    """'40 of 200 examples of trained.layer3 (0 request, ...)': every kind, explanation failures included."""
+    failed, total, request, malformed, parse, unexplained = _failure_counts(sae)
+    return (
+        f"{failed} of {total} examples of {sae.module} ({request} request, {malformed} malformed reply, {parse} "
+        f"parse failures, {unexplained} without explanation: {sae.n_explanation_failures} of {sae.n_sampled} "
+        f"explanations failed, {sae.n_explanation_request_failures} request, "
+        f"{sae.n_explanation_malformed_failures} malformed reply, {sae.n_explanation_parse_failures} parse)"
+    )
 
 
 def _interval(score: ScoreSummary) -> str:
