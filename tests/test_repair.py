@@ -22,7 +22,7 @@ def _hashes(root: Path) -> dict[Path, str]:
     return {
         path.relative_to(root): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(root.rglob("*"))
-        if path.is_file() and path.name not in ("timings.json", "training.json")  # these two record wall time
+        if path.is_file() and path.name not in ("timings.json", "training.json", "interp.json")  # wall time
     }
 
 
@@ -120,7 +120,7 @@ def test_a_damaged_analysis_part_is_measured_again(run):
     assert part.stat().st_size > 0
 
 
-def test_a_damaged_latent_cache_is_built_again(tmp_path):
+def _interp_run(tmp_path: Path):
     from randsae.interp import InterpConfig, interpret_run
     from tests.helpers import build_interp_run, str_tokens
 
@@ -137,8 +137,28 @@ def test_a_damaged_latent_cache_is_built_again(tmp_path):
         n_bootstrap=20,
         verify_rows=16,
     )
-    first = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
-    cache = run.latent_cache(run.discover_saes()[0])
-    _truncate(next(cache.glob("shard_*")))
-    second = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+    return run, lambda: interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+
+
+@pytest.mark.parametrize(
+    "artifact", ["latent cache shard", "selection", "score file", "latent record", "explanation", "interp.json"]
+)
+def test_a_damaged_interp_artifact_is_rebuilt_identically(tmp_path, artifact):
+    run, interpret = _interp_run(tmp_path)
+    first = interpret()
+    files = run.interp("token")
+    key = run.discover_saes()[0]
+    latent = first.latents[0].latent
+    path = {
+        "latent cache shard": next(run.latent_cache(key).glob("shard_*")),
+        "selection": files.selection,
+        "score file": files.score("fuzz", key.module, latent),
+        "latent record": files.latent_record(key.module, latent),
+        "explanation": files.explanation(key.module, latent),
+        "interp.json": files.summary,
+    }[artifact]
+    before = _hashes(run.root / "interp")
+    _truncate(path)
+    second = interpret()
     assert second.saes == first.saes and second.latents == first.latents
+    assert _hashes(run.root / "interp") == before  # interp.json, which records wall time, is left out

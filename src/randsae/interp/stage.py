@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,8 +195,13 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
-    if paths.selection.is_file():
-        stored = json.loads(paths.selection.read_text())
+    stored = _read_json_or_none(paths.selection)
+    if stored is None and paths.selection.is_file():
+        print(
+            f"{paths.selection} is damaged: selecting the latents again (the same seed gives the same ones)",
+            file=sys.stderr,
+        )
+    if stored is not None:
         if stored["settings"] == settings and stored["sae_sha256"] == weights:
             return {
                 module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
@@ -370,14 +377,26 @@ def interpret_sae(
 
 
 def _is_done(paths: InterpDir, module: str, latent: int, retry: frozenset[str]) -> bool:
-    record = paths.latent_record(module, latent)
-    if not record.is_file() or json.loads(record.read_text())["explanation_failure"] in retry:
+    """Done when the latent's record, explanation and score files are all readable and none failed in a kind
+    to retry; a missing or damaged file makes the latent's missing parts be made again."""
+    record = _read_json_or_none(paths.latent_record(module, latent))
+    if record is None or record.get("explanation_failure") in retry:
+        return False
+    if _read_json_or_none(paths.explanation(module, latent)) != record.get("explanation"):
         return False
     for task in TASKS:
-        score = paths.score(task, module, latent)
-        if not score.is_file() or any(r.failure in retry for r in read_scores(score)):
+        scores = _earlier_scores(paths.score(task, module, latent))
+        if scores is None or any(r.failure in retry for r in scores):
             return False
     return True
+
+
+def _read_json_or_none(path: Path) -> Any:
+    """A per-latent file's JSON, or None when it is missing or damaged (the stage then makes it again)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _earlier_scores(path: Path) -> list[ScoredExample] | None:
@@ -402,12 +421,12 @@ def _explanations(
     windows and reply; the latent's old score files, judged under the old explanation, are removed first)."""
     stored: dict[int, Explanation] = {}
     for latent in latents:
-        path = paths.latent_record(module, latent)
-        if path.is_file():
-            record = json.loads(path.read_text())
-            if record["explanation_failure"] not in retry:
-                stored[latent] = Explanation(
-                    record["explanation"], record["explanation_failure"] or None, record["reply"]
+        record = _read_json_or_none(paths.latent_record(module, latent))
+        if record is not None and record["explanation_failure"] not in retry:
+            stored[latent] = Explanation(record["explanation"], record["explanation_failure"] or None, record["reply"])
+            if _read_json_or_none(paths.explanation(module, latent)) != record["explanation"]:
+                write_text_atomic(
+                    paths.explanation(module, latent), json.dumps(record["explanation"], ensure_ascii=False)
                 )
     missing = [i for i, latent in enumerate(latents) if latent not in stored]
     fresh = explainer.explain_many([examples[i].explanation for i in missing], str_tokens, progress)
