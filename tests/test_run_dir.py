@@ -120,3 +120,15 @@ def test_timings_accumulate_across_resumes(tmp_path: Path):
         pass
     assert json.loads(run.timings.read_text())["train"] == pytest.approx(5.0)
     assert set(Timings(run).seconds) == {"train", "report"}
+
+
+def test_a_failed_stage_records_no_time_and_an_interrupted_one_does(tmp_path: Path):
+    run = RunDir(tmp_path)
+    Timings(run).add("train", 2.0)
+    before = run.timings.read_bytes()
+    with pytest.raises(UserError), Timings(run).stage("interpret"):
+        raise UserError("no judge", "Start it")
+    assert run.timings.read_bytes() == before, "a command that fails on a mistake leaves the run as it was"
+    with pytest.raises(KeyboardInterrupt), Timings(run).stage("interpret"):
+        raise KeyboardInterrupt
+    assert set(Timings(run).seconds) == {"train", "interpret"}

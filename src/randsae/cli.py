@@ -1,7 +1,9 @@
 """`randsae` command line: run | interpret | analyze | report | toy.
 
-Every command is a thin layer over the Python functions of its stage. A `UserError` is printed as one
-line and exits with code 2; an interrupted run exits with 130 and resumes when the command is rerun.
+Every command is a thin layer over the Python functions of its stage. A `UserError`, and any exception a
+missing, unwritable or damaged file raised (`randsae.errors.user_error_for`), is printed as one line and
+exits with code 2; an interrupted run exits with 130 and resumes when the command is rerun; anything else is
+a bug: its traceback, a line asking to report it, exit code 1.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import argparse
 import dataclasses
 import datetime
 import sys
+import traceback
 from importlib import metadata
 from pathlib import Path
+from typing import NoReturn
 
-from randsae.errors import UserError
+from randsae.errors import UserError, user_error_for
 
 
 def _fresh_run_dir() -> Path:
@@ -144,8 +148,15 @@ def command_toy(args: argparse.Namespace) -> None:
     print(result.summary())
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's usage errors as a UserError, so they are one line like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message, f"See `{self.prog} --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="randsae", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="randsae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"randsae {metadata.version('randsae')}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -214,17 +225,42 @@ def _quiet_libraries() -> None:
     transformers.logging.disable_progress_bar()
 
 
+def _outputs(args: argparse.Namespace) -> dict[Path, str]:
+    """The folders the command writes, each with how a file deleted there is rebuilt (`user_error_for`)."""
+    from randsae.assets import cache_home
+
+    same = "rerun the same command to rebuild it"
+    outputs = {cache_home(): same}
+    if getattr(args, "out", None):
+        outputs[Path(args.out)] = same
+    if getattr(args, "run_dir", None):
+        run = Path(args.run_dir)
+        rebuild = f"randsae run --config {run / 'config.toml'} --out {run}"
+        outputs[run] = f"rebuild it with `{rebuild}`, then rerun this command"
+    return outputs
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    args = None
     try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
         args.handler(args)
-    except UserError as error:
-        print(f"randsae: error: {error}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("randsae: interrupted; rerun the same command (same --out) to resume", file=sys.stderr)
         return 130
+    except Exception as error:
+        user_error = user_error_for(error, _outputs(args) if args is not None else {})
+        if user_error is None:
+            traceback.print_exc()
+            print(
+                f"randsae: this is a bug in randsae {metadata.version('randsae')}, not a mistake in your input: "
+                "please report it with the traceback above",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"randsae: error: {' '.join(str(user_error).split())}", file=sys.stderr)  # one line, always
+        return 2
     return 0
 
 

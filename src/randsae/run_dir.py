@@ -301,7 +301,11 @@ def read_json(path: Path, writer: str) -> Any:
 
 
 class Timings:
-    """Wall time per stage, accumulated across resumes in RUN/timings.json."""
+    """Wall time per stage, accumulated across resumes in RUN/timings.json.
+
+    A stage that fails with an error records nothing, so a command that stops on a user's mistake leaves
+    the run directory as it found it; an interrupted stage records its time, as the rerun resumes its work.
+    """
 
     def __init__(self, run: RunDir):
         self.path = run.timings
@@ -317,8 +321,10 @@ class Timings:
         start = time.perf_counter()
         try:
             yield
-        finally:
+        except KeyboardInterrupt:
             self.add(name, time.perf_counter() - start)
+            raise
+        self.add(name, time.perf_counter() - start)
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds

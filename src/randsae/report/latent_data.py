@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors.torch import load_file
 
-from randsae.data.tokens import count_not_bos
+from randsae.data.tokens import count_not_bos, load_tokens
 from randsae.interp.entropy import token_activation_mass
 from randsae.interp.examples import active_windows, window_tokens
 from randsae.interp.explainers import StrTokens
@@ -106,10 +106,9 @@ def read_unembedding(path: Path) -> Unembedding | None:
     """`RUN/unembedding.safetensors` ("W_U", optional "final_norm_weight"), or None when absent."""
     if not path.is_file():
         return None
-    with safe_open(path, "pt") as file:
-        names = set(file.keys())
-        norm = file.get_tensor("final_norm_weight").float() if "final_norm_weight" in names else None
-        return Unembedding(file.get_tensor("W_U").float(), norm)
+    tensors = load_file(path)
+    norm = tensors.get("final_norm_weight")
+    return Unembedding(tensors["W_U"].float(), norm.float() if norm is not None else None)
 
 
 class LogitEffects(NamedTuple):
@@ -127,8 +126,8 @@ def logit_effects(
     device: str | torch.device = "cpu",
 ) -> dict[int, LogitEffects]:
     """Per latent, the tokens its decoder direction promotes and suppresses most through the unembedding."""
-    with safe_open(sae_folder / WEIGHTS_FILE, "pt") as file:
-        directions = file.get_tensor("W_dec")[torch.as_tensor(list(latents), dtype=torch.long)].float().to(device)
+    decoder = load_file(sae_folder / WEIGHTS_FILE)["W_dec"]
+    directions = decoder[torch.as_tensor(list(latents), dtype=torch.long)].float().to(device)
     if unembedding.final_norm_weight is not None:
         directions = directions * unembedding.final_norm_weight.to(device)
     logits = (directions @ unembedding.W_U.to(device)).cpu()
@@ -254,8 +253,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
     heldout = run.run.tokens("heldout")
     if not heldout.is_file():
         return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))
-    with safe_open(heldout, "pt") as file:
-        input_ids = file.get_tensor("input_ids")
+    input_ids = load_tokens(heldout)
     notes = []
     if run.run.tokenizer().is_dir():
         decode = tokenizer_str_tokens(run.run.tokenizer())

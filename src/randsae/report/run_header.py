@@ -8,8 +8,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from safetensors import safe_open
-
+from randsae.data.tokens import load_tokens
 from randsae.interp.summary import SAEInterp
 from randsae.models.load import display_name
 from randsae.report.page import definition_list, note
@@ -37,8 +36,7 @@ def run_header(run: RunInputs, colors: Mapping[str, str]) -> str:
         ]
     heldout = run.run.tokens("heldout")
     if heldout.is_file():
-        with safe_open(heldout, "pt") as file:
-            windows, context = file.get_slice("input_ids").get_shape()
+        windows, context = load_tokens(heldout).shape
         items.append(("held-out tokens", f"{windows * context:,} ({windows} windows × {context})"))
     eval_tokens = sorted({row.n_eval_tokens for row in run.metrics})
     items.append(("metric eval tokens per SAE", ", ".join(f"{n:,}" for n in eval_tokens)))
