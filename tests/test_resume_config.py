@@ -31,6 +31,7 @@ RANDOM = ("rerandomized", "rerandomized_keep_embeddings", "control")
             [("activations", ("rerandomized", "rerandomized_keep_embeddings"), None)],
         ),
         (("model.name=gpt2",), [("tokens", None, None)]),
+        (("model.step0_revision=step1",), [("activations", ("step0",), None)]),
         (("tokens.context_size=128",), [("tokens", None, None)]),
         (("activation_dtype=bfloat16",), [("activations", None, None)]),
         (("variant.seed=1",), [("activations", RANDOM, None)]),

@@ -36,6 +36,7 @@ MADE_FROM = {
     "model": "tokens",
     "data": "tokens",
     "tokens": "tokens",
+    "model.step0_revision": "activations",
     "activation_dtype": "activations",
     "variant": "activations",
     "eval.batch_windows": "activations",
@@ -45,7 +46,9 @@ MADE_FROM = {
     "eval": "metrics",
 }
 """The first run part each key (a table: every key in it) shapes: a changed value leaves that part and every
-later one invalid. `eval.batch_windows` shapes the harvest's shards, so an interrupted harvest's too."""
+later one invalid. `model.step0_revision` shapes only the step0 variant's activations (so a wrong one, found when
+that variant is built, can be fixed in a rerun); `eval.batch_windows` the harvest's shards, so an interrupted
+harvest's too."""
 RESUMABLE = ("device", "train.checkpoint_every_s", "interp", "analysis")
 """Keys (a table: every key in it) a run directory's config may change in on resume: no finished part is made
 from them (the interp and analysis stages check their own results' settings). `layers` and `variants` may
@@ -214,6 +217,8 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[ConfigC
         elif section == "variant":  # only the random draws use these keys
             drawn = tuple(variant for variant in old.variants if variant not in ("trained", "step0"))
             changes.append(ConfigChange(key, before, after, MADE_FROM[section], variants=drawn))
+        elif key == "model.step0_revision":
+            changes.append(ConfigChange(key, before, after, MADE_FROM[key], variants=("step0",)))
         else:
             changes.append(ConfigChange(key, before, after, MADE_FROM.get(key, MADE_FROM[section])))
     return changes

@@ -105,8 +105,8 @@ prints which keys changed): {resumable}; and `layers` and `variants` may gain en
 work). Any other difference is refused once the run holds a part made with the old value: a one-line error
 names the keys, their old and new values and the finished parts they would invalidate (use a new `--out`, or
 the old value). A key's change invalidates the part below and every later one (token windows → activation
-caches → SAEs → metrics); a `[variant]` key's only the random variants' parts, a dropped layer or variant
-only its own."""
+caches → SAEs → metrics); a `[variant]` key's only the random variants' parts, `model.step0_revision`'s only
+the step0 variant's, a dropped layer or variant only its own."""
 
 
 def resume_section() -> list[str]:
