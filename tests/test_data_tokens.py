@@ -4,7 +4,15 @@ import pytest
 import torch
 
 from randsae.data.text import EMBEDDED, TextConfig, iter_texts
-from randsae.data.tokens import TokenConfig, count_not_bos, is_heldout, not_bos, pack_windows, tokenize_splits
+from randsae.data.tokens import (
+    TokenConfig,
+    count_not_bos,
+    is_heldout,
+    not_bos,
+    pack_windows,
+    tokenize_splits,
+    unknown_token_warning,
+)
 from randsae.errors import UserError
 
 
@@ -50,7 +58,7 @@ def test_asking_for_more_tokens_than_the_text_has_is_a_clear_error(tiny_model_di
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = iter_texts(TextConfig(source=str(tiny_corpus / "*.jsonl")))
-    with pytest.raises(UserError, match="Lower data.train_tokens"):
+    with pytest.raises(UserError, match="Lower tokens.train_tokens"):
         tokenize_splits(texts, tokenizer, TokenConfig(context_size=16, train_tokens=10**7, heldout_tokens=16))
 
 
@@ -78,3 +86,15 @@ def test_embedded_corpus_is_real_english():
     assert len(set(first)) == 50
     words = " ".join(first).split()
     assert len(words) > 2000 and sum(w.lower() in {"the", "of", "and", "in"} for w in words) > 0.08 * len(words)
+
+
+def test_text_the_tokenizer_does_not_know_gets_a_warning_with_the_share(tiny_model_dir, tiny_corpus):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)  # word-level: unknown words are <unk>
+    cfg = TokenConfig(context_size=16, train_tokens=256, heldout_tokens=64, heldout_fraction=0.3)
+    english = tokenize_splits(iter_texts(TextConfig(source=str(tiny_corpus / "*.jsonl"))), tokenizer, cfg)
+    assert unknown_token_warning(english, tokenizer) is None
+    foreign = [f"Fuchs springt über Hund{i}" for i in range(200)]  # 4 unknown words and the separator (EOS)
+    warning = unknown_token_warning(tokenize_splits(foreign, tokenizer, cfg), tokenizer)
+    assert warning is not None and warning.startswith("80% of the tokens are the unknown token '<unk>'")

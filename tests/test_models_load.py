@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, Llam
 
 from randsae.errors import UserError
 from randsae.models.hookpoints import check_layers, find_blocks, replace_residual, residual_stream
-from randsae.models.load import EMBEDDED, ModelConfig, is_hub_id, load_model
+from randsae.models.load import EMBEDDED, ModelConfig, is_hub_id, load_model, max_positions
 
 
 def test_local_folder_loads_model_and_tokenizer(tiny_model_dir):
@@ -102,6 +103,30 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="neither a folder"):
         load_model(ModelConfig(name=str(tmp_path / "missing_dir")), torch.device("cpu"))
     assert is_hub_id("EleutherAI/pythia-70m") and not is_hub_id(str(tmp_path)) and not is_hub_id("embedded")
+
+
+def test_a_damaged_model_file_is_a_clear_error(tmp_path, tiny_model_dir):
+    config, weights = tmp_path / "config", tmp_path / "weights"
+    shutil.copytree(tiny_model_dir, config)
+    shutil.copytree(tiny_model_dir, weights)
+    (config / "config.json").write_text("{garbage")
+    data = (weights / "model.safetensors").read_bytes()
+    (weights / "model.safetensors").write_bytes(data[: len(data) // 2])
+    (tmp_path / "model.gguf").write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10, 2) + b"\x05\x00")  # cut in its header
+    for folder, reason in ((config, "not a valid JSON file"), (weights, "incomplete metadata")):
+        with pytest.raises(UserError, match=f"could not load model {folder}: .*{reason}.*whole Hugging Face model"):
+            load_model(ModelConfig(name=str(folder)), torch.device("cpu"))
+    with pytest.raises(UserError, match="could not load GGUF file .*model.gguf.*not truncated"):
+        load_model(ModelConfig(name=str(tmp_path / "model.gguf")), torch.device("cpu"), progress=False)
+
+
+def test_max_positions_reads_each_familys_config_key(tiny_model_dir):
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=64, vocab_size=10))
+    assert max_positions(gpt2) == 64
+    assert max_positions(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == 128
+    limitless = nn.Module()
+    limitless.config = object()
+    assert max_positions(limitless) is None
 
 
 HUB_SCRIPT = """

@@ -15,6 +15,7 @@ import re
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from randsae.analysis.config import AnalysisConfig
 from randsae.data.activations import DTYPES
@@ -28,6 +29,30 @@ from randsae.sae.trainer import TrainConfig
 from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, invalid, read_toml
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
+
+RUN_PARTS = ("tokens", "activations", "saes", "metrics")
+"""What `randsae run` makes in a run directory, in order: each part is made from the ones before it."""
+MADE_FROM = {
+    "model": "tokens",
+    "data": "tokens",
+    "tokens": "tokens",
+    "model.step0_revision": "activations",
+    "activation_dtype": "activations",
+    "variant": "activations",
+    "eval.batch_windows": "activations",
+    "seed": "saes",
+    "sae": "saes",
+    "train": "saes",
+    "eval": "metrics",
+}
+"""The first run part each key (a table: every key in it) shapes: a changed value leaves that part and every
+later one invalid. `model.step0_revision` shapes only the step0 variant's activations (so a wrong one, found when
+that variant is built, can be fixed in a rerun); `eval.batch_windows` the harvest's shards, so an interrupted
+harvest's too."""
+RESUMABLE = ("device", "train.checkpoint_every_s", "interp", "analysis")
+"""Keys (a table: every key in it) a run directory's config may change in on resume: no finished part is made
+from them (the interp and analysis stages check their own results' settings). `layers` and `variants` may
+gain entries (more work); dropping one is refused once it has finished parts."""
 
 
 def embedded_config_path() -> Path:
@@ -147,6 +172,69 @@ class ExperimentConfig:
                 self.analysis.stability_seed,
                 f"a seed other than seed = {self.seed}, which trained the first SAEs",
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChange:
+    """One key whose value differs between a run directory's config and the config it is resumed with."""
+
+    key: str
+    old: Any
+    new: Any
+    invalidates: str | None
+    """The first of RUN_PARTS made with the old value, which the new one leaves invalid; None when finished
+    work stays valid (RESUMABLE keys, layers or variants added)."""
+    variants: tuple[str, ...] | None = None
+    """Only these variants' parts are affected (None: every variant's)."""
+    layers: tuple[int, ...] | None = None
+    """Only these layers' parts are affected (None: every layer's)."""
+
+    def __str__(self) -> str:
+        return f"{self.key} ({_shown(self.old)} → {_shown(self.new)})"
+
+    def resumed(self) -> str:
+        """The assignment that takes the change back."""
+        return f"{self.key} = {_shown(self.old)}"
+
+
+def _shown(value: Any) -> str:
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
+def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[ConfigChange]:
+    """Every key whose value differs from `old` to `new`, with the run parts the difference invalidates."""
+    changes = []
+    for key, before, after in _leaves(old, new):
+        section = key.split(".")[0]
+        if before == after:
+            continue
+        if key in ("layers", "variants"):  # the parts of dropped entries would be left out of the run
+            dropped = tuple(item for item in before if item not in after)
+            scope = {key: dropped} if dropped else {}
+            changes.append(ConfigChange(key, before, after, "activations" if dropped else None, **scope))
+        elif key in RESUMABLE or section in RESUMABLE:
+            changes.append(ConfigChange(key, before, after, None))
+        elif section == "variant":  # only the random draws use these keys
+            drawn = tuple(variant for variant in old.variants if variant not in ("trained", "step0"))
+            changes.append(ConfigChange(key, before, after, MADE_FROM[section], variants=drawn))
+        elif key == "model.step0_revision":
+            changes.append(ConfigChange(key, before, after, MADE_FROM[key], variants=("step0",)))
+        else:
+            changes.append(ConfigChange(key, before, after, MADE_FROM.get(key, MADE_FROM[section])))
+    return changes
+
+
+def _leaves(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) of every key of two configs, tables walked into."""
+    leaves = []
+    for field in dataclasses.fields(old):
+        before, after = getattr(old, field.name), getattr(new, field.name)
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(before):
+            leaves += _leaves(before, after, f"{key}.")
+        else:
+            leaves.append((key, before, after))
+    return leaves
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:

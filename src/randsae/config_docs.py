@@ -16,7 +16,8 @@ import typing
 from itertools import pairwise
 from typing import Any
 
-from randsae.config import ExperimentConfig, load_config
+from randsae.config import MADE_FROM, RESUMABLE, RUN_PARTS, ExperimentConfig, load_config
+from randsae.data.tokens import UNKNOWN_WARNING_SHARE
 from randsae.errors import UserError
 from randsae.toml_config import type_name
 from randsae.toy.config import ToyConfig
@@ -25,6 +26,8 @@ EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
     ("layers=[]",),
     ("layers=[3, 3]",),
     ("layers=[-1]",),
+    ('layers=["a"]',),
+    ("variants=[]",),
     ('layers="3"',),
     ('variants=["trained", "shuffled"]',),
     ('variants=["trained", "trained"]',),
@@ -40,11 +43,13 @@ EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
     ('data.column=""',),
     ("tokens.context_size=1",),
     ("tokens.train_tokens=0",),
+    ("tokens.train_tokens=-5",),
     ("tokens.heldout_tokens=100",),
     ("tokens.heldout_fraction=1",),
     ("variant.init_scale=0",),
     ("sae.architecture=topk2",),
     ("sae.expansion=0",),
+    ("sae.expansion=-1",),
     ("sae.k=0",),
     ('sae.k="16"',),
     ("sae.l1_coefficient=-1",),
@@ -83,9 +88,51 @@ EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
 """Mistakes as `randsae run --set` arguments (on the embedded default); every one is a load-time error
 naming the key of its last assignment. docs/config.md shows each with its error; a test checks them."""
 
-RUNTIME_CHECKS = """Checks that need the model or the text run as soon as those are loaded, still before any
-SAE is trained: a layer past the model's last block, a model, revision or data set that cannot be
-opened, and text too short for the asked train or held-out tokens."""
+RUNTIME_CHECKS = f"""Checks that need the model or the text run next, before `randsae run` writes to the run
+directory: `--out` is a folder it can write to; a changed config fits the run directory it resumes (below);
+the model, revision or file loads (a damaged config.json, safetensors or GGUF file is an error naming it); the
+layers exist in it; `tokens.context_size` is at most the model's maximum positions (`max_position_embeddings`,
+`n_positions` or the like, when its config names one); and the data source opens and yields a first document
+(the files exist and are readable, the Hub data set, split and column exist, the embedded corpus can be
+fetched). Text too short for the asked train or held-out tokens is found while tokenizing; a rerun with fewer
+tokens then resumes, since nothing finished depends on them yet. Text of which more than
+{UNKNOWN_WARNING_SHARE:.0%} of the tokens are the tokenizer's unknown token gets a warning with the share: the
+tokenizer does not suit it."""
+
+RESUMING = """Rerunning `randsae run` with the same `--out` resumes the run. Its `config.toml` may differ from
+the new config in keys no finished part is made from, and is then rewritten with the new config (the run
+prints which keys changed): {resumable}; and `layers` and `variants` may gain entries (the run does the new
+work). Any other difference is refused once the run holds a part made with the old value: a one-line error
+names the keys, their old and new values and the finished parts they would invalidate (use a new `--out`, or
+the old value). A key's change invalidates the part below and every later one (token windows → activation
+caches → SAEs → metrics); a `[variant]` key's only the random variants' parts, `model.step0_revision`'s only
+the step0 variant's, a dropped layer or variant only its own."""
+
+
+def resume_section() -> list[str]:
+    """The keys a run directory's config may change in, and the first part every other key's change invalidates."""
+    paper = ExperimentConfig()
+    tables = {field.name for field in dataclasses.fields(paper) if dataclasses.is_dataclass(getattr(paper, field.name))}
+
+    def name(key: str) -> str:
+        if key not in tables:
+            return f"`{key}`"
+        overridden = any(other.startswith(f"{key}.") for other in (*MADE_FROM, *RESUMABLE))
+        return f"`[{key}]`" + (" (its other keys)" if overridden else "")
+
+    parts = {"tokens": "token windows", "activations": "activation caches", "saes": "SAEs", "metrics": "metrics"}
+    return [
+        "## Resuming a run with a changed config",
+        "",
+        " ".join(RESUMING.format(resumable=", ".join(name(key) for key in RESUMABLE)).split()),
+        "",
+        "| first invalid part | keys |",
+        "| --- | --- |",
+        *(
+            f"| {parts[part]} | {', '.join(name(key) for key, first in MADE_FROM.items() if first == part)} |"
+            for part in RUN_PARTS
+        ),
+    ]
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -203,6 +250,8 @@ def render() -> str:
         ),
         "",
         " ".join(RUNTIME_CHECKS.split()),
+        "",
+        *resume_section(),
     ]
     return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,16 +20,16 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
-from randsae.config import ExperimentConfig, dump_config
-from randsae.data.activations import ActivationCache, CacheManifest, CacheWriter, harvest
-from randsae.data.text import iter_texts
-from randsae.data.tokens import SPLITS, load_tokens, not_bos, save_tokens, tokenize_splits
+from randsae.config import RUN_PARTS, ConfigChange, ExperimentConfig, config_changes, dump_config, load_config
+from randsae.data.activations import MANIFEST, ActivationCache, CacheManifest, CacheWriter, harvest
+from randsae.data.text import check_source, iter_texts
+from randsae.data.tokens import SPLITS, load_tokens, not_bos, save_tokens, tokenize_splits, unknown_token_warning
 from randsae.errors import UserError
 from randsae.metrics.downstream import DownstreamMetrics, downstream_metrics
 from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMetrics
 from randsae.metrics.results import MetricsRow, load_metrics, save_metrics
 from randsae.models.hookpoints import check_layers, final_norm_weight, find_blocks, hook_name, residual_stream
-from randsae.models.load import LoadedModel, is_hub_id, load_model
+from randsae.models.load import LoadedModel, check_context_size, is_hub_id, load_model
 from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
 from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
@@ -52,21 +53,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: bool = True) -> dict[str, Tensor]:
-    """Write the resolved config, the tokenizer and the token windows (or reuse them on resume)."""
+    """Write the resolved config (checked against the run's by `check_resume`), the tokenizer and the token
+    windows (or reuse them on resume)."""
     run.root.mkdir(parents=True, exist_ok=True)
-    resolved = dump_config(cfg)
-    if run.config.is_file() and run.config.read_text() != resolved:
-        raise UserError(
-            f"{run.root} holds a run of a different config",
-            "Use a new --out folder, or the same config to resume that run",
-        )
-    write_text_atomic(run.config, resolved)
+    write_text_atomic(run.config, dump_config(cfg))
     lm.tokenizer.save_pretrained(run.tokenizer())
     missing = [split for split in SPLITS if not tokens_intact(run.tokens(split))]
     if missing:
         if progress:
             print(f"tokenizing {cfg.data.source} ...")
-        windows = tokenize_splits(iter_texts(cfg.data), lm.tokenizer, cfg.tokens)
+        windows = tokenize_splits(iter_texts(cfg.data, progress), lm.tokenizer, cfg.tokens)
+        warning = unknown_token_warning(windows, lm.tokenizer)
+        if warning:
+            print(f"randsae: warning: {warning}", file=sys.stderr)
         for split in missing:
             save_tokens(run.tokens(split), windows[split])
     _save_unembedding(lm.model, run.unembedding())
@@ -83,6 +82,94 @@ def tokens_intact(path: Path) -> bool:
         print(f"{error.problem}: tokenizing again", file=sys.stderr)
         return False
     return True
+
+
+def check_writable(root: Path) -> None:
+    """The run directory (or the folder it will be made in) is a folder this process can write to, checked
+    with a temporary file (permission bits do not tell for root or a read-only mount)."""
+    existing = next(path for path in (root, *root.absolute().parents) if path.exists())
+    if not existing.is_dir():
+        raise UserError(f"{existing} is a file, not a folder", "Pass a folder (new, or a run to resume) to --out")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UserError(f"cannot write to {existing} ({error.strerror})", "Pass a writable folder to --out") from None
+
+
+def check_resume(cfg: ExperimentConfig, run: RunDir) -> None:
+    """A run directory resumes with a changed config only where its finished parts stay valid
+    (`config_changes`); otherwise a one-line error names the keys that differ and the parts they invalidate."""
+    if not run.config.is_file():
+        return
+    try:
+        old = load_config(run.config)
+    except UserError as error:
+        raise UserError(
+            f"{run.config} cannot be read ({error.problem})", "Use a new --out, or repair that file"
+        ) from None
+    changes = config_changes(old, cfg)
+    finished = _finished_parts(run, old)
+    refused = {change: [part for part in finished if _affects(change, part)] for change in changes}
+    refused = {change: parts for change, parts in refused.items() if parts}
+    if refused:
+        keys = ", ".join(str(change) for change in refused)
+        invalid = {part for parts in refused.values() for part in parts}
+        dropped_only = all(change.key in ("layers", "variants") for change in refused)
+        outcome = "be left out of its config" if dropped_only else "be invalid"
+        raise UserError(
+            f"{keys} {'differs' if len(refused) == 1 else 'differ'} from the run in {run.root}: "
+            f"{_describe_parts(invalid)} would {outcome}",
+            f"Use a new --out, or set {', '.join(change.resumed() for change in refused)} to resume it",
+        )
+    if changes:
+        print(f"resuming {run.root} with changed {', '.join(str(change) for change in changes)}")
+
+
+Part = tuple[str, str | None, int | None, str]
+"""(one of RUN_PARTS, variant, layer, split or file): one finished part of a run (variant and layer None for
+the token windows and the metrics)."""
+
+
+def _finished_parts(run: RunDir, cfg: ExperimentConfig) -> list[Part]:
+    """The parts of the run (of config `cfg`) that exist, started or finished."""
+    parts: list[Part] = [("tokens", None, None, split) for split in SPLITS if run.tokens(split).is_file()]
+    for variant in cfg.variants:
+        for layer in cfg.layers:
+            site = Site(variant, layer)
+            parts += [
+                ("activations", variant, layer, split)
+                for split in SPLITS
+                if (run.activations(site, split) / MANIFEST).is_file()
+            ]
+            if run.sae(SAEKey(variant, layer)).is_dir():
+                parts.append(("saes", variant, layer, ""))
+    if run.metrics_json.is_file():
+        parts.append(("metrics", None, None, ""))
+    return parts
+
+
+def _affects(change: ConfigChange, part: Part) -> bool:
+    kind, variant, layer, _ = part
+    return (
+        change.invalidates is not None
+        and RUN_PARTS.index(kind) >= RUN_PARTS.index(change.invalidates)
+        and (change.variants is None or variant is None or variant in change.variants)
+        and (change.layers is None or layer is None or layer in change.layers)
+    )
+
+
+def _describe_parts(parts: set[Part]) -> str:
+    """Like "the token windows, the 8 activation caches, the 4 SAEs and the metrics"."""
+    count = {kind: sum(part[0] == kind for part in parts) for kind in RUN_PARTS}
+    names = {
+        "tokens": "the token windows",
+        "activations": f"the {count['activations']} activation cache{'s' * (count['activations'] != 1)}",
+        "saes": f"the {count['saes']} SAE{'s' * (count['saes'] != 1)}",
+        "metrics": "the metrics",
+    }
+    described = [names[kind] for kind in RUN_PARTS if count[kind]]
+    return ", ".join(described[:-1]) + " and " + described[-1] if len(described) > 1 else described[0]
 
 
 def _save_unembedding(model: PreTrainedModel, path: Path) -> None:
@@ -290,11 +377,16 @@ def run_pipeline(
     """
     run = RunDir.at(run)
     device = resolve_device(cfg.device)
+    check_writable(run.root)
+    check_resume(cfg, run)
     start = time.perf_counter()
-    lm = lm or load_model(cfg.model, device)
+    lm = lm or load_model(cfg.model, device, progress=progress)
     blocks_path, blocks = find_blocks(lm.model, cfg.model.blocks)
     check_layers(cfg.layers, len(blocks))
-    run.root.mkdir(parents=True, exist_ok=True)  # only once the model and layers are known to be good
+    check_context_size(lm, cfg.tokens.context_size)
+    if not all(run.tokens(split).is_file() for split in SPLITS):
+        check_source(cfg.data)
+    run.root.mkdir(parents=True, exist_ok=True)  # only once the config, model and data are known to be good
     timings = Timings(run)
     timings.seconds["load_model"] = time.perf_counter() - start
     load_step0 = (

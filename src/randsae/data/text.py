@@ -7,6 +7,7 @@ de-duplication, plus SciQ support paragraphs.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from randsae.toml_config import invalid
 
 EMBEDDED = "embedded"
 EMBEDDED_PARTS = (("boolq/none/validation", "passage"), ("sciq/none/validation", "support"))
+FILE_SUFFIXES = (".txt", ".md", ".jsonl", ".json", ".parquet", ".arrow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,15 +44,23 @@ class TextConfig:
                 raise invalid(f"data.{name}", "", "a non-empty name")
 
 
-def iter_texts(cfg: TextConfig) -> Iterator[str]:
-    """Documents of the source, in a fixed order, empty ones dropped."""
+def iter_texts(cfg: TextConfig, progress: bool = True) -> Iterator[str]:
+    """Documents of the source, in a fixed order, empty ones dropped; `progress` False silences the loading
+    bars of the datasets library."""
     if cfg.source == EMBEDDED:
         texts = _embedded_texts()
     elif _looks_like_path(cfg.source):
-        texts = _file_texts(cfg)
+        texts = _file_texts(cfg, progress)
     else:
-        texts = _hub_texts(cfg)
+        texts = _hub_texts(cfg, progress)
     return (text for text in texts if text and text.strip())
+
+
+def check_source(cfg: TextConfig) -> None:
+    """Open the source and read its first document, so that a wrong path, file type, dataset, split or column
+    (or an unreachable Hub or PyPI) is an error before a run directory is written to."""
+    if next(iter_texts(cfg, progress=False), None) is None:
+        raise UserError(f"data.source = {cfg.source!r} holds no text", "Point data.source to text")
 
 
 def _looks_like_path(source: str) -> bool:
@@ -72,31 +82,56 @@ def _embedded_texts() -> Iterator[str]:
                     yield text
 
 
-def _file_texts(cfg: TextConfig) -> Iterator[str]:
+def _file_texts(cfg: TextConfig, progress: bool) -> Iterator[str]:
     paths = sorted(glob.glob(str(Path(cfg.source).expanduser()), recursive=True))
     if not paths:
         raise UserError(f"no files match {cfg.source!r}", "Check the path or glob in data.source")
+    for path in paths:  # every file is checked before the first is read
+        if Path(path).suffix not in FILE_SUFFIXES or not Path(path).is_file():
+            raise UserError(
+                f"cannot read {path}: not a {', '.join(FILE_SUFFIXES)} file",
+                "Point data.source to files of those types (a glob such as data/*.jsonl)",
+            )
     for path in paths:
         suffix = Path(path).suffix
         if suffix in (".txt", ".md"):
             yield Path(path).read_text(encoding="utf-8", errors="replace")
-        elif suffix in (".jsonl", ".json", ".parquet", ".arrow"):
-            yield from _table_column(path, suffix, cfg.column)
         else:
-            raise UserError(
-                f"cannot read {path}: unknown file type {suffix!r}",
-                "Use .txt, .md, .jsonl, .json, .parquet or .arrow files",
-            )
+            yield from _table_column(path, suffix, cfg.column, progress)
 
 
-def _table_column(path: str, suffix: str, column: str) -> Iterator[str]:
+@contextlib.contextmanager
+def _quiet_datasets(progress: bool) -> Iterator[None]:
+    """The datasets library's loading bars ("Generating train split") follow randsae's --quiet, and its logged
+    errors are left out: randsae reports a failed load as its own one-line error."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars, logging
+
+    hide_bars = not progress and not are_progress_bars_disabled()
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.CRITICAL)
+    if hide_bars:
+        disable_progress_bars()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if hide_bars:
+            enable_progress_bars()
+
+
+def _table_column(path: str, suffix: str, column: str, progress: bool) -> Iterator[str]:
     import datasets
 
-    if suffix == ".arrow":
-        table = datasets.Dataset.from_file(path)
-    else:
-        kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[suffix]
-        table = datasets.load_dataset(kind, data_files=path, split="train")
+    try:
+        if suffix == ".arrow":
+            table = datasets.Dataset.from_file(path)
+        else:
+            kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}[suffix]
+            with _quiet_datasets(progress):
+                table = datasets.load_dataset(kind, data_files=path, split="train")
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        reason = str(error.__cause__ or error).strip().splitlines() or [type(error).__name__]
+        raise UserError(f"cannot read {path} ({reason[0][:200]})", "Repair or remove that file") from None
     if column not in table.column_names:
         raise UserError(
             f"{path} has no column {column!r} (it has {', '.join(table.column_names)})",
@@ -105,11 +140,12 @@ def _table_column(path: str, suffix: str, column: str) -> Iterator[str]:
     yield from table[column]
 
 
-def _hub_texts(cfg: TextConfig) -> Iterator[str]:
+def _hub_texts(cfg: TextConfig, progress: bool) -> Iterator[str]:
     import datasets
 
     try:
-        dataset = datasets.load_dataset(cfg.source, cfg.dataset_config, split=cfg.split, streaming=cfg.streaming)
+        with _quiet_datasets(progress):
+            dataset = datasets.load_dataset(cfg.source, cfg.dataset_config, split=cfg.split, streaming=cfg.streaming)
     except Exception as error:  # datasets raises many types for a missing or unreachable dataset
         reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise UserError(

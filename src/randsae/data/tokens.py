@@ -27,6 +27,8 @@ from randsae.errors import UserError
 from randsae.toml_config import invalid
 
 SPLITS = ("train", "heldout")
+UNKNOWN_WARNING_SHARE = 0.05
+"""Above this share of unknown tokens the text does not suit the tokenizer (a warning, not an error)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,9 +134,25 @@ def tokenize_splits(
         if tensor.shape[0] < wanted[split]:
             raise UserError(
                 f"the text has only {tensor.numel()} {split} tokens, {wanted[split] * cfg.context_size} were asked for",
-                "Lower data.train_tokens / data.heldout_tokens or use more text",
+                f"Lower tokens.{split}_tokens or use more text",
             )
     return windows
+
+
+def unknown_token_warning(windows: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """A warning naming the share of the windows' tokens (BOS left out) that are the tokenizer's unknown
+    token, when it is above UNKNOWN_WARNING_SHARE; None otherwise or when the tokenizer has no unknown token."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    body = torch.cat([split[:, 1:].flatten() for split in windows.values()])
+    share = (body == unk).float().mean().item() if body.numel() else 0.0
+    if share <= UNKNOWN_WARNING_SHARE:
+        return None
+    return (
+        f"{share:.0%} of the tokens are the unknown token {tokenizer.unk_token!r}: "
+        "the text does not suit the model's tokenizer (check data.source and model.name)"
+    )
 
 
 def save_tokens(path: Path, input_ids: Tensor) -> None:
