@@ -119,24 +119,17 @@ class Case:
     area: str
     name: str
     argv: Callable[[Bench], list[str]]
-    xfail: str = ""
-    """Why this case still fails: the part of issue 10 whose work will make it pass."""
 
 
 CASES: list[Case] = []
 
 
-def case(area: str, name: str, xfail: str = ""):
+def case(area: str, name: str):
     def register(argv: Callable[[Bench], list[str]]) -> Callable[[Bench], list[str]]:
-        CASES.append(Case(area, name, argv, xfail))
+        CASES.append(Case(area, name, argv))
         return argv
 
     return register
-
-
-MODEL_FILE = "issue 10 item 4, config area (models/load.py): a damaged model file is a traceback"
-CORPUS_FILE = "must-show 3, config area (data/text.py): a damaged corpus file is a traceback"
-INTERP_FILE = "must-show 1 (interp artifacts): a truncated JSON latent-cache manifest or score file is a traceback"
 
 
 # --- config: values, types, keys, the file itself, --set, the command line ---
@@ -245,7 +238,7 @@ def _(b):
     return _with_model(b, b.tmp / "nowhere.gguf")
 
 
-@case("model", "model_gguf_truncated", xfail=MODEL_FILE)
+@case("model", "model_gguf_truncated")
 def _(b):
     return _with_model(b, b.file("model.gguf", b"GGUF\x03\x00\x00\x00\x05\x00"))
 
@@ -268,7 +261,7 @@ def _(b):
     return _with_model(b, model)
 
 
-@case("model", "model_weights_truncated", xfail=MODEL_FILE)
+@case("model", "model_weights_truncated")
 def _(b):
     model = _model_copy(b)
     truncate(model / "model.safetensors")
@@ -293,7 +286,7 @@ def _(b):
     return b.run("--set", "model.blocks=transformer.nothing")
 
 
-@case("model", "context_beyond_max_positions", xfail="must-show 6: context_size checked against the model")
+@case("model", "context_beyond_max_positions")
 def _(b):
     return b.run("--set", "tokens.context_size=256", "--set", "interp.window_size=32")
 
@@ -337,12 +330,12 @@ def _(b):
     return _with_data(b, b.file("corpus/texts.csv", "text\nhello\n"))
 
 
-@case("data", "data_jsonl_garbage", xfail=CORPUS_FILE)
+@case("data", "data_jsonl_garbage")
 def _(b):
     return _with_data(b, b.file("corpus/texts.jsonl", "this is not json\n{also not\n"))
 
 
-@case("data", "data_parquet_garbage", xfail=CORPUS_FILE)
+@case("data", "data_parquet_garbage")
 def _(b):
     return _with_data(b, b.file("corpus/texts.parquet", GARBAGE))
 
@@ -380,7 +373,7 @@ case("run_dir", "report_missing_folder")(lambda b: ["report", str(b.tmp / "nowhe
 case("run_dir", "analyze_a_file")(lambda b: ["analyze", str(b.file("run.txt", "x")), "--quiet"])
 
 
-def damaged(name: str, command: str, scored: bool, relative: str, damage: Callable[[Path], object], xfail: str = ""):
+def damaged(name: str, command: str, scored: bool, relative: str, damage: Callable[[Path], object]):
     """A case: `damage` one file of a copied run, then run a command that reads it."""
 
     def argv(b: Bench) -> list[str]:
@@ -388,7 +381,7 @@ def damaged(name: str, command: str, scored: bool, relative: str, damage: Callab
         damage(run / relative)
         return [command, str(run), "--quiet"]
 
-    case("run_dir", name, xfail)(argv)
+    case("run_dir", name)(argv)
 
 
 def garbage(path: Path) -> None:
@@ -450,7 +443,7 @@ def _(b):
     return ["report", str(run), "--quiet"]
 
 
-@case("run_dir", "interp_score_file_truncated", xfail=INTERP_FILE)
+@case("run_dir", "interp_score_file_truncated")
 def _(b):
     run = b.copy(scored=True)
     truncate(_first_score(run))
@@ -618,10 +611,7 @@ def test_catalogue_has_every_area_and_enough_cases():
 
 @pytest.mark.parametrize(
     "bad",
-    [
-        pytest.param(c, id=f"{c.area}-{c.name}", marks=[pytest.mark.xfail(reason=c.xfail, strict=True)] * bool(c.xfail))
-        for c in CASES
-    ],
+    [pytest.param(c, id=f"{c.area}-{c.name}") for c in CASES],
 )
 def test_bad_input_is_one_line_and_exit_2(
     bad: Case, tmp_path, capsys, monkeypatch, tiny_model_dir, tiny_corpus, tiny_run, scored_run, judge_url

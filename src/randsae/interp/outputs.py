@@ -10,7 +10,9 @@ import json
 from pathlib import Path
 
 from randsae.atomic import write_text_atomic
+from randsae.errors import UserError
 from randsae.interp.scorers import ScoredExample
+from randsae.run_dir import read_json
 
 TASKS = ("fuzz", "detection")
 
@@ -20,7 +22,14 @@ def write_scores(path: Path, records: list[ScoredExample]) -> None:
 
 
 def read_scores(path: Path) -> list[ScoredExample]:
-    return [ScoredExample(**record) for record in json.loads(path.read_text())]
+    """A latent's score records; UserError when the file is missing or damaged (rerunning interpret rebuilds it)."""
+    records = read_json(path, "`randsae interpret`")
+    try:
+        return [ScoredExample(**record) for record in records]
+    except TypeError as error:
+        raise UserError(
+            f"{path} does not hold score records ({error})", "Rerun `randsae interpret` to rebuild it"
+        ) from None
 
 
 def read_explanation(path: Path) -> str:

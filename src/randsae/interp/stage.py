@@ -403,7 +403,7 @@ def _earlier_scores(path: Path) -> list[ScoredExample] | None:
     """A latent's stored records, for `score_latents` to keep what needs no asking again; None if unreadable."""
     try:
         return read_scores(path)
-    except (OSError, ValueError, TypeError):
+    except UserError:
         return None
 
 
