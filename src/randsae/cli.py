@@ -85,12 +85,12 @@ def _timed(run, stage: str):
 
 def _existing_run(args: argparse.Namespace):
     """(RunDir, its config, the device) of a run directory named on the command line."""
-    from randsae.config import load_config
+    from randsae.config import load_run_config
     from randsae.experiment import resolve_device
     from randsae.run_dir import RunDir
 
     run = RunDir.existing(args.run_dir)
-    cfg = load_config(run.config)
+    cfg = load_run_config(run)
     return run, cfg, resolve_device(args.device or "auto")
 
 

@@ -24,6 +24,7 @@ from randsae.data.tokens import TokenConfig
 from randsae.interp.config import InterpConfig
 from randsae.models.load import ModelConfig, is_hub_id
 from randsae.models.variants import PAPER_VARIANTS, VARIANTS, VariantConfig
+from randsae.run_dir import RunDir
 from randsae.sae.base import architecture_names
 from randsae.sae.trainer import TrainConfig
 from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, invalid, read_toml
@@ -242,6 +243,12 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     paper's defaults, checked whole."""
     data = apply_overrides(read_toml(path or embedded_config_path()), overrides)
     return build_dataclass(ExperimentConfig, data)
+
+
+def load_run_config(run: RunDir) -> ExperimentConfig:
+    """The config a run directory was made with (its config.toml)."""
+    fix = f"Restore it, or rerun `randsae run --config YOUR.toml --out {run.root}`, which writes it again"
+    return build_dataclass(ExperimentConfig, read_toml(run.config, "the run's config", fix))
 
 
 def dump_config(cfg: ExperimentConfig) -> str:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedModel
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
-from randsae.config import RUN_PARTS, ConfigChange, ExperimentConfig, config_changes, dump_config, load_config
+from randsae.config import RUN_PARTS, ConfigChange, ExperimentConfig, config_changes, dump_config, load_run_config
 from randsae.data.activations import MANIFEST, ActivationCache, CacheManifest, CacheWriter, harvest
 from randsae.data.text import check_source, iter_texts
 from randsae.data.tokens import SPLITS, load_tokens, not_bos, save_tokens, tokenize_splits, unknown_token_warning
@@ -103,7 +103,7 @@ def check_resume(cfg: ExperimentConfig, run: RunDir) -> None:
     if not run.config.is_file():
         return
     try:
-        old = load_config(run.config)
+        old = load_run_config(run)
     except UserError as error:
         raise UserError(
             f"{run.config} cannot be read ({error.problem})", "Use a new --out, or repair that file"

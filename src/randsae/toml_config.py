@@ -27,10 +27,12 @@ from randsae.errors import UserError
 T = TypeVar("T")
 
 
-def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """The TOML file's tables as plain values; a one-line UserError for a missing, unreadable or bad file."""
+def read_toml(
+    path: str | Path, what: str = "config file", fix: str = "Check the path given to --config"
+) -> dict[str, Any]:
+    """The TOML file's tables as plain values; a one-line UserError (ending in `fix`) for a missing, unreadable
+    or bad file."""
     path = Path(path)
-    fix = "Check the path given to --config"
     if path.is_dir():
         raise UserError(f"{what} {path} is a directory, not a TOML file", fix)
     try:
@@ -44,7 +46,9 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise UserError(f"{what} {path} is not valid TOML ({error})", "Fix the syntax at that line") from None
+        raise UserError(
+            f"{what} {path} is not valid TOML ({error})", f"Fix the syntax at that line, or: {fix}"
+        ) from None
 
 
 def apply_overrides(data: dict[str, Any], assignments: Iterable[str]) -> dict[str, Any]:

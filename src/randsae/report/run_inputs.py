@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any
 
 from randsae.analysis.results import AnalysisSummary, load_analysis
-from randsae.config import ExperimentConfig, load_config
+from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
 from randsae.interp.summary import InterpSummary, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
@@ -60,7 +60,7 @@ def read_run(run: RunDir) -> RunInputs:
     notes: list[str] = []
     config = None
     if run.config.is_file():
-        config = load_config(run.config)
+        config = load_run_config(run)
     else:
         notes.append("config.toml is missing: model, data and SAE settings are not shown.")
     timings: dict[str, float] = {}
