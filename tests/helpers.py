@@ -357,6 +357,23 @@ def _report_metrics_rows(variants, layers, d_sae: int, rng: np.random.Generator)
     ]
 
 
+def tiny_interp_config(**overrides) -> InterpConfig:
+    """The auto-interp protocol shrunk to the tiny runs' few hundred held-out tokens."""
+    settings = dict(
+        n_latents=3,
+        min_examples=2,
+        window_size=16,
+        n_top_windows=50,
+        n_explanation_windows=4,
+        n_quantiles=2,
+        n_per_quantile=2,
+        n_negatives=4,
+        n_bootstrap=20,
+        verify_rows=16,
+    )
+    return InterpConfig(**{**settings, **overrides})
+
+
 def build_report_run(
     root: Path,
     *,

@@ -121,22 +121,11 @@ def test_a_damaged_analysis_part_is_measured_again(run):
 
 
 def _interp_run(tmp_path: Path):
-    from randsae.interp import InterpConfig, interpret_run
-    from tests.helpers import build_interp_run, str_tokens
+    from randsae.interp import interpret_run
+    from tests.helpers import build_interp_run, str_tokens, tiny_interp_config
 
     run = RunDir(build_interp_run(tmp_path / "run", variants=("tokenlike",)))
-    cfg = InterpConfig(
-        n_latents=4,
-        min_examples=4,
-        window_size=16,
-        n_top_windows=50,
-        n_explanation_windows=4,
-        n_quantiles=2,
-        n_per_quantile=2,
-        n_negatives=4,
-        n_bootstrap=20,
-        verify_rows=16,
-    )
+    cfg = tiny_interp_config(n_latents=4, min_examples=4)
     return run, lambda: interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
 
 

@@ -12,10 +12,9 @@ import pytest
 
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
-from randsae.interp.config import InterpConfig
 from randsae.interp.stage import interpret_run
 from randsae.report import write_report
-from tests.helpers import read_tables
+from tests.helpers import read_tables, tiny_interp_config
 
 
 @pytest.mark.slow
@@ -26,18 +25,7 @@ def test_report_of_a_real_pipeline_run(tiny_run, tmp_path):
     shutil.rmtree(run / "analysis", ignore_errors=True)
     interpret_run(
         run,
-        InterpConfig(
-            n_latents=3,
-            min_examples=2,
-            window_size=16,
-            n_top_windows=50,
-            n_explanation_windows=4,
-            n_quantiles=2,
-            n_per_quantile=2,
-            n_negatives=4,
-            n_bootstrap=20,
-            verify_rows=16,
-        ),
+        tiny_interp_config(),
         progress=False,
     )
     analyze_run(run, AnalysisConfig(bootstrap_samples=20, window_tokens=16), progress=False)

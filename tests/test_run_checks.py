@@ -15,8 +15,7 @@ import pytest
 from randsae.analysis.config import AnalysisConfig
 from randsae.cli import main
 from randsae.config import dump_config
-from randsae.interp.config import InterpConfig
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, tiny_interp_config
 
 
 def _damaged_model(tmp_path: Path, model: Path, case: str) -> Path:
@@ -98,18 +97,7 @@ def test_a_quiet_run_prints_no_progress_bar(tmp_path, capfd, tiny_model_dir, tin
     shutil.copytree(tiny_corpus, corpus)
     cfg = dataclasses.replace(
         tiny_config(tiny_model_dir, corpus, variants=("trained", "control"), layers=(1,)),
-        interp=InterpConfig(
-            n_latents=3,
-            min_examples=2,
-            window_size=16,
-            n_top_windows=50,
-            n_explanation_windows=4,
-            n_quantiles=2,
-            n_per_quantile=2,
-            n_negatives=4,
-            n_bootstrap=20,
-            verify_rows=16,
-        ),
+        interp=tiny_interp_config(),
         analysis=AnalysisConfig(bootstrap_samples=20, window_tokens=16),
     )
     config = tmp_path / "experiment.toml"

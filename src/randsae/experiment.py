@@ -74,12 +74,17 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
 
 def tokens_intact(path: Path) -> bool:
     """Whether a split's token file is there and readable; a damaged one is reported and tokenized again."""
-    if not path.is_file():
+    return _intact(path, lambda: load_tokens(path), "tokenizing again")
+
+
+def _intact(marker: Path, load: Callable[[], object], redo: str) -> bool:
+    """Whether an artifact is there (its `marker` file) and loads; a damaged one is reported, then made again."""
+    if not marker.is_file():
         return False
     try:
-        load_tokens(path)
+        load()
     except UserError as error:
-        print(f"{error.problem}: tokenizing again", file=sys.stderr)
+        print(f"{error.problem}: {redo}", file=sys.stderr)
         return False
     return True
 
@@ -295,14 +300,7 @@ def train_variant_saes(
 
 def sae_is_trained(folder: Path) -> bool:
     """Trained means a training record beside weights that load; a damaged SAE is reported and retrained."""
-    if not (folder / SAE_TRAINING_FILE).is_file():
-        return False
-    try:
-        load_sae(folder)
-    except UserError as error:
-        print(f"{error.problem}: training it again", file=sys.stderr)
-        return False
-    return True
+    return _intact(folder / SAE_TRAINING_FILE, lambda: load_sae(folder), "training it again")
 
 
 @torch.no_grad()
