@@ -85,7 +85,9 @@ def main() -> None:
             out = Path(tmp) / f"x{scale}"
             out.mkdir()
             command = [sys.executable, __file__, "--child", str(corpus), str(args.train_tokens * scale), str(out)]
-            line = subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            line = (
+                subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
+            )
             results[scale] = json.loads(line)
             size = sum(path.stat().st_size for path in out.iterdir())
             r = results[scale]

@@ -104,7 +104,7 @@ def test_split_is_by_document_deterministic_and_disjoint(tmp_path, tiny_model_di
     cfg = TokenConfig(context_size=16, train_tokens=512, heldout_tokens=256, heldout_fraction=0.3)
     texts = list(iter_texts(TextConfig(source=str(tiny_corpus / "*.jsonl"))))
     first, _ = tokenize(tmp_path / "a", texts, tokenizer, cfg)
-    again, _ = tokenize(tmp_path / "b", texts, tokenizer, cfg)
+    again, _ = tokenize(tmp_path / "b", texts, tokenizer, cfg, batch_docs=8)  # stops reading once both are full
     assert all(torch.equal(first[s], again[s]) for s in first)
     assert first["train"].shape == (32, 16) and first["heldout"].shape == (16, 16)
     assert torch.all(first["train"][:, 0] == tokenizer.bos_token_id)

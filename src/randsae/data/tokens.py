@@ -179,6 +179,8 @@ def tokenize_splits(
         pending: list[str] = []
 
         def flush() -> None:
+            if not pending:
+                return
             encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
             for text, ids in zip(pending, encoded, strict=True):
                 split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
