@@ -19,7 +19,7 @@ import torch
 
 from randsae.data.activations import CacheManifest, CacheWriter, harvest
 from randsae.data.text import EMBEDDED, TextConfig, iter_texts
-from randsae.data.tokens import TokenConfig, tokenize_splits
+from randsae.data.tokens import TokenConfig, load_tokens, tokenize_splits
 from randsae.models.hookpoints import find_blocks, residual_stream
 from randsae.models.load import ModelConfig, load_model
 
@@ -36,7 +36,10 @@ def main() -> None:
     lm = load_model(ModelConfig(name=EMBEDDED), device)
     path, blocks = find_blocks(lm.model)
     cfg = TokenConfig(context_size=256, train_tokens=args.windows * 256, heldout_tokens=256)
-    ids = tokenize_splits(iter_texts(TextConfig(source=EMBEDDED)), lm.tokenizer, cfg)["train"].long()
+    with tempfile.TemporaryDirectory() as tmp:
+        train = Path(tmp) / "train.safetensors"
+        tokenize_splits(iter_texts(TextConfig(source=EMBEDDED)), lm.tokenizer, cfg, {"train": train})
+        ids = load_tokens(train).long()
     deepest = max(args.layers)
 
     bare = copy.deepcopy(lm.model.model)

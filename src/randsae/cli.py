@@ -35,6 +35,11 @@ def command_run(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, device=args.device)
     run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
     progress = not args.quiet
+    if args.plan:
+        from randsae.experiment import show_plan
+
+        show_plan(cfg, run, progress)
+        return
     print(f"randsae run → {run.root}  (config: {args.config or 'embedded default'})")
     if "interpret" not in args.skip:
         from randsae.interp.stage import check_judge
@@ -175,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"], help="stages to leave out"
+    )
+    run.add_argument(
+        "--plan", action="store_true", help="print each stage's tokens, disk, memory and time estimate, then exit"
     )
     run.set_defaults(handler=command_run)
 

@@ -9,6 +9,7 @@ built. Every output is checked for before it is made, so rerunning the same comm
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import sys
 import tempfile
 import time
@@ -23,7 +24,15 @@ from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.config import RUN_PARTS, ConfigChange, ExperimentConfig, config_changes, dump_config, load_run_config
 from randsae.data.activations import MANIFEST, ActivationCache, CacheManifest, CacheWriter, harvest
 from randsae.data.text import check_source, iter_texts
-from randsae.data.tokens import SPLITS, load_tokens, not_bos, save_tokens, tokenize_splits, unknown_token_warning
+from randsae.data.tokens import (
+    CHUNK_WINDOWS,
+    SPLITS,
+    count_not_bos,
+    load_tokens,
+    not_bos,
+    tokenize_splits,
+    unknown_token_warning,
+)
 from randsae.errors import UserError
 from randsae.metrics.downstream import DownstreamMetrics, downstream_metrics
 from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMetrics
@@ -31,6 +40,15 @@ from randsae.metrics.results import MetricsRow, load_metrics, save_metrics
 from randsae.models.hookpoints import check_layers, final_norm_weight, find_blocks, hook_name, residual_stream
 from randsae.models.load import LoadedModel, check_context_size, is_hub_id, load_model
 from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
+from randsae.plan import (
+    RunShape,
+    StageEstimate,
+    check_disk,
+    estimate_stages,
+    format_plan,
+    human_bytes,
+    total_disk,
+)
 from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
 from randsae.sae.trainer import train_sae
@@ -62,14 +80,77 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
     if missing:
         if progress:
             print(f"tokenizing {cfg.data.source} ...")
-        windows = tokenize_splits(iter_texts(cfg.data, progress), lm.tokenizer, cfg.tokens)
-        warning = unknown_token_warning(windows, lm.tokenizer)
+        paths = {split: run.tokens(split) for split in missing}
+        unknown = tokenize_splits(iter_texts(cfg.data, progress), lm.tokenizer, cfg.tokens, paths)
+        warning = unknown_token_warning(unknown, lm.tokenizer)
         if warning:
             print(f"randsae: warning: {warning}", file=sys.stderr)
-        for split in missing:
-            save_tokens(run.tokens(split), windows[split])
     _save_unembedding(lm.model, run.unembedding())
     return {split: load_tokens(run.tokens(split)) for split in SPLITS}
+
+
+def plan_run(
+    cfg: ExperimentConfig, lm: LoadedModel, blocks: nn.ModuleList, device: torch.device, measure: bool = True
+) -> list[StageEstimate]:
+    """The run's estimated cost per stage (`randsae.plan`), timed by a micro-benchmark when `measure`."""
+    d_model = lm.model.config.hidden_size
+    c = cfg.tokens.context_size
+    train_tokens = cfg.tokens.train_tokens // c * c
+    usable = count_not_bos(train_tokens, c) if cfg.train.skip_bos else train_tokens
+    sae_cfg = SAEConfig(
+        architecture=cfg.sae.architecture,
+        d_in=d_model,
+        d_sae=cfg.sae.expansion * d_model,
+        k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
+        l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
+    )
+    parameters = list(lm.model.parameters())
+    shape = RunShape(
+        variants=len(cfg.variants),
+        layers=len(cfg.layers),
+        train_tokens=train_tokens,
+        heldout_tokens=cfg.tokens.heldout_tokens // c * c,
+        context_size=c,
+        d_model=d_model,
+        d_sae=sae_cfg.d_sae,
+        n_params=sum(parameter.numel() for parameter in parameters),
+        param_bytes=parameters[0].element_size(),
+        activation_bytes=torch.empty(0, dtype=getattr(torch, cfg.activation_dtype)).element_size(),
+        harvest_batch_windows=cfg.eval.batch_windows,
+        train_batch_tokens=cfg.train.batch_size,
+        train_steps=(cfg.train.total_tokens or cfg.train.n_epochs * usable) // cfg.train.batch_size,
+        ce_windows=cfg.eval.ce_windows,
+        chunk_windows=CHUNK_WINDOWS,
+        k=sae_cfg.k,
+    )
+    speeds = None
+    if measure:
+        from randsae.speed import measure_speeds
+
+        speeds = measure_speeds(
+            lm.model, blocks, cfg.layers, cfg.eval.batch_windows, c, sae_cfg, cfg.train.batch_size, device
+        )
+    return estimate_stages(shape, speeds)
+
+
+def disk_left(run: RunDir, stages: list[StageEstimate]) -> tuple[int, int]:
+    """(bytes the run still has to write: its estimate less what the run directory holds, free bytes there)."""
+    existing = next(path for path in (run.root, *run.root.absolute().parents) if path.exists())
+    written = sum(path.stat().st_size for path in run.root.rglob("*") if path.is_file()) if run.root.is_dir() else 0
+    return max(0, total_disk(stages) - written), shutil.disk_usage(existing).free
+
+
+def show_plan(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> None:
+    """`randsae run --plan`: print the plan and the disk it leaves free, writing nothing."""
+    device = resolve_device(cfg.device)
+    lm = load_model(cfg.model, device, progress=progress)
+    _, blocks = find_blocks(lm.model, cfg.model.blocks)
+    check_layers(cfg.layers, len(blocks))
+    check_context_size(lm, cfg.tokens.context_size)
+    stages = plan_run(cfg, lm, blocks, device)
+    need, free = disk_left(run, stages)
+    print(format_plan(stages))
+    print(f"disk: {human_bytes(need)} still to write, {human_bytes(free)} free for {run.root}")
 
 
 def tokens_intact(path: Path) -> bool:
@@ -384,6 +465,10 @@ def run_pipeline(
     check_context_size(lm, cfg.tokens.context_size)
     if not all(run.tokens(split).is_file() for split in SPLITS):
         check_source(cfg.data)
+    stages = plan_run(cfg, lm, blocks, device, measure=progress)
+    if progress:
+        print(format_plan(stages))
+    check_disk(*disk_left(run, stages), str(run.root))  # before anything is written
     run.root.mkdir(parents=True, exist_ok=True)  # only once the config, model and data are known to be good
     timings = Timings(run)
     timings.seconds["load_model"] = time.perf_counter() - start

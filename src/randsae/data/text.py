@@ -12,6 +12,10 @@ import dataclasses
 import glob
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import datasets
 
 from randsae.errors import UserError
 from randsae.toml_config import invalid
@@ -76,7 +80,7 @@ def _embedded_texts() -> Iterator[str]:
     seen: set[str] = set()
     for folder, column in EMBEDDED_PARTS:
         for arrow in sorted((root / folder).glob("*.arrow")):
-            for text in Dataset.from_file(str(arrow))[column]:
+            for text in _column(Dataset.from_file(str(arrow)), column):
                 if text not in seen:  # BoolQ asks several questions about one passage
                     seen.add(text)
                     yield text
@@ -137,7 +141,13 @@ def _table_column(path: str, suffix: str, column: str, progress: bool) -> Iterat
             f"{path} has no column {column!r} (it has {', '.join(table.column_names)})",
             "Set data.column to the text column",
         )
-    yield from table[column]
+    yield from _column(table, column)
+
+
+def _column(table: datasets.Dataset, column: str, batch_rows: int = 1024) -> Iterator[str]:
+    """A column of a (memory-mapped) table a batch of rows at a time, never the whole column in a list."""
+    for batch in table.select_columns([column]).iter(batch_size=batch_rows):
+        yield from batch[column]
 
 
 def _hub_texts(cfg: TextConfig, progress: bool) -> Iterator[str]:

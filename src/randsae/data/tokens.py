@@ -5,30 +5,37 @@ Documents are joined by EOS and cut into windows of `context_size - 1` tokens; e
 an explicit BOS token, so position 0 is always the same token whatever the tokenizer adds by itself.
 Activation caches flatten the windows (row r = window r // context_size, position r % context_size), and
 everything downstream leaves the BOS rows out (`not_bos`): their activations are attention-sink outliers.
+
+Windows are packed and written a chunk at a time into the split's token file, and read back memory-mapped,
+so no split is ever held in memory whole, whatever `train_tokens` is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
-from collections.abc import Iterable
+import json
+import struct
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
-from safetensors.torch import load_file
 from torch import Tensor
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-from randsae.atomic import save_safetensors_atomic
 from randsae.errors import UserError
 from randsae.toml_config import invalid
 
 SPLITS = ("train", "heldout")
 UNKNOWN_WARNING_SHARE = 0.05
 """Above this share of unknown tokens the text does not suit the tokenizer (a warning, not an error)."""
+CHUNK_WINDOWS = 1024
+"""Windows packed and written at a time: what tokenization holds in memory, whatever the split's size."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,66 +94,120 @@ def special_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
     return bos, eos if eos is not None else bos
 
 
+class WindowPacker:
+    """Packs one split's documents into windows as they come, handing them to `sink` in chunks of whole
+    windows: only one chunk of tokens is held, however many the split asks for."""
+
+    def __init__(
+        self,
+        n_windows: int,
+        context_size: int,
+        bos: int,
+        separator: int,
+        sink: Callable[[np.ndarray], None],
+        chunk_windows: int = CHUNK_WINDOWS,
+    ):
+        self.n_windows, self.body, self.bos, self.separator = n_windows, context_size - 1, bos, separator
+        self.sink, self.chunk_tokens = sink, chunk_windows * self.body
+        self.packed = 0
+        self.stream: list[int] = []
+
+    @property
+    def full(self) -> bool:
+        return self.packed == self.n_windows
+
+    def add(self, ids: list[int]) -> None:
+        """Append one document and its separator (ignored once the split is full)."""
+        if self.full:
+            return
+        self.stream.extend(ids)
+        self.stream.append(self.separator)
+        if len(self.stream) >= self.chunk_tokens:
+            self.emit()
+
+    def emit(self) -> None:
+        """Hand the whole windows the stream holds to the sink (the rest waits for more text)."""
+        n = min(self.n_windows - self.packed, len(self.stream) // self.body)
+        if n == 0:
+            return
+        windows = np.empty((n, self.body + 1), dtype=np.int32)
+        windows[:, 0] = self.bos
+        windows[:, 1:] = np.asarray(self.stream[: n * self.body], dtype=np.int32).reshape(n, self.body)
+        del self.stream[: n * self.body]
+        self.packed += n
+        if self.full:
+            self.stream.clear()
+        self.sink(windows)
+
+
 def pack_windows(documents: Iterable[list[int]], n_windows: int, context_size: int, bos: int, separator: int) -> Tensor:
-    """int32 [≤ n_windows, context_size]: documents joined by `separator`, cut, each window led by BOS."""
-    body = context_size - 1
-    needed = n_windows * body
-    stream: list[int] = []
+    """int32 [≤ n_windows, context_size] in memory: documents joined by `separator`, cut, each window led by BOS."""
+    chunks: list[np.ndarray] = [np.empty((0, context_size), dtype=np.int32)]
+    packer = WindowPacker(n_windows, context_size, bos, separator, chunks.append)
     for ids in documents:
-        stream.extend(ids)
-        stream.append(separator)
-        if len(stream) >= needed:
+        packer.add(ids)
+        if packer.full:
             break
-    n = min(n_windows, len(stream) // body)
-    windows = torch.tensor(stream[: n * body], dtype=torch.int32).view(n, body)
-    return torch.cat([torch.full((n, 1), bos, dtype=torch.int32), windows], dim=1)
+    packer.emit()
+    return torch.from_numpy(np.concatenate(chunks))
 
 
 def tokenize_splits(
-    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, cfg: TokenConfig, batch_docs: int = 256
-) -> dict[str, Tensor]:
-    """{"train": [n, C], "heldout": [m, C]}: stops reading text once both splits are full."""
+    texts: Iterable[str],
+    tokenizer: PreTrainedTokenizerBase,
+    cfg: TokenConfig,
+    paths: Mapping[str, Path],
+    batch_docs: int = 256,
+) -> float:
+    """Write the windows of each split in `paths` (of SPLITS) to its token file, reading text only until they
+    are full; returns the share of their tokens (BOS left out) that are the tokenizer's unknown token."""
     bos, separator = special_ids(tokenizer)
-    body = cfg.context_size - 1
-    wanted = {"train": cfg.train_tokens // cfg.context_size, "heldout": cfg.heldout_tokens // cfg.context_size}
-    docs: dict[str, list[list[int]]] = {split: [] for split in SPLITS}
-    have = dict.fromkeys(SPLITS, 0)
-    pending: list[str] = []
-
-    def flush() -> None:
-        encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
-        for text, ids in zip(pending, encoded, strict=True):
-            split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
-            docs[split].append(ids)
-            have[split] += len(ids) + 1
-        pending.clear()
-
-    for text in texts:
-        pending.append(text)
-        if len(pending) == batch_docs:
-            flush()
-            if all(have[s] >= wanted[s] * body for s in SPLITS):
-                break
-    if pending:
-        flush()
-    windows = {split: pack_windows(docs[split], wanted[split], cfg.context_size, bos, separator) for split in SPLITS}
-    for split, tensor in windows.items():
-        if tensor.shape[0] < wanted[split]:
-            raise UserError(
-                f"the text has only {tensor.numel()} {split} tokens, {wanted[split] * cfg.context_size} were asked for",
-                f"Lower tokens.{split}_tokens or use more text",
-            )
-    return windows
-
-
-def unknown_token_warning(windows: dict[str, Tensor], tokenizer: PreTrainedTokenizerBase) -> str | None:
-    """A warning naming the share of the windows' tokens (BOS left out) that are the tokenizer's unknown
-    token, when it is above UNKNOWN_WARNING_SHARE; None otherwise or when the tokenizer has no unknown token."""
     unk = tokenizer.unk_token_id
-    if unk is None:
-        return None
-    body = torch.cat([split[:, 1:].flatten() for split in windows.values()])
-    share = (body == unk).float().mean().item() if body.numel() else 0.0
+    counts = {"unknown": 0, "all": 0}
+    with contextlib.ExitStack() as stack:
+        packers = {}
+        for split, path in paths.items():
+            n_windows = getattr(cfg, f"{split}_tokens") // cfg.context_size
+            writer = stack.enter_context(TokenFileWriter(path, n_windows, cfg.context_size))
+
+            def sink(windows: np.ndarray, writer: TokenFileWriter = writer) -> None:
+                writer.write(windows)
+                counts["all"] += windows.size - windows.shape[0]
+                counts["unknown"] += int((windows[:, 1:] == unk).sum()) if unk is not None else 0
+
+            packers[split] = WindowPacker(n_windows, cfg.context_size, bos, separator, sink)
+        pending: list[str] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            encoded = tokenizer(pending, add_special_tokens=False)["input_ids"]
+            for text, ids in zip(pending, encoded, strict=True):
+                split = "heldout" if is_heldout(text, cfg.heldout_fraction, cfg.split_seed) else "train"
+                if split in packers:
+                    packers[split].add(ids)
+            pending.clear()
+
+        for text in texts:
+            pending.append(text)
+            if len(pending) == batch_docs:
+                flush()
+                if all(packer.full for packer in packers.values()):
+                    break
+        flush()
+        for split, packer in packers.items():
+            packer.emit()
+            if not packer.full:
+                raise UserError(
+                    f"the text has only {packer.packed * cfg.context_size} {split} tokens, "
+                    f"{packer.n_windows * cfg.context_size} were asked for",
+                    f"Lower tokens.{split}_tokens or use more text",
+                )
+    return counts["unknown"] / counts["all"] if counts["all"] else 0.0
+
+
+def unknown_token_warning(share: float, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """A warning naming the share of unknown tokens (`tokenize_splits`) when it is above UNKNOWN_WARNING_SHARE."""
     if share <= UNKNOWN_WARNING_SHARE:
         return None
     return (
@@ -155,9 +216,53 @@ def unknown_token_warning(windows: dict[str, Tensor], tokenizer: PreTrainedToken
     )
 
 
+class TokenFileWriter:
+    """Writes one split's token file as windows arrive: a safetensors file (`input_ids`, int32 [n, C]) whose
+    header, written first, already holds the final shape, so the data streams after it. The file is built
+    under a temporary name and renamed into place once all `n_windows` are written; on an error it is removed.
+    """
+
+    def __init__(self, path: Path, n_windows: int, context_size: int):
+        self.path, self.n_windows, self.context_size = path, n_windows, context_size
+        self.tmp = path.with_name(path.name + ".tmp")
+        self.written = 0
+
+    def __enter__(self) -> TokenFileWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.tmp, "wb")
+        self.file.write(_header(self.n_windows, self.context_size))
+        return self
+
+    def write(self, windows: np.ndarray) -> None:
+        if windows.shape[1:] != (self.context_size,) or self.written + windows.shape[0] > self.n_windows:
+            raise ValueError(f"windows of shape {windows.shape} do not fit {self.path}")
+        self.file.write(np.ascontiguousarray(windows, dtype="<i4").tobytes())
+        self.written += windows.shape[0]
+
+    def __exit__(self, error_type: object, *_: object) -> None:
+        self.file.close()
+        if error_type is None and self.written == self.n_windows:
+            self.tmp.replace(self.path)
+            return
+        self.tmp.unlink(missing_ok=True)
+        if error_type is None:
+            raise ValueError(f"{self.written} of the {self.n_windows} windows of {self.path} were written")
+
+
+def _header(n_windows: int, context_size: int) -> bytes:
+    """The safetensors header of `input_ids` int32 [n_windows, context_size], byte for byte as
+    `safetensors.torch.save_file` writes it (JSON padded with spaces to a multiple of 8)."""
+    size = n_windows * context_size * 4
+    entry = {"dtype": "I32", "shape": [n_windows, context_size], "data_offsets": [0, size]}
+    text = json.dumps({"input_ids": entry}, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
 def save_tokens(path: Path, input_ids: Tensor) -> None:
-    """One split's windows, int32 [n_windows, context_size], as `input_ids` in a safetensors file."""
-    save_safetensors_atomic(path, {"input_ids": input_ids})
+    """One split's windows, int32 [n_windows, context_size], written atomically (`TokenFileWriter`)."""
+    with TokenFileWriter(path, *input_ids.shape) as writer:
+        writer.write(input_ids.numpy())
 
 
 def load_tokens(path: Path) -> Tensor:
@@ -165,9 +270,27 @@ def load_tokens(path: Path) -> Tensor:
     if not path.is_file():
         raise UserError(f"no token windows at {path}", "Run `randsae run` first to create the run directory")
     try:
-        return load_file(path)["input_ids"]
-    except Exception as error:  # safetensors raises its own error types for a damaged file
+        return torch.from_numpy(_map_windows(path))
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, struct.error) as error:
         raise UserError(
             f"token file {path} is damaged ({error})",
             "Rerun `randsae run` with the same --out: it tokenizes a damaged file again",
         ) from None
+
+
+def _map_windows(path: Path) -> np.ndarray:
+    """The file's `input_ids` memory-mapped (copy on write), after checking its header against its size."""
+    with open(path, "rb") as file:
+        (length,) = struct.unpack("<Q", file.read(8))
+        if length > 1 << 20:
+            raise ValueError("header length out of range")
+        entry = json.loads(file.read(length))["input_ids"]
+    rows, columns = entry["shape"]
+    start, end = entry["data_offsets"]
+    if entry["dtype"] != "I32" or start != 0 or end != rows * columns * 4:
+        raise ValueError(f"input_ids is {entry}, not int32 [n_windows, context_size]")
+    if path.stat().st_size != 8 + length + end:
+        raise ValueError(f"{path.stat().st_size} bytes, {8 + length + end} expected")
+    if rows == 0:
+        return np.empty((0, columns), dtype=np.int32)
+    return np.memmap(path, dtype="<i4", mode="c", offset=8 + length, shape=(rows, columns))
