@@ -69,6 +69,9 @@ class TensorSource:
         yield from self.activations.split(rows)
 
 
+ACTIVATION_MODES = ("auto", "stream", "cache")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How to train one SAE (the architecture and its size are in `SAEConfig`)."""
@@ -86,7 +89,15 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this."""
     buffer_tokens: int = 2**18
-    """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes."""
+    """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes (streamed: about
+    2 x buffer_tokens x layers x d_model x 4 bytes, every layer's rows buffered together)."""
+    activations: str = "auto"
+    """Where an experiment's SAEs read train activations: `cache` (harvested to disk first, then each SAE
+    trained on its cache), `stream` (one truncated forward per batch of train windows feeds every layer's
+    SAE, through the shuffle buffer; only the held-out split is cached), or `auto`: stream when the
+    run's train caches would exceed `cache_limit_gb`."""
+    cache_limit_gb: float = 16.0
+    """With `activations = "auto"`: the largest train cache (all variants and layers, GB) to write."""
     context_size: int | None = None
     """Tokens per window of the source: row r is position r % context_size, position 0 is BOS. An experiment
     sets it to `tokens.context_size`, so leave it out of a config file."""
@@ -123,7 +134,9 @@ class TrainConfig:
             raise invalid(
                 "train.topk_selection_dtype", self.topk_selection_dtype, "bfloat16, float16 or float32, or leave it out"
             )
-        for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s"):
+        if self.activations not in ACTIVATION_MODES:
+            raise invalid("train.activations", self.activations, f"one of {', '.join(ACTIVATION_MODES)}")
+        for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s", "cache_limit_gb"):
             if not getattr(self, name) >= 0:
                 raise invalid(f"train.{name}", getattr(self, name), "a number of at least 0")
         if not self.max_grad_norm > 0:
