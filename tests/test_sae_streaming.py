@@ -9,6 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from randsae.analysis.config import AnalysisConfig
+from randsae.analysis.stage import analyze_run
 from randsae.experiment import run_pipeline
 from randsae.run_dir import RunDir, SAEKey
 from randsae.sae.streaming import ActivationStream
@@ -88,3 +90,9 @@ def test_interrupted_streamed_training_resumes_to_the_uninterrupted_saes(
     for key, tensors in expected.items():
         for name, tensor in tensors.items():
             assert torch.equal(got[key][name], tensor), (key, name)
+
+    # the analysis of a streamed run: the lookup is fit on held-out windows, seed stability skipped
+    summary = analyze_run(tmp_path / "whole", AnalysisConfig(seed_stability=True, bootstrap_samples=10), progress=False)
+    assert any("token lookup" in note for note in summary.notes)
+    assert any("seed stability skipped" in note for note in summary.notes)
+    assert {(record.variant, record.layer) for record in summary.saes} == set(expected)
