@@ -2,8 +2,9 @@
 report, which read the run directory and are run by the CLI after these).
 
 The model is loaded once; each variant is built from it in turn, harvested for every layer in one
-truncated forward per batch, its SAEs trained on the cache, and evaluated, before the next variant is
-built. Every output is checked for before it is made, so rerunning the same command resumes.
+truncated forward per batch, its SAEs trained on the cache (or, with `train.activations` streaming, on
+forwards over the train windows, only the held-out split cached), and evaluated, before the next variant
+is built. Every output is checked for before it is made, so rerunning the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel
 
 from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.config import RUN_PARTS, ConfigChange, ExperimentConfig, config_changes, dump_config, load_run_config
-from randsae.data.activations import MANIFEST, ActivationCache, CacheManifest, CacheWriter, harvest
+from randsae.data.activations import DTYPES, MANIFEST, ActivationCache, CacheManifest, CacheWriter, harvest
 from randsae.data.text import check_source, iter_texts
 from randsae.data.tokens import (
     CHUNK_WINDOWS,
@@ -51,7 +52,8 @@ from randsae.plan import (
 )
 from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
-from randsae.sae.trainer import train_sae
+from randsae.sae.streaming import ActivationStream, train_streaming
+from randsae.sae.trainer import TrainResult, train_sae
 from randsae.seeds import derived_seed
 
 SHARD_WINDOWS = 64
@@ -321,6 +323,42 @@ def _noise_reseed(model: PreTrainedModel, seed: int, stream: str) -> Callable[[i
     return lambda position: embedding.reseed(derived_seed(seed, f"{stream}/{position}"))
 
 
+def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int) -> str:
+    """`stream` or `cache`: `train.activations`, `auto` resolved by the size all train caches would have."""
+    if cfg.train.activations != "auto":
+        return cfg.train.activations
+    row_bytes = d_model * DTYPES[cfg.activation_dtype].itemsize
+    cache_gb = train_tokens * row_bytes * len(cfg.layers) * len(cfg.variants) / 1e9
+    return "stream" if cache_gb > cfg.train.cache_limit_gb else "cache"
+
+
+def _sae_config(
+    cfg: ExperimentConfig, d_model: int, context: int, model_name: str, blocks_path: str, variant: str, layer: int
+) -> SAEConfig:
+    return SAEConfig(
+        architecture=cfg.sae.architecture,
+        d_in=d_model,
+        d_sae=cfg.sae.expansion * d_model,
+        k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
+        l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
+        metadata={
+            "model_name": model_name,
+            "hook_name": hook_name(blocks_path, layer),
+            "variant": variant,
+            "layer": layer,
+            "context_size": context,
+            "prepend_bos": True,
+            "dataset_path": cfg.data.source,
+            "seed": cfg.seed,
+        },
+    )
+
+
+def _save_trained(folder: Path, result: TrainResult) -> None:
+    (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
+    result.save(folder)  # training.json is written last: it marks the SAE as trained
+
+
 def train_variant_saes(
     cfg: ExperimentConfig,
     run: RunDir,
@@ -344,24 +382,8 @@ def train_variant_saes(
         cache = ActivationCache.open(run.activations(Site(variant, layer), "train"))
         cache.verify()
         manifest = cache.manifest
-        sae_cfg = SAEConfig(
-            architecture=cfg.sae.architecture,
-            d_in=manifest.d_model,
-            d_sae=cfg.sae.expansion * manifest.d_model,
-            k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
-            l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
-            metadata={
-                "model_name": model_name,
-                "hook_name": hook_name(blocks_path, layer),
-                "variant": variant,
-                "layer": layer,
-                "context_size": manifest.context_size,
-                "prepend_bos": True,
-                "dataset_path": cfg.data.source,
-                "seed": cfg.seed,
-            },
-        )
-        train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size)
+        sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, variant, layer)
+        train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
         if progress:
             print(f"training {cfg.sae.architecture} SAE {variant} layer {layer} (d_sae {sae_cfg.d_sae})")
         folder.mkdir(parents=True, exist_ok=True)
@@ -374,9 +396,48 @@ def train_variant_saes(
             progress=progress,
             checkpoint=folder / SAE_CHECKPOINT_FILE,
         )  # an interrupted training resumes
-        (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
-        result.save(folder)  # training.json is written last: it marks the SAE as trained
+        _save_trained(folder, result)
     return trained
+
+
+def stream_variant_saes(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    model: PreTrainedModel,
+    blocks: nn.ModuleList,
+    blocks_path: str,
+    model_name: str,
+    variant: str,
+    train_ids: Tensor,
+    device: torch.device,
+    progress: bool,
+) -> list[int]:
+    """Train the variant's untrained SAEs together from its model's forwards over the train windows (no train
+    cache); returns the layers trained now. An interrupted training resumes from the variant's checkpoint."""
+    layers = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
+    if not layers:
+        return []
+    context, d_model = train_ids.shape[1], model.config.hidden_size
+    train_cfg = dataclasses.replace(cfg.train, context_size=context, activations="stream")
+    reseed = _noise_reseed(model, cfg.variant.seed, "train")
+
+    def forward(first_window: int, ids: Tensor) -> dict[int, Tensor]:
+        if reseed is not None:
+            reseed(first_window)  # the noise the harvest of these windows would draw
+        return residual_stream(model, blocks, layers, ids.to(device=device, dtype=torch.long))
+
+    stream = ActivationStream(forward, train_ids, layers, train_cfg, cfg.eval.batch_windows, seed=cfg.seed)
+    sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, variant, layer) for layer in layers]
+    if progress:
+        print(f"training {cfg.sae.architecture} SAEs {variant} layers {layers} from streamed activations")
+    checkpoint = run.stream_checkpoint(variant)
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    results = train_streaming(stream, sae_cfgs, seed=cfg.seed, device=device, progress=progress, checkpoint=checkpoint)
+    for layer, result in zip(layers, results, strict=True):
+        folder = run.sae(SAEKey(variant, layer))
+        folder.mkdir(parents=True, exist_ok=True)
+        _save_trained(folder, result)
+    return layers
 
 
 def sae_is_trained(folder: Path) -> bool:
@@ -480,9 +541,11 @@ def run_pipeline(
     with timings.stage("prepare"):
         tokens = prepare_run(cfg, run, lm, progress)
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}
+    mode = activation_mode(cfg, tokens["train"].numel(), lm.model.config.hidden_size)
+    cached = tuple(SPLITS) if mode == "cache" else ("heldout",)  # streamed: only the held-out split is cached
     for variant in cfg.variants:
         # Done is read off the artifacts themselves: intact caches, trained SAEs, and a metrics row per SAE.
-        missing_caches = [layer for layer in cfg.layers if not caches_complete(run, Site(variant, layer))]
+        missing_caches = [layer for layer in cfg.layers if not caches_complete(run, Site(variant, layer), cached)]
         untrained = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
         unevaluated = [layer for layer in cfg.layers if (variant, layer) not in rows]
         if not (missing_caches or untrained or unevaluated):
@@ -492,11 +555,26 @@ def run_pipeline(
             model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()  # type: ignore[arg-type]
             _, variant_blocks = find_blocks(model, blocks_path)
         with timings.stage("harvest"):
+            to_cache = {split: tokens[split] for split in cached}
             harvest_variant(
-                cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, tokens, device, progress
+                cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
             )
         with timings.stage("train"):
-            retrained = train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
+            if mode == "stream":
+                retrained = stream_variant_saes(
+                    cfg,
+                    run,
+                    model,
+                    variant_blocks,
+                    blocks_path,
+                    lm.display_name,
+                    variant,
+                    tokens["train"],
+                    device,
+                    progress,
+                )
+            else:
+                retrained = train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
         stale = sorted(set(unevaluated) | set(retrained))
         with timings.stage("evaluate"):
             for row in evaluate_variant(cfg, run, model, variant_blocks, variant, tokens["heldout"], device, stale):
@@ -506,10 +584,10 @@ def run_pipeline(
     return [rows[(variant, layer)] for variant in cfg.variants for layer in cfg.layers]
 
 
-def caches_complete(run: RunDir, site: Site) -> bool:
-    """Whether both splits' caches of a site are complete and intact (else the harvest resumes or repairs)."""
+def caches_complete(run: RunDir, site: Site, splits: Sequence[str] = SPLITS) -> bool:
+    """Whether the `splits`' caches of a site are complete and intact (else the harvest resumes or repairs)."""
     try:
-        for split in SPLITS:
+        for split in splits:
             ActivationCache.open(run.activations(site, split))
     except UserError:
         return False

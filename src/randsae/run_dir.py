@@ -32,6 +32,8 @@ SAE_TRAINING_FILE = "training.json"
 """Written last by training: its presence marks an SAE as trained."""
 SAE_CHECKPOINT_FILE = "train_checkpoint.pt"
 """An interrupted training's state, removed when training finishes."""
+STREAM_CHECKPOINT_FILE = "stream_checkpoint.pt"
+"""An interrupted streamed training's state (every SAE of a variant and the stream), removed at the end."""
 _DRAW = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-draw(?P<seed>\d+)")
 _SEED = re.compile(r"seed(?P<seed>\d+)")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -209,6 +211,10 @@ class RunDir:
     def sae(self, key: SAEKey) -> Path:
         """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
         return self.model_root(key.model) / "saes" / Path(*key.parts())
+
+    def stream_checkpoint(self, variant: str) -> Path:
+        """The state of a variant's interrupted streamed training (all its layers' SAEs), removed at the end."""
+        return self.model_root(None) / "saes" / variant / STREAM_CHECKPOINT_FILE
 
     # Auto-interp: one folder per judge, latent caches shared by all judges.
     def latent_cache(self, key: SAEKey) -> Path:

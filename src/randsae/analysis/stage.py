@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -97,21 +98,54 @@ def measure_entry(
     train_ids: torch.Tensor,
     device: str | torch.device = "cpu",
 ) -> SAEAnalysis:
-    """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged."""
+    """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged.
+
+    The token lookup is fit on the train cache's first rows; an SAE trained on streamed activations has no
+    train cache, so its lookup is fit on the held-out windows after the analysed ones, which are then at
+    most the first half of the held-out split (the lookup never sees the rows it is scored on).
+    """
     heldout = _open_cache(run, entry, "heldout", heldout_ids)
-    train = _open_cache(run, entry, "train", train_ids)
-    key = _part_key(run.sae(entry), [heldout, train], cfg)
+    lookup_sequences = max(1, cfg.max_lookup_tokens // train_ids.shape[1])
+    if has_train_cache(run, entry):
+        train = _open_cache(run, entry, "train", train_ids)
+        caches = [heldout, train]
+        lookup_chunks, lookup_ids, analysed_ids = train.iter_chunks(cfg.chunk_rows), train_ids, heldout_ids
+    else:
+        if heldout_ids.shape[0] < 2:
+            raise UserError(
+                f"{run.sae(entry)} was trained on streamed activations and the held-out split has one window: "
+                "the token lookup needs others to be fit on",
+                "Raise tokens.heldout_tokens to at least two windows",
+            )
+        n_analysed = max(1, min(cfg.max_heldout_tokens // heldout_ids.shape[1], heldout_ids.shape[0] // 2))
+        caches = [heldout]
+        skipped = n_analysed * heldout_ids.shape[1]
+        lookup_chunks = _rows_from(heldout.iter_chunks(cfg.chunk_rows), skipped)
+        lookup_ids, analysed_ids = heldout_ids[n_analysed:], heldout_ids[:n_analysed]
+    key = _part_key(run.sae(entry), caches, cfg)
     part_path = run.analysis_part(entry)
     saved = _load_part(part_path, key)
     if saved is not None:
         return saved
-    lookup_sequences = max(1, cfg.max_lookup_tokens // train_ids.shape[1])
-    lookup = fit_token_lookup(train.iter_chunks(cfg.chunk_rows), train_ids[:lookup_sequences])
-    layout = row_layout(heldout_ids, cfg.max_heldout_tokens, cfg.window_tokens)
+    lookup = fit_token_lookup(lookup_chunks, lookup_ids[:lookup_sequences])
+    layout = row_layout(analysed_ids, cfg.max_heldout_tokens, cfg.window_tokens)
     sae = load_sae(run.sae(entry), device=device)
     analysis = analyse_sae(sae, heldout.iter_chunks(cfg.chunk_rows), layout, lookup, cfg)
     _save_part(part_path, key, analysis)
     return analysis
+
+
+def has_train_cache(run: RunDir, entry: SAEKey) -> bool:
+    """Whether the SAE's train activations were cached (absent when it was trained on streamed ones)."""
+    return run.activations(entry.site, "train").exists()
+
+
+def _rows_from(chunks: Iterator[torch.Tensor], start: int) -> Iterator[torch.Tensor]:
+    """The rows of `chunks` from row `start` on."""
+    for chunk in chunks:
+        if start < chunk.shape[0]:
+            yield chunk[start:]
+        start = max(0, start - chunk.shape[0])
 
 
 def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
@@ -175,9 +209,22 @@ def analyze_run(
     for key in latents.keys() & interp.keys():
         samples[key].update(interp_samples(interp[key], latents[key], cfg))
 
+    streamed = [entry for entry in entries if not has_train_cache(run, entry)]
+    if streamed:
+        notes.append(
+            f"token lookup of the {len(streamed)} SAEs trained on streamed activations (no train cache) fit on "
+            "the held-out windows after the analysed ones, which are at most the first half"
+        )
     matches: dict[tuple[str, int], np.ndarray] = {}
     if cfg.seed_stability:
+        if streamed:
+            notes.append(
+                f"seed stability skipped for the {len(streamed)} SAEs trained on streamed activations: no train "
+                "cache to retrain on (set train.activations = 'cache' to measure it)"
+            )
         for entry in entries:
+            if entry in streamed:
+                continue
             key = (entry.variant, entry.layer)
             matches[key] = seed_match_cosine(run, entry, train_ids, cfg, device=device, progress=progress)
             samples[key]["seed_stable_share"] = MeanSample(reproduced(matches[key], cfg.match_threshold) * 1.0)

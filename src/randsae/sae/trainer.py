@@ -69,6 +69,9 @@ class TensorSource:
         yield from self.activations.split(rows)
 
 
+ACTIVATION_MODES = ("auto", "stream", "cache")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """How to train one SAE (the architecture and its size are in `SAEConfig`)."""
@@ -86,7 +89,15 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this."""
     buffer_tokens: int = 2**18
-    """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes."""
+    """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes (streamed: about
+    2 x buffer_tokens x layers x d_model x 4 bytes, every layer's rows buffered together)."""
+    activations: str = "auto"
+    """Where an experiment's SAEs read train activations: `cache` (harvested to disk first, then each SAE
+    trained on its cache), `stream` (one truncated forward per batch of train windows feeds every layer's
+    SAE, through the shuffle buffer; only the held-out split is cached), or `auto`: stream when the
+    run's train caches would exceed `cache_limit_gb`."""
+    cache_limit_gb: float = 16.0
+    """With `activations = "auto"`: the largest train cache (all variants and layers, GB) to write."""
     context_size: int | None = None
     """Tokens per window of the source: row r is position r % context_size, position 0 is BOS. An experiment
     sets it to `tokens.context_size`, so leave it out of a config file."""
@@ -123,7 +134,9 @@ class TrainConfig:
             raise invalid(
                 "train.topk_selection_dtype", self.topk_selection_dtype, "bfloat16, float16 or float32, or leave it out"
             )
-        for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s"):
+        if self.activations not in ACTIVATION_MODES:
+            raise invalid("train.activations", self.activations, f"one of {', '.join(ACTIVATION_MODES)}")
+        for name in ("warmup_steps", "auxk_coefficient", "checkpoint_every_s", "cache_limit_gb"):
             if not getattr(self, name) >= 0:
                 raise invalid(f"train.{name}", getattr(self, name), "a number of at least 0")
         if not self.max_grad_norm > 0:
@@ -259,6 +272,122 @@ def train_step(
     return out
 
 
+class SAETraining:
+    """One SAE's training from its first buffer to its log: the SAE, Adam, the lr schedule, the firing counts
+    and the loss curve. The cached path (`train_sae`) and the streamed one (`randsae.sae.streaming`) both
+    step it, so they share every line of the update."""
+
+    def __init__(
+        self,
+        sae_cfg: SAEConfig,
+        cfg: TrainConfig,
+        seed: int,
+        n_steps: int,
+        first_buffer: Tensor,
+        device: str | torch.device,
+    ):
+        self.cfg, self.seed, self.n_steps = cfg, seed, n_steps
+        self.warmup = min(cfg.warmup_steps, n_steps // 10)
+        self.peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
+        self.log_every = max(1, n_steps // cfg.log_points)
+        self.sae = build_sae(sae_cfg, seed)
+        if cfg.topk_selection_dtype is not None:
+            if not isinstance(self.sae, TopKSAE):
+                raise UserError(
+                    f"train.topk_selection_dtype applies to TopK SAEs, not {sae_cfg.architecture}",
+                    "Leave topk_selection_dtype unset for this architecture",
+                )
+            self.sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
+        self.sae.init_from_data(first_buffer)
+        self.sae.to(device)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.peak_lr, fused=True)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, self.warmup, n_steps)
+        )
+        self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
+        self.fvu_sum = torch.zeros((), device=device)
+        self.curve: list[LogPoint] = []
+        self.step = 0
+
+    def train_on(self, batch: Tensor) -> LogPoint | None:
+        """One optimizer step on `batch` [batch_size, d_in]; returns the log point when one is due."""
+        cfg, step = self.cfg, self.step
+        x = batch.to(self.since_fired.device, non_blocking=True)
+        dead_mask = self.since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
+        out = train_step(self.sae, self.optimizer, x, cfg, dead_mask)
+        self.schedule.step()
+        self.since_fired += x.shape[0]
+        self.since_fired[out.fired] = 0
+        self.fvu_sum += out.fvu
+        self.step = step + 1
+        if not ((step + 1) % self.log_every == 0 or step + 1 == self.n_steps):
+            return None
+        steps_in_interval = step + 1 - (self.curve[-1].step if self.curve else 0)
+        self.curve.append(
+            LogPoint(
+                step + 1,
+                (step + 1) * cfg.batch_size,
+                self.fvu_sum.item() / steps_in_interval,
+                self.peak_lr * lr_factor(step, self.warmup, self.n_steps),
+            )
+        )
+        self.fvu_sum.zero_()
+        return self.curve[-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "since_fired": self.since_fired,
+            "fvu_sum": self.fvu_sum,
+            "curve": [tuple(point) for point in self.curve],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.since_fired, self.fvu_sum = state["since_fired"], state["fvu_sum"]
+        self.curve = [LogPoint(*point) for point in state["curve"]]
+        self.step = state["step"]
+
+    def result(self, wall: float, wall_here: float, steps_here: int) -> TrainResult:
+        """The trained SAE and its log; `wall` is the whole training's time, `wall_here` this process's share,
+        in which it took `steps_here` steps."""
+        cfg = self.cfg
+        tokens = self.n_steps * cfg.batch_size
+        dead = self.since_fired >= min(cfg.dead_tokens_threshold, tokens)
+        log = TrainLog(
+            steps=self.n_steps,
+            tokens=tokens,
+            final_fvu=self.curve[-1].fvu,
+            dead_fraction=dead.float().mean().item(),
+            loss_curve=tuple(self.curve),
+            peak_lr=self.peak_lr,
+            warmup_steps=self.warmup,
+            wall_time_s=wall,
+            tokens_per_s=steps_here * cfg.batch_size / wall_here,
+            seed=self.seed,
+            config=cfg,
+        )
+        if isinstance(self.sae, TopKSAE):
+            self.sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
+        return TrainResult(self.sae.eval(), log)
+
+
+def n_train_steps(rows_per_epoch: int, cfg: TrainConfig) -> int:
+    """Optimizer steps of a training over `rows_per_epoch` usable rows; UserError when not even one."""
+    n_steps = (cfg.total_tokens or cfg.n_epochs * rows_per_epoch) // cfg.batch_size
+    if n_steps < 1:
+        raise UserError(
+            f"{rows_per_epoch} usable tokens x {cfg.n_epochs} epochs is less than one batch of {cfg.batch_size}",
+            "Harvest more tokens, add epochs or lower batch_size",
+        )
+    return n_steps
+
+
 def train_sae(
     source: ActivationSource,
     cfg: TrainConfig,
@@ -281,36 +410,12 @@ def train_sae(
             f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
             "Build the SAEConfig with d_in equal to the activations' width",
         )
-    rows_per_epoch = usable_rows(source.n_tokens, cfg)
-    n_steps = (cfg.total_tokens or cfg.n_epochs * rows_per_epoch) // cfg.batch_size
-    if n_steps < 1:
-        raise UserError(
-            f"{rows_per_epoch} usable tokens x {cfg.n_epochs} epochs is less than one batch of {cfg.batch_size}",
-            "Harvest more tokens, add epochs or lower batch_size",
-        )
-    warmup = min(cfg.warmup_steps, n_steps // 10)
-    peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
-    log_every = max(1, n_steps // cfg.log_points)
-
-    sae = build_sae(sae_cfg, seed)
-    if cfg.topk_selection_dtype is not None:
-        if not isinstance(sae, TopKSAE):
-            raise UserError(
-                f"train.topk_selection_dtype applies to TopK SAEs, not {sae_cfg.architecture}",
-                "Leave topk_selection_dtype unset for this architecture",
-            )
-        sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
+    n_steps = n_train_steps(usable_rows(source.n_tokens, cfg), cfg)
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
     first = next(buffers)
-    sae.init_from_data(first)
+    training = SAETraining(sae_cfg, cfg, seed, n_steps, first, device)
     buffers = itertools.chain([first], buffers)
     del first  # the chain drops it once served: one buffer in memory at a time
-    sae.to(device)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=peak_lr, fused=True)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, n_steps))
-    since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
-    fvu_sum = torch.zeros((), device=device)
-    curve: list[LogPoint] = []
     bar = tqdm(
         total=n_steps * cfg.batch_size,
         unit="tok",
@@ -320,86 +425,37 @@ def train_sae(
     )
     batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
     fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_steps])
-    resumed = _load_checkpoint(checkpoint, fingerprint, device)
-    first_step, wall_before = 0, 0.0
+    resumed = load_checkpoint(checkpoint, fingerprint, device)
+    wall_before = 0.0
     if resumed is not None:
-        sae.load_state_dict(resumed["sae"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        schedule.load_state_dict(resumed["schedule"])
-        since_fired, fvu_sum = resumed["since_fired"], resumed["fvu_sum"]
-        curve = [LogPoint(*point) for point in resumed["curve"]]
-        first_step, wall_before = resumed["step"], resumed["wall"]
-        batches = itertools.islice(batches, first_step, None)
-        bar.update(first_step * cfg.batch_size)
+        training.load_state_dict(resumed)
+        wall_before = resumed["wall"]
+        batches = itertools.islice(batches, training.step, None)
+        bar.update(training.step * cfg.batch_size)
+    first_step = training.step
     start = last_save = time.perf_counter()
-    for step, batch in zip(range(first_step, n_steps), batches, strict=False):
-        x = batch.to(device, non_blocking=True)
-        dead_mask = since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
-        out = train_step(sae, optimizer, x, cfg, dead_mask)
-        schedule.step()
-        since_fired += x.shape[0]
-        since_fired[out.fired] = 0
-        fvu_sum += out.fvu
-        if (step + 1) % log_every == 0 or step + 1 == n_steps:
-            steps_in_interval = step + 1 - (curve[-1].step if curve else 0)
-            curve.append(
-                LogPoint(
-                    step + 1,
-                    (step + 1) * cfg.batch_size,
-                    fvu_sum.item() / steps_in_interval,
-                    peak_lr * lr_factor(step, warmup, n_steps),
-                )
-            )
-            fvu_sum.zero_()
-            bar.set_postfix(fvu=f"{curve[-1].fvu:.3f}")
-        bar.update(x.shape[0])
+    for _, batch in zip(range(first_step, n_steps), batches, strict=False):
+        point = training.train_on(batch)
+        if point is not None:
+            bar.set_postfix(fvu=f"{point.fvu:.3f}")
+        bar.update(batch.shape[0])
         if checkpoint is not None and time.perf_counter() - last_save >= cfg.checkpoint_every_s:
-            _save_checkpoint(
-                checkpoint,
-                {
-                    "fingerprint": fingerprint,
-                    "step": step + 1,
-                    "sae": sae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "since_fired": since_fired,
-                    "fvu_sum": fvu_sum,
-                    "curve": [tuple(point) for point in curve],
-                    "wall": wall_before + time.perf_counter() - start,
-                },
-            )
+            state = {"fingerprint": fingerprint, "wall": wall_before + time.perf_counter() - start}
+            save_checkpoint(checkpoint, {**training.state_dict(), **state})
             last_save = time.perf_counter()
     bar.close()
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
-    wall = wall_before + time.perf_counter() - start
-    tokens = n_steps * cfg.batch_size
-    trained_here = (n_steps - first_step) * cfg.batch_size
-    dead = since_fired >= min(cfg.dead_tokens_threshold, tokens)
-    log = TrainLog(
-        steps=n_steps,
-        tokens=tokens,
-        final_fvu=curve[-1].fvu,
-        dead_fraction=dead.float().mean().item(),
-        loss_curve=tuple(curve),
-        peak_lr=peak_lr,
-        warmup_steps=warmup,
-        wall_time_s=wall,
-        tokens_per_s=trained_here / (wall - wall_before),
-        seed=seed,
-        config=cfg,
-    )
-    if isinstance(sae, TopKSAE):
-        sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
-    return TrainResult(sae.eval(), log)
+    wall_here = time.perf_counter() - start
+    return training.result(wall_before + wall_here, wall_here, n_steps - first_step)
 
 
-def _save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     with atomic_path(Path(path)) as tmp:
         torch.save(state, tmp)
 
 
-def _load_checkpoint(
+def load_checkpoint(
     path: str | os.PathLike | None, fingerprint: str, device: str | torch.device
 ) -> dict[str, Any] | None:
     """The saved state if `path` holds one for exactly this run (same configs, seed and data size).
