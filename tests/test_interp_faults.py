@@ -45,11 +45,11 @@ class JudgeServer:
                 with owner.lock:
                     owner.in_flight += 1
                     owner.peak_in_flight = max(owner.peak_in_flight, owner.in_flight)
+                self.answering = True
                 try:
                     owner.handle(self)
                 finally:
-                    with owner.lock:
-                        owner.in_flight -= 1
+                    owner.done_with(self)
 
             def log_message(self, *args):
                 pass
@@ -73,6 +73,9 @@ class JudgeServer:
             fault = self.fault(kind, key)
             self.log.append((kind, key, time.monotonic(), fault))
         time.sleep(self.delay)
+        # A request stops counting as in flight before its reply goes out: the client may send its next request
+        # the moment the reply arrives, before this thread returns.
+        self.done_with(handler)
         if fault == "drop":
             handler.close_connection = True
             return
@@ -84,6 +87,12 @@ class JudgeServer:
         handler.send_header("Content-Length", str(len(payload)))
         handler.end_headers()
         handler.wfile.write(payload)
+
+    def done_with(self, handler: Any) -> None:
+        with self.lock:
+            if handler.answering:
+                handler.answering = False
+                self.in_flight -= 1
 
     def answer(self, kind: str, key: str, user: str) -> dict:
         if kind == "judge":
