@@ -57,4 +57,4 @@ class ReluSAE(SparseAutoencoder):
         if total_variance is None:
             total_variance = (x - x.mean(dim=0)).pow(2).sum()
         fvu = error.pow(2).sum() / total_variance
-        return LossOutput(loss=loss, fvu=fvu, fired=(z > 0).any(dim=0))
+        return LossOutput(loss=loss, fvu=fvu.detach(), fired=(z > 0).any(dim=0))
