@@ -117,8 +117,10 @@ class SparseAutoencoder(nn.Module):
         """[n, d_in] -> dense latent activations [n, d_sae], zero where a latent is inactive."""
         raise NotImplementedError
 
-    def loss(self, x: Tensor, dead_mask: Tensor | None = None) -> LossOutput:
-        """Training loss on a batch [n, d_in]; `dead_mask` [d_sae] marks latents the trainer saw die."""
+    def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
+        """Training loss on a batch [n, d_in]; `dead_mask` [d_sae] marks latents the trainer saw die;
+        `total_variance` normalizes the FVU in place of x's own (data-parallel: this rank's share of the global
+        batch's, see `randsae.sae.distributed.total_variance`)."""
         raise NotImplementedError
 
     def decode(self, z: Tensor) -> Tensor:

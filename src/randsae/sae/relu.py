@@ -47,12 +47,14 @@ class ReluSAE(SparseAutoencoder):
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)
 
-    def loss(self, x: Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+    def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """MSE + λ·mean|z| on a batch [n, d_in]; `dead_mask` is unused (no auxiliary loss here)."""
         z = self.encode(x)
         error = self.decode(z) - x
         mse = error.pow(2).mean()
         # z >= 0 after the ReLU, so mean|z| is the plain mean.
         loss = mse + self.l1_coefficient * z.mean()
-        fvu = error.pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()
-        return LossOutput(loss=loss, fvu=fvu, fired=(z > 0).any(dim=0))
+        if total_variance is None:
+            total_variance = (x - x.mean(dim=0)).pow(2).sum()
+        fvu = error.pow(2).sum() / total_variance
+        return LossOutput(loss=loss, fvu=fvu.detach(), fired=(z > 0).any(dim=0))

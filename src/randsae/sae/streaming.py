@@ -9,6 +9,10 @@ say. Every SAE takes one optimizer step per batch, on its own layer's rows (`SAE
 Checkpoints are taken between buffers, where the stream's whole state is small (windows read, the rows
 left over from the last buffer, the shuffle generator), so a resumed training reads on from there and ends
 with the SAEs of an uninterrupted one.
+
+Data-parallel under torchrun (`randsae.sae.distributed`), each rank streams its own contiguous shard of
+the windows and serves batches of batch_size / world_size rows; every buffer holds the same number of
+batches on every rank, so all ranks reach each checkpoint at the same step.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from randsae.errors import UserError
+from randsae.sae import distributed
 from randsae.sae.base import SAEConfig
 from randsae.sae.trainer import (
     SAETraining,
@@ -34,16 +40,18 @@ from randsae.sae.trainer import (
     n_train_steps,
     save_checkpoint,
 )
+from randsae.seeds import derived_seed
 
 Forward = Callable[[int, Tensor], dict[int, Tensor]]
 """(index of the first window, token ids [b, C]) -> {layer: residual stream [b, C, d]}."""
 
 
 class ActivationStream:
-    """Shuffled buffers [n_layers, whole batches, d] of the rows of forwards over `input_ids` [n_windows, C].
+    """Shuffled buffers [n_layers, batches, d] of the rows of forwards over `input_ids` [n_windows, C].
 
     Position 0 of each window (BOS) is left out when `cfg.skip_bos`. A forward reads at most
-    `forward_windows` windows and never crosses the end of a pass.
+    `forward_windows` windows and never crosses the end of a pass. With `world_size` > 1 it reads shard
+    `rank` of the windows and serves this rank's part (batch_size / world_size rows) of each batch.
     """
 
     def __init__(
@@ -54,33 +62,50 @@ class ActivationStream:
         cfg: TrainConfig,
         forward_windows: int,
         seed: int,
+        rank: int = 0,
+        world_size: int = 1,
     ):
-        self.forward, self.input_ids, self.layers = forward, input_ids, tuple(layers)
-        self.cfg, self.forward_windows = cfg, forward_windows
-        self.buffer_rows = max(cfg.buffer_tokens, cfg.batch_size)
+        if cfg.batch_size % world_size:
+            raise UserError(
+                f"train.batch_size = {cfg.batch_size} does not split evenly over {world_size} processes",
+                f"Set train.batch_size to a multiple of {world_size}, or run another number of processes",
+            )
+        if input_ids.shape[0] < world_size:
+            raise UserError(
+                f"{input_ids.shape[0]} train windows cannot be shared by {world_size} processes",
+                "Use more train tokens or fewer processes",
+            )
+        self.layers, self.cfg, self.forward, self.forward_windows = tuple(layers), cfg, forward, forward_windows
+        self.n_tokens = input_ids.numel()
         self.rows_per_window = input_ids.shape[1] - int(cfg.skip_bos)
         self.n_steps = n_train_steps(input_ids.shape[0] * self.rows_per_window, cfg)
-        self.generator = torch.Generator().manual_seed(seed)
+        shards = torch.tensor_split(torch.arange(input_ids.shape[0]), world_size)
+        self.first_window = int(shards[rank][0])
+        self.input_ids = input_ids[self.first_window : self.first_window + len(shards[rank])]
+        self.batch_rows = cfg.batch_size // world_size
+        self.batches_per_buffer = max(cfg.buffer_tokens // cfg.batch_size, 1)
+        self.generator = torch.Generator().manual_seed(derived_seed(seed, f"stream shard {rank}") if rank else seed)
         self.rows_read = 0
         self.leftover: Tensor | None = None
 
     @property
     def rows_to_read(self) -> int:
-        return self.n_steps * self.cfg.batch_size - self.rows_read
+        return self.n_steps * self.batch_rows - self.rows_read
 
     def next_buffer(self) -> Tensor:
-        """The next shuffled buffer; rows past its last whole batch are kept for the next one."""
+        """The next shuffled buffer of `batches_per_buffer` batches (fewer at the end); the rows past them
+        are kept for the next one."""
         pending = [] if self.leftover is None else [self.leftover]
         n_pending = sum(part.shape[1] for part in pending)
-        while n_pending < self.buffer_rows and self.rows_to_read > 0:
+        n_served = min(self.batches_per_buffer * self.batch_rows, n_pending + self.rows_to_read)
+        while n_pending < n_served:
             pending.append(self._read_forward())
             n_pending += pending[-1].shape[1]
-        buffer = torch.cat(pending, dim=1)
+        buffer = torch.cat([part.to(pending[-1].device) for part in pending], dim=1)
         order = torch.randperm(buffer.shape[1], generator=self.generator).to(buffer.device)
         buffer = buffer[:, order]
-        n_whole = buffer.shape[1] // self.cfg.batch_size * self.cfg.batch_size
-        self.leftover = buffer[:, n_whole:].clone()
-        return buffer[:, :n_whole]
+        self.leftover = buffer[:, n_served:].clone()
+        return buffer[:, :n_served]
 
     def _read_forward(self) -> Tensor:
         """The rows [n_layers, n, d] of one forward, cut to the rows still to read."""
@@ -88,14 +113,15 @@ class ActivationStream:
         first = self.rows_read // self.rows_per_window % n_windows
         needed = -(-self.rows_to_read // self.rows_per_window)
         ids = self.input_ids[first : first + min(self.forward_windows, needed)]
-        outputs = self.forward(first, ids)
+        outputs = self.forward(self.first_window + first, ids)
         rows = torch.stack([outputs[layer] for layer in self.layers])[:, :, int(self.cfg.skip_bos) :]
         rows = rows.reshape(len(self.layers), -1, rows.shape[-1])[:, : self.rows_to_read].float()
         self.rows_read += rows.shape[1]
         return rows
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows_read": self.rows_read, "leftover": self.leftover, "generator": self.generator.get_state()}
+        leftover = None if self.leftover is None else self.leftover.cpu()
+        return {"rows_read": self.rows_read, "leftover": leftover, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows_read, self.leftover = state["rows_read"], state["leftover"]
@@ -116,16 +142,21 @@ def train_streaming(
     With `checkpoint` (a file path), the state of every SAE and of the stream is saved there atomically
     between buffers, at most every `checkpoint_every_s` seconds; a later call with the same arguments
     resumes from it and ends with the same SAEs as an uninterrupted run. The file is removed at the end.
+
+    Data-parallel, every rank calls it with its shard's stream; all return the same SAEs. Rank 0 alone
+    writes the checkpoint (holding every rank's stream state); every rank reads it to resume, so it must
+    sit on a file system they share.
     """
     cfg, n_steps = stream.cfg, stream.n_steps
+    world = distributed.world_size()
     fingerprint = json.dumps(
-        [dataclasses.asdict(cfg), [c.to_json() for c in sae_cfgs], seed, stream.input_ids.numel(), stream.layers]
+        [dataclasses.asdict(cfg), [c.to_json() for c in sae_cfgs], seed, stream.n_tokens, stream.layers, world]
     )
     resumed = load_checkpoint(checkpoint, fingerprint, device)
     if resumed is None:
         buffer: Tensor | None = stream.next_buffer()
     else:
-        stream.load_state_dict(resumed["stream"])
+        stream.load_state_dict(resumed["streams"][distributed.rank()])
         buffer = None
     first = buffer if buffer is not None else torch.zeros(len(sae_cfgs), 1, sae_cfgs[0].d_in)
     trainings = [
@@ -143,31 +174,34 @@ def train_streaming(
         initial=step * cfg.batch_size,
         unit="tok",
         unit_scale=True,
-        disable=not progress,
+        disable=not progress or not distributed.is_main(),
         desc=f"train {len(trainings)} SAEs (streamed)",
     )
     start = last_save = time.perf_counter()
     while step < n_steps:
         if buffer is None:
-            if checkpoint is not None and time.perf_counter() - last_save >= cfg.checkpoint_every_s:
-                state = {
-                    "fingerprint": fingerprint,
-                    "wall": wall_before + time.perf_counter() - start,
-                    "stream": stream.state_dict(),
-                    "saes": [training.state_dict() for training in trainings],
-                }
-                save_checkpoint(checkpoint, state)
+            due = checkpoint is not None and time.perf_counter() - last_save >= cfg.checkpoint_every_s
+            if distributed.main_decides(due) and checkpoint is not None:
+                streams = distributed.gather(stream.state_dict())
+                if distributed.is_main():
+                    state = {
+                        "fingerprint": fingerprint,
+                        "wall": wall_before + time.perf_counter() - start,
+                        "streams": streams,
+                        "saes": [training.state_dict() for training in trainings],
+                    }
+                    save_checkpoint(checkpoint, state)
                 last_save = time.perf_counter()
             buffer = stream.next_buffer()
-        for index in range(0, buffer.shape[1], cfg.batch_size):
-            batch = buffer[:, index : index + cfg.batch_size]
+        for index in range(0, buffer.shape[1], stream.batch_rows):
+            batch = buffer[:, index : index + stream.batch_rows]
             points = [training.train_on(batch[layer]) for layer, training in enumerate(trainings)]
             if points[0] is not None:
                 bar.set_postfix(fvu=f"{points[0].fvu:.3f}")
             bar.update(cfg.batch_size)
         step, buffer = trainings[0].step, None
     bar.close()
-    if checkpoint is not None:
+    if checkpoint is not None and distributed.is_main():
         Path(checkpoint).unlink(missing_ok=True)
     wall_here = time.perf_counter() - start
     return [training.result(wall_before + wall_here, wall_here, n_steps - first_step) for training in trainings]

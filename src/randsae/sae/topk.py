@@ -57,11 +57,12 @@ class TopKSAE(SparseAutoencoder):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode_topk(self.encode_topk(x))
 
-    def loss(self, x: Tensor, dead_mask: Tensor | None = None) -> LossOutput:
+    def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """FVU of the batch x [n, d_in]; with `dead_mask` [d_sae], also the AuxK loss on those latents."""
         top = self.encode_topk(x)
         residual = x - self.decode_topk(top)
-        total_variance = (x - x.mean(dim=0)).pow(2).sum()
+        if total_variance is None:
+            total_variance = (x - x.mean(dim=0)).pow(2).sum()
         fvu = residual.pow(2).sum() / total_variance
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=x.device)
         fired[top.indices[top.values > 0]] = True

@@ -27,6 +27,7 @@ from randsae.atomic import atomic_path, write_text_atomic
 from randsae.data.tokens import count_not_bos, not_bos
 from randsae.errors import UserError
 from randsae.run_dir import SAE_TRAINING_FILE
+from randsae.sae import distributed
 from randsae.sae.base import (
     LossOutput,
     SAEConfig,
@@ -260,16 +261,21 @@ def train_step(
     dead_mask: Tensor | None = None,
 ) -> LossOutput:
     """One optimizer step on a batch x [n, d_in]: loss (+ weighted AuxK), backward, removal of the gradient
-    along each decoder row, clipping, the update, and decoder rows back to unit norm."""
-    out = sae.loss(x, dead_mask)
+    along each decoder row, clipping, the update, and decoder rows back to unit norm.
+
+    Data-parallel (`randsae.sae.distributed`), x is this rank's part of the global batch: the loss is
+    normalized by the global batch's variance and the gradients averaged, so every rank steps alike; the
+    returned `fired` is the global batch's, `fvu` still this rank's share."""
+    out = sae.loss(x, dead_mask, distributed.total_variance(x))
     loss = out.loss if out.aux_loss is None else out.loss + cfg.auxk_coefficient * out.aux_loss
     loss.backward()
+    distributed.average_gradients(sae)
     sae.remove_parallel_decoder_grad()
     torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     sae.normalize_decoder()
-    return out
+    return out._replace(fired=distributed.any_rank(out.fired))
 
 
 class SAETraining:
@@ -300,6 +306,7 @@ class SAETraining:
             self.sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
         self.sae.init_from_data(first_buffer)
         self.sae.to(device)
+        distributed.average_parameters(self.sae)
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.peak_lr, fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.warmup, n_steps)
@@ -316,13 +323,14 @@ class SAETraining:
         dead_mask = self.since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
         out = train_step(self.sae, self.optimizer, x, cfg, dead_mask)
         self.schedule.step()
-        self.since_fired += x.shape[0]
+        self.since_fired += x.shape[0] * distributed.world_size()
         self.since_fired[out.fired] = 0
         self.fvu_sum += out.fvu
         self.step = step + 1
         if not ((step + 1) % self.log_every == 0 or step + 1 == self.n_steps):
             return None
         steps_in_interval = step + 1 - (self.curve[-1].step if self.curve else 0)
+        distributed.all_mean_(self.fvu_sum)
         self.curve.append(
             LogPoint(
                 step + 1,
@@ -405,6 +413,10 @@ def train_sae(
     call with the same arguments resumes from it (replaying the data order without computing) and ends
     with the same SAE as an uninterrupted run. The file is removed once training finishes.
     """
+    if distributed.world_size() > 1:
+        raise UserError(
+            "cached SAE training runs in one process", 'Set train.activations = "stream" to train data-parallel'
+        )
     if sae_cfg.d_in != source.d_model:
         raise UserError(
             f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
