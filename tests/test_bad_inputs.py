@@ -200,6 +200,21 @@ def _(b):
     return b.run(config=b.config(lambda text: text.replace("[sae]\n", "[sae]\nk_value = 3\n")))
 
 
+@case("config", "variants_subset_unknown")
+def _(b):
+    return b.run("--variants", "trained,bogus")
+
+
+@case("config", "layers_subset_unknown")
+def _(b):
+    return b.run("--layers", "1,7")
+
+
+@case("config", "layers_subset_not_numbers")
+def _(b):
+    return b.run("--layers", "one")
+
+
 @case("config", "config_wrong_type_in_file")
 def _(b):
     return b.run(config=b.config(lambda text: text.replace("expansion = 4", 'expansion = "4"')))
