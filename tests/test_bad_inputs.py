@@ -200,6 +200,21 @@ def _(b):
     return b.run(config=b.config(lambda text: text.replace("[sae]\n", "[sae]\nk_value = 3\n")))
 
 
+@case("config", "variants_subset_unknown")
+def _(b):
+    return b.run("--variants", "trained,bogus")
+
+
+@case("config", "layers_subset_unknown")
+def _(b):
+    return b.run("--layers", "1,7")
+
+
+@case("config", "layers_subset_not_numbers")
+def _(b):
+    return b.run("--layers", "one")
+
+
 @case("config", "config_wrong_type_in_file")
 def _(b):
     return b.run(config=b.config(lambda text: text.replace("expansion = 4", 'expansion = "4"')))
@@ -410,9 +425,9 @@ for _args in (
     ("sae_weights_garbage_report", "report", True, f"{SAE}/sae_weights.safetensors", garbage),
     ("sae_cfg_json_garbage", "analyze", False, f"{SAE}/cfg.json", garbage),
     ("sae_cfg_json_wrong_fields", "analyze", False, f"{SAE}/cfg.json", text('{"d_in": "many"}')),
-    ("metrics_json_garbage", "report", False, "metrics.json", garbage),
-    ("metrics_json_truncated", "report", False, "metrics.json", truncate),
-    ("metrics_json_wrong_shape", "report", False, "metrics.json", text('{"rows": 3}')),
+    ("metrics_json_garbage", "report", False, "saes/trained/layer1/metrics.json", garbage),
+    ("metrics_json_truncated", "report", False, "saes/trained/layer1/metrics.json", truncate),
+    ("metrics_json_wrong_shape", "report", False, "saes/trained/layer1/metrics.json", text('{"rows": 3}')),
     ("interp_selection_truncated", "report", True, "interp/token/selection.json", truncate),
     ("interp_summary_garbage", "report", True, "interp/token/interp.json", garbage),
     ("interp_latents_csv_garbage", "analyze", True, "interp/token/latents.csv", garbage),

@@ -69,6 +69,8 @@ def test_every_csv_column_is_documented(run, heading, path):
 def test_metrics_json_has_the_csv_columns(run):
     rows = json.loads((run / "metrics.json").read_text())
     assert list(rows[0]) == header(run / "metrics.csv")
+    own = [json.loads(path.read_text()) for path in sorted((run / "saes").glob("*/layer*/metrics.json"))]
+    assert len(own) == len(rows) and all(list(row) == list(rows[0]) for row in own), "each SAE's row file too"
 
 
 def test_interp_json_fields_are_documented(run):

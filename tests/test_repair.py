@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +57,10 @@ def _damages(run: RunDir) -> dict[str, tuple[Path, Callable[[], object]]]:
         "truncate SAE weights": (sae, lambda: _truncate(sae / "sae_weights.safetensors")),
         "delete SAE folder": (sae, lambda: shutil.rmtree(sae)),
         "delete metrics.json": (run.metrics_json, lambda: run.metrics_json.unlink()),
+        "delete an SAE's metrics row": (
+            run.sae_metrics(SAEKey("control", 3)),
+            lambda: run.sae_metrics(SAEKey("control", 3)).unlink(),
+        ),
     }
 
 
@@ -65,21 +70,17 @@ def test_a_damaged_artifact_is_rebuilt_identically_and_nothing_else(damage, run,
     rows = load_metrics(run)
     artifact, harm = _damages(run)[damage]
     harm()
+    start_ns = time.time_ns()
     assert _rerun(run, tiny_model_dir, tiny_corpus) == rows
     assert _hashes(run.root) == before, "everything is back, bit for bit"
     rewritten = {
         path
         for path in before
-        if path.parts[0] in ("activations", "saes", "tokens")
-        and (run.root / path).stat().st_mtime_ns > _start_ns(run)
+        if path.parts[0] in ("activations", "saes", "tokens", "config.toml")
+        and (run.root / path).stat().st_mtime_ns > start_ns
         and not (run.root / path).is_relative_to(artifact)
     }
-    assert not rewritten, "intact caches, SAEs and tokens are not rebuilt"
-
-
-def _start_ns(run: RunDir) -> int:
-    """When the rerun began: the config is rewritten first thing."""
-    return run.config.stat().st_mtime_ns
+    assert not rewritten, "intact caches, SAEs, their metrics rows, tokens and the config are not rewritten"
 
 
 def test_an_unreadable_training_checkpoint_restarts_training(run, tiny_model_dir, tiny_corpus, capsys):
@@ -93,20 +94,19 @@ def test_an_unreadable_training_checkpoint_restarts_training(run, tiny_model_dir
     assert not (folder / "train_checkpoint.pt").exists()
 
 
-def test_a_missing_metrics_row_reevaluates_only_that_sae(run, tiny_model_dir, tiny_corpus):
+def test_a_stale_combined_table_is_rewritten_from_the_saes_rows(run, tiny_model_dir, tiny_corpus):
     import json
 
     rows = json.loads(run.metrics_json.read_text())
-    kept = [row for row in rows if (row["variant"], row["layer"]) != ("control", 3)]
-    run.metrics_json.write_text(json.dumps(kept))
+    run.metrics_json.write_text(json.dumps(rows[:1]))
     reran = _rerun(run, tiny_model_dir, tiny_corpus)
     assert [(r.variant, r.layer) for r in reran] == [(r["variant"], r["layer"]) for r in rows]
     assert json.loads(run.metrics_json.read_text()) == rows
 
 
-def test_damaged_metrics_json_names_its_repair(run, tiny_model_dir, tiny_corpus):
-    run.metrics_json.write_text("[{not json")
-    with pytest.raises(UserError, match=r"metrics.json is damaged .* Delete it and rerun `randsae run`"):
+def test_a_damaged_metrics_row_names_its_repair(run, tiny_model_dir, tiny_corpus):
+    run.sae_metrics(SAEKey("control", 1)).write_text("{not json")
+    with pytest.raises(UserError, match=r"layer1/metrics.json is damaged .* Delete it and rerun `randsae run`"):
         _rerun(run, tiny_model_dir, tiny_corpus)
 
 

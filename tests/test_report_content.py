@@ -102,11 +102,13 @@ def test_roc_auroc_matches_scikit_learn_with_ties():
 def test_missing_metrics_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="metrics.json"):
         write_report(tmp_path, progress=False)
-    (tmp_path / "metrics.json").write_text("{not json")
+    row = tmp_path / "saes" / "trained" / "layer1" / "metrics.json"
+    row.parent.mkdir(parents=True)
+    row.write_text("{not json")
     with pytest.raises(UserError, match="metrics.json is damaged"):
         write_report(tmp_path, progress=False)
-    (tmp_path / "metrics.json").write_text('[{"variant": "trained"}]')
-    with pytest.raises(UserError, match="does not hold metrics rows"):
+    row.write_text('{"variant": "trained"}')
+    with pytest.raises(UserError, match="does not hold a metrics row"):
         write_report(tmp_path, progress=False)
     with pytest.raises(UserError, match="does not exist"):
         write_report(tmp_path / "nowhere", progress=False)

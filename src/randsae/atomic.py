@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,23 +19,30 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 
+def temporary_sibling(path: Path, shared: bool = False) -> Path:
+    """Where `path` is built before its rename. A `shared` file (one several jobs of a split run may write at
+    once: the config, token files, combined tables) gets a name of its own per writer, so no writer renames
+    another's half-written file; any other keeps one name, which the next try overwrites."""
+    return path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.tmp" if shared else f"{path.name}.tmp")
+
+
 @contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, shared: bool = False) -> Iterator[Path]:
     """A temporary sibling of `path` to write (a file or a folder); renamed onto `path` when the block
-    ends without an error, left behind (and overwritten by the next try) when it fails."""
+    ends without an error, left behind when it fails (`temporary_sibling`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary_sibling(path, shared)
     yield tmp
     tmp.replace(path)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: Path, text: str, shared: bool = False) -> None:
+    with atomic_path(path, shared) as tmp:
         tmp.write_text(text)
 
 
-def save_safetensors_atomic(path: Path, tensors: dict[str, Tensor]) -> None:
-    with atomic_path(path) as tmp:
+def save_safetensors_atomic(path: Path, tensors: dict[str, Tensor], shared: bool = False) -> None:
+    with atomic_path(path, shared) as tmp:
         save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, tmp)
 
 
@@ -51,9 +59,10 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:
+def write_json_atomic(path: Path, value: Any, indent: int | None = 1, shared: bool = False) -> None:
     """Strict JSON (see `json_ready`), so any JSON reader can read it."""
-    write_text_atomic(path, json.dumps(json_ready(value), indent=indent, ensure_ascii=False, allow_nan=False))
+    text = json.dumps(json_ready(value), indent=indent, ensure_ascii=False, allow_nan=False)
+    write_text_atomic(path, text, shared)
 
 
 def file_sha256(path: Path) -> str:

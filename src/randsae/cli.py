@@ -24,9 +24,16 @@ def _fresh_run_dir() -> Path:
     return Path("runs") / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _layer_list(text: str) -> list[int]:
+    try:
+        return [int(item) for item in text.split(",")]
+    except ValueError:
+        raise UserError(f"--layers {text} is not a comma-separated list of layers", "Pass e.g. --layers 3,10") from None
+
+
 def command_run(args: argparse.Namespace) -> None:
     from randsae.config import load_config
-    from randsae.experiment import resolve_device, run_pipeline
+    from randsae.experiment import job_config, resolve_device, run_pipeline
     from randsae.metrics.results import format_metrics_table
     from randsae.run_dir import RunDir, Timings
 
@@ -35,17 +42,24 @@ def command_run(args: argparse.Namespace) -> None:
         cfg = dataclasses.replace(cfg, device=args.device)
     run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
     progress = not args.quiet
+    variants = args.variants.split(",") if args.variants else None
+    layers = _layer_list(args.layers) if args.layers else None
+    job_config(cfg, variants, layers)  # an unknown variant or layer stops the job before the model loads
     if args.plan:
         from randsae.experiment import show_plan
 
-        show_plan(cfg, run, progress)
+        show_plan(job_config(cfg, variants, layers), run, progress)
         return
     print(f"randsae run → {run.root}  (config: {args.config or 'embedded default'})")
+    if variants or layers:
+        # The later stages read every job's SAEs: one job runs them once the others are done.
+        args.skip = ["interpret", "analyze", "report"]
+        print(f"this job's part only; then run `randsae interpret|analyze|report {run.root}` once all are done")
     if "interpret" not in args.skip:
         from randsae.interp.stage import check_judge
 
         check_judge(cfg.interp)  # an LLM judge that cannot answer stops the run before the harvest
-    rows = run_pipeline(cfg, run, progress=progress)
+    rows = run_pipeline(cfg, run, progress=progress, variants=variants, layers=layers)
     print(format_metrics_table(rows))
     device = resolve_device(cfg.device)
     timings = Timings(run)
@@ -63,21 +77,31 @@ def command_run(args: argparse.Namespace) -> None:
     print(f"done in {total:.0f}s ({stages}); results in {run.root}")
 
 
+def _say_missing(run) -> None:
+    """The stages after training read whichever SAEs exist: say which of the config's are not there yet."""
+    missing = run.missing_saes()
+    if missing:
+        print(f"{missing}; reading the others")
+
+
 def _interpret(run, cfg, device, progress: bool, retry_failed: bool = False) -> None:
     from randsae.interp import format_interp_table, interpret_run
 
+    _say_missing(run)
     print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)))
 
 
 def _analyze(run, cfg, device, progress: bool) -> None:
     from randsae.analysis import analyze_run, format_separation_table
 
+    _say_missing(run)
     print(format_separation_table(analyze_run(run, cfg, device=device, progress=progress)))
 
 
 def _report(run, device, progress: bool) -> None:
     from randsae.report import write_report
 
+    _say_missing(run)
     write_report(run, progress=progress, device=device)  # it says where the report is
 
 
@@ -181,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"], help="stages to leave out"
     )
+    run.add_argument(
+        "--variants",
+        metavar="A,B",
+        help="this job's variants only (of the config's): jobs with disjoint parts may share one --out",
+    )
+    run.add_argument("--layers", metavar="L,M", help="this job's layers only (of the config's), like --variants")
     run.add_argument(
         "--plan", action="store_true", help="print each stage's tokens, disk, memory and time estimate, then exit"
     )

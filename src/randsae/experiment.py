@@ -37,7 +37,7 @@ from randsae.data.tokens import (
 from randsae.errors import UserError
 from randsae.metrics.downstream import DownstreamMetrics, downstream_metrics
 from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMetrics
-from randsae.metrics.results import MetricsRow, load_metrics, save_metrics
+from randsae.metrics.results import MetricsRow, load_metrics, save_metrics, write_metrics_tables
 from randsae.models.hookpoints import check_layers, final_norm_weight, find_blocks, hook_name, residual_stream
 from randsae.models.load import LoadedModel, check_context_size, is_hub_id, load_model
 from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
@@ -50,7 +50,7 @@ from randsae.plan import (
     human_bytes,
     total_disk,
 )
-from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
+from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_METRICS_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
 from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
 from randsae.sae.streaming import ActivationStream, train_streaming
 from randsae.sae.trainer import TrainResult, train_sae
@@ -74,9 +74,15 @@ def resolve_device(name: str) -> torch.device:
 
 def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: bool = True) -> dict[str, Tensor]:
     """Write the resolved config (checked against the run's by `check_resume`), the tokenizer and the token
-    windows (or reuse them on resume)."""
+    windows (or reuse them on resume).
+
+    The jobs of a split run share these files: the config is written only when it changes, and every file
+    is written under a name of its writer's own, then renamed (jobs writing at once write the same bytes).
+    """
     run.root.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run.config, dump_config(cfg))
+    text = dump_config(cfg)
+    if not run.config.is_file() or run.config.read_text() != text:
+        write_text_atomic(run.config, text, shared=True)
     lm.tokenizer.save_pretrained(run.tokenizer())
     missing = [split for split in SPLITS if not tokens_intact(run.tokens(split))]
     if missing:
@@ -232,7 +238,7 @@ def _finished_parts(run: RunDir, cfg: ExperimentConfig) -> list[Part]:
             ]
             if run.sae(SAEKey(variant, layer)).is_dir():
                 parts.append(("saes", variant, layer, ""))
-    if run.metrics_json.is_file():
+    if run.sae_metrics_files():
         parts.append(("metrics", None, None, ""))
     return parts
 
@@ -269,7 +275,7 @@ def _save_unembedding(model: PreTrainedModel, path: Path) -> None:
     norm = final_norm_weight(model)
     if norm is not None:
         tensors["final_norm_weight"] = norm.detach().float().cpu()
-    save_safetensors_atomic(path, tensors)
+    save_safetensors_atomic(path, tensors, shared=True)
 
 
 def harvest_variant(
@@ -356,6 +362,7 @@ def _sae_config(
 
 def _save_trained(folder: Path, result: TrainResult) -> None:
     (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
+    (folder / SAE_METRICS_FILE).unlink(missing_ok=True)  # the old SAE's row: this one is evaluated anew
     result.save(folder)  # training.json is written last: it marks the SAE as trained
 
 
@@ -411,9 +418,11 @@ def stream_variant_saes(
     train_ids: Tensor,
     device: torch.device,
     progress: bool,
+    split_layers: bool = False,
 ) -> list[int]:
     """Train the variant's untrained SAEs together from its model's forwards over the train windows (no train
-    cache); returns the layers trained now. An interrupted training resumes from the variant's checkpoint."""
+    cache); returns the layers trained now. An interrupted training resumes from the variant's checkpoint
+    (one per job when `split_layers`: jobs given `--layers` subsets of one variant)."""
     layers = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
     if not layers:
         return []
@@ -430,7 +439,7 @@ def stream_variant_saes(
     sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, variant, layer) for layer in layers]
     if progress:
         print(f"training {cfg.sae.architecture} SAEs {variant} layers {layers} from streamed activations")
-    checkpoint = run.stream_checkpoint(variant)
+    checkpoint = run.stream_checkpoint(variant, cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     results = train_streaming(stream, sae_cfgs, seed=cfg.seed, device=device, progress=progress, checkpoint=checkpoint)
     for layer, result in zip(layers, results, strict=True):
@@ -508,14 +517,40 @@ def _row(
     )
 
 
+def job_config(cfg: ExperimentConfig, variants: Sequence[str] | None, layers: Sequence[int] | None) -> ExperimentConfig:
+    """`cfg` restricted to one job's `--variants` / `--layers` (None: all), each checked against the config's."""
+    for option, asked, valid in (("--variants", variants, cfg.variants), ("--layers", layers, cfg.layers)):
+        unknown = [item for item in asked or () if item not in valid]
+        if unknown:
+            raise UserError(
+                f"{option} names {', '.join(map(str, unknown))}, not in the config's {option[2:]}",
+                f"Use some of {', '.join(map(str, valid))}",
+            )
+    return dataclasses.replace(
+        cfg,
+        variants=tuple(v for v in cfg.variants if variants is None or v in variants),
+        layers=tuple(layer for layer in cfg.layers if layers is None or layer in layers),
+    )
+
+
 def run_pipeline(
-    cfg: ExperimentConfig, run: RunDir | Path, *, progress: bool = True, lm: LoadedModel | None = None
+    cfg: ExperimentConfig,
+    run: RunDir | Path,
+    *,
+    progress: bool = True,
+    lm: LoadedModel | None = None,
+    variants: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
 ) -> list[MetricsRow]:
     """Prepare, harvest, train and evaluate every variant × layer; returns the metrics rows.
 
-    Pass `lm` to run on a model object of your own (it is treated as the trained model).
+    Pass `lm` to run on a model object of your own (it is treated as the trained model). `variants` and
+    `layers` restrict this job to a part of the config's matrix: jobs given disjoint parts can run at once
+    (a SLURM array) into one run directory, each writing only its own caches, SAEs and metrics rows; every
+    job writes the config's whole matrix to config.toml, and the combined metrics tables from every row.
     """
     run = RunDir.at(run)
+    job = job_config(cfg, variants, layers)
     device = resolve_device(cfg.device)
     check_writable(run.root)
     check_resume(cfg, run)
@@ -526,7 +561,7 @@ def run_pipeline(
     check_context_size(lm, cfg.tokens.context_size)
     if not all(run.tokens(split).is_file() for split in SPLITS):
         check_source(cfg.data)
-    stages = plan_run(cfg, lm, blocks, device, measure=progress)
+    stages = plan_run(job, lm, blocks, device, measure=progress)
     if progress:
         print(format_plan(stages))
     check_disk(*disk_left(run, stages), str(run.root))  # before anything is written
@@ -543,11 +578,11 @@ def run_pipeline(
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}
     mode = activation_mode(cfg, tokens["train"].numel(), lm.model.config.hidden_size)
     cached = tuple(SPLITS) if mode == "cache" else ("heldout",)  # streamed: only the held-out split is cached
-    for variant in cfg.variants:
+    for variant in job.variants:
         # Done is read off the artifacts themselves: intact caches, trained SAEs, and a metrics row per SAE.
-        missing_caches = [layer for layer in cfg.layers if not caches_complete(run, Site(variant, layer), cached)]
-        untrained = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
-        unevaluated = [layer for layer in cfg.layers if (variant, layer) not in rows]
+        missing_caches = [layer for layer in job.layers if not caches_complete(run, Site(variant, layer), cached)]
+        untrained = [layer for layer in job.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
+        unevaluated = [layer for layer in job.layers if (variant, layer) not in rows]
         if not (missing_caches or untrained or unevaluated):
             continue
         with timings.stage("build_variants"):
@@ -557,12 +592,12 @@ def run_pipeline(
         with timings.stage("harvest"):
             to_cache = {split: tokens[split] for split in cached}
             harvest_variant(
-                cfg, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
+                job, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
             )
         with timings.stage("train"):
             if mode == "stream":
                 retrained = stream_variant_saes(
-                    cfg,
+                    job,
                     run,
                     model,
                     variant_blocks,
@@ -572,16 +607,18 @@ def run_pipeline(
                     tokens["train"],
                     device,
                     progress,
+                    split_layers=job.layers != cfg.layers,
                 )
             else:
-                retrained = train_variant_saes(cfg, run, variant, lm.display_name, blocks_path, device, progress)
+                retrained = train_variant_saes(job, run, variant, lm.display_name, blocks_path, device, progress)
         stale = sorted(set(unevaluated) | set(retrained))
         with timings.stage("evaluate"):
-            for row in evaluate_variant(cfg, run, model, variant_blocks, variant, tokens["heldout"], device, stale):
-                rows[(row.variant, row.layer)] = row
-        save_metrics(run, [rows[key] for key in sorted(rows, key=_row_order(cfg))])
+            evaluated = evaluate_variant(job, run, model, variant_blocks, variant, tokens["heldout"], device, stale)
+        save_metrics(run, evaluated)  # this variant's rows, then the tables of every job's rows
+        rows.update({(row.variant, row.layer): row for row in evaluated})
         del model
-    return [rows[(variant, layer)] for variant in cfg.variants for layer in cfg.layers]
+    write_metrics_tables(run)  # rebuilt when deleted, though nothing was evaluated
+    return [rows[(variant, layer)] for variant in job.variants for layer in job.layers]
 
 
 def caches_complete(run: RunDir, site: Site, splits: Sequence[str] = SPLITS) -> bool:
@@ -592,8 +629,3 @@ def caches_complete(run: RunDir, site: Site, splits: Sequence[str] = SPLITS) -> 
     except UserError:
         return False
     return True
-
-
-def _row_order(cfg: ExperimentConfig):
-    order = {name: index for index, name in enumerate(cfg.variants)}
-    return lambda key: (order.get(key[0], len(order)), key[1])

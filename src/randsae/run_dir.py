@@ -16,7 +16,7 @@ import json
 import re
 import time
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,8 @@ SAE_CHECKPOINT_FILE = "train_checkpoint.pt"
 """An interrupted training's state, removed when training finishes."""
 STREAM_CHECKPOINT_FILE = "stream_checkpoint.pt"
 """An interrupted streamed training's state (every SAE of a variant and the stream), removed at the end."""
+SAE_METRICS_FILE = "metrics.json"
+"""One SAE's metrics row, beside its weights: each job of a split run writes only its own SAEs' rows."""
 _DRAW = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-draw(?P<seed>\d+)")
 _SEED = re.compile(r"seed(?P<seed>\d+)")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -172,6 +174,7 @@ class RunDir:
 
     @property
     def metrics_json(self) -> Path:
+        """Every SAE's metrics row in one table, rewritten from the SAEs' own rows (`sae_metrics`)."""
         return self.root / "metrics.json"
 
     @property
@@ -212,9 +215,21 @@ class RunDir:
         """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
         return self.model_root(key.model) / "saes" / Path(*key.parts())
 
-    def stream_checkpoint(self, variant: str) -> Path:
-        """The state of a variant's interrupted streamed training (all its layers' SAEs), removed at the end."""
-        return self.model_root(None) / "saes" / variant / STREAM_CHECKPOINT_FILE
+    def sae_metrics(self, key: SAEKey) -> Path:
+        """The SAE's metrics row; removed when the SAE is trained again, so it is evaluated again."""
+        return self.sae(key) / SAE_METRICS_FILE
+
+    def sae_metrics_files(self) -> list[Path]:
+        """Every SAE's metrics row file of the run (single-model runs only have them)."""
+        return sorted((self.root / "saes").glob(f"**/{SAE_METRICS_FILE}"))
+
+    def stream_checkpoint(self, variant: str, layers: tuple[int, ...] | None = None) -> Path:
+        """The state of a variant's interrupted streamed training (all its layers' SAEs), removed at the end;
+        a job given a `--layers` subset names its layers, so jobs streaming one variant keep apart."""
+        name = STREAM_CHECKPOINT_FILE
+        if layers is not None:
+            name = name.replace(".pt", f"-layers{'-'.join(map(str, layers))}.pt")
+        return self.model_root(None) / "saes" / variant / name
 
     # Auto-interp: one folder per judge, latent caches shared by all judges.
     def latent_cache(self, key: SAEKey) -> Path:
@@ -273,27 +288,43 @@ class RunDir:
             raise UserError(
                 f"no SAE under {self.root / 'saes'}", "Train SAEs first (`randsae run`), or pass the folder it wrote"
             )
+        return sorted(keys, key=self.sae_order())
+
+    def sae_order(self) -> Callable[[SAEKey], tuple[Any, ...]]:
+        """The sort key of the run's SAE order: the config's `variants` list, then the known variants' usual
+        order, then any other by name; then by layer."""
         order = {name: index for index, name in enumerate(dict.fromkeys([*self.configured_variants(), *VARIANTS]))}
-        return sorted(
-            keys,
-            key=lambda k: (
-                k.model or "",
-                order.get(k.variant, len(order)),
-                k.variant,
-                k.variant_seed or 0,
-                k.layer,
-                k.architecture or "",
-                k.sae_seed or 0,
-            ),
+        return lambda k: (
+            k.model or "",
+            order.get(k.variant, len(order)),
+            k.variant,
+            k.variant_seed or 0,
+            k.layer,
+            k.architecture or "",
+            k.sae_seed or 0,
         )
 
     def configured_variants(self) -> list[str]:
         """The `variants` of the run's config.toml, in order ([] when it is missing or unreadable)."""
+        return [variant for variant in self._configured("variants") if isinstance(variant, str)]
+
+    def _configured(self, key: str) -> list[Any]:
         try:
-            variants = tomllib.loads(self.config.read_text()).get("variants", [])
+            value = tomllib.loads(self.config.read_text()).get(key, [])
         except (OSError, tomllib.TOMLDecodeError):
             return []
-        return [variant for variant in variants if isinstance(variant, str)]
+        return value if isinstance(value, list) else []
+
+    def missing_saes(self) -> str | None:
+        """A line naming the configured variant × layer SAEs not saved yet (the jobs of a split run still at
+        work, or failed), for the stages that read whichever SAEs exist; None when every one is there."""
+        layers = [layer for layer in self._configured("layers") if isinstance(layer, int)]
+        configured = [SAEKey(variant, layer) for variant in self.configured_variants() for layer in layers]
+        missing = [key for key in configured if not (self.sae(key) / SAE_CONFIG_FILE).is_file()]
+        if not missing:
+            return None
+        names = ", ".join(f"{key.variant} layer {key.layer}" for key in missing)
+        return f"{len(missing)} of {len(configured)} SAEs not trained yet: {names}"
 
 
 def read_json(path: Path, writer: str) -> Any:
@@ -335,4 +366,4 @@ class Timings:
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(self.path, self.seconds)
+        write_json_atomic(self.path, self.seconds, shared=True)  # jobs of a split run share it

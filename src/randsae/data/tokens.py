@@ -28,6 +28,7 @@ from torch import Tensor
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+from randsae.atomic import temporary_sibling
 from randsae.errors import UserError
 from randsae.toml_config import invalid
 
@@ -219,12 +220,14 @@ def unknown_token_warning(share: float, tokenizer: PreTrainedTokenizerBase) -> s
 class TokenFileWriter:
     """Writes one split's token file as windows arrive: a safetensors file (`input_ids`, int32 [n, C]) whose
     header, written first, already holds the final shape, so the data streams after it. The file is built
-    under a temporary name and renamed into place once all `n_windows` are written; on an error it is removed.
+    under a temporary name of this writer's own and renamed into place once all `n_windows` are written; on an
+    error it is removed. Tokenization is deterministic, so jobs of a split run that tokenize at once write the
+    same bytes and the last rename wins with the same file.
     """
 
     def __init__(self, path: Path, n_windows: int, context_size: int):
         self.path, self.n_windows, self.context_size = path, n_windows, context_size
-        self.tmp = path.with_name(path.name + ".tmp")
+        self.tmp = temporary_sibling(path, shared=True)
         self.written = 0
 
     def __enter__(self) -> TokenFileWriter:

@@ -1,15 +1,20 @@
-"""The quality stage's results: one `MetricsRow` per SAE, in RUN/metrics.json and RUN/metrics.csv."""
+"""The quality stage's results: one `MetricsRow` per SAE, in the SAE's folder (`RunDir.sae_metrics`), and every
+row in RUN/metrics.json and RUN/metrics.csv.
+
+Each SAE's row is its own file so that the jobs of a split run (`randsae run --variants/--layers`) each write
+only their own rows; the combined tables are always recomputed from those files."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import io
+import json
 
-from randsae.atomic import write_json_atomic, write_text_atomic
+from randsae.atomic import json_ready, write_json_atomic, write_text_atomic
 from randsae.errors import UserError
 from randsae.records import from_plain
-from randsae.run_dir import RunDir, read_json
+from randsae.run_dir import RunDir, SAEKey, read_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,28 +48,53 @@ class MetricsRow:
 
 
 def load_metrics(run: RunDir) -> list[MetricsRow]:
-    """The rows of RUN/metrics.json ([] before the first SAE is evaluated)."""
-    if not run.metrics_json.is_file():
-        return []
-    rows = read_json(run.metrics_json, "`randsae run`")
-    try:
-        return [from_plain(MetricsRow, row) for row in rows]
-    except (TypeError, KeyError) as error:
-        raise UserError(
-            f"{run.metrics_json} does not hold metrics rows ({error})",
-            "Delete it and rerun `randsae run` with the same --out to re-evaluate",
-        ) from None
+    """Every SAE's row found in the run, in the run's SAE order ([] before the first SAE is evaluated)."""
+    rows = []
+    for path in run.sae_metrics_files():
+        try:
+            rows.append(from_plain(MetricsRow, read_json(path, "`randsae run`")))
+        except (TypeError, KeyError) as error:
+            raise UserError(
+                f"{path} does not hold a metrics row ({error})",
+                "Delete it and rerun `randsae run` with the same --out to re-evaluate that SAE",
+            ) from None
+    order = run.sae_order()
+    return sorted(rows, key=lambda row: order(SAEKey(row.variant, row.layer)))
 
 
 def save_metrics(run: RunDir, rows: list[MetricsRow]) -> None:
-    """metrics.json and metrics.csv, one row per SAE, each written atomically."""
-    plain = [dataclasses.asdict(row) for row in rows]
-    write_json_atomic(run.metrics_json, plain)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=[field.name for field in dataclasses.fields(MetricsRow)])
-    writer.writeheader()
-    writer.writerows(plain)
-    write_text_atomic(run.metrics_csv, buffer.getvalue())
+    """Each row to its SAE's file, then the combined tables (`write_metrics_tables`)."""
+    for row in rows:
+        write_json_atomic(run.sae_metrics(SAEKey(row.variant, row.layer)), dataclasses.asdict(row))
+    write_metrics_tables(run)
+
+
+def write_metrics_tables(run: RunDir) -> list[MetricsRow]:
+    """metrics.json and metrics.csv from every SAE's row, each written atomically; returns the rows.
+
+    Jobs finishing at once may each write the tables: each reads the rows again after writing and writes
+    again until they are unchanged, so the last table written holds every row written before it.
+    """
+    rows = load_metrics(run)
+    while True:
+        plain = [dataclasses.asdict(row) for row in rows]
+        write_json_atomic(run.metrics_json, plain, shared=True)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[field.name for field in dataclasses.fields(MetricsRow)])
+        writer.writeheader()
+        writer.writerows(plain)
+        write_text_atomic(run.metrics_csv, buffer.getvalue(), shared=True)
+        again = load_metrics(run)
+        if _same(again, rows):
+            return rows
+        rows = again
+
+
+def _same(a: list[MetricsRow], b: list[MetricsRow]) -> bool:
+    """Equal rows, NaN equal to NaN (a row's NaN metric must not make the tables look changed)."""
+    return json.dumps(json_ready([dataclasses.asdict(row) for row in a])) == json.dumps(
+        json_ready([dataclasses.asdict(row) for row in b])
+    )
 
 
 def format_metrics_table(rows: list[MetricsRow]) -> str:

@@ -48,16 +48,16 @@ class RunInputs:
 
 
 def read_run(run: RunDir) -> RunInputs:
-    """Read and check a run directory; UserError when it has no usable `metrics.json`."""
+    """Read and check a run directory; UserError when it has no SAE's metrics row."""
     if not run.root.is_dir():
         raise UserError(f"run directory {run.root} does not exist", "Pass the folder written by `randsae run`")
     metrics = tuple(load_metrics(run))
     if not metrics:
         raise UserError(
-            f"{run.metrics_json} not found: the run has no quality metrics yet",
-            "Run `randsae run` on this folder first (the report needs at least metrics.json)",
+            f"{run.root} has no quality metrics yet (no SAE's metrics.json)",
+            "Run `randsae run` on this folder first (the report needs at least one evaluated SAE)",
         )
-    notes: list[str] = []
+    notes: list[str] = [f"{missing}."] if (missing := run.missing_saes()) else []
     config = None
     if run.config.is_file():
         config = load_run_config(run)
