@@ -60,6 +60,7 @@ def main(out: str, kill_at: int | None) -> None:
     results = train_streaming(mine, SAE_CFGS, seed=0, progress=False, checkpoint=out + ".ckpt")
     if distributed.is_main():
         torch.save([result.sae.state_dict() for result in results], out)
+    distributed.shutdown()
 
 
 if __name__ == "__main__":

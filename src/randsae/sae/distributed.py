@@ -30,6 +30,14 @@ def init_from_env(device: str | torch.device) -> None:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=TIMEOUT_S))
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank is done: a rank that exits with the group still open can
+    abort in gloo's teardown while a peer is closing."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
