@@ -36,19 +36,28 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.experiment import job_config, resolve_device, run_pipeline
     from randsae.metrics.results import format_metrics_table
     from randsae.run_dir import RunDir, Timings
+    from randsae.sae import distributed
 
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg = dataclasses.replace(cfg, device=args.device)
-    run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
-    progress = not args.quiet
+    distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: rank 0 alone speaks and goes on
+    run = RunDir(Path(args.out) if args.out else distributed.gather(_fresh_run_dir())[0])
+    main = distributed.is_main()
+    progress = not args.quiet and main
     variants = args.variants.split(",") if args.variants else None
     layers = _layer_list(args.layers) if args.layers else None
     job_config(cfg, variants, layers)  # an unknown variant or layer stops the job before the model loads
     if args.plan:
         from randsae.experiment import show_plan
 
+        distributed.shutdown()
+        if not main:
+            return
         show_plan(job_config(cfg, variants, layers), run, progress)
+        return
+    if not main:
+        run_pipeline(cfg, run, progress=False, variants=variants, layers=layers)  # the SAEs' training shards
         return
     print(f"randsae run → {run.root}  (config: {args.config or 'embedded default'})")
     if variants or layers:

@@ -51,7 +51,7 @@ from randsae.plan import (
     total_disk,
 )
 from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_METRICS_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
-from randsae.sae import SAEConfig, SparseAutoencoder, load_sae
+from randsae.sae import SAEConfig, SparseAutoencoder, distributed, load_sae
 from randsae.sae.streaming import ActivationStream, train_streaming
 from randsae.sae.trainer import TrainResult, train_sae
 from randsae.seeds import derived_seed
@@ -61,15 +61,16 @@ SHARD_WINDOWS = 64
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` names (`auto`: CUDA when there is one); under torchrun, this process's own GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
         raise UserError(f"unknown device {name!r}", "Use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name!r} asked for but CUDA is not available", "Use device = 'cpu' or 'auto'")
-    return device
+    return distributed.local_device(device)
 
 
 def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: bool = True) -> dict[str, Tensor]:
@@ -330,7 +331,15 @@ def _noise_reseed(model: PreTrainedModel, seed: int, stream: str) -> Callable[[i
 
 
 def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int) -> str:
-    """`stream` or `cache`: `train.activations`, `auto` resolved by the size all train caches would have."""
+    """`stream` or `cache`: `train.activations`, `auto` resolved by the size all train caches would have
+    (always `stream` with several processes, which train data-parallel on streamed shards)."""
+    if distributed.world_size() > 1:
+        if cfg.train.activations == "cache":
+            raise UserError(
+                f"train.activations = 'cache' cannot train with {distributed.world_size()} processes",
+                "Set train.activations = 'stream' (or 'auto'), or run one process",
+            )
+        return "stream"
     if cfg.train.activations != "auto":
         return cfg.train.activations
     row_bytes = d_model * DTYPES[cfg.activation_dtype].itemsize
@@ -435,13 +444,24 @@ def stream_variant_saes(
             reseed(first_window)  # the noise the harvest of these windows would draw
         return residual_stream(model, blocks, layers, ids.to(device=device, dtype=torch.long))
 
-    stream = ActivationStream(forward, train_ids, layers, train_cfg, cfg.eval.batch_windows, seed=cfg.seed)
+    stream = ActivationStream(
+        forward,
+        train_ids,
+        layers,
+        train_cfg,
+        cfg.eval.batch_windows,
+        seed=cfg.seed,
+        rank=distributed.rank(),
+        world_size=distributed.world_size(),
+    )
     sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, variant, layer) for layer in layers]
     if progress:
         print(f"training {cfg.sae.architecture} SAEs {variant} layers {layers} from streamed activations")
     checkpoint = run.stream_checkpoint(variant, cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     results = train_streaming(stream, sae_cfgs, seed=cfg.seed, device=device, progress=progress, checkpoint=checkpoint)
+    if not distributed.is_main():
+        return layers  # every rank holds the same SAEs: rank 0 writes them
     for layer, result in zip(layers, results, strict=True):
         folder = run.sae(SAEKey(variant, layer))
         folder.mkdir(parents=True, exist_ok=True)
@@ -548,10 +568,17 @@ def run_pipeline(
     `layers` restrict this job to a part of the config's matrix: jobs given disjoint parts can run at once
     (a SLURM array) into one run directory, each writing only its own caches, SAEs and metrics rows; every
     job writes the config's whole matrix to config.toml, and the combined metrics tables from every row.
+
+    Under torchrun every process runs this, and the SAEs train data-parallel from streamed activations,
+    each rank forwarding its own shard of the train windows; rank 0 alone tokenizes, caches the held-out
+    split, writes the SAEs and evaluates them, while the others wait. The process group is left at the end.
     """
     run = RunDir.at(run)
     job = job_config(cfg, variants, layers)
     device = resolve_device(cfg.device)
+    distributed.init_from_env(device)
+    main = distributed.is_main()
+    progress = progress and main
     check_writable(run.root)
     check_resume(cfg, run)
     start = time.perf_counter()
@@ -561,12 +588,15 @@ def run_pipeline(
     check_context_size(lm, cfg.tokens.context_size)
     if not all(run.tokens(split).is_file() for split in SPLITS):
         check_source(cfg.data)
+    c = cfg.tokens.context_size
+    mode = activation_mode(cfg, cfg.tokens.train_tokens // c * c, lm.model.config.hidden_size)
     stages = plan_run(job, lm, blocks, device, measure=progress)
     if progress:
         print(format_plan(stages))
-    check_disk(*disk_left(run, stages), str(run.root))  # before anything is written
-    run.root.mkdir(parents=True, exist_ok=True)  # only once the config, model and data are known to be good
-    timings = Timings(run)
+    if main:
+        check_disk(*disk_left(run, stages), str(run.root))  # before anything is written
+        run.root.mkdir(parents=True, exist_ok=True)  # only once the config, model and data are known to be good
+    timings = Timings(run, record=main)
     timings.seconds["load_model"] = time.perf_counter() - start
     load_step0 = (
         (lambda: load_model(cfg.model, device, revision=cfg.model.step0_revision).model)
@@ -574,26 +604,29 @@ def run_pipeline(
         else None
     )
     with timings.stage("prepare"):
-        tokens = prepare_run(cfg, run, lm, progress)
+        tokens = prepare_run(cfg, run, lm, progress) if main else {}
+        distributed.barrier()
+        tokens = tokens or {split: load_tokens(run.tokens(split)) for split in SPLITS}
     rows = {(row.variant, row.layer): row for row in load_metrics(run)}
-    mode = activation_mode(cfg, tokens["train"].numel(), lm.model.config.hidden_size)
     cached = tuple(SPLITS) if mode == "cache" else ("heldout",)  # streamed: only the held-out split is cached
     for variant in job.variants:
         # Done is read off the artifacts themselves: intact caches, trained SAEs, and a metrics row per SAE.
         missing_caches = [layer for layer in job.layers if not caches_complete(run, Site(variant, layer), cached)]
         untrained = [layer for layer in job.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
         unevaluated = [layer for layer in job.layers if (variant, layer) not in rows]
-        if not (missing_caches or untrained or unevaluated):
+        if not distributed.main_decides(bool(missing_caches or untrained or unevaluated)):
             continue
         with timings.stage("build_variants"):
             # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
             model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()  # type: ignore[arg-type]
             _, variant_blocks = find_blocks(model, blocks_path)
         with timings.stage("harvest"):
-            to_cache = {split: tokens[split] for split in cached}
-            harvest_variant(
-                job, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
-            )
+            if main:
+                to_cache = {split: tokens[split] for split in cached}
+                harvest_variant(
+                    job, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
+                )
+            distributed.barrier()
         with timings.stage("train"):
             if mode == "stream":
                 retrained = stream_variant_saes(
@@ -612,12 +645,17 @@ def run_pipeline(
             else:
                 retrained = train_variant_saes(job, run, variant, lm.display_name, blocks_path, device, progress)
         stale = sorted(set(unevaluated) | set(retrained))
-        with timings.stage("evaluate"):
-            evaluated = evaluate_variant(job, run, model, variant_blocks, variant, tokens["heldout"], device, stale)
-        save_metrics(run, evaluated)  # this variant's rows, then the tables of every job's rows
-        rows.update({(row.variant, row.layer): row for row in evaluated})
+        if main:
+            with timings.stage("evaluate"):
+                evaluated = evaluate_variant(job, run, model, variant_blocks, variant, tokens["heldout"], device, stale)
+            save_metrics(run, evaluated)  # this variant's rows, then the tables of every job's rows
+            rows.update({(row.variant, row.layer): row for row in evaluated})
         del model
-    write_metrics_tables(run)  # rebuilt when deleted, though nothing was evaluated
+    if main:
+        write_metrics_tables(run)  # rebuilt when deleted, though nothing was evaluated
+    distributed.shutdown()
+    if not main:
+        rows = {(row.variant, row.layer): row for row in load_metrics(run)}
     return [rows[(variant, layer)] for variant in job.variants for layer in job.layers]
 
 

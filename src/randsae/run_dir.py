@@ -342,10 +342,11 @@ class Timings:
 
     A stage that fails with an error records nothing, so a command that stops on a user's mistake leaves
     the run directory as it found it; an interrupted stage records its time, as the rerun resumes its work.
+    With `record` False (a torchrun rank other than 0) the times are kept in memory only.
     """
 
-    def __init__(self, run: RunDir):
-        self.path = run.timings
+    def __init__(self, run: RunDir, record: bool = True):
+        self.path, self.record = run.timings, record
         self.seconds: dict[str, float] = {}
         if self.path.is_file():
             try:
@@ -365,5 +366,7 @@ class Timings:
 
     def add(self, name: str, seconds: float) -> None:
         self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+        if not self.record:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.path, self.seconds, shared=True)  # jobs of a split run share it

@@ -30,6 +30,19 @@ def init_from_env(device: str | torch.device) -> None:
     dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=TIMEOUT_S))
 
 
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, a CUDA device given without an index is this process's own GPU (LOCAL_RANK)."""
+    if device.type == "cuda" and device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def barrier() -> None:
+    """Wait until every rank is here (after rank 0 alone has written what the others read)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group once every rank is done: a rank that exits with the group still open can
     abort in gloo's teardown while a peer is closing."""
