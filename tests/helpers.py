@@ -333,6 +333,8 @@ def _report_metrics_rows(variants, layers, d_sae: int, rng: np.random.Generator)
         MetricsRow(
             variant=variant,
             layer=layer,
+            variant_seed=None,
+            sae_seed=None,
             hook_name=f"layers.{layer}",
             d_sae=d_sae,
             explained_variance_pooled=float(rng.uniform(0.5, 0.9)),

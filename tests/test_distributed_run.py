@@ -67,11 +67,11 @@ def test_two_processes_run_the_pipeline_and_a_killed_run_resumes(tmp_path, tiny_
     run = RunDir(tmp_path / "whole")
     assert [(row.variant, row.layer) for row in load_metrics(run)] == [(v, n) for v in VARIANTS for n in cfg.layers]
     assert not run.activations(SAEKey("trained", 1).site, "train").exists(), "train activations are streamed"
-    assert not run.stream_checkpoint("trained").exists() and not list(run.root.rglob("*.tmp"))
+    assert not run.stream_checkpoint(SAEKey("trained", 1)).exists() and not list(run.root.rglob("*.tmp"))
     assert output.count("randsae run →") == 1, "rank 0 alone speaks"
 
     killed = _torchrun(config, tmp_path / "killed")
-    checkpoint = RunDir(tmp_path / "killed").stream_checkpoint("trained")
+    checkpoint = RunDir(tmp_path / "killed").stream_checkpoint(SAEKey("trained", 1))
     deadline = time.monotonic() + 240
     while not checkpoint.is_file() and killed.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)

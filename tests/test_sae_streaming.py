@@ -80,11 +80,11 @@ def test_interrupted_streamed_training_resumes_to_the_uninterrupted_saes(
     calls.update(forwards=0, kill_at=20)  # mid-way through the first variant's forwards
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, tmp_path / "killed", progress=False)
-    assert RunDir.at(tmp_path / "killed").stream_checkpoint("trained").is_file()
+    assert RunDir.at(tmp_path / "killed").stream_checkpoint(SAEKey("trained", 1)).is_file()
     calls.update(forwards=0, kill_at=0)
     run_pipeline(cfg, tmp_path / "killed", progress=False)
     assert calls["forwards"] < uninterrupted - 15  # resumed from the checkpoint, not from the start
-    assert not RunDir.at(tmp_path / "killed").stream_checkpoint("trained").exists()
+    assert not RunDir.at(tmp_path / "killed").stream_checkpoint(SAEKey("trained", 1)).exists()
 
     expected, got = _sae_weights(tmp_path / "whole", cfg), _sae_weights(tmp_path / "killed", cfg)
     for key, tensors in expected.items():

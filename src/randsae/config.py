@@ -23,7 +23,7 @@ from randsae.data.text import TextConfig
 from randsae.data.tokens import TokenConfig
 from randsae.interp.config import InterpConfig
 from randsae.models.load import ModelConfig, is_hub_id
-from randsae.models.variants import PAPER_VARIANTS, VARIANTS, VariantConfig
+from randsae.models.variants import PAPER_VARIANTS, VARIANTS, VariantConfig, is_drawn
 from randsae.run_dir import RunDir
 from randsae.sae.base import architecture_names
 from randsae.sae.trainer import TrainConfig
@@ -42,6 +42,8 @@ MADE_FROM = {
     "variant": "activations",
     "eval.batch_windows": "activations",
     "seed": "saes",
+    "replicates.variant_seeds": "activations",
+    "replicates": "saes",
     "sae": "saes",
     "train": "saes",
     "eval": "metrics",
@@ -85,6 +87,24 @@ class SAEShape:
 
 
 @dataclasses.dataclass(frozen=True)
+class ReplicatesConfig:
+    """How often the variant × layer matrix is repeated, so that every result carries its spread over SAE
+    training and over random draws rather than resting on one of each."""
+
+    sae_seeds: int = 1
+    """SAEs trained per variant draw and layer, with seeds `seed`, `seed + 1`, ... (initialization and
+    batch order)."""
+    variant_seeds: int = 1
+    """Draws of each random variant, with `variant.seed`, `variant.seed + 1`, ...; `trained` and `step0`
+    are not random and have one."""
+
+    def __post_init__(self) -> None:
+        for name in ("sae_seeds", "variant_seeds"):
+            if getattr(self, name) < 1:
+                raise invalid(f"replicates.{name}", getattr(self, name), "a whole number, at least 1")
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation of every SAE."""
 
@@ -123,6 +143,8 @@ class ExperimentConfig:
     """Token windows and their train / held-out split, table `[tokens]`."""
     variant: VariantConfig = VariantConfig()
     """How the random variants are drawn, table `[variant]`."""
+    replicates: ReplicatesConfig = ReplicatesConfig()
+    """SAE seeds and random draws per variant and layer, table `[replicates]`."""
     sae: SAEShape = SAEShape()
     """SAE architecture and size, table `[sae]`."""
     train: TrainConfig = TrainConfig()
@@ -216,7 +238,7 @@ def config_changes(old: ExperimentConfig, new: ExperimentConfig) -> list[ConfigC
         elif key in RESUMABLE or section in RESUMABLE:
             changes.append(ConfigChange(key, before, after, None))
         elif section == "variant":  # only the random draws use these keys
-            drawn = tuple(variant for variant in old.variants if variant not in ("trained", "step0"))
+            drawn = tuple(variant for variant in old.variants if is_drawn(variant))
             changes.append(ConfigChange(key, before, after, MADE_FROM[section], variants=drawn))
         elif key == "model.step0_revision":
             changes.append(ConfigChange(key, before, after, MADE_FROM[key], variants=("step0",)))

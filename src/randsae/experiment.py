@@ -40,7 +40,7 @@ from randsae.metrics.quality import ReconstructionAccumulator, ReconstructionMet
 from randsae.metrics.results import MetricsRow, load_metrics, save_metrics, write_metrics_tables
 from randsae.models.hookpoints import check_layers, final_norm_weight, find_blocks, hook_name, residual_stream
 from randsae.models.load import LoadedModel, check_context_size, is_hub_id, load_model
-from randsae.models.variants import NoiseEmbedding, build_variant, predicts_language
+from randsae.models.variants import NoiseEmbedding, VariantConfig, build_variant, predicts_language
 from randsae.plan import (
     RunShape,
     StageEstimate,
@@ -50,7 +50,16 @@ from randsae.plan import (
     human_bytes,
     total_disk,
 )
-from randsae.run_dir import SAE_CHECKPOINT_FILE, SAE_METRICS_FILE, SAE_TRAINING_FILE, RunDir, SAEKey, Site, Timings
+from randsae.run_dir import (
+    SAE_CHECKPOINT_FILE,
+    SAE_METRICS_FILE,
+    SAE_TRAINING_FILE,
+    RunDir,
+    SAEKey,
+    Site,
+    Timings,
+    replicate_keys,
+)
 from randsae.sae import SAEConfig, SparseAutoencoder, distributed, load_sae
 from randsae.sae.streaming import ActivationStream, train_streaming
 from randsae.sae.trainer import TrainResult, train_sae
@@ -229,16 +238,14 @@ the token windows and the metrics)."""
 def _finished_parts(run: RunDir, cfg: ExperimentConfig) -> list[Part]:
     """The parts of the run (of config `cfg`) that exist, started or finished."""
     parts: list[Part] = [("tokens", None, None, split) for split in SPLITS if run.tokens(split).is_file()]
-    for variant in cfg.variants:
-        for layer in cfg.layers:
-            site = Site(variant, layer)
-            parts += [
-                ("activations", variant, layer, split)
-                for split in SPLITS
-                if (run.activations(site, split) / MANIFEST).is_file()
-            ]
-            if run.sae(SAEKey(variant, layer)).is_dir():
-                parts.append(("saes", variant, layer, ""))
+    for key in sae_keys(cfg):
+        parts += [
+            ("activations", key.variant, key.layer, f"{split} {key.replicate}")
+            for split in SPLITS
+            if (run.activations(key.site, split) / MANIFEST).is_file()
+        ]
+        if run.sae(key).is_dir():
+            parts.append(("saes", key.variant, key.layer, key.replicate))
     if run.sae_metrics_files():
         parts.append(("metrics", None, None, ""))
     return parts
@@ -287,11 +294,14 @@ def harvest_variant(
     blocks_path: str,
     model_name: str,
     variant: str,
+    variant_cfg: VariantConfig,
+    variant_seed: int | None,
     tokens: dict[str, Tensor],
     device: torch.device,
     progress: bool,
 ) -> None:
-    """Cache every layer's residual stream on both splits, one truncated forward per batch."""
+    """Cache every layer's residual stream of one variant draw on `tokens`' splits, one truncated forward per
+    batch."""
     batch = cfg.eval.batch_windows
     for split, input_ids in tokens.items():
         writers = {}
@@ -308,7 +318,8 @@ def harvest_variant(
                 context_size=input_ids.shape[1],
             )
             windows_per_shard = max(batch, SHARD_WINDOWS // batch * batch)
-            writers[layer] = CacheWriter(run.activations(Site(variant, layer), split), spec, windows_per_shard)
+            site = Site(variant, layer, variant_seed=variant_seed)
+            writers[layer] = CacheWriter(run.activations(site, split), spec, windows_per_shard)
         harvest(
             lambda ids: residual_stream(model, blocks, cfg.layers, ids),
             input_ids,
@@ -317,7 +328,7 @@ def harvest_variant(
             device,
             desc=f"harvest {variant} {split}",
             progress=progress,
-            before_batch=_noise_reseed(model, cfg.variant.seed, split),
+            before_batch=_noise_reseed(model, variant_cfg.seed, split),
         )
 
 
@@ -347,9 +358,33 @@ def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int) -> s
     return "stream" if cache_gb > cfg.train.cache_limit_gb else "cache"
 
 
+def sae_keys(cfg: ExperimentConfig) -> list[SAEKey]:
+    """Every SAE of the config's matrix in the run's SAE order (`RunDir.sae_order`): variants, their draws,
+    layers, SAE seeds."""
+    n = cfg.replicates
+    keys = [
+        key
+        for variant in cfg.variants
+        for layer in cfg.layers
+        for key in replicate_keys(variant, layer, n.sae_seeds, n.variant_seeds)
+    ]
+    return sorted(keys, key=lambda k: (cfg.variants.index(k.variant), k.variant_seed or 0, k.layer, k.sae_seed or 0))
+
+
+def training_seed(cfg: ExperimentConfig, key: SAEKey) -> int:
+    """The seed an SAE is trained with: `seed`, plus its SAE-seed replicate."""
+    return cfg.seed + (key.sae_seed or 0)
+
+
+def drawn_variant(cfg: ExperimentConfig, variant_seed: int | None) -> VariantConfig:
+    """The variant settings of one random draw: `variant.seed`, plus the draw."""
+    return dataclasses.replace(cfg.variant, seed=cfg.variant.seed + (variant_seed or 0))
+
+
 def _sae_config(
-    cfg: ExperimentConfig, d_model: int, context: int, model_name: str, blocks_path: str, variant: str, layer: int
+    cfg: ExperimentConfig, d_model: int, context: int, model_name: str, blocks_path: str, key: SAEKey
 ) -> SAEConfig:
+    variant, layer, seed = key.variant, key.layer, training_seed(cfg, key)
     return SAEConfig(
         architecture=cfg.sae.architecture,
         d_in=d_model,
@@ -364,7 +399,7 @@ def _sae_config(
             "context_size": context,
             "prepend_bos": True,
             "dataset_path": cfg.data.source,
-            "seed": cfg.seed,
+            "seed": seed,
         },
     )
 
@@ -378,36 +413,36 @@ def _save_trained(folder: Path, result: TrainResult) -> None:
 def train_variant_saes(
     cfg: ExperimentConfig,
     run: RunDir,
-    variant: str,
+    keys: Sequence[SAEKey],
     model_name: str,
     blocks_path: str,
     device: torch.device,
     progress: bool,
-) -> list[int]:
-    """Train one SAE per layer on the variant's train cache (skipping those already trained and intact);
-    returns the layers trained now.
+) -> list[SAEKey]:
+    """Train each SAE of `keys` on its site's train cache (skipping those already trained and intact);
+    returns the SAEs trained now.
 
     The cache's shard checksums are verified once before training, so a corrupt shard is never trained on.
     """
     trained = []
-    for layer in cfg.layers:
-        folder = run.sae(SAEKey(variant, layer))
+    for key in keys:
+        folder = run.sae(key)
         if sae_is_trained(folder):
             continue
-        trained.append(layer)
-        cache = ActivationCache.open(run.activations(Site(variant, layer), "train"))
+        trained.append(key)
+        cache = ActivationCache.open(run.activations(key.site, "train"))
         cache.verify()
         manifest = cache.manifest
-        sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, variant, layer)
+        sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, key)
         train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
         if progress:
-            print(f"training {cfg.sae.architecture} SAE {variant} layer {layer} (d_sae {sae_cfg.d_sae})")
+            print(f"training {cfg.sae.architecture} SAE {key.describe()} (d_sae {sae_cfg.d_sae})")
         folder.mkdir(parents=True, exist_ok=True)
         result = train_sae(
             cache,
             train_cfg,
             sae_cfg,
-            seed=cfg.seed,
+            seed=training_seed(cfg, key),
             device=device,
             progress=progress,
             checkpoint=folder / SAE_CHECKPOINT_FILE,
@@ -423,50 +458,55 @@ def stream_variant_saes(
     blocks: nn.ModuleList,
     blocks_path: str,
     model_name: str,
-    variant: str,
+    keys: Sequence[SAEKey],
+    noise_seed: int,
     train_ids: Tensor,
     device: torch.device,
     progress: bool,
     split_layers: bool = False,
-) -> list[int]:
-    """Train the variant's untrained SAEs together from its model's forwards over the train windows (no train
-    cache); returns the layers trained now. An interrupted training resumes from the variant's checkpoint
-    (one per job when `split_layers`: jobs given `--layers` subsets of one variant)."""
-    layers = [layer for layer in cfg.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
-    if not layers:
+) -> list[SAEKey]:
+    """Train the untrained SAEs of `keys` (one variant draw and SAE seed, a layer each) together from the
+    model's forwards over the train windows (no train cache); returns the SAEs trained now. An interrupted
+    training resumes from its checkpoint (one per job when `split_layers`: jobs given `--layers` subsets of
+    one variant)."""
+    keys = [key for key in keys if not sae_is_trained(run.sae(key))]
+    if not keys:
         return []
+    layers = [key.layer for key in keys]
     context, d_model = train_ids.shape[1], model.config.hidden_size
     train_cfg = dataclasses.replace(cfg.train, context_size=context, activations="stream")
-    reseed = _noise_reseed(model, cfg.variant.seed, "train")
+    reseed = _noise_reseed(model, noise_seed, "train")
 
     def forward(first_window: int, ids: Tensor) -> dict[int, Tensor]:
         if reseed is not None:
             reseed(first_window)  # the noise the harvest of these windows would draw
         return residual_stream(model, blocks, layers, ids.to(device=device, dtype=torch.long))
 
+    seed = training_seed(cfg, keys[0])
     stream = ActivationStream(
         forward,
         train_ids,
         layers,
         train_cfg,
         cfg.eval.batch_windows,
-        seed=cfg.seed,
+        seed=seed,
         rank=distributed.rank(),
         world_size=distributed.world_size(),
     )
-    sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, variant, layer) for layer in layers]
+    sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, key) for key in keys]
     if progress:
-        print(f"training {cfg.sae.architecture} SAEs {variant} layers {layers} from streamed activations")
-    checkpoint = run.stream_checkpoint(variant, cfg.layers if split_layers else None)
+        which = f"{keys[0].variant} {keys[0].replicate}".strip()
+        print(f"training {cfg.sae.architecture} SAEs {which} layers {layers} from streamed activations")
+    checkpoint = run.stream_checkpoint(keys[0], cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    results = train_streaming(stream, sae_cfgs, seed=cfg.seed, device=device, progress=progress, checkpoint=checkpoint)
+    results = train_streaming(stream, sae_cfgs, seed=seed, device=device, progress=progress, checkpoint=checkpoint)
     if not distributed.is_main():
-        return layers  # every rank holds the same SAEs: rank 0 writes them
-    for layer, result in zip(layers, results, strict=True):
-        folder = run.sae(SAEKey(variant, layer))
+        return keys  # every rank holds the same SAEs: rank 0 writes them
+    for key, result in zip(keys, results, strict=True):
+        folder = run.sae(key)
         folder.mkdir(parents=True, exist_ok=True)
         _save_trained(folder, result)
-    return layers
+    return keys
 
 
 def sae_is_trained(folder: Path) -> bool:
@@ -496,41 +536,43 @@ def evaluate_variant(
     run: RunDir,
     model: PreTrainedModel,
     blocks: nn.ModuleList,
-    variant: str,
+    keys: Sequence[SAEKey],
+    noise_seed: int,
     heldout: Tensor,
     device: torch.device,
-    layers: Sequence[int],
 ) -> list[MetricsRow]:
-    """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for `layers`."""
-    saes = {layer: load_sae(run.sae(SAEKey(variant, layer)), device=device).eval() for layer in layers}
+    """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for the SAEs
+    `keys` of the variant draw `model` is."""
+    saes = {key: load_sae(run.sae(key), device=device).eval() for key in keys}
     reconstruction = {
-        layer: reconstruction_on_heldout(
-            sae, ActivationCache.open(run.activations(Site(variant, layer), "heldout")), device
-        )
-        for layer, sae in saes.items()
+        key: reconstruction_on_heldout(sae, ActivationCache.open(run.activations(key.site, "heldout")), device)
+        for key, sae in saes.items()
     }
-    reseed = _noise_reseed(model, cfg.variant.seed, "downstream")
-    downstream = downstream_metrics(
-        model,
-        {layer: (blocks[layer], saes[layer]) for layer in layers},
-        heldout[: cfg.eval.ce_windows],
-        batch_size=cfg.eval.batch_windows,
-        before_forward=reseed,
-    )
-    return [_row(variant, layer, saes[layer], reconstruction[layer], downstream[layer]) for layer in layers]
+    downstream: dict[SAEKey, DownstreamMetrics] = {}
+    for seed in dict.fromkeys(key.sae_seed for key in keys):  # one spliced forward per SAE seed, every layer
+        same_seed = [key for key in keys if key.sae_seed == seed]
+        measured = downstream_metrics(
+            model,
+            {key.layer: (blocks[key.layer], saes[key]) for key in same_seed},
+            heldout[: cfg.eval.ce_windows],
+            batch_size=cfg.eval.batch_windows,
+            before_forward=_noise_reseed(model, noise_seed, "downstream"),
+        )
+        downstream.update({key: measured[key.layer] for key in same_seed})
+    return [_row(key, saes[key], reconstruction[key], downstream[key]) for key in keys]
 
 
-def _row(
-    variant: str, layer: int, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics
-) -> MetricsRow:
+def _row(key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics) -> MetricsRow:
     names = {field.name for field in dataclasses.fields(MetricsRow)}
     measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
     return MetricsRow(
-        variant=variant,
-        layer=layer,
+        variant=key.variant,
+        layer=key.layer,
+        variant_seed=key.variant_seed,
+        sae_seed=key.sae_seed,
         hook_name=sae.cfg.metadata.get("hook_name", ""),
         d_sae=sae.cfg.d_sae,
-        meaningful_downstream=predicts_language(variant),
+        meaningful_downstream=predicts_language(key.variant),
         n_eval_tokens=rec.n_tokens,
         n_downstream_predictions=down.n_predictions,
         **{k: v for k, v in measured.items() if k in names},
@@ -607,29 +649,26 @@ def run_pipeline(
         tokens = prepare_run(cfg, run, lm, progress) if main else {}
         distributed.barrier()
         tokens = tokens or {split: load_tokens(run.tokens(split)) for split in SPLITS}
-    rows = {(row.variant, row.layer): row for row in load_metrics(run)}
+    rows = {row.key: row for row in load_metrics(run)}
     cached = tuple(SPLITS) if mode == "cache" else ("heldout",)  # streamed: only the held-out split is cached
-    for variant in job.variants:
+    keys = sae_keys(job)
+    for variant, draw in dict.fromkeys((key.variant, key.variant_seed) for key in keys):
         # Done is read off the artifacts themselves: intact caches, trained SAEs, and a metrics row per SAE.
-        missing_caches = [layer for layer in job.layers if not caches_complete(run, Site(variant, layer), cached)]
-        untrained = [layer for layer in job.layers if not sae_is_trained(run.sae(SAEKey(variant, layer)))]
-        unevaluated = [layer for layer in job.layers if (variant, layer) not in rows]
+        mine = [key for key in keys if (key.variant, key.variant_seed) == (variant, draw)]
+        missing_caches = [key for key in mine if not caches_complete(run, key.site, cached)]
+        untrained = [key for key in mine if not sae_is_trained(run.sae(key))]
+        unevaluated = [key for key in mine if key not in rows]
         if not distributed.main_decides(bool(missing_caches or untrained or unevaluated)):
             continue
+        variant_cfg = drawn_variant(cfg, draw)
         with timings.stage("build_variants"):
             # transformers wraps .to() with functools.wraps, which mypy reads as an unbound function.
-            model = build_variant(lm.model, variant, cfg.variant, load_step0).to(device).eval()  # type: ignore[arg-type]
+            model = build_variant(lm.model, variant, variant_cfg, load_step0).to(device).eval()  # type: ignore[arg-type]
             _, variant_blocks = find_blocks(model, blocks_path)
         with timings.stage("harvest"):
             if main:
                 to_cache = {split: tokens[split] for split in cached}
                 harvest_variant(
-                    job, run, model, variant_blocks, blocks_path, lm.display_name, variant, to_cache, device, progress
-                )
-            distributed.barrier()
-        with timings.stage("train"):
-            if mode == "stream":
-                retrained = stream_variant_saes(
                     job,
                     run,
                     model,
@@ -637,26 +676,49 @@ def run_pipeline(
                     blocks_path,
                     lm.display_name,
                     variant,
-                    tokens["train"],
+                    variant_cfg,
+                    draw,
+                    to_cache,
                     device,
                     progress,
-                    split_layers=job.layers != cfg.layers,
                 )
-            else:
-                retrained = train_variant_saes(job, run, variant, lm.display_name, blocks_path, device, progress)
-        stale = sorted(set(unevaluated) | set(retrained))
+            distributed.barrier()
+        retrained: list[SAEKey] = []
+        with timings.stage("train"):
+            for seed in dict.fromkeys(key.sae_seed for key in mine):
+                same_seed = [key for key in mine if key.sae_seed == seed]
+                if mode == "stream":
+                    retrained += stream_variant_saes(
+                        job,
+                        run,
+                        model,
+                        variant_blocks,
+                        blocks_path,
+                        lm.display_name,
+                        same_seed,
+                        variant_cfg.seed,
+                        tokens["train"],
+                        device,
+                        progress,
+                        split_layers=job.layers != cfg.layers,
+                    )
+                else:
+                    retrained += train_variant_saes(job, run, same_seed, lm.display_name, blocks_path, device, progress)
+        stale = [key for key in mine if key in unevaluated or key in retrained]
         if main:
             with timings.stage("evaluate"):
-                evaluated = evaluate_variant(job, run, model, variant_blocks, variant, tokens["heldout"], device, stale)
-            save_metrics(run, evaluated)  # this variant's rows, then the tables of every job's rows
-            rows.update({(row.variant, row.layer): row for row in evaluated})
+                evaluated = evaluate_variant(
+                    job, run, model, variant_blocks, stale, variant_cfg.seed, tokens["heldout"], device
+                )
+            save_metrics(run, evaluated)  # this draw's rows, then the tables of every job's rows
+            rows.update({row.key: row for row in evaluated})
         del model
     if main:
         write_metrics_tables(run)  # rebuilt when deleted, though nothing was evaluated
     distributed.shutdown()
     if not main:
-        rows = {(row.variant, row.layer): row for row in load_metrics(run)}
-    return [rows[(variant, layer)] for variant in job.variants for layer in job.layers]
+        rows = {row.key: row for row in load_metrics(run)}
+    return [rows[key] for key in keys]
 
 
 def caches_complete(run: RunDir, site: Site, splits: Sequence[str] = SPLITS) -> bool:

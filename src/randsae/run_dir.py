@@ -23,7 +23,7 @@ from typing import Any
 
 from randsae.atomic import write_json_atomic
 from randsae.errors import UserError
-from randsae.models.variants import VARIANTS
+from randsae.models.variants import VARIANTS, is_drawn
 
 SAE_CONFIG_FILE = "cfg.json"
 """The SAELens config file that marks a folder as a saved SAE."""
@@ -81,6 +81,17 @@ class SAEKey:
         return (*self.site.parts(), *extra)
 
     @property
+    def replicate(self) -> str:
+        """Which replicate this SAE is (`draw1 seed0`); empty when the run has one of each."""
+        draw = "" if self.variant_seed is None else f"draw{self.variant_seed}"
+        seed = "" if self.sae_seed is None else f"seed{self.sae_seed}"
+        return f"{draw} {seed}".strip()
+
+    def describe(self) -> str:
+        """`rerandomized layer 3`, with the replicate when there is one: `rerandomized layer 3 draw1 seed0`."""
+        return f"{self.variant} layer {self.layer} {self.replicate}".strip()
+
+    @property
     def module(self) -> str:
         """The delphi "module" name of this SAE (`trained.layer3` in the default run); file names use it."""
         return ".".join(part for part in (self.model, *self.parts()) if part is not None)
@@ -102,6 +113,14 @@ class SAEKey:
             else:
                 return None
         return cls(variant, int(parts[1][5:]), model, variant_seed, architecture, sae_seed)
+
+
+def replicate_keys(variant: str, layer: int, sae_seeds: int = 1, variant_seeds: int = 1) -> list[SAEKey]:
+    """The SAEs of one variant and layer: one per random draw (random variants only) and SAE seed. A run
+    with one replicate of a kind keeps that axis None, so its layout stays the simple one."""
+    draws: list[int | None] = [None] if variant_seeds == 1 or not is_drawn(variant) else list(range(variant_seeds))
+    seeds: list[int | None] = [None] if sae_seeds == 1 else list(range(sae_seeds))
+    return [SAEKey(variant, layer, variant_seed=draw, sae_seed=seed) for draw in draws for seed in seeds]
 
 
 def judge_label(judge: str, model: str = "") -> str:
@@ -223,13 +242,15 @@ class RunDir:
         """Every SAE's metrics row file of the run (single-model runs only have them)."""
         return sorted((self.root / "saes").glob(f"**/{SAE_METRICS_FILE}"))
 
-    def stream_checkpoint(self, variant: str, layers: tuple[int, ...] | None = None) -> Path:
-        """The state of a variant's interrupted streamed training (all its layers' SAEs), removed at the end;
-        a job given a `--layers` subset names its layers, so jobs streaming one variant keep apart."""
-        name = STREAM_CHECKPOINT_FILE
+    def stream_checkpoint(self, key: SAEKey, layers: tuple[int, ...] | None = None) -> Path:
+        """The state of an interrupted streamed training of the SAEs of `key`'s variant draw and SAE seed (all
+        layers), removed at the end; a job given a `--layers` subset names its layers, so jobs streaming one
+        variant keep apart."""
+        suffix = "" if key.sae_seed is None else f"-seed{key.sae_seed}"
         if layers is not None:
-            name = name.replace(".pt", f"-layers{'-'.join(map(str, layers))}.pt")
-        return self.model_root(None) / "saes" / variant / name
+            suffix += f"-layers{'-'.join(map(str, layers))}"
+        name = STREAM_CHECKPOINT_FILE.replace(".pt", f"{suffix}.pt")
+        return self.model_root(key.model) / "saes" / key.site.parts()[0] / name
 
     # Auto-interp: one folder per judge, latent caches shared by all judges.
     def latent_cache(self, key: SAEKey) -> Path:
@@ -308,22 +329,37 @@ class RunDir:
         """The `variants` of the run's config.toml, in order ([] when it is missing or unreadable)."""
         return [variant for variant in self._configured("variants") if isinstance(variant, str)]
 
-    def _configured(self, key: str) -> list[Any]:
+    def _config_toml(self) -> dict[str, Any]:
+        """The run's config.toml as read ({} when it is missing or unreadable)."""
         try:
-            value = tomllib.loads(self.config.read_text()).get(key, [])
+            return tomllib.loads(self.config.read_text())
         except (OSError, tomllib.TOMLDecodeError):
-            return []
+            return {}
+
+    def _configured(self, key: str) -> list[Any]:
+        value = self._config_toml().get(key, [])
         return value if isinstance(value, list) else []
+
+    def _replicates(self) -> tuple[int, int]:
+        """(SAE seeds, variant seeds) of the run's config.toml (1 each where it does not say)."""
+        table = self._config_toml().get("replicates", {})
+        table = table if isinstance(table, dict) else {}
+        return int(table.get("sae_seeds", 1)), int(table.get("variant_seeds", 1))
 
     def missing_saes(self) -> str | None:
         """A line naming the configured variant × layer SAEs not saved yet (the jobs of a split run still at
         work, or failed), for the stages that read whichever SAEs exist; None when every one is there."""
         layers = [layer for layer in self._configured("layers") if isinstance(layer, int)]
-        configured = [SAEKey(variant, layer) for variant in self.configured_variants() for layer in layers]
+        configured = [
+            key
+            for variant in self.configured_variants()
+            for layer in layers
+            for key in replicate_keys(variant, layer, *self._replicates())
+        ]
         missing = [key for key in configured if not (self.sae(key) / SAE_CONFIG_FILE).is_file()]
         if not missing:
             return None
-        names = ", ".join(f"{key.variant} layer {key.layer}" for key in missing)
+        names = ", ".join(key.describe() for key in missing)
         return f"{len(missing)} of {len(configured)} SAEs not trained yet: {names}"
 
 

@@ -23,6 +23,10 @@ class MetricsRow:
 
     variant: str
     layer: int
+    variant_seed: int | None
+    """The variant's random draw when the run has several (`replicates.variant_seeds`); else None."""
+    sae_seed: int | None
+    """The SAE's seed replicate when the run has several (`replicates.sae_seeds`); else None."""
     hook_name: str
     d_sae: int
     explained_variance_pooled: float
@@ -46,6 +50,10 @@ class MetricsRow:
     n_downstream_predictions: int
     """Next-token predictions the CE and KL scores are averaged over (`eval.ce_windows` windows)."""
 
+    @property
+    def key(self) -> SAEKey:
+        return SAEKey(self.variant, self.layer, variant_seed=self.variant_seed, sae_seed=self.sae_seed)
+
 
 def load_metrics(run: RunDir) -> list[MetricsRow]:
     """Every SAE's row found in the run, in the run's SAE order ([] before the first SAE is evaluated)."""
@@ -59,13 +67,13 @@ def load_metrics(run: RunDir) -> list[MetricsRow]:
                 "Delete it and rerun `randsae run` with the same --out to re-evaluate that SAE",
             ) from None
     order = run.sae_order()
-    return sorted(rows, key=lambda row: order(SAEKey(row.variant, row.layer)))
+    return sorted(rows, key=lambda row: order(row.key))
 
 
 def save_metrics(run: RunDir, rows: list[MetricsRow]) -> None:
     """Each row to its SAE's file, then the combined tables (`write_metrics_tables`)."""
     for row in rows:
-        write_json_atomic(run.sae_metrics(SAEKey(row.variant, row.layer)), dataclasses.asdict(row))
+        write_json_atomic(run.sae_metrics(row.key), dataclasses.asdict(row))
     write_metrics_tables(run)
 
 
@@ -107,7 +115,7 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
     for row in rows:
         flag = "" if row.meaningful_downstream else "*"
         lines.append(
-            f"{row.variant:<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}"
+            f"{(row.variant + ' ' + row.key.replicate).strip():<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}"
             f"{row.explained_variance_per_token:>13.3f}"
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
             f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"

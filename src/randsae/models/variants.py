@@ -24,6 +24,12 @@ PAPER_VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddi
 """The variants Heap et al. compare: what a run compares unless its config says otherwise."""
 
 
+def is_drawn(variant: str) -> bool:
+    """Whether the variant is a random draw made from `variant.seed` (all but `trained` and `step0`), so
+    that replicates draw it again."""
+    return variant not in ("trained", "step0")
+
+
 def predicts_language(variant: str) -> bool:
     """Whether the variant's next-token predictions are a language model's: only `trained`'s. Every other
     variant's weights or embeddings are random (the control's embeddings are fresh noise), so CE-loss and KL
