@@ -345,6 +345,8 @@ def _report_metrics_rows(variants, layers, d_sae: int, rng: np.random.Generator)
             l1=float(rng.uniform(1, 10)),
             dead_fraction=float(rng.uniform(0, 0.2)),
             dense_fraction=0.0,
+            massive_dims=0,
+            explained_variance_without_massive=float(rng.uniform(0.5, 0.9)),
             ce_loss_score=float(rng.uniform(0.5, 1.0)),
             kl_score=float(rng.uniform(0.5, 1.0)),
             ce_clean=3.0,

@@ -44,6 +44,26 @@ def test_dense_fraction_uses_the_ten_percent_threshold():
     assert m.dense_fraction == pytest.approx(1 / 3) and m.dead_fraction == pytest.approx(1 / 3)
 
 
+def test_massive_dimensions_are_counted_and_left_out_of_the_second_explained_variance():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=generator)
+    x[7, 2] = 1000.0  # one token's massive activation in dimension 2: median |x| is about 0.67
+    x_hat = x.clone()
+    x_hat[:, 2] = x[:, 2].mean()  # dimension 2 not reconstructed at all
+    x_hat[:, :2] += 0.5 * torch.randn(400, 2, generator=generator)
+    m = reconstruction_metrics(zip(x.split(64), x_hat.split(64), torch.rand(400, 3).split(64), strict=True))
+    assert m.massive_dims == 1
+    centred = x - x.mean(0)
+    err = (x - x_hat) ** 2
+    keep = [0, 1, 3, 4, 5]
+    expected_all = 1 - err.sum() / (centred**2).sum()
+    expected_rest = 1 - err[:, keep].sum() / (centred[:, keep] ** 2).sum()
+    assert m.explained_variance_pooled == pytest.approx(expected_all.item(), abs=1e-6)
+    assert m.explained_variance_without_massive == pytest.approx(expected_rest.item(), abs=1e-6)
+    assert m.explained_variance_pooled < 0.1 < 0.8 < m.explained_variance_without_massive
+    assert reconstruction_metrics([(x[8:], x_hat[8:], torch.rand(392, 3))]).massive_dims == 0
+
+
 def test_score_formulas():
     assert ce_loss_score(ce_clean=2.0, ce_zero=6.0, ce_sae=3.0) == pytest.approx(0.75)
     assert kl_score(kl_zero=4.0, kl_sae=1.0) == pytest.approx(0.75)

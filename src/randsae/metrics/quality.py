@@ -5,6 +5,12 @@ Explained variance comes in two named forms because tools disagree:
 - per-token: the mean over tokens of 1 - ‖x - x̂‖² / ‖x - μ_batch‖², μ_batch the mean of the
   token's evaluation batch (what older SAELens versions report; noisier, and biased by batch size).
 Neither is taken about zero, which flatters models with a large mean residual direction.
+
+Massive activations (Sun et al. 2024): a few residual dimensions of trained models carry values hundreds of
+times the typical one on some tokens, and dominate Σ‖x - μ‖². A dimension is massive when its largest |x|
+on the evaluation rows exceeds `MASSIVE_FACTOR` × the median |x| (over every element of the first
+`MEDIAN_ROWS` rows); the pooled explained variance is also given over the other dimensions, so a gap between
+variants that lives only in those few dimensions shows.
 """
 
 from __future__ import annotations
@@ -18,6 +24,10 @@ from torch import Tensor
 
 DENSE_THRESHOLD = 0.1
 """A latent firing on more than this share of tokens counts as dense."""
+MASSIVE_FACTOR = 100.0
+"""A dimension whose largest |x| exceeds this many median |x| is a massive-activation dimension."""
+MEDIAN_ROWS = 16384
+"""Rows (the first ones) whose elements give the median |x|."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +48,10 @@ class ReconstructionMetrics:
     """Latents that never fired on the evaluation tokens."""
     dense_fraction: float
     """Latents firing on more than 10% of the evaluation tokens."""
+    massive_dims: int
+    """Residual dimensions whose largest |x| exceeds MASSIVE_FACTOR × the median |x|."""
+    explained_variance_without_massive: float
+    """The pooled explained variance over the other dimensions only."""
     n_tokens: int
 
 
@@ -56,7 +70,9 @@ class ReconstructionAccumulator:
         self.n = 0
         self.sum_x = torch.zeros(d_in, dtype=torch.float64)
         self.sum_x2 = torch.zeros(d_in, dtype=torch.float64)
-        self.sum_err2 = 0.0
+        self.sum_err2 = torch.zeros(d_in, dtype=torch.float64)
+        self.max_abs = torch.zeros(d_in, dtype=torch.float64)
+        self.median_sample: list[Tensor] = []
         self.sum_ev_per_token = 0.0
         self.sum_cos = 0.0
         self.sum_l0 = 0.0
@@ -67,11 +83,14 @@ class ReconstructionAccumulator:
     def add(self, x: Tensor, x_hat: Tensor, z: Tensor) -> None:
         """x, x̂ [n, d_in]; z [n, d_sae] latent activations of one evaluation batch."""
         x64, err = x.double().cpu(), (x - x_hat).double().cpu()
+        if self.n < MEDIAN_ROWS:
+            self.median_sample.append(x64[: MEDIAN_ROWS - self.n].abs().float().flatten())
         self.n += x.shape[0]
         self.sum_x += x64.sum(0)
         self.sum_x2 += (x64**2).sum(0)
+        self.sum_err2 += (err**2).sum(0)
+        self.max_abs = torch.maximum(self.max_abs, x64.abs().amax(0))
         err2 = (err**2).sum(1)
-        self.sum_err2 += err2.sum().item()
         batch_var = ((x64 - x64.mean(0)) ** 2).sum(1)
         self.sum_ev_per_token += (1 - err2 / batch_var.clamp_min(1e-12)).sum().item()
         self.sum_cos += torch.nn.functional.cosine_similarity(x.float(), x_hat.float(), dim=1).sum().item()
@@ -82,16 +101,22 @@ class ReconstructionAccumulator:
 
     def result(self) -> ReconstructionMetrics:
         n, d_in = self.n, self.sum_x.shape[0]
-        total_var = (self.sum_x2 - self.sum_x**2 / n).sum().item()
+        variance = self.sum_x2 - self.sum_x**2 / n  # per dimension, summed over rows
+        sum_err2 = self.sum_err2.sum().item()
+        median = torch.cat(self.median_sample).median().item()
+        massive = self.max_abs > MASSIVE_FACTOR * median
         return ReconstructionMetrics(
-            explained_variance_pooled=1 - ratio(self.sum_err2, total_var),
+            explained_variance_pooled=1 - ratio(sum_err2, variance.sum().item()),
             explained_variance_per_token=self.sum_ev_per_token / n,
-            mse=self.sum_err2 / (n * d_in),
+            mse=sum_err2 / (n * d_in),
             cosine=self.sum_cos / n,
             l0=self.sum_l0 / n,
             l1=self.sum_l1 / n,
             dead_fraction=(self.fire_count == 0).float().mean().item(),
             dense_fraction=(self.fire_count > DENSE_THRESHOLD * n).float().mean().item(),
+            massive_dims=int(massive.sum()),
+            explained_variance_without_massive=1
+            - ratio(self.sum_err2[~massive].sum().item(), variance[~massive].sum().item()),
             n_tokens=n,
         )
 

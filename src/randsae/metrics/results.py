@@ -37,6 +37,8 @@ class MetricsRow:
     l1: float
     dead_fraction: float
     dense_fraction: float
+    massive_dims: int
+    explained_variance_without_massive: float
     ce_loss_score: float
     kl_score: float
     ce_clean: float
@@ -109,7 +111,7 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
     """The variant × layer table printed at the end of a run."""
     header = (
         f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV per-token':>13}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
-        f"{'dead':>7}{'dense':>7}{'CE scr':>8}{'KL scr':>8}"
+        f"{'dead':>7}{'dense':>7}{'massive':>8}{'CE scr':>8}{'KL scr':>8}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -118,7 +120,7 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
             f"{(row.variant + ' ' + row.key.replicate).strip():<30}{row.layer:>6}{row.explained_variance_pooled:>9.3f}"
             f"{row.explained_variance_per_token:>13.3f}"
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
-            f"{row.dense_fraction:>7.3f}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"
+            f"{row.dense_fraction:>7.3f}{row.massive_dims:>8}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"
         )
     if any(not row.meaningful_downstream for row in rows):
         lines.append("* CE/KL scores are not meaningful for variants other than trained: no language model predicts.")
