@@ -52,7 +52,24 @@ def test_quality_table_rows_match_metrics_json(run, report):
         assert float(shown["EV pooled"]) == pytest.approx(source["explained_variance_pooled"], abs=5e-4)
         assert float(shown["cosine"]) == pytest.approx(source["cosine"], abs=5e-4)
         assert shown["CE meaningful"] == ("yes" if source["meaningful_downstream"] else "no")
+        flag = "" if source["meaningful_downstream"] else "*"
+        assert shown["CE score"] == f"{source['ce_loss_score']:.3f}{flag}"
+        assert shown["KL score"] == f"{source['kl_score']:.3f}{flag}"
     assert [cells[0] for cells in rows] == ["trained"] * 2 + ["step0"] * 2 + ["control"] * 2
+
+
+def test_ce_and_kl_scores_of_every_variant_but_trained_are_marked_not_meaningful(run, report):
+    """The control feeds noise instead of token embeddings: its CE score is no language model's either."""
+    from randsae.metrics.results import NOT_MEANINGFUL, load_metrics
+    from randsae.report.report import _panels
+    from randsae.report.run_inputs import read_run
+    from randsae.run_dir import RunDir
+
+    rows = load_metrics(RunDir(run))
+    assert {row.variant for row in rows if not row.meaningful_downstream} == {"step0", "control"}
+    assert report.count(NOT_MEANINGFUL) == 1
+    (ce_panel,) = [panel for panel in _panels(read_run(RunDir(run))) if panel.title == "CE-loss score"]
+    assert ce_panel.dashed == {"step0", "control"} and "not meaningful" in ce_panel.note
 
 
 def test_interp_and_separation_tables_match_their_stage_outputs(run, report):

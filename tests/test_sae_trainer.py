@@ -9,7 +9,7 @@ import torch
 
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TensorSource, TrainConfig, default_lr, load_sae, train_sae
-from randsae.sae.trainer import lr_factor, shuffled_buffers, usable_rows
+from randsae.sae.trainer import SAETraining, dead_threshold, lr_factor, shuffled_buffers, usable_rows
 
 D = 16
 
@@ -117,12 +117,54 @@ def test_auxk_acts_only_once_latents_count_as_dead():
     cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, dead_tokens_threshold=1024)
     plain = train_sae(source, cfg, sae_cfg, progress=False)
     auxk = train_sae(source, dataclasses.replace(cfg, auxk_coefficient=1 / 32), sae_cfg, progress=False)
-    never_dead = train_sae(
-        source, dataclasses.replace(cfg, auxk_coefficient=1 / 32, dead_tokens_threshold=10**6), sae_cfg, progress=False
-    )
-    assert torch.equal(never_dead.sae.W_enc, plain.sae.W_enc), "no dead latent: AuxK adds nothing"
+    # A whole training's tokens: no latent has gone that long without firing before the last step.
+    never_dead = dataclasses.replace(cfg, auxk_coefficient=1 / 32, dead_tokens_threshold=10**6, dead_tokens_fraction=1)
+    never = train_sae(source, never_dead, sae_cfg, progress=False)
+    assert torch.equal(never.sae.W_enc, plain.sae.W_enc), "no dead latent: AuxK adds nothing"
     assert not torch.equal(auxk.sae.W_enc, plain.sae.W_enc)
     assert auxk.log.final_fvu < auxk.log.loss_curve[0].fvu
+
+
+def test_dead_threshold_is_a_share_of_the_training_capped_at_10m_tokens():
+    cfg = TrainConfig()
+    assert cfg.dead_tokens_fraction == 0.1 and cfg.dead_tokens_threshold == 10_000_000
+    assert dead_threshold(cfg, 131_072) == 13_108  # the default run: ceil(13,107.2)
+    assert dead_threshold(cfg, 100_000_000) == 10_000_000  # the paper's 100M tokens: Gao et al.'s 10M
+    assert dead_threshold(cfg, 10**10) == 10_000_000  # capped
+    assert dead_threshold(dataclasses.replace(cfg, dead_tokens_fraction=1.0), 4096) == 4096
+    assert dead_threshold(dataclasses.replace(cfg, dead_tokens_fraction=1e-9), 4096) == 1
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5, float("nan")])
+def test_dead_tokens_fraction_outside_0_1_is_a_user_error(fraction):
+    with pytest.raises(UserError, match=r"train.dead_tokens_fraction = .* is invalid"):
+        TrainConfig(dead_tokens_fraction=fraction)
+
+
+def test_auxk_switches_on_in_a_short_run_with_the_default_dead_threshold():
+    """32 steps of 256 tokens (8,192, far below 10M): latents that stop firing count as dead after 820 tokens,
+    the AuxK loss is positive and the dead latents' encoder columns get a gradient from it."""
+    x = sparse_activations(8192, seed=2)
+    cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, auxk_coefficient=1 / 32)
+    sae_cfg = SAEConfig("topk", D, 512, k=4)
+    training = SAETraining(sae_cfg, cfg, seed=0, n_steps=32, first_buffer=x, device="cpu")
+    assert training.dead_after == 820
+    seen = []
+    loss = training.sae.loss
+
+    def recording_loss(batch, dead_mask=None, total_variance=None):
+        out = loss(batch, dead_mask, total_variance)
+        if out.aux_loss is not None:
+            grad = torch.autograd.grad(out.aux_loss, training.sae.W_enc, retain_graph=True)[0]
+            dead_columns = grad[:, dead_mask].abs().sum(0)
+            seen.append((out.aux_loss.item(), int(dead_mask.sum()), int((dead_columns > 0).sum())))
+        return out
+
+    training.sae.loss = recording_loss
+    for batch in x.split(256):
+        training.train_on(batch)
+    assert seen, "some latents counted as dead during the run"
+    assert all(aux > 0 and n_dead > 0 and n_graded == n_dead for aux, n_dead, n_graded in seen)
 
 
 def test_bf16_selection_trains_as_well_and_saves_an_exact_sae(trained):

@@ -57,6 +57,7 @@ EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
     ("train.n_epochs=0",),
     ("train.buffer_tokens=0",),
     ("train.dead_tokens_threshold=0",),
+    ("train.dead_tokens_fraction=0",),
     ("train.log_points=0",),
     ("train.total_tokens=100",),
     ("train.lr=0",),

@@ -334,11 +334,15 @@ def harvest_variant(
 
 def _noise_reseed(model: PreTrainedModel, seed: int, stream: str) -> Callable[[int], None] | None:
     """For the noise-embedding control: reseed its noise per batch from (seed, stream, batch position), so
-    every forward over the same windows draws the same noise, however the work was interrupted or split."""
+    every forward over the same windows draws the same noise, however the work was interrupted or split.
+
+    `stream` is the split harvested ("train", also when streamed; "heldout") or "downstream" (the CE/KL
+    evaluation). Streams are disjoint, so no held-out or evaluation forward repeats noise an SAE was
+    trained on: the control ignores its tokens, so the same noise would give the same activations."""
     embedding = model.get_input_embeddings()
     if not isinstance(embedding, NoiseEmbedding):
         return None
-    return lambda position: embedding.reseed(derived_seed(seed, f"{stream}/{position}"))
+    return lambda position: embedding.reseed(derived_seed(seed, f"control noise {stream}", position))
 
 
 def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int) -> str:

@@ -16,6 +16,9 @@ from randsae.errors import UserError
 from randsae.records import from_plain
 from randsae.run_dir import RunDir, SAEKey, read_json
 
+NOT_MEANINGFUL = "CE/KL scores are not meaningful for variants other than trained: no language model predicts."
+"""The footnote of every table that marks such scores `*` (where `meaningful_downstream` is False)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricsRow:
@@ -123,5 +126,5 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
             f"{row.dense_fraction:>7.3f}{row.massive_dims:>8}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"
         )
     if any(not row.meaningful_downstream for row in rows):
-        lines.append("* CE/KL scores are not meaningful for variants other than trained: no language model predicts.")
+        lines.append(f"* {NOT_MEANINGFUL}")
     return "\n".join(lines)

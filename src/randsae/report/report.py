@@ -11,7 +11,7 @@ import html
 import math
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from randsae.atomic import write_text_atomic
 from randsae.interp.outputs import read_scores
 from randsae.interp.statistics import FAILED_PROBABILITY
 from randsae.interp.summary import SAEInterp
+from randsae.metrics.results import NOT_MEANINGFUL
 from randsae.models.load import display_name
 from randsae.report import plots
 from randsae.report.dashboards import write_dashboards
@@ -31,7 +32,7 @@ from randsae.report.page import figure, note, render_page
 from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
 from randsae.report.run_inputs import RunInputs, as_row, read_run
-from randsae.report.tables import Column, html_table, present_columns, variant_chip
+from randsae.report.tables import Column, format_value, html_table, present_columns, variant_chip
 from randsae.run_dir import RunDir
 
 MAX_ROC_LAYERS = 6
@@ -211,7 +212,7 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
             "CE-loss score",
             _series(run.metrics, attrgetter("ce_loss_score")),
             random_variants,
-            "dashed: not meaningful (random weights)" if random_variants else "",
+            "dashed: not meaningful (no language model predicts)" if random_variants else "",
         ),
     ]
     panels.append(plots.Panel("token entropy (bits, mean)", _series(saes, lambda r: r.token_entropy.mean)))
@@ -294,9 +295,11 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
             [*ids, *present_columns(QUALITY_COLUMNS, metrics)],
             _ordered(run, metrics),
             table_id="quality",
-            cell_html=chip,
+            cell_html={**chip, **{key: _flagged_score(key) for key in ("ce_loss_score", "kl_score")}},
         )
     )
+    if not all(row.meaningful_downstream for row in run.metrics):
+        out.append(note(f"* {NOT_MEANINGFUL}"))
     if run.interp:
         rows = [_interp_row(sae) for sae in run.interp.summary.saes]
         out += [
@@ -325,6 +328,16 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
             *(note(text) for text in run.analysis.notes),
         ]
     return out
+
+
+def _flagged_score(key: str) -> Callable[[Mapping[str, Any]], str]:
+    """A CE/KL score cell, marked `*` where the variant's predictions are not a language model's."""
+
+    def cell(row: Mapping[str, Any]) -> str:
+        text = html.escape(format_value(row[key], ".3f"))
+        return text if row["meaningful_downstream"] else f'{text}<span title="not meaningful">*</span>'
+
+    return cell
 
 
 INTERP_COLUMNS = (

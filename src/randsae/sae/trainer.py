@@ -106,8 +106,12 @@ class TrainConfig:
     """Leave out the BOS rows (position 0; an outlier in most models). Needs `context_size`."""
     auxk_coefficient: float = 0.0
     """Weight of the AuxK loss on dead latents (Gao et al. use 1/32); 0 turns it off, as in the paper."""
+    dead_tokens_fraction: float = 0.1
+    """A latent counts as dead (AuxK, and the final log) once it has not fired for this share of the
+    training's tokens, at most `dead_tokens_threshold`: with the paper's 100M tokens that is the 10M of
+    Gao et al. and sparsify, and a short run still sees dead latents (a fixed 10M never would)."""
     dead_tokens_threshold: int = 10_000_000
-    """A latent that has not fired for this many tokens counts as dead (AuxK, and the final log)."""
+    """The most tokens a latent may go without firing before it counts as dead (Gao et al.'s 10M)."""
     log_points: int = 100
     """About how many points the logged loss curve has."""
     checkpoint_every_s: float = 300.0
@@ -142,6 +146,8 @@ class TrainConfig:
                 raise invalid(f"train.{name}", getattr(self, name), "a number of at least 0")
         if not self.max_grad_norm > 0:
             raise invalid("train.max_grad_norm", self.max_grad_norm, "a positive number")
+        if not 0 < self.dead_tokens_fraction <= 1:
+            raise invalid("train.dead_tokens_fraction", self.dead_tokens_fraction, "a number in (0, 1]")
 
 
 class LogPoint(NamedTuple):
@@ -162,7 +168,7 @@ class TrainLog:
     final_fvu: float
     """Mean training-batch FVU over the last logged interval."""
     dead_fraction: float
-    """Latents that did not fire in the last min(dead_tokens_threshold, tokens) training tokens."""
+    """Latents that did not fire in the last `dead_threshold(config, tokens)` training tokens."""
     loss_curve: tuple[LogPoint, ...]
     peak_lr: float
     warmup_steps: int
@@ -311,6 +317,7 @@ class SAETraining:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.warmup, n_steps)
         )
+        self.dead_after = dead_threshold(cfg, n_steps * cfg.batch_size)
         self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
         self.fvu_sum = torch.zeros((), device=device)
         self.curve: list[LogPoint] = []
@@ -320,7 +327,7 @@ class SAETraining:
         """One optimizer step on `batch` [batch_size, d_in]; returns the log point when one is due."""
         cfg, step = self.cfg, self.step
         x = batch.to(self.since_fired.device, non_blocking=True)
-        dead_mask = self.since_fired >= cfg.dead_tokens_threshold if cfg.auxk_coefficient > 0 else None
+        dead_mask = self.since_fired >= self.dead_after if cfg.auxk_coefficient > 0 else None
         out = train_step(self.sae, self.optimizer, x, cfg, dead_mask)
         self.schedule.step()
         self.since_fired += x.shape[0] * distributed.world_size()
@@ -366,7 +373,7 @@ class SAETraining:
         in which it took `steps_here` steps."""
         cfg = self.cfg
         tokens = self.n_steps * cfg.batch_size
-        dead = self.since_fired >= min(cfg.dead_tokens_threshold, tokens)
+        dead = self.since_fired >= self.dead_after
         log = TrainLog(
             steps=self.n_steps,
             tokens=tokens,
@@ -383,6 +390,11 @@ class SAETraining:
         if isinstance(self.sae, TopKSAE):
             self.sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
         return TrainResult(self.sae.eval(), log)
+
+
+def dead_threshold(cfg: TrainConfig, tokens: int) -> int:
+    """Tokens without firing after which a latent counts as dead, in a training on `tokens` tokens."""
+    return max(1, min(cfg.dead_tokens_threshold, math.ceil(cfg.dead_tokens_fraction * tokens)))
 
 
 def n_train_steps(rows_per_epoch: int, cfg: TrainConfig) -> int:
