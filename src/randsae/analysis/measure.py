@@ -77,7 +77,7 @@ class SAEMeasurements:
     """Scored latents labelled single-token (the fuzzing means above average their finite scores)."""
     n_interp_contextual: int = 0
     seed_stable_share: float = math.nan
-    """Share of latents reproduced by an SAE of another seed (NaN unless seed stability ran)."""
+    """Share of the `n_alive` live latents reproduced by an SAE of another seed (NaN unless seed stability ran)."""
 
 
 class SAEAnalysis(NamedTuple):

@@ -29,7 +29,7 @@ from randsae.analysis.measure import (
     token_samples,
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
-from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
+from randsae.analysis.seed_stability import live_reproduced, match_decoders, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.atomic import atomic_path
@@ -227,7 +227,8 @@ def analyze_run(
                 continue
             key = (entry.variant, entry.layer)
             matches[key] = seed_match_cosine(run, entry, train_ids, cfg, device=device, progress=progress)
-            samples[key]["seed_stable_share"] = MeanSample(reproduced(matches[key], cfg.match_threshold) * 1.0)
+            stable = live_reproduced(matches[key], latents[key].firing_count, cfg.match_threshold)
+            samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
 
     if REFERENCE not in {variant for variant, _ in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")
