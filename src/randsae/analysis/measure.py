@@ -108,7 +108,8 @@ def encode_heldout(
                 SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0], sae.cfg.d_sae)
             )
             sae_error.append((x - reconstruction).square().sum(1).double())
-            lookup_error.append((x - lookup.predict(layout.token[first:last])).square().sum(1).double())
+            token = layout.token[first:last]
+            lookup_error.append((x - lookup.predict(token)).square().sum(1).double() - lookup.estimation_error(token))
             variance.add(x, layout.sequence[first:last])
         start = stop
         if last == n:

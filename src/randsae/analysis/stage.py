@@ -48,6 +48,9 @@ _MEASURE_SETTINGS = (
     "max_heldout_tokens",
     "max_lookup_tokens",
 )
+# Bumped when what a part holds changes meaning, so parts of an older version are measured again
+# (2: the shrunk, error-corrected token lookup).
+_PART_VERSION = 2
 
 
 def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor) -> ActivationCache:
@@ -65,6 +68,7 @@ def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor)
 def _part_key(sae_folder: Path, caches: list[ActivationCache], cfg: AnalysisConfig) -> str:
     weights = (sae_folder / WEIGHTS_FILE).stat()
     inputs = {
+        "version": _PART_VERSION,
         "settings": {name: getattr(cfg, name) for name in _MEASURE_SETTINGS},
         "sae": [weights.st_size, weights.st_mtime_ns],
         "caches": [[shard.sha256 for shard in cache.manifest.shards] for cache in caches],
