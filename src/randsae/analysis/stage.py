@@ -24,6 +24,7 @@ from randsae.analysis.measure import (
     LatentMeasures,
     SAEAnalysis,
     analyse_sae,
+    context_samples,
     latent_samples,
     summarize,
     token_samples,
@@ -205,6 +206,8 @@ def analyze_run(
         analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, device)
         latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
         samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
+    for key, context in context_samples(latents, n_rows, cfg).items():
+        samples[key]["mean_context_dependence"] = context
     notes = []
     if not interp:
         notes.append("auto-interp split skipped: no interp/*/latents.csv (run `randsae interpret` first)")
