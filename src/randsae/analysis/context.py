@@ -17,15 +17,17 @@ top token is frequent), and these sets differ in how often their latents fire: a
 occurrences of its token is token-determined by construction, a rare one fires on few of them and is
 mostly within-token variance. So a plain mean mixes how contextual latents are with how dense they are.
 The mean is therefore standardized by firing rate (direct standardization): latents are binned by the
-decade of their firing rate on the analysed rows (`FIRING_RATE_EDGES`), and every SAE of a layer gets
+half decade of their firing rate on the analysed rows (`FIRING_RATE_EDGES`), and every SAE of a layer gets
 
     mean context dependence = sum_b w_b * (mean over its latents in bin b)
 
 with one common w: the average over the layer's SAEs of each SAE's share of its latents in bin b, over
 the bins where every SAE of the layer has a latent (a bin some SAE lacks has no value to weight, so its
-latents are left out everywhere; `n_context_eligible` counts the latents that enter). Firing rate rather
-than, say, the top token is the stratifier because it is defined for every latent of every variant on the
-same held-out rows, and a few coarse bins keep every bin filled.
+latents are left out everywhere; `n_context_eligible` counts the latents that enter). It is the latents'
+weighted mean, a latent of bin b weighing w_b / share_b (share_b: the SAE's own share in bin b), so the
+bootstrap and Cohen's d see the latents themselves with those weights. Firing rate rather than, say, the
+top token is the stratifier because it is defined for every latent of every variant on the same rows; half
+decades are coarse enough that the bins stay filled.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ from torch import Tensor
 
 from randsae.analysis.codes import SparseCodes, between_group_share
 
-FIRING_RATE_EDGES = (1e-4, 1e-3, 1e-2, 1e-1)
-"""Firing-rate bins of the standardization: below 1e-4, decades up to 1e-1, and 1e-1 or more."""
+FIRING_RATE_EDGES = tuple(10.0 ** (half / 2) for half in range(-8, -1))
+"""Firing-rate bins of the standardization: below 1e-4, half decades up to 1e-1, and 1e-1 or more."""
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -69,23 +71,26 @@ def firing_rate_bin(firing_count: np.ndarray, n_rows: int) -> np.ndarray:
     return np.searchsorted(FIRING_RATE_EDGES, firing_count / n_rows, side="right")
 
 
-def standardized_units(values: Mapping[Key, np.ndarray], bins: Mapping[Key, np.ndarray]) -> dict[Key, np.ndarray]:
-    """Per SAE, units whose mean is the firing-rate-standardized mean of `values` (see the module docstring).
+def standardized_weights(
+    values: Mapping[Key, np.ndarray], bins: Mapping[Key, np.ndarray]
+) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
+    """Per SAE, the values that enter its firing-rate-standardized mean and their weights (see the module
+    docstring).
 
     `values` and `bins` hold, per SAE of one layer, the context dependence and firing-rate bin of its
-    eligible latents. A latent in bin b becomes value * w_b / share_b (share_b: the SAE's share of its
-    kept latents in bin b), so the mean over the SAE's kept latents is sum_b w_b mean_b.
+    eligible latents. A latent in bin b weighs w_b / share_b (share_b: the SAE's share of its kept latents
+    in bin b), so the weighted mean over the SAE's kept latents is sum_b w_b mean_b.
     """
     n_bins = len(FIRING_RATE_EDGES) + 1
     counts = {key: np.bincount(bins[key], minlength=n_bins) for key in values}
     present = [counts[key] for key in values if values[key].size]
     common = np.all([count > 0 for count in present], axis=0) if present else np.zeros(n_bins, dtype=bool)
     if not common.any():
-        return {key: value[:0] for key, value in values.items()}
+        return {key: (value[:0], value[:0]) for key, value in values.items()}
     shares = {key: counts[key] * common / max(int((counts[key] * common).sum()), 1) for key in values}
     target = np.mean([shares[key] for key in values if values[key].size], axis=0)
-    units = {}
+    weighted = {}
     for key, value in values.items():
-        kept_bins = bins[key][common[bins[key]]]
-        units[key] = value[common[bins[key]]] * target[kept_bins] / shares[key][kept_bins]
-    return units
+        kept = common[bins[key]]
+        weighted[key] = (value[kept], target[bins[key][kept]] / shares[key][bins[key][kept]])
+    return weighted

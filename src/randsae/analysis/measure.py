@@ -17,7 +17,7 @@ from torch import Tensor
 
 from randsae.analysis.codes import RowLayout, SparseCodes, concat_codes, firing_counts
 from randsae.analysis.config import AnalysisConfig
-from randsae.analysis.context import context_dependence, firing_rate_bin, standardized_units
+from randsae.analysis.context import context_dependence, firing_rate_bin, standardized_weights
 from randsae.analysis.interp_split import KINDS
 from randsae.analysis.positional import positional_r2
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
@@ -150,8 +150,8 @@ def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, Me
 def context_samples(
     latents: Mapping[tuple[str, int], LatentMeasures], n_rows: Mapping[tuple[str, int], int], cfg: AnalysisConfig
 ) -> dict[tuple[str, int], MeanSample]:
-    """Per (variant, layer), the units of `mean_context_dependence`: the measured latents with a context
-    dependence, standardized by firing rate to one distribution per layer (see context.py)."""
+    """Per (variant, layer), the sample of `mean_context_dependence`: the measured latents with a context
+    dependence, weighted to one firing-rate distribution per layer (see context.py)."""
     samples = {}
     for layer in {layer for _, layer in latents}:
         values, bins = {}, {}
@@ -160,7 +160,7 @@ def context_samples(
             eligible = (m.firing_count >= cfg.min_activations) & np.isfinite(m.context_dependence)
             values[key] = m.context_dependence[eligible]
             bins[key] = firing_rate_bin(m.firing_count[eligible], n_rows[key])
-        samples.update({key: MeanSample(units) for key, units in standardized_units(values, bins).items()})
+        samples.update({key: MeanSample(*weighted) for key, weighted in standardized_weights(values, bins).items()})
     return samples
 
 
