@@ -14,8 +14,8 @@ tokens would look token-determined for lack of repeats.
 
 An SAE's mean context dependence is taken over a different set of latents in each variant (those whose
 top token is frequent), and these sets differ in how often their latents fire: a latent firing on most
-occurrences of its token is token-determined by construction, a rare one fires on few of them and is
-mostly within-token variance. So a plain mean mixes how contextual latents are with how dense they are.
+occurrences of its token tends to look token-determined, a rare one fires on few of them and is mostly
+within-token variance. So a plain mean mixes how contextual latents are with how dense they are.
 The mean is therefore standardized by firing rate (direct standardization): latents are binned by the
 half decade of their firing rate on the analysed rows (`FIRING_RATE_EDGES`), and every SAE of a layer gets
 
