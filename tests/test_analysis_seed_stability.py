@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from randsae.analysis import AnalysisConfig, analyze_run
-from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
+from randsae.analysis.seed_stability import live_reproduced, match_decoders, reproduced, second_seed_sae
 from randsae.data.activations import ActivationCache
 from randsae.errors import UserError
 from randsae.run_dir import RunDir, Site
@@ -60,6 +60,14 @@ def test_fewer_latents_on_the_other_side_leave_some_unmatched():
     assert reproduced(match.cosine, -1.0).sum() == 5  # unmatched never count
 
 
+def test_stable_share_is_over_live_latents_only():
+    cosine = np.array([0.9, 0.9, 0.2, 0.95, np.nan, 0.1])
+    firing_count = np.array([5, 0, 3, 0, 0, 1])  # latents 1, 3, 4 dead
+    live = live_reproduced(cosine, firing_count, 0.7)
+    assert live.tolist() == [True, False, False]  # latents 0, 2, 5: 1 of 3 live latents
+    assert reproduced(cosine, 0.7).mean() == pytest.approx(3 / 6)  # counting the dead would give 1/2
+
+
 def _train_saes_in_place(run: Path, variants: tuple[str, ...], layer: int = 0) -> None:
     """Replace the synthetic run's exact SAEs by trained ones (with training.json), as `randsae run` leaves them."""
     for variant in variants:
@@ -97,8 +105,12 @@ def test_stage_reports_seed_stability_per_sae(tmp_path: Path):
     for record in summary.saes:
         assert 0.0 <= record.seed_stable_share <= 1.0
     with open(run / "analysis" / "latents.csv") as handle:
-        cosines = [float(r["seed_match_cosine"]) for r in csv.DictReader(handle)]
+        rows = list(csv.DictReader(handle))
+    cosines = np.array([float(r["seed_match_cosine"]) for r in rows])
+    live = np.array([int(r["firing_count"]) > 0 for r in rows])
     assert len(cosines) == 2 * 32 and all(-1.0 <= c <= 1.0 + 1e-9 for c in cosines)
     trained = summary.saes[0]
-    assert trained.seed_stable_share == pytest.approx(np.mean(np.array(cosines[:32]) >= 0.7))
+    assert trained.seed_stable_share == pytest.approx(np.mean(cosines[:32][live[:32]] >= 0.7))
+    stable_rows = [row for row in summary.separation if row.metric == "seed_stable_share" and row.layer == "0"]
+    assert stable_rows[0].n_trained == trained.n_alive == live[:32].sum()
     assert any(row.metric == "seed_stable_share" for row in summary.separation)

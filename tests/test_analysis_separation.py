@@ -44,6 +44,33 @@ def test_mean_interval_matches_the_normal_approximation():
     assert row.effect_size == pytest.approx(cohens_d(a, b))
 
 
+def test_weighted_units_give_the_weighted_mean_its_interval_and_weighted_d():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(1.0, 1.0, size=3000), rng.normal(0.0, 2.0, size=3000)
+    weights_a, weights_b = np.where(a > 1.0, 3.0, 1.0), rng.uniform(0.5, 1.5, size=3000)
+    row = separation_table(one_layer("m", MeanSample(a, weights_a), MeanSample(b, weights_b)), 2000, seed=1)[0]
+    mean_a, mean_b = (a * weights_a).sum() / weights_a.sum(), (b * weights_b).sum() / weights_b.sum()
+    assert (row.trained, row.other) == (pytest.approx(mean_a), pytest.approx(mean_b))
+    assert mean_a > a.mean() + 0.3  # the weights matter
+
+    def moments(x: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+        w = w * x.size / w.sum()  # weights scaled to the unit count
+        m = (w * x).sum() / x.size
+        return m, (w * (x - m) ** 2).sum() / (x.size - 1)
+
+    (ma, va), (mb, vb) = moments(a, weights_a), moments(b, weights_b)
+    assert row.effect_size == pytest.approx((ma - mb) / math.sqrt((va + vb) / 2))
+    # the percentile interval against a direct resampling of (unit, weight) pairs
+    direct = []
+    for _ in range(500):
+        i, j = rng.integers(0, 3000, 3000), rng.integers(0, 3000, 3000)
+        direct.append(
+            (a[i] * weights_a[i]).sum() / weights_a[i].sum() - (b[j] * weights_b[j]).sum() / weights_b[j].sum()
+        )
+    assert row.ci_high - row.ci_low == pytest.approx(np.percentile(direct, 97.5) - np.percentile(direct, 2.5), rel=0.15)
+    assert cohens_d(a, b, np.ones(3000), np.ones(3000)) == pytest.approx(cohens_d(a, b))
+
+
 def test_binary_units_resample_like_generic_units():
     flags = (np.random.default_rng(2).random(500) < 0.3) * 1.0
     binomial = MeanSample(flags).bootstrap(4000, np.random.default_rng(3), np.zeros((1, 4000)))

@@ -31,7 +31,25 @@ def explained_variances(errors: TokenErrors) -> dict[str, float]:
 
 
 def numpy_lookup(x: np.ndarray, token: np.ndarray, not_bos: np.ndarray) -> dict[int, np.ndarray]:
+    """Plain per-token means."""
     return {t: x[not_bos & (token == t)].mean(0) for t in np.unique(token[not_bos])}
+
+
+def numpy_shrunk_lookup(
+    x: np.ndarray, token: np.ndarray, not_bos: np.ndarray
+) -> tuple[dict[int, np.ndarray], np.ndarray, float, float]:
+    """Reference of the shrunk lookup from the definitions: (means, global mean, sigma^2, lambda)."""
+    x, token = x[not_bos].astype(np.float64), token[not_bos]
+    plain = numpy_lookup(x, token, np.ones(token.size, dtype=bool))
+    n = {t: int((token == t).sum()) for t in plain}
+    n_rows, n_tokens, d = x.shape[0], len(plain), x.shape[1]
+    g = x.mean(0)
+    ss_within = sum(((x[token == t] - plain[t]) ** 2).sum() for t in plain)
+    ss_between = sum(n[t] * ((plain[t] - g) ** 2).sum() for t in plain)
+    sigma2 = ss_within / ((n_rows - n_tokens) * d)
+    tau2 = max(0.0, ss_between / d - (n_tokens - 1) * sigma2) / (n_rows - sum(v * v for v in n.values()) / n_rows)
+    lam = sigma2 / tau2 if tau2 > 0 else np.inf
+    return {t: g + n[t] / (n[t] + lam) * (plain[t] - g) for t in plain}, g, sigma2, lam
 
 
 def test_pure_token_lookup_data_has_lookup_ev_one_and_unseen_tokens_get_the_train_mean():
@@ -83,10 +101,13 @@ def test_explained_variances_match_numpy(architecture: str):
     with torch.no_grad():
         x_hat = sae(heldout_x[rows]).double().numpy()
     flat_train = train_ids.reshape(-1).numpy()
-    means = numpy_lookup(train_x.numpy().astype(np.float64), flat_train, np.arange(flat_train.size) % CONTEXT != 0)
+    not_bos = np.arange(flat_train.size) % CONTEXT != 0
+    means, _, sigma2, lam = numpy_shrunk_lookup(train_x.numpy(), flat_train, not_bos)
+    count = {t: (flat_train[not_bos] == t).sum() for t in means}
     predicted = np.stack([means[t] for t in layout.token.numpy()])
+    correction = np.array([D * sigma2 / (count[t] + lam) for t in layout.token.numpy()])
     total = ((x - x.mean(0)) ** 2).sum()
-    sae_error, lookup_error = ((x - x_hat) ** 2).sum(), ((x - predicted) ** 2).sum()
+    sae_error, lookup_error = ((x - x_hat) ** 2).sum(), ((x - predicted) ** 2).sum() - correction.sum()
     ev = explained_variances(errors)
     assert ev["sae_ev"] == pytest.approx(1 - sae_error / total, rel=1e-5)
     assert ev["lookup_ev"] == pytest.approx(1 - lookup_error / total, rel=1e-5)
@@ -126,14 +147,69 @@ def test_sequence_variance_stays_accurate_when_the_mean_dwarfs_the_spread():
 
 def test_lookup_fitted_on_a_prefix_reads_only_those_rows():
     ids = token_windows(20, seed=6)
-    x = torch.randn(ids.numel(), D)
+    x = torch.randn(VOCAB, D)[ids.reshape(-1).long()] + torch.randn(ids.numel(), D)
     prefix = fit_token_lookup(chunks(x, rows=45), ids[:7])
     alone = fit_token_lookup(chunks(x[: 7 * CONTEXT], rows=45), ids[:7])
     torch.testing.assert_close(prefix.means, alone.means)
     torch.testing.assert_close(prefix.token_ids, alone.token_ids)
     flat = ids[:7].reshape(-1).long().numpy()
-    rows = x[: 7 * CONTEXT].numpy().astype(np.float64)
-    keep = (np.arange(flat.size) % CONTEXT != 0) & (flat == 3)
+    means, *_ = numpy_shrunk_lookup(x[: 7 * CONTEXT].numpy(), flat, np.arange(flat.size) % CONTEXT != 0)
     torch.testing.assert_close(
-        prefix.predict(torch.tensor([3]))[0].double(), torch.from_numpy(rows[keep].mean(0)), rtol=1e-5, atol=1e-6
+        prefix.predict(torch.tensor([3]))[0].double(), torch.from_numpy(means[3]), rtol=1e-5, atol=1e-6
     )
+
+
+def test_shrinkage_on_a_hand_computed_case():
+    # d = 1; token 1: rows 0, 2 (mean 1); token 2: rows 8, 10 (mean 9); token 3: row 5. Global mean 5.
+    # SS_within = 1 + 1 + 1 + 1 = 4 over N - K = 2: sigma^2 = 2. SS_between = 2*16 + 2*16 + 0 = 64,
+    # N - sum n_t^2 / N = 5 - 9/5 = 3.2: tau^2 = (64 - 2 * 2) / 3.2 = 18.75, lambda = 2 / 18.75.
+    ids = torch.tensor([[0, 1, 1, 2, 2, 3]])
+    x = torch.tensor([[99.0], [0.0], [2.0], [8.0], [10.0], [5.0]])  # the BOS row is skipped
+    lookup = fit_token_lookup(iter([x]), ids)
+    lam = 2 / 18.75
+    assert lookup.within_variance == pytest.approx(2.0) and lookup.shrinkage == pytest.approx(lam)
+    expected = [5 + 2 / (2 + lam) * (1 - 5), 5 + 2 / (2 + lam) * (9 - 5), 5.0, 5.0]  # token 4: unseen
+    torch.testing.assert_close(lookup.predict(torch.tensor([1, 2, 3, 4]))[:, 0], torch.tensor(expected))
+    corrections = [2 / (2 + lam), 2 / (2 + lam), 2 / (1 + lam), 2 / lam]  # d sigma^2 / (n_t + lambda)
+    torch.testing.assert_close(
+        lookup.estimation_error(torch.tensor([1, 2, 3, 4])), torch.tensor(corrections, dtype=torch.float64)
+    )
+
+
+@pytest.mark.parametrize("between_share", [0.3, 0.8])
+def test_lookup_ev_matches_the_population_value_on_zipf_tokens(between_share: float):
+    """32k train rows over a 49k-token Zipf vocabulary, as on the default run: each token a true mean
+    (between-token variance `between_share`) plus noise. The population lookup EV is known in closed form;
+    the corrected estimate lands within 0.03, the shrunk means alone and plain means do not."""
+    vocab, dim, context, rng = 49_152, 16, 129, np.random.default_rng(0)
+    p = 1.0 / np.arange(1, vocab + 1)
+    p /= p.sum()
+    true_means = rng.normal(size=(vocab, dim)) * np.sqrt(between_share)
+    noise = 1.0 - between_share
+    spread = (p * ((true_means - p @ true_means) ** 2).sum(1)).sum()
+    truth = 1.0 - noise * dim / (noise * dim + spread)
+
+    def windows(n_seq: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = rng.choice(vocab, size=(n_seq, context), p=p)
+        ids[:, 0] = 0
+        x = true_means[ids.reshape(-1)] + rng.normal(size=(ids.size, dim)) * np.sqrt(noise)
+        return torch.from_numpy(ids), torch.from_numpy(x).float()
+
+    train_ids, train_x = windows(256)  # 32768 non-BOS rows
+    heldout_ids, heldout_x = windows(512)
+    lookup = fit_token_lookup(chunks(train_x, rows=4096), train_ids)
+    layout = row_layout(heldout_ids, max_tokens=10**7, window_tokens=32)
+    sae = ReluSAE(SAEConfig("relu_l1", dim, 8, l1_coefficient=0.0))
+    _, errors = encode_heldout(sae, chunks(heldout_x, rows=4096), layout, lookup)
+    corrected = explained_variances(errors)["lookup_ev"]
+
+    x = heldout_x[layout.cache_row].double().numpy()
+    total = ((x - x.mean(0)) ** 2).sum()
+    shrunk = 1 - ((x - lookup.predict(layout.token).double().numpy()) ** 2).sum() / total
+    flat = train_ids.reshape(-1).numpy()
+    plain_means = numpy_lookup(train_x.numpy(), flat, np.arange(flat.size) % context != 0)
+    train_mean = train_x.numpy()[np.arange(flat.size) % context != 0].mean(0)
+    plain = np.stack([plain_means.get(t, train_mean) for t in layout.token.tolist()])
+    plain_ev = 1 - ((x - plain) ** 2).sum() / total
+    assert abs(corrected - truth) < 0.03
+    assert truth - shrunk > 0.05 and truth - plain_ev > truth - shrunk

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from randsae.analysis.codes import RowLayout, SparseCodes, concat_codes, firing_counts
 from randsae.analysis.config import AnalysisConfig
-from randsae.analysis.context import context_dependence
+from randsae.analysis.context import context_dependence, firing_rate_bin, standardized_weights
 from randsae.analysis.interp_split import KINDS
 from randsae.analysis.positional import positional_r2
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
@@ -61,8 +61,10 @@ class SAEMeasurements:
     positional_fraction: float
     mean_positional_r2: float
     n_context_eligible: int
-    """Measured latents whose top token is frequent (the ones with a context dependence)."""
+    """Measured latents whose top token is frequent (the ones with a context dependence), in the firing-rate
+    bins every SAE of the layer has (see context.py)."""
     mean_context_dependence: float
+    """Their mean context dependence, standardized to the layer's common firing-rate distribution."""
     lookup_ev: float
     sae_ev: float
     sae_ev_beyond_lookup: float
@@ -77,7 +79,7 @@ class SAEMeasurements:
     """Scored latents labelled single-token (the fuzzing means above average their finite scores)."""
     n_interp_contextual: int = 0
     seed_stable_share: float = math.nan
-    """Share of latents reproduced by an SAE of another seed (NaN unless seed stability ran)."""
+    """Share of the `n_alive` live latents reproduced by an SAE of another seed (NaN unless seed stability ran)."""
 
 
 class SAEAnalysis(NamedTuple):
@@ -108,7 +110,8 @@ def encode_heldout(
                 SparseCodes(latents.rows + first, latents.latents, latents.values.float(), x.shape[0], sae.cfg.d_sae)
             )
             sae_error.append((x - reconstruction).square().sum(1).double())
-            lookup_error.append((x - lookup.predict(layout.token[first:last])).square().sum(1).double())
+            token = layout.token[first:last]
+            lookup_error.append((x - lookup.predict(token)).square().sum(1).double() - lookup.estimation_error(token))
             variance.add(x, layout.sequence[first:last])
         start = stop
         if last == n:
@@ -136,14 +139,29 @@ def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, Me
     measured = latents.firing_count >= cfg.min_activations
     share = latents.top_token_share[measured]
     r2 = np.nan_to_num(latents.positional_r2[measured])  # NaN only for a latent constant on every row
-    cd = latents.context_dependence[measured]
     return {
         "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0),
         "mean_top_token_share": MeanSample(share),
         "positional_fraction": MeanSample((r2 >= cfg.positional_threshold) * 1.0),
         "mean_positional_r2": MeanSample(r2),
-        "mean_context_dependence": MeanSample(cd[np.isfinite(cd)]),
     }
+
+
+def context_samples(
+    latents: Mapping[tuple[str, int], LatentMeasures], n_rows: Mapping[tuple[str, int], int], cfg: AnalysisConfig
+) -> dict[tuple[str, int], MeanSample]:
+    """Per (variant, layer), the sample of `mean_context_dependence`: the measured latents with a context
+    dependence, weighted to one firing-rate distribution per layer (see context.py)."""
+    samples = {}
+    for layer in {layer for _, layer in latents}:
+        values, bins = {}, {}
+        for key in (key for key in latents if key[1] == layer):
+            m = latents[key]
+            eligible = (m.firing_count >= cfg.min_activations) & np.isfinite(m.context_dependence)
+            values[key] = m.context_dependence[eligible]
+            bins[key] = firing_rate_bin(m.firing_count[eligible], n_rows[key])
+        samples.update({key: MeanSample(*weighted) for key, weighted in standardized_weights(values, bins).items()})
+    return samples
 
 
 def token_samples(errors: TokenErrors) -> dict[str, RatioSample]:

@@ -2,9 +2,12 @@
 
 Latents are matched one-to-one by the Hungarian algorithm on the cosine similarity of decoder rows
 (Paulo & Belrose 2025); a latent counts as reproduced when its partner's cosine is at least the
-threshold (0.7 by default):
+threshold (0.7 by default). The share is over the live latents of the first SAE, those active on at
+least one analysed held-out row (`n_alive`): a dead latent's decoder row is whatever training left it,
+so counting dead latents would lower the share of an SAE by how many latents it lets die, not by how
+reproducible its features are:
 
-    stable share = #{j : cos(W_dec_a[j], W_dec_b[partner(j)]) >= threshold} / d_sae
+    stable share = #{j live : cos(W_dec_a[j], W_dec_b[partner(j)]) >= threshold} / #{j live}
 """
 
 from __future__ import annotations
@@ -50,6 +53,12 @@ def reproduced(cosine: np.ndarray, threshold: float) -> np.ndarray:
     """Bool per latent of SAE a: its matched partner's cosine is at least `threshold` (its mean is the
     stable share; unmatched latents count as not reproduced)."""
     return cosine >= threshold  # False for NaN (unmatched)
+
+
+def live_reproduced(cosine: np.ndarray, firing_count: np.ndarray, threshold: float) -> np.ndarray:
+    """Bool per live latent of SAE a (`firing_count` > 0 on the held-out rows): reproduced or not; its
+    mean is the stable share, its length the live latents behind it."""
+    return reproduced(cosine, threshold)[firing_count > 0]
 
 
 def second_seed_sae(

@@ -3,8 +3,9 @@
 A metric comes as one of two kinds of sample per SAE:
 
 - `MeanSample`: per-unit values (one per latent) whose mean is the metric; fractions are means of 0/1
-  flags. The bootstrap resamples each SAE's units independently (for 0/1 flags that is exactly a binomial
-  draw, which is what is drawn).
+  flags; a standardized mean (context.py) carries a weight per unit and is their weighted mean. The
+  bootstrap resamples each SAE's units (with their weights) independently (for unweighted 0/1 flags that is
+  exactly a binomial draw, which is what is drawn).
 - `RatioSample`: metric = 1 - sum(num) / sum(den) over held-out rows (the explained variances). The
   bootstrap resamples whole sequences, since rows of one sequence are not independent, and uses the same
   resampled sequences for every SAE (all variants share the held-out tokens), so comparisons are paired.
@@ -17,6 +18,7 @@ difference = trained - variant, with a percentile 95% interval over `bootstrap_s
 effect size = Cohen's d = (mean_T - mean_V) / sqrt((sd_T^2 + sd_V^2) / 2) on the per-unit values, the units
 being what the bootstrap resamples: latents, or for a ratio metric sequences, sequence s's unit being
 1 - num_s / mean(den), whose mean is the metric (single tokens' errors are too heavy-tailed to compare).
+Weighted units enter with weighted means and variances, their weights scaled to sum to the unit count.
 With zero spread on both sides d is +-inf when the means differ and 0 when they do not.
 """
 
@@ -41,25 +43,29 @@ def variant_rank(variant: str) -> tuple[int, str]:
 
 class MeanSample(NamedTuple):
     units: np.ndarray
-    """float64 [n_units], finite: the metric is their mean."""
+    """float64 [n_units], finite: the metric is their mean (weighted by `weights` when given)."""
+    weights: np.ndarray | None = None
+    """float64 [n_units], positive, or None for equal weights."""
 
     @property
     def weight(self) -> int:
         return self.units.size
 
     def value(self) -> float:
-        return float(self.units.mean()) if self.units.size else math.nan
+        return float(np.average(self.units, weights=self.weights)) if self.units.size else math.nan
 
     def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
         n = self.units.size
         if n == 0:
             return np.full(n_boot, math.nan)
-        if np.isin(self.units, (0.0, 1.0)).all():
+        if self.weights is None and np.isin(self.units, (0.0, 1.0)).all():
             return rng.binomial(n, self.units.mean(), size=n_boot) / n
+        weights = np.ones(n) if self.weights is None else self.weights
         means = np.empty(n_boot)
         for start in range(0, n_boot, 128):
             rows = min(128, n_boot - start)
-            means[start : start + rows] = self.units[rng.integers(0, n, size=(rows, n), dtype=np.int32)].mean(1)
+            drawn = rng.integers(0, n, size=(rows, n), dtype=np.int32)
+            means[start : start + rows] = (self.units[drawn] * weights[drawn]).sum(1) / weights[drawn].sum(1)
         return means
 
 
@@ -110,14 +116,33 @@ class SeparationRow(NamedTuple):
     n_other: int
 
 
-def cohens_d(a: np.ndarray, b: np.ndarray) -> float:
+def unit_weights(sample: Sample) -> np.ndarray:
+    """The sample's unit weights scaled to sum to its unit count (ones when unweighted)."""
+    n = sample.units.size
+    if isinstance(sample, MeanSample) and sample.weights is not None:
+        return sample.weights * (n / sample.weights.sum())
+    return np.ones(n)
+
+
+def cohens_d(
+    a: np.ndarray, b: np.ndarray, weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None
+) -> float:
+    """d of units a and b, each weighted by weights summing to its unit count (None: equal weights)."""
     if a.size < 2 or b.size < 2:
         return math.nan
-    spread = math.sqrt((a.var(ddof=1) + b.var(ddof=1)) / 2.0)
-    diff = float(a.mean() - b.mean())
+    mean_a, var_a = _weighted_moments(a, np.ones(a.size) if weights_a is None else weights_a)
+    mean_b, var_b = _weighted_moments(b, np.ones(b.size) if weights_b is None else weights_b)
+    spread = math.sqrt((var_a + var_b) / 2.0)
+    diff = mean_a - mean_b
     if spread == 0.0:
         return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
     return diff / spread
+
+
+def _weighted_moments(units: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
+    """Weighted mean and variance (weights summing to the unit count, so equal weights give ddof = 1)."""
+    mean = float(np.average(units, weights=weights))
+    return mean, float((weights * (units - mean) ** 2).sum() / (weights.sum() - 1.0))
 
 
 class _Resampled(NamedTuple):
@@ -128,22 +153,23 @@ class _Resampled(NamedTuple):
     """[n_boot] resampled metric values."""
 
 
-def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray]:
-    """Value, bootstrap draws and units of several layers taken together."""
+def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
+    """Value, bootstrap draws, units and unit weights of several layers taken together."""
     weights = np.array([p.sample.weight for p in parts], dtype=np.float64)
     if weights.sum() == 0:
-        return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0)
+        return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0), np.zeros(0)
     weights /= weights.sum()
     value = float(sum(w * p.sample.value() for w, p in zip(weights, parts, strict=True) if w > 0))
     draws = sum(w * p.draws for w, p in zip(weights, parts, strict=True) if w > 0)
-    return value, draws, np.concatenate([p.sample.units for p in parts])
+    units = np.concatenate([p.sample.units for p in parts])
+    return value, draws, units, np.concatenate([unit_weights(p.sample) for p in parts])
 
 
 def compare(
     trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: str, variant: str, layer: str
 ) -> SeparationRow:
-    t_value, t_draws, t_units = _pooled(trained)
-    o_value, o_draws, o_units = _pooled(other)
+    t_value, t_draws, t_units, t_weights = _pooled(trained)
+    o_value, o_draws, o_units, o_weights = _pooled(other)
     differences = t_draws - o_draws
     if np.isnan(differences).any():
         low = high = math.nan
@@ -158,7 +184,7 @@ def compare(
         t_value - o_value,
         low,
         high,
-        cohens_d(t_units, o_units),
+        cohens_d(t_units, o_units, t_weights, o_weights),
         t_units.size,
         o_units.size,
     )

@@ -24,12 +24,13 @@ from randsae.analysis.measure import (
     LatentMeasures,
     SAEAnalysis,
     analyse_sae,
+    context_samples,
     latent_samples,
     summarize,
     token_samples,
 )
 from randsae.analysis.results import AnalysisSummary, write_outputs
-from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
+from randsae.analysis.seed_stability import live_reproduced, match_decoders, second_seed_sae
 from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.atomic import atomic_path
@@ -48,6 +49,9 @@ _MEASURE_SETTINGS = (
     "max_heldout_tokens",
     "max_lookup_tokens",
 )
+# Bumped when what a part holds changes meaning, so parts of an older version are measured again
+# (2: the shrunk, error-corrected token lookup).
+_PART_VERSION = 2
 
 
 def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor) -> ActivationCache:
@@ -65,6 +69,7 @@ def _open_cache(run: RunDir, entry: SAEKey, split: str, input_ids: torch.Tensor)
 def _part_key(sae_folder: Path, caches: list[ActivationCache], cfg: AnalysisConfig) -> str:
     weights = (sae_folder / WEIGHTS_FILE).stat()
     inputs = {
+        "version": _PART_VERSION,
         "settings": {name: getattr(cfg, name) for name in _MEASURE_SETTINGS},
         "sae": [weights.st_size, weights.st_mtime_ns],
         "caches": [[shard.sha256 for shard in cache.manifest.shards] for cache in caches],
@@ -201,6 +206,8 @@ def analyze_run(
         analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, device)
         latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
         samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
+    for key, context in context_samples(latents, n_rows, cfg).items():
+        samples[key]["mean_context_dependence"] = context
     notes = []
     if not interp:
         notes.append("auto-interp split skipped: no interp/*/latents.csv (run `randsae interpret` first)")
@@ -227,7 +234,8 @@ def analyze_run(
                 continue
             key = (entry.variant, entry.layer)
             matches[key] = seed_match_cosine(run, entry, train_ids, cfg, device=device, progress=progress)
-            samples[key]["seed_stable_share"] = MeanSample(reproduced(matches[key], cfg.match_threshold) * 1.0)
+            stable = live_reproduced(matches[key], latents[key].firing_count, cfg.match_threshold)
+            samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
 
     if REFERENCE not in {variant for variant, _ in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")
