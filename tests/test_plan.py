@@ -102,6 +102,9 @@ def test_streamed_training_writes_no_train_cache_and_shares_its_forwards_over_th
     # per process: the model and a forward's activations, 2 batches of 25 rows buffered for 3 layers (twice at
     # its peak), every layer's SAE with Adam, and its 25 rows of a batch
     assert stages["train"].memory_bytes == (400 + 50 * 4 * 4 * 5) + 2 * 50 * 3 * 4 * 4 + 3 * 4 * 592 + 25 * 36 * 4
+    # a buffer holds no more than the 18 batches trained on
+    big_buffer = _stages(dataclasses.replace(SHAPE, streamed=True, processes=2, buffer_tokens=5000))["train"]
+    assert big_buffer.memory_bytes == (400 + 50 * 4 * 4 * 5) + 2 * 18 * 25 * 3 * 4 * 4 + 3 * 4 * 592 + 25 * 36 * 4
     # the token lookup takes the held-out windows after the analysed ones (at most 10 of 20); no seed stability
     assert (stages["analysis"].tokens, stages["analysis"].disk_bytes) == (2 * 100, 0)
     assert stages["analysis"].seconds == pytest.approx(6 * 2 * 0.1)

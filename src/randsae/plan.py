@@ -118,10 +118,11 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
     row_bytes = (s.d_model + 2 * s.d_sae) * 4  # a row's input, latents and their gradient
     sae_batch = s.train_batch_tokens * row_bytes
     batch_rows = s.train_batch_tokens // s.processes  # one process's share of a training step's batch
-    # The shuffle buffer's peak (TrainConfig.buffer_tokens); cached, a buffer ends with the cache's epoch.
-    # Streamed, every layer's SAE trains at once beside the model, each process buffering its share of the rows.
+    # The shuffle buffer's peak (TrainConfig.buffer_tokens), never more than the rows trained on; cached, a
+    # buffer ends with the cache's epoch. Streamed, every layer's SAE trains at once beside the model, each
+    # process buffering its share of every layer's rows.
     if s.streamed:
-        buffer_rows = max(s.buffer_tokens // s.train_batch_tokens, 1) * batch_rows
+        buffer_rows = min(max(s.buffer_tokens // s.train_batch_tokens, 1), s.train_steps) * batch_rows
         train_memory = forward_memory + 2 * buffer_rows * s.layers * s.d_model * 4 + s.layers * (s.sae_bytes + adam)
     else:
         buffer_rows = min(max(s.buffer_tokens, s.train_batch_tokens), s.train_tokens)
