@@ -133,17 +133,13 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
     analysed_tokens = s.analysed_windows() * s.context_size
     second_seed = int(s.seed_stability and not s.streamed)  # seed stability retrains on train caches only
     latent_entry = 4 + (2 if s.d_sae < 2**15 else 4) + 2
-    if s.streamed:
-        train_harvest = ("stream train", s.variants * s.streamed_windows() * s.context_size, 0, forward_memory)
-    else:
-        train_harvest = (
-            "harvest train", s.variants * s.train_tokens, s.variants * s.layers * s.cache_bytes(s.train_tokens),
-            forward_memory,
-        )  # fmt: skip
+    train_harvest = "stream train" if s.streamed else "harvest train"
+    train_forwarded = s.variants * (s.streamed_windows() * s.context_size if s.streamed else s.train_tokens)
+    train_cache = 0 if s.streamed else s.variants * s.layers * s.cache_bytes(s.train_tokens)
     stages = [
         ("tokenize", s.train_tokens + s.heldout_tokens, (s.train_tokens + s.heldout_tokens) * TOKEN_FILE_BYTES,
          model + s.chunk_windows * s.context_size * PYTHON_INT_BYTES),
-        train_harvest,
+        (train_harvest, train_forwarded, train_cache, forward_memory),
         ("harvest heldout", s.variants * s.heldout_tokens, s.variants * s.layers * s.cache_bytes(s.heldout_tokens),
          forward_memory),
         ("train", s.variants * s.layers * s.train_steps * s.train_batch_tokens, s.variants * s.layers * s.sae_bytes,
@@ -161,8 +157,7 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
         analysis_steps = -(-analysed_tokens // s.train_batch_tokens) + s.train_steps * second_seed
         seconds = {
             "tokenize": None if rate is None else s.tokenized_text_tokens() / rate,
-            "harvest train": s.variants * s.train_tokens * forward_s,
-            "stream train": s.variants * s.streamed_windows() * s.context_size * forward_s / s.processes,
+            train_harvest: train_forwarded * forward_s / s.processes,
             "harvest heldout": s.variants * s.heldout_tokens * forward_s,
             "train": s.variants * s.layers * s.train_steps * speeds.sae_step_s / s.processes,
             "evaluate": s.variants
