@@ -190,6 +190,16 @@ def _(b):
     return b.run(config=b.file("binary.toml", GARBAGE))
 
 
+@case("config", "plan_config_missing")
+def _(b):
+    return b.run("--plan", config=b.tmp / "nowhere.toml")
+
+
+@case("config", "plan_config_binary")
+def _(b):
+    return b.run("--plan", config=b.file("binary.toml", GARBAGE))
+
+
 @case("config", "config_bad_toml")
 def _(b):
     return b.run(config=b.config(lambda text: text.replace("[sae]", "[sae")))
@@ -353,6 +363,11 @@ def _(b):
 @case("data", "data_parquet_garbage")
 def _(b):
     return _with_data(b, b.file("corpus/texts.parquet", GARBAGE))
+
+
+@case("data", "plan_data_jsonl_garbage")
+def _(b):
+    return [*_with_data(b, b.file("corpus/texts.jsonl", "this is not json\n{also not\n")), "--plan"]
 
 
 # --- run directory: where it goes, what it is, and each artifact damaged ---

@@ -24,7 +24,6 @@ from randsae.errors import UserError
 from randsae.experiment import activation_mode
 from randsae.metrics.results import load_metrics
 from randsae.run_dir import RunDir, SAEKey
-from randsae.sae import distributed
 from tests.helpers import tiny_config
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -91,13 +90,10 @@ def test_two_processes_run_the_pipeline_and_a_killed_run_resumes(tmp_path, tiny_
     assert load_metrics(RunDir(tmp_path / "killed")) == load_metrics(run)
 
 
-def test_cached_training_with_several_processes_is_refused_and_auto_streams(
-    monkeypatch, tmp_path, tiny_model_dir, tiny_corpus
-):
+def test_cached_training_with_several_processes_is_refused_and_auto_streams(tmp_path, tiny_model_dir, tiny_corpus):
     cfg = tiny_config(tiny_model_dir, tiny_corpus)
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
     auto = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activations="auto"))
-    assert activation_mode(auto, 2048, 64) == "stream"
+    assert activation_mode(auto, 2048, 64, processes=2) == "stream"
     cached = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activations="cache"))
     with pytest.raises(UserError, match="cannot train with 2 processes"):
-        activation_mode(cached, 2048, 64)
+        activation_mode(cached, 2048, 64, processes=2)

@@ -51,10 +51,11 @@ def command_run(args: argparse.Namespace) -> None:
     if args.plan:
         from randsae.experiment import show_plan
 
+        processes = distributed.world_size()
         distributed.shutdown()
         if not main:
             return
-        show_plan(job_config(cfg, variants, layers), run, progress)
+        show_plan(cfg, run, progress, variants=variants, layers=layers, processes=processes)
         return
     if not main:
         run_pipeline(cfg, run, progress=False, variants=variants, layers=layers)  # the SAEs' training shards

@@ -108,9 +108,19 @@ def prepare_run(cfg: ExperimentConfig, run: RunDir, lm: LoadedModel, progress: b
 
 
 def plan_run(
-    cfg: ExperimentConfig, lm: LoadedModel, blocks: nn.ModuleList, device: torch.device, measure: bool = True
+    cfg: ExperimentConfig,
+    lm: LoadedModel,
+    blocks: nn.ModuleList,
+    device: torch.device,
+    *,
+    mode: str,
+    processes: int,
+    tokenize: bool,
+    measure: bool = True,
 ) -> list[StageEstimate]:
-    """The run's estimated cost per stage (`randsae.plan`), timed by a micro-benchmark when `measure`."""
+    """The run's estimated cost per stage (`randsae.plan`) with train activations `mode` (`activation_mode`)
+    over `processes`, timed by a micro-benchmark when `measure` (the tokenizer's on the configured text only
+    when the run still has to `tokenize`: a resumed run may no longer have its text)."""
     d_model = lm.model.config.hidden_size
     c = cfg.tokens.context_size
     train_tokens = cfg.tokens.train_tokens // c * c
@@ -128,7 +138,9 @@ def plan_run(
         layers=len(cfg.layers),
         train_tokens=train_tokens,
         heldout_tokens=cfg.tokens.heldout_tokens // c * c,
+        heldout_fraction=cfg.tokens.heldout_fraction,
         context_size=c,
+        skip_bos=cfg.train.skip_bos,
         d_model=d_model,
         d_sae=sae_cfg.d_sae,
         n_params=sum(parameter.numel() for parameter in parameters),
@@ -137,17 +149,25 @@ def plan_run(
         harvest_batch_windows=cfg.eval.batch_windows,
         train_batch_tokens=cfg.train.batch_size,
         train_steps=(cfg.train.total_tokens or cfg.train.n_epochs * usable) // cfg.train.batch_size,
+        buffer_tokens=cfg.train.buffer_tokens,
+        streamed=mode == "stream",
+        processes=processes,
         ce_windows=cfg.eval.ce_windows,
         chunk_windows=CHUNK_WINDOWS,
+        analysis_max_tokens=cfg.analysis.max_heldout_tokens,
+        seed_stability=cfg.analysis.seed_stability,
+        token_judge=cfg.interp.judge == "token",
         k=sae_cfg.k,
     )
     speeds = None
     if measure:
         from randsae.speed import measure_speeds
 
+        texts = iter_texts(cfg.data, progress=False) if tokenize else None
         speeds = measure_speeds(
-            lm.model, blocks, cfg.layers, cfg.eval.batch_windows, c, sae_cfg, cfg.train.batch_size, device
-        )
+            lm.model, blocks, cfg.layers, cfg.eval.batch_windows, c, sae_cfg, cfg.train.batch_size, device,
+            lm.tokenizer, texts,
+        )  # fmt: skip
     return estimate_stages(shape, speeds)
 
 
@@ -158,14 +178,27 @@ def disk_left(run: RunDir, stages: list[StageEstimate]) -> tuple[int, int]:
     return max(0, total_disk(stages) - written), shutil.disk_usage(existing).free
 
 
-def show_plan(cfg: ExperimentConfig, run: RunDir, progress: bool = True) -> None:
-    """`randsae run --plan`: print the plan and the disk it leaves free, writing nothing."""
+def show_plan(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    progress: bool = True,
+    *,
+    variants: Sequence[str] | None = None,
+    layers: Sequence[int] | None = None,
+    processes: int = 1,
+) -> None:
+    """`randsae run --plan`: print the plan of the job (`job_config`) run by `processes` and the disk it
+    leaves free, writing nothing."""
     device = resolve_device(cfg.device)
     lm = load_model(cfg.model, device, progress=progress)
     _, blocks = find_blocks(lm.model, cfg.model.blocks)
     check_layers(cfg.layers, len(blocks))
     check_context_size(lm, cfg.tokens.context_size)
-    stages = plan_run(cfg, lm, blocks, device)
+    c = cfg.tokens.context_size
+    mode = activation_mode(cfg, cfg.tokens.train_tokens // c * c, lm.model.config.hidden_size, processes)
+    tokenize = not all(run.tokens(split).is_file() for split in SPLITS)
+    job = job_config(cfg, variants, layers)
+    stages = plan_run(job, lm, blocks, device, mode=mode, processes=processes, tokenize=tokenize)
     need, free = disk_left(run, stages)
     print(format_plan(stages))
     print(f"disk: {human_bytes(need)} still to write, {human_bytes(free)} free for {run.root}")
@@ -345,13 +378,13 @@ def _noise_reseed(model: PreTrainedModel, seed: int, stream: str) -> Callable[[i
     return lambda position: embedding.reseed(derived_seed(seed, f"control noise {stream}", position))
 
 
-def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int) -> str:
+def activation_mode(cfg: ExperimentConfig, train_tokens: int, d_model: int, processes: int) -> str:
     """`stream` or `cache`: `train.activations`, `auto` resolved by the size all train caches would have
-    (always `stream` with several processes, which train data-parallel on streamed shards)."""
-    if distributed.world_size() > 1:
+    (always `stream` with several `processes`, which train data-parallel on streamed shards)."""
+    if processes > 1:
         if cfg.train.activations == "cache":
             raise UserError(
-                f"train.activations = 'cache' cannot train with {distributed.world_size()} processes",
+                f"train.activations = 'cache' cannot train with {processes} processes",
                 "Set train.activations = 'stream' (or 'auto'), or run one process",
             )
         return "stream"
@@ -632,11 +665,13 @@ def run_pipeline(
     blocks_path, blocks = find_blocks(lm.model, cfg.model.blocks)
     check_layers(cfg.layers, len(blocks))
     check_context_size(lm, cfg.tokens.context_size)
-    if not all(run.tokens(split).is_file() for split in SPLITS):
+    tokenize = not all(run.tokens(split).is_file() for split in SPLITS)
+    if tokenize:
         check_source(cfg.data)
     c = cfg.tokens.context_size
-    mode = activation_mode(cfg, cfg.tokens.train_tokens // c * c, lm.model.config.hidden_size)
-    stages = plan_run(job, lm, blocks, device, measure=progress)
+    processes = distributed.world_size()
+    mode = activation_mode(cfg, cfg.tokens.train_tokens // c * c, lm.model.config.hidden_size, processes)
+    stages = plan_run(job, lm, blocks, device, mode=mode, processes=processes, tokenize=tokenize, measure=progress)
     if progress:
         print(format_plan(stages))
     if main:

@@ -27,7 +27,10 @@ class RunShape:
     layers: int
     train_tokens: int
     heldout_tokens: int
+    heldout_fraction: float
+    """Share of documents that go to the held-out split: the text tokenized is what fills both splits."""
     context_size: int
+    skip_bos: bool
     d_model: int
     d_sae: int
     n_params: int
@@ -36,8 +39,17 @@ class RunShape:
     harvest_batch_windows: int
     train_batch_tokens: int
     train_steps: int
+    buffer_tokens: int
+    streamed: bool
+    """Train activations streamed from forwards during training (no train cache) rather than cached."""
+    processes: int
+    """Data-parallel processes (torchrun); they share the streamed forwards and the SAE steps."""
     ce_windows: int
     chunk_windows: int
+    analysis_max_tokens: int
+    seed_stability: bool
+    token_judge: bool
+    """Auto-interp with the offline token judge (an LLM judge's replies are not estimated)."""
     k: int | None = None
     """TopK's k (the latent cache of auto-interp keeps k activations per token); None for other SAEs."""
 
@@ -52,17 +64,34 @@ class RunShape:
     def heldout_windows(self) -> int:
         return self.heldout_tokens // self.context_size
 
+    def streamed_windows(self) -> int:
+        """Train windows forwarded over every pass of a streamed training (all processes together): its rows
+        read, `train_steps` batches, at `context_size` (less BOS when skipped) rows a window."""
+        return -(-self.train_steps * self.train_batch_tokens // (self.context_size - int(self.skip_bos)))
+
+    def analysed_windows(self) -> int:
+        """Held-out windows the analysis encodes per SAE (at most half of them when streamed: the token
+        lookup is fit on the others)."""
+        limit = self.heldout_windows() // 2 if self.streamed else self.heldout_windows()
+        return max(1, min(limit, self.analysis_max_tokens // self.context_size))
+
+    def tokenized_text_tokens(self) -> int:
+        """Tokens of text tokenized until both splits are full (documents go to held-out at its fraction)."""
+        return round(max(self.train_tokens / (1 - self.heldout_fraction), self.heldout_tokens / self.heldout_fraction))
+
 
 @dataclasses.dataclass(frozen=True)
 class Speeds:
-    """Seconds measured on this machine."""
+    """Measured on this machine."""
 
     forward_s: float
-    """One forward of `harvest_batch_windows` windows through the blocks up to the deepest layer."""
+    """Seconds of one forward of `harvest_batch_windows` windows through the blocks up to the deepest layer."""
     sae_step_s: float
-    """One SAE training step on `train_batch_tokens` tokens."""
+    """Seconds of one SAE training step on `train_batch_tokens` tokens."""
     full_forward_s: float
-    """One forward of `harvest_batch_windows` windows through the whole model (with the logits)."""
+    """Seconds of one forward of `harvest_batch_windows` windows through the whole model (with the logits)."""
+    tokenize_tokens_per_s: float | None
+    """The tokenizer's throughput on the configured text; None where it was not measured (no text to read)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,50 +105,67 @@ class StageEstimate:
 
 
 def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimate]:
-    """The run's stages in order; `speeds` None leaves every time out."""
+    """The run's stages in order; `speeds` None leaves every time out.
+
+    Streamed, the train harvest is replaced by the forwards training makes over the train windows, pass after
+    pass (no disk); they and the SAE steps are shared by the processes. Memory is one process's.
+    """
     s = shape
     model = s.n_params * s.param_bytes
     batch_tokens = s.harvest_batch_windows * s.context_size
-    per_variant_forwards = -(-(s.train_tokens + s.heldout_tokens) // batch_tokens)
+    forward_memory = model + batch_tokens * s.d_model * 4 * (s.layers + 2)
     adam = 3 * s.sae_bytes  # weights, gradients and Adam's two moments, beside the weights themselves
-    train_batch = s.train_batch_tokens * (s.d_model + 2 * s.d_sae) * 4
+    row_bytes = (s.d_model + 2 * s.d_sae) * 4  # a row's input, latents and their gradient
+    sae_batch = s.train_batch_tokens * row_bytes
+    batch_rows = s.train_batch_tokens // s.processes  # one process's share of a training step's batch
+    # The shuffle buffer's peak (TrainConfig.buffer_tokens), never more than the rows trained on; cached, a
+    # buffer ends with the cache's epoch. Streamed, every layer's SAE trains at once beside the model, each
+    # process buffering its share of every layer's rows.
+    if s.streamed:
+        buffer_rows = min(max(s.buffer_tokens // s.train_batch_tokens, 1), s.train_steps) * batch_rows
+        train_memory = forward_memory + 2 * buffer_rows * s.layers * s.d_model * 4 + s.layers * (s.sae_bytes + adam)
+    else:
+        buffer_rows = min(max(s.buffer_tokens, s.train_batch_tokens), s.train_tokens)
+        train_memory = 4 * buffer_rows * s.d_model * 4 + s.sae_bytes + adam
     ce_batches = -(-min(s.ce_windows, s.heldout_windows()) // s.harvest_batch_windows)
     ce_forwards = ce_batches * (1 + 2 * s.layers)  # clean, then zero-ablated and SAE-spliced per layer
     heldout_steps = -(-s.heldout_tokens // s.train_batch_tokens)
+    analysed_tokens = s.analysed_windows() * s.context_size
+    second_seed = int(s.seed_stability and not s.streamed)  # seed stability retrains on train caches only
     latent_entry = 4 + (2 if s.d_sae < 2**15 else 4) + 2
+    train_harvest = "stream train" if s.streamed else "harvest train"
+    train_forwarded = s.variants * (s.streamed_windows() * s.context_size if s.streamed else s.train_tokens)
+    train_cache = 0 if s.streamed else s.variants * s.layers * s.cache_bytes(s.train_tokens)
     stages = [
         ("tokenize", s.train_tokens + s.heldout_tokens, (s.train_tokens + s.heldout_tokens) * TOKEN_FILE_BYTES,
          model + s.chunk_windows * s.context_size * PYTHON_INT_BYTES),
-        ("harvest train", s.variants * s.train_tokens, s.variants * s.layers * s.cache_bytes(s.train_tokens),
-         model + batch_tokens * s.d_model * 4 * (s.layers + 2)),
+        (train_harvest, train_forwarded, train_cache, forward_memory),
         ("harvest heldout", s.variants * s.heldout_tokens, s.variants * s.layers * s.cache_bytes(s.heldout_tokens),
-         model + batch_tokens * s.d_model * 4 * (s.layers + 2)),
+         forward_memory),
         ("train", s.variants * s.layers * s.train_steps * s.train_batch_tokens, s.variants * s.layers * s.sae_bytes,
-         s.sae_bytes + adam + train_batch),
-        ("evaluate", s.variants * s.heldout_tokens, 0, model + s.layers * s.sae_bytes + train_batch),
+         train_memory + batch_rows * row_bytes),
+        ("evaluate", s.variants * s.heldout_tokens, 0, model + s.layers * s.sae_bytes + sae_batch),
         ("interp", s.variants * s.heldout_tokens,
-         s.variants * s.layers * s.heldout_tokens * (s.k or 0) * latent_entry, s.sae_bytes + train_batch),
-        ("analysis", s.variants * s.heldout_tokens, 0, s.sae_bytes + train_batch),
+         s.variants * s.layers * s.heldout_tokens * (s.k or 0) * latent_entry, s.sae_bytes + sae_batch),
+        ("analysis", s.variants * analysed_tokens, s.variants * s.layers * s.sae_bytes * second_seed,
+         s.sae_bytes + adam * second_seed + sae_batch),
     ]  # fmt: skip
+    seconds: dict[str, float | None] = {}
     if speeds is not None:
-        harvest = {
-            split: s.variants * per_variant_forwards * speeds.forward_s * tokens / (s.train_tokens + s.heldout_tokens)
-            for split, tokens in (("train", s.train_tokens), ("heldout", s.heldout_tokens))
-        }
+        forward_s = speeds.forward_s / batch_tokens  # a token's share of a forward
+        rate = speeds.tokenize_tokens_per_s
+        analysis_steps = -(-analysed_tokens // s.train_batch_tokens) + s.train_steps * second_seed
         seconds = {
-            "tokenize": None,
-            "harvest train": harvest["train"],
-            "harvest heldout": harvest["heldout"],
-            "train": s.variants * s.layers * s.train_steps * speeds.sae_step_s,
+            "tokenize": None if rate is None else s.tokenized_text_tokens() / rate,
+            train_harvest: train_forwarded * forward_s / s.processes,
+            "harvest heldout": s.variants * s.heldout_tokens * forward_s,
+            "train": s.variants * s.layers * s.train_steps * speeds.sae_step_s / s.processes,
             "evaluate": s.variants
             * (ce_forwards * speeds.full_forward_s + s.layers * heldout_steps * speeds.sae_step_s),
-            "interp": s.variants * s.layers * heldout_steps * speeds.sae_step_s,
-            "analysis": None,
+            "interp": s.variants * s.layers * heldout_steps * speeds.sae_step_s if s.token_judge else None,
+            "analysis": s.variants * s.layers * analysis_steps * speeds.sae_step_s,
         }
-    return [
-        StageEstimate(name, tokens, disk, memory, seconds[name] if speeds is not None else None)
-        for name, tokens, disk, memory in stages
-    ]
+    return [StageEstimate(name, tokens, disk, memory, seconds.get(name)) for name, tokens, disk, memory in stages]
 
 
 def total_disk(stages: list[StageEstimate]) -> int:
@@ -157,8 +203,9 @@ def format_plan(stages: list[StageEstimate]) -> str:
         for row in rows
     ]
     return (
-        "plan (estimates; peak memory: the stage's largest tensors; time: a micro-benchmark here, scaled up; "
-        "'-': not estimated):\n" + "\n".join(lines)
+        "plan (estimates; peak memory: the stage's largest tensors, per process; time: a micro-benchmark here, "
+        "scaled up; interp: the token judge's time, an LLM judge's replies not included; '-': not estimated):\n"
+        + "\n".join(lines)
     )
 
 

@@ -1,18 +1,22 @@
 """The micro-benchmark a run's plan scales (`randsae.plan`): one batch through the model and one SAE step,
-timed on this machine and device, the second of two runs (the first pays for warm-up)."""
+timed on this machine and device, the second of two runs (the first pays for warm-up), and the tokenizer
+on the first of the configured text (one call: a fast tokenizer needs no warm-up)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from randsae.models.hookpoints import residual_stream
 from randsae.plan import Speeds
 from randsae.sae import SAEConfig, build_sae
+
+TOKENIZER_SAMPLE_CHARS = 200_000
+"""Characters of text the tokenizer's throughput is measured on (about 0.15 s for SmolLM2's tokenizer here)."""
 
 
 def _seconds(step: Callable[[], object], device: torch.device) -> float:
@@ -44,8 +48,11 @@ def measure_speeds(
     sae_cfg: SAEConfig,
     train_batch_tokens: int,
     device: torch.device,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Iterable[str] | None,
 ) -> Speeds:
-    """Seconds of one harvest forward, one full forward (`batch_windows` windows) and one SAE training step."""
+    """Seconds of one harvest forward, one full forward (`batch_windows` windows) and one SAE training step,
+    and the tokenizer's tokens a second on `texts` (None: not measured)."""
     generator = torch.Generator().manual_seed(0)
     vocab = min(model.config.vocab_size, 1000)
     ids = torch.randint(vocab, (batch_windows, context_size), generator=generator).to(device)
@@ -59,4 +66,26 @@ def measure_speeds(
         sae.loss(x).loss.backward()
         optimizer.step()
 
-    return Speeds(forward_s=forward, sae_step_s=_seconds(step, device), full_forward_s=full_forward)
+    return Speeds(
+        forward_s=forward,
+        sae_step_s=_seconds(step, device),
+        full_forward_s=full_forward,
+        tokenize_tokens_per_s=None if texts is None else tokens_per_second(tokenizer, texts),
+    )
+
+
+def tokens_per_second(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str]) -> float | None:
+    """The tokenizer's throughput on the first documents of `texts` (about `TOKENIZER_SAMPLE_CHARS`
+    characters), called on them together as tokenization calls it; None when there is no text."""
+    sample: list[str] = []
+    chars = 0
+    for text in texts:
+        sample.append(text)
+        chars += len(text)
+        if chars >= TOKENIZER_SAMPLE_CHARS:
+            break
+    if not sample:
+        return None
+    start = time.perf_counter()
+    encoded = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    return sum(map(len, encoded)) / (time.perf_counter() - start)
