@@ -1,5 +1,7 @@
 """Text sources, packing with explicit BOS, and the document-level train / held-out split."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,9 @@ from randsae.data.tokens import (
     TokenConfig,
     WindowPacker,
     count_not_bos,
+    counted,
     is_heldout,
+    load_excluded_ids,
     load_tokens,
     not_bos,
     pack_windows,
@@ -79,10 +83,26 @@ def test_token_files_are_byte_for_byte_what_collecting_every_token_gave(tmp_path
         n = getattr(cfg, f"{split}_tokens") // 16
         body = torch.tensor(stream[: n * 15], dtype=torch.int32).view(n, 15)
         expected = torch.cat([torch.full((n, 1), bos, dtype=torch.int32), body], dim=1)
-        save_file({"input_ids": expected}, tmp_path / "expected.safetensors")
+        excluded = {"excluded_ids": json.dumps(sorted(set(tokenizer.all_special_ids)))}
+        save_file({"input_ids": expected}, tmp_path / "expected.safetensors", metadata=excluded)
         assert (tmp_path / f"{split}.safetensors").read_bytes() == (tmp_path / "expected.safetensors").read_bytes()
+        assert bos in load_excluded_ids(tmp_path / f"{split}.safetensors")
         assert torch.equal(windows[split], expected)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_counted_rows_leave_out_bos_and_the_excluded_tokens():
+    windows = torch.tensor([[1, 5, 2, 6], [1, 2, 7, 8]], dtype=torch.int32)
+    assert counted(windows, ()).tolist() == [False, True, True, True, False, True, True, True]
+    assert counted(windows, (1, 2)).tolist() == [False, True, False, True, False, False, True, True]
+    assert counted(windows, (2,), bos=True).tolist() == [True, True, False, True, True, False, True, True]
+
+
+def test_a_token_file_records_its_excluded_ids_and_one_without_them_excludes_none(tmp_path):
+    save_tokens(tmp_path / "a.safetensors", torch.ones(2, 3, dtype=torch.int32), excluded_ids=(9, 3))
+    assert load_excluded_ids(tmp_path / "a.safetensors") == (3, 9)
+    save_file({"input_ids": torch.ones(2, 3, dtype=torch.int32)}, tmp_path / "b.safetensors")  # an older run's
+    assert load_excluded_ids(tmp_path / "b.safetensors") == ()
 
 
 def test_token_files_load_memory_mapped_and_a_damaged_one_is_a_clear_error(tmp_path):

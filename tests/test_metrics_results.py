@@ -7,11 +7,14 @@ from randsae.models.variants import VARIANTS, predicts_language
 
 
 def _row(variant: str) -> MetricsRow:
-    numbers = {field.name: 0.5 for field in dataclasses.fields(MetricsRow) if field.type in ("float", float)}
+    numbers: dict = {field.name: 0.5 for field in dataclasses.fields(MetricsRow) if field.type in ("float", float)}
     return MetricsRow(
         **numbers,
         variant=variant,
         layer=3,
+        variant_seed=None,
+        sae_seed=None,
+        massive_dims=0,
         hook_name="layers.3",
         d_sae=64,
         meaningful_downstream=predicts_language(variant),

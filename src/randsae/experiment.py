@@ -29,8 +29,8 @@ from randsae.data.tokens import (
     CHUNK_WINDOWS,
     SPLITS,
     count_not_bos,
+    counted_rows,
     load_tokens,
-    not_bos,
     tokenize_splits,
     unknown_token_warning,
 )
@@ -451,13 +451,14 @@ def train_variant_saes(
     cfg: ExperimentConfig,
     run: RunDir,
     keys: Sequence[SAEKey],
+    keep: Tensor,
     model_name: str,
     blocks_path: str,
     device: torch.device,
     progress: bool,
 ) -> list[SAEKey]:
-    """Train each SAE of `keys` on its site's train cache (skipping those already trained and intact);
-    returns the SAEs trained now.
+    """Train each SAE of `keys` on its site's train cache, the rows where `keep` (`training_rows`), skipping
+    those already trained and intact; returns the SAEs trained now.
 
     The cache's shard checksums are verified once before training, so a corrupt shard is never trained on.
     """
@@ -483,6 +484,7 @@ def train_variant_saes(
             device=device,
             progress=progress,
             checkpoint=folder / SAE_CHECKPOINT_FILE,
+            keep=keep,
         )  # an interrupted training resumes
         _save_trained(folder, result)
     return trained
@@ -498,6 +500,7 @@ def stream_variant_saes(
     keys: Sequence[SAEKey],
     noise_seed: int,
     train_ids: Tensor,
+    keep: Tensor,
     device: torch.device,
     progress: bool,
     split_layers: bool = False,
@@ -529,6 +532,7 @@ def stream_variant_saes(
         seed=seed,
         rank=distributed.rank(),
         world_size=distributed.world_size(),
+        keep=keep.view(train_ids.shape),
     )
     sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, key) for key in keys]
     if progress:
@@ -553,16 +557,16 @@ def sae_is_trained(folder: Path) -> bool:
 
 @torch.no_grad()
 def reconstruction_on_heldout(
-    sae: SparseAutoencoder, cache: ActivationCache, device: torch.device, rows: int = 4096
+    sae: SparseAutoencoder, cache: ActivationCache, keep: Tensor, device: torch.device, rows: int = 4096
 ) -> ReconstructionMetrics:
-    """Quality metrics over the held-out cache, BOS rows left out."""
-    context = cache.manifest.context_size
+    """Quality metrics over the held-out cache's rows where `keep` (`counted_rows`: BOS and special tokens
+    left out)."""
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     start = 0
     for chunk in cache.iter_chunks(rows=rows):
-        keep = not_bos(torch.arange(start, start + chunk.shape[0]), context)
+        kept = keep[start : start + chunk.shape[0]]
         start += chunk.shape[0]
-        x = chunk[keep].to(device)
+        x = chunk[kept].to(device)
         z = sae.encode(x)
         accumulator.add(x, sae.decode(z), z)
     return accumulator.result()
@@ -576,13 +580,16 @@ def evaluate_variant(
     keys: Sequence[SAEKey],
     noise_seed: int,
     heldout: Tensor,
+    heldout_keep: Tensor,
     device: torch.device,
 ) -> list[MetricsRow]:
     """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for the SAEs
     `keys` of the variant draw `model` is."""
     saes = {key: load_sae(run.sae(key), device=device).eval() for key in keys}
     reconstruction = {
-        key: reconstruction_on_heldout(sae, ActivationCache.open(run.activations(key.site, "heldout")), device)
+        key: reconstruction_on_heldout(
+            sae, ActivationCache.open(run.activations(key.site, "heldout")), heldout_keep, device
+        )
         for key, sae in saes.items()
     }
     downstream: dict[SAEKey, DownstreamMetrics] = {}
@@ -688,6 +695,10 @@ def run_pipeline(
         tokens = prepare_run(cfg, run, lm, progress) if main else {}
         distributed.barrier()
         tokens = tokens or {split: load_tokens(run.tokens(split)) for split in SPLITS}
+        keep = {  # the rows trained on and measured
+            "train": counted_rows(run.tokens("train"), bos=not cfg.train.skip_bos),
+            "heldout": counted_rows(run.tokens("heldout")),
+        }
     rows = {row.key: row for row in load_metrics(run)}
     cached = tuple(SPLITS) if mode == "cache" else ("heldout",)  # streamed: only the held-out split is cached
     keys = sae_keys(job)
@@ -737,17 +748,20 @@ def run_pipeline(
                         same_seed,
                         variant_cfg.seed,
                         tokens["train"],
+                        keep["train"],
                         device,
                         progress,
                         split_layers=job.layers != cfg.layers,
                     )
                 else:
-                    retrained += train_variant_saes(job, run, same_seed, lm.display_name, blocks_path, device, progress)
+                    retrained += train_variant_saes(
+                        job, run, same_seed, keep["train"], lm.display_name, blocks_path, device, progress
+                    )
         stale = [key for key in mine if key in unevaluated or key in retrained]
         if main:
             with timings.stage("evaluate"):
                 evaluated = evaluate_variant(
-                    job, run, model, variant_blocks, stale, variant_cfg.seed, tokens["heldout"], device
+                    job, run, model, variant_blocks, stale, variant_cfg.seed, tokens["heldout"], keep["heldout"], device
                 )
             save_metrics(run, evaluated)  # this draw's rows, then the tables of every job's rows
             rows.update({row.key: row for row in evaluated})

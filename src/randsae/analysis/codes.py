@@ -6,15 +6,18 @@ nothing ever loops over tokens or latents in Python.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from randsae.data.tokens import counted
+
 
 class RowLayout(NamedTuple):
-    """Where each analysed row sits. BOS rows (position 0) are left out, as in SAE training."""
+    """Where each analysed row sits. BOS rows (position 0) and special tokens are left out, as in SAE training."""
 
     cache_row: Tensor
     """int64 [n]: row of the activation cache (window * context_size + position)."""
@@ -30,16 +33,17 @@ class RowLayout(NamedTuple):
     n_sequences: int
 
 
-def row_layout(input_ids: Tensor, max_tokens: int, window_tokens: int) -> RowLayout:
-    """Layout of the first whole sequences of `input_ids` [n_seq, context] holding at most `max_tokens` rows."""
+def row_layout(input_ids: Tensor, max_tokens: int, window_tokens: int, excluded_ids: Iterable[int] = ()) -> RowLayout:
+    """Layout of the first whole sequences of `input_ids` [n_seq, context] holding at most `max_tokens` rows,
+    their counted rows only (BOS and the tokens of `excluded_ids` left out, `randsae.data.tokens.counted`)."""
     n_seq_all, context_size = input_ids.shape
     n_seq = max(1, min(n_seq_all, max_tokens // context_size))
-    position = torch.arange(1, context_size).repeat(n_seq)
-    sequence = torch.arange(n_seq).repeat_interleave(context_size - 1)
+    row = torch.nonzero(counted(input_ids[:n_seq], excluded_ids)).squeeze(1)
+    position, sequence = row % context_size, row // context_size
     windows_per_sequence = -(-context_size // window_tokens)
     return RowLayout(
-        cache_row=sequence * context_size + position,
-        token=input_ids[:n_seq, 1:].reshape(-1).long(),
+        cache_row=row,
+        token=input_ids[:n_seq].reshape(-1)[row].long(),
         position=position,
         sequence=sequence,
         window=sequence * windows_per_sequence + position // window_tokens,

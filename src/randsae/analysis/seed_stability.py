@@ -23,6 +23,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from randsae.data.activations import ActivationCache
+from randsae.data.tokens import counted
 from randsae.errors import UserError
 from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae.base import SparseAutoencoder, load_sae
@@ -68,12 +69,16 @@ def second_seed_sae(
     out_folder: Path,
     seed: int,
     *,
+    train_ids: Tensor | None = None,
+    excluded_ids: tuple[int, ...] = (),
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> SparseAutoencoder:
     """The SAE `first` retrained with `seed` on the same activations and settings (saved, reused when present).
 
-    The training settings come from the first SAE's `training.json`, so only the seed differs.
+    The training settings come from the first SAE's `training.json` and it trains on the same rows of the
+    train cache (`train_ids`' tokens but `excluded_ids`; without `train_ids`, all but BOS), so only the seed
+    differs.
     """
     if (out_folder / SAE_TRAINING_FILE).is_file():
         return load_sae(out_folder)
@@ -91,6 +96,7 @@ def second_seed_sae(
         )
     train_cfg = TrainConfig(**log["config"])
     sae_cfg = dataclasses.replace(first.cfg, metadata={**first.cfg.metadata, "seed": seed})
-    result = train_sae(train_cache, train_cfg, sae_cfg, seed=seed, device=device, progress=progress)
+    keep = None if train_ids is None else counted(train_ids, excluded_ids, bos=not train_cfg.skip_bos)
+    result = train_sae(train_cache, train_cfg, sae_cfg, seed=seed, device=device, progress=progress, keep=keep)
     result.save(out_folder)
     return result.sae.cpu()

@@ -35,7 +35,7 @@ from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separatio
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.atomic import atomic_path
 from randsae.data.activations import ActivationCache
-from randsae.data.tokens import load_tokens
+from randsae.data.tokens import load_excluded_ids, load_tokens
 from randsae.errors import UserError
 from randsae.run_dir import RunDir, SAEKey
 from randsae.sae.base import WEIGHTS_FILE, load_sae
@@ -101,6 +101,7 @@ def measure_entry(
     cfg: AnalysisConfig,
     heldout_ids: torch.Tensor,
     train_ids: torch.Tensor,
+    excluded_ids: tuple[int, ...] = (),
     device: str | torch.device = "cpu",
 ) -> SAEAnalysis:
     """The per-latent and per-token arrays of one SAE, from its saved part when its inputs are unchanged.
@@ -127,13 +128,13 @@ def measure_entry(
         skipped = n_analysed * heldout_ids.shape[1]
         lookup_chunks = _rows_from(heldout.iter_chunks(cfg.chunk_rows), skipped)
         lookup_ids, analysed_ids = heldout_ids[n_analysed:], heldout_ids[:n_analysed]
-    key = _part_key(run.sae(entry), caches, cfg)
+    key = f"{_part_key(run.sae(entry), caches, cfg)} excluded {list(excluded_ids)}"
     part_path = run.analysis_part(entry)
     saved = _load_part(part_path, key)
     if saved is not None:
         return saved
-    lookup = fit_token_lookup(lookup_chunks, lookup_ids[:lookup_sequences])
-    layout = row_layout(analysed_ids, cfg.max_heldout_tokens, cfg.window_tokens)
+    lookup = fit_token_lookup(lookup_chunks, lookup_ids[:lookup_sequences], excluded_ids)
+    layout = row_layout(analysed_ids, cfg.max_heldout_tokens, cfg.window_tokens, excluded_ids)
     sae = load_sae(run.sae(entry), device=device)
     analysis = analyse_sae(sae, heldout.iter_chunks(cfg.chunk_rows), layout, lookup, cfg)
     _save_part(part_path, key, analysis)
@@ -165,6 +166,7 @@ def seed_match_cosine(
     train_ids: torch.Tensor,
     cfg: AnalysisConfig,
     *,
+    excluded_ids: tuple[int, ...] = (),
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> np.ndarray:
@@ -176,6 +178,8 @@ def seed_match_cosine(
         _open_cache(run, entry, "train", train_ids),
         run.second_seed_sae(entry, cfg.stability_seed),
         cfg.stability_seed,
+        train_ids=train_ids,
+        excluded_ids=excluded_ids,
         device=device,
         progress=progress,
     )
@@ -198,12 +202,13 @@ def analyze_run(
     interp = read_interp_scores(interp_table) if interp_table is not None else {}
     heldout_ids = load_tokens(run.tokens("heldout"))
     train_ids = load_tokens(run.tokens("train"))
+    excluded = load_excluded_ids(run.tokens("heldout"))  # one tokenizer: the same ids in both splits
     latents: dict[tuple[str, int], LatentMeasures] = {}
     samples: dict[tuple[str, int], dict[str, Sample]] = {}
     n_rows: dict[tuple[str, int], int] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
         key = (entry.variant, entry.layer)
-        analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, device)
+        analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, excluded, device)
         latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
         samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
     for key, context in context_samples(latents, n_rows, cfg).items():
@@ -233,7 +238,9 @@ def analyze_run(
             if entry in streamed:
                 continue
             key = (entry.variant, entry.layer)
-            matches[key] = seed_match_cosine(run, entry, train_ids, cfg, device=device, progress=progress)
+            matches[key] = seed_match_cosine(
+                run, entry, train_ids, cfg, excluded_ids=excluded, device=device, progress=progress
+            )
             stable = live_reproduced(matches[key], latents[key].firing_count, cfg.match_threshold)
             samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
 

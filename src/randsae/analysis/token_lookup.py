@@ -59,7 +59,7 @@ import scipy.sparse
 import torch
 from torch import Tensor
 
-from randsae.data.tokens import not_bos
+from randsae.data.tokens import counted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,17 +107,17 @@ def sum_rows_by_group(x: Tensor, group: Tensor, n_groups: int) -> Tensor:
     return torch.from_numpy(np.asarray(one_hot @ x.float().numpy(), dtype=np.float64))
 
 
-def fit_token_lookup(chunks: Iterable[Tensor], input_ids: Tensor) -> TokenLookup:
-    """The shrunk per-token means of the activation rows `chunks` (in cache row order), BOS rows skipped.
+def fit_token_lookup(chunks: Iterable[Tensor], input_ids: Tensor, excluded_ids: Iterable[int] = ()) -> TokenLookup:
+    """The shrunk per-token means of the activation rows `chunks` (in cache row order), BOS rows and the
+    tokens of `excluded_ids` skipped (`randsae.data.tokens.counted`).
 
     `input_ids` [n_seq, context] are the tokens of the first rows; rows past them are not read, so a
     prefix of the sequences fits the lookup on a prefix of the cache. Rows are centred on the first
     chunk's mean (so sums of squares keep their precision when the mean is large next to the spread),
     each chunk is summed in float32 (fast on CPU) and the chunk sums are accumulated in float64.
     """
-    context_size = input_ids.shape[1]
     flat = input_ids.reshape(-1).long()
-    keep_row = not_bos(torch.arange(flat.numel()), context_size)
+    keep_row = counted(input_ids, excluded_ids)
     distinct, inverse = np.unique(flat.numpy(), return_inverse=True)
     token_ids, index_of_row = torch.from_numpy(distinct), torch.from_numpy(inverse.reshape(-1))
     sums: Tensor | None = None

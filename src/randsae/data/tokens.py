@@ -5,6 +5,9 @@ Documents are joined by EOS and cut into windows of `context_size - 1` tokens; e
 an explicit BOS token, so position 0 is always the same token whatever the tokenizer adds by itself.
 Activation caches flatten the windows (row r = window r // context_size, position r % context_size), and
 everything downstream leaves the BOS rows out (`not_bos`): their activations are attention-sink outliers.
+With `exclude_special` the other special tokens inside windows (the EOS that separates documents, chat
+markers such as `<|im_end|>`) are left out too (`counted`): their ids are recorded in each token file's
+header (`excluded_ids`), so every stage reads the same rule off the tokens it uses.
 
 Windows are packed and written a chunk at a time into the split's token file, and read back memory-mapped,
 so no split is ever held in memory whole, whatever `train_tokens` is.
@@ -19,7 +22,7 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -53,6 +56,10 @@ class TokenConfig:
     """Share of documents assigned to the held-out split."""
     split_seed: int = 0
     """Salt of the document hash that assigns documents to splits."""
+    exclude_special: bool = True
+    """Leave the tokenizer's special tokens inside windows (the EOS between documents, chat markers such as
+    `<|im_end|>`) out of SAE training and every measurement, as BOS at position 0 always is: like BOS they
+    carry outlier activations that dominate squared errors. False keeps them (BOS stays out)."""
 
     def __post_init__(self) -> None:
         if self.context_size < 2:
@@ -71,6 +78,16 @@ class TokenConfig:
 def not_bos(rows: Tensor, context_size: int) -> Tensor:
     """Bool mask of the flattened rows `rows` (int) that are not a window's BOS token."""
     return rows % context_size != 0
+
+
+def counted(input_ids: Tensor, excluded_ids: Iterable[int], bos: bool = False) -> Tensor:
+    """bool [n_windows * context_size], flattened like an activation cache: the rows SAEs train on and every
+    measurement uses; not a token of `excluded_ids` (`load_excluded_ids`), nor position 0 (BOS) unless
+    `bos` (training with `train.skip_bos` off)."""
+    excluded = torch.tensor(sorted(excluded_ids), dtype=input_ids.dtype)
+    keep = ~torch.isin(input_ids, excluded)
+    keep[:, 0] = bos
+    return keep.reshape(-1)
 
 
 def count_not_bos(n_rows: int, context_size: int) -> int:
@@ -169,7 +186,8 @@ def tokenize_splits(
         packers = {}
         for split, path in paths.items():
             n_windows = getattr(cfg, f"{split}_tokens") // cfg.context_size
-            writer = stack.enter_context(TokenFileWriter(path, n_windows, cfg.context_size))
+            excluded = special_token_ids(tokenizer) if cfg.exclude_special else ()
+            writer = stack.enter_context(TokenFileWriter(path, n_windows, cfg.context_size, excluded))
 
             def sink(windows: np.ndarray, writer: TokenFileWriter = writer) -> None:
                 writer.write(windows)
@@ -225,15 +243,16 @@ class TokenFileWriter:
     same bytes and the last rename wins with the same file.
     """
 
-    def __init__(self, path: Path, n_windows: int, context_size: int):
+    def __init__(self, path: Path, n_windows: int, context_size: int, excluded_ids: Iterable[int] = ()):
         self.path, self.n_windows, self.context_size = path, n_windows, context_size
+        self.excluded_ids = sorted(excluded_ids)
         self.tmp = temporary_sibling(path, shared=True)
         self.written = 0
 
     def __enter__(self) -> TokenFileWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.file = open(self.tmp, "wb")
-        self.file.write(_header(self.n_windows, self.context_size))
+        self.file.write(_header(self.n_windows, self.context_size, self.excluded_ids))
         return self
 
     def write(self, windows: np.ndarray) -> None:
@@ -252,19 +271,21 @@ class TokenFileWriter:
             raise ValueError(f"{self.written} of the {self.n_windows} windows of {self.path} were written")
 
 
-def _header(n_windows: int, context_size: int) -> bytes:
-    """The safetensors header of `input_ids` int32 [n_windows, context_size], byte for byte as
-    `safetensors.torch.save_file` writes it (JSON padded with spaces to a multiple of 8)."""
+def _header(n_windows: int, context_size: int, excluded_ids: list[int]) -> bytes:
+    """The safetensors header of `input_ids` int32 [n_windows, context_size] with the `excluded_ids` metadata,
+    byte for byte as `safetensors.torch.save_file` writes it (JSON padded with spaces to a multiple of 8)."""
     size = n_windows * context_size * 4
     entry = {"dtype": "I32", "shape": [n_windows, context_size], "data_offsets": [0, size]}
-    text = json.dumps({"input_ids": entry}, separators=(",", ":")).encode()
+    metadata = {"excluded_ids": json.dumps(excluded_ids)}
+    text = json.dumps({"__metadata__": metadata, "input_ids": entry}, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text
 
 
-def save_tokens(path: Path, input_ids: Tensor) -> None:
+def save_tokens(path: Path, input_ids: Tensor, excluded_ids: Iterable[int] = ()) -> None:
     """One split's windows, int32 [n_windows, context_size], written atomically (`TokenFileWriter`)."""
-    with TokenFileWriter(path, *input_ids.shape) as writer:
+    n_windows, context_size = input_ids.shape
+    with TokenFileWriter(path, n_windows, context_size, excluded_ids) as writer:
         writer.write(input_ids.numpy())
 
 
@@ -281,13 +302,41 @@ def load_tokens(path: Path) -> Tensor:
         ) from None
 
 
-def _map_windows(path: Path) -> np.ndarray:
-    """The file's `input_ids` memory-mapped (copy on write), after checking its header against its size."""
+def load_excluded_ids(path: Path) -> tuple[int, ...]:
+    """The special token ids a split's rows leave out besides BOS (`counted`); () for a file without them."""
+    try:
+        header, _ = _read_header(path)
+        return tuple(int(i) for i in json.loads(header.get("__metadata__", {}).get("excluded_ids", "[]")))
+    except (OSError, ValueError, TypeError, AttributeError, struct.error) as error:
+        raise UserError(
+            f"token file {path} is damaged ({error})",
+            "Rerun `randsae run` with the same --out: it tokenizes a damaged file again",
+        ) from None
+
+
+def counted_rows(path: Path, bos: bool = False) -> Tensor:
+    """`counted` of a run's split: the rows of its activation caches that SAEs train on and stages measure."""
+    return counted(load_tokens(path), load_excluded_ids(path), bos)
+
+
+def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Every special token id of the tokenizer (BOS, EOS, padding, chat markers...)."""
+    return tuple(sorted(set(tokenizer.all_special_ids)))
+
+
+def _read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The safetensors header as JSON, and its length in bytes."""
     with open(path, "rb") as file:
         (length,) = struct.unpack("<Q", file.read(8))
         if length > 1 << 20:
             raise ValueError("header length out of range")
-        entry = json.loads(file.read(length))["input_ids"]
+        return json.loads(file.read(length)), length
+
+
+def _map_windows(path: Path) -> np.ndarray:
+    """The file's `input_ids` memory-mapped (copy on write), after checking its header against its size."""
+    header, length = _read_header(path)
+    entry = header["input_ids"]
     rows, columns = entry["shape"]
     start, end = entry["data_offsets"]
     if entry["dtype"] != "I32" or start != 0 or end != rows * columns * 4:

@@ -102,11 +102,15 @@ def build_latent_cache(
     verify_rows: int,
     seed: int,
     progress: bool = False,
+    keep: Tensor | None = None,
 ) -> LatentCache:
     """Encode every chunk of activation rows, write the nonzero entries as shards, then verify a sample.
 
-    The manifest is written last, so an interrupted build is simply redone.
+    Only the rows where `keep` (bool [n_tokens], `randsae.data.tokens.counted`) are stored; None leaves out
+    the BOS rows. The manifest is written last, so an interrupted build is simply redone.
     """
+    if keep is None:
+        keep = not_bos(torch.arange(n_tokens), context_size)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)
     d_sae = sae.cfg.d_sae
@@ -123,8 +127,8 @@ def build_latent_cache(
         sparse, _ = sae.encode_sparse(chunk.to(device))
         offsets, latents, values = sparse.to("cpu")
         rows = offsets + start
-        keep = not_bos(rows, context_size) & (values > 0)
-        rows, latents, values = rows[keep], latents[keep], values[keep].float()
+        stored = keep[rows] & (values > 0)
+        rows, latents, values = rows[stored], latents[stored], values[stored].float()
         counts += torch.bincount(latents, minlength=d_sae)
         max_values.scatter_reduce_(0, latents, values, reduce="amax")
         value_dtype = torch.float16 if values.numel() == 0 or values.max() <= FLOAT16_MAX else torch.float32
@@ -154,14 +158,14 @@ def build_latent_cache(
         verified_rows=len(check_rows),
     )
     cache = LatentCache(folder, manifest, counts.numpy(), max_values.numpy())
-    verify_against_encode(cache, check_rows, reference)
+    verify_against_encode(cache, check_rows, reference, keep)
     write_text_atomic(folder / MANIFEST, json.dumps(dataclasses.asdict(manifest), indent=1))
     return cache
 
 
-def verify_against_encode(cache: LatentCache, rows: np.ndarray, reference: Tensor) -> None:
+def verify_against_encode(cache: LatentCache, rows: np.ndarray, reference: Tensor, keep: Tensor) -> None:
     """Raise UserError unless the entries stored for `rows` equal `reference` = sae.encode(x[rows]) up to
-    float16 rounding (BOS rows are expected to be empty)."""
+    float16 rounding (rows not kept, BOS among them, are expected to be empty)."""
     stored = torch.zeros_like(reference)
     position = {int(row): i for i, row in enumerate(rows)}
     for name in cache.manifest.shards:
@@ -171,7 +175,7 @@ def verify_against_encode(cache: LatentCache, rows: np.ndarray, reference: Tenso
             where = torch.as_tensor([position[int(r)] for r in shard["rows"].numpy()[hit]], dtype=torch.long)
             stored[where, shard["latents"][hit].long()] = shard["values"][hit].float()
     expected = reference.clone()
-    expected[~not_bos(torch.as_tensor(rows), cache.manifest.context_size)] = 0
+    expected[~keep[torch.as_tensor(rows, dtype=torch.long)]] = 0
     tolerance = 2e-3 * expected.abs() + 1e-4 * expected.abs().amax(dim=1, keepdim=True) + 1e-6
     bad = ((stored - expected).abs() > tolerance).any(dim=1)
     if bad.any():

@@ -22,7 +22,7 @@ import torch
 
 from randsae.atomic import write_json_atomic, write_text_atomic
 from randsae.data.activations import ActivationCache
-from randsae.data.tokens import load_tokens
+from randsae.data.tokens import counted_rows, load_tokens
 from randsae.errors import UserError
 from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
@@ -188,6 +188,7 @@ def ensure_latent_cache(
         verify_rows=cfg.verify_rows,
         seed=cfg.seed,
         progress=progress,
+        keep=counted_rows(run.tokens("heldout"))[: activations.manifest.n_tokens],
     )
 
 

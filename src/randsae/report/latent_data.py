@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from randsae.data.tokens import count_not_bos, load_tokens
+from randsae.data.tokens import counted_rows, load_tokens
 from randsae.interp.entropy import token_activation_mass
 from randsae.interp.examples import active_windows, window_tokens
 from randsae.interp.explainers import StrTokens
@@ -287,7 +287,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
             if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file()
             else {}
         )
-        n_tokens = count_not_bos(cache.manifest.n_tokens, cache.manifest.context_size)
+        n_tokens = int(counted_rows(run.run.tokens("heldout"))[: cache.manifest.n_tokens].sum())
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
             latent_view(

@@ -49,9 +49,10 @@ Forward = Callable[[int, Tensor], dict[int, Tensor]]
 class ActivationStream:
     """Shuffled buffers [n_layers, batches, d] of the rows of forwards over `input_ids` [n_windows, C].
 
-    Position 0 of each window (BOS) is left out when `cfg.skip_bos`. A forward reads at most
-    `forward_windows` windows and never crosses the end of a pass. With `world_size` > 1 it reads shard
-    `rank` of the windows and serves this rank's part (batch_size / world_size rows) of each batch.
+    The rows where `keep` (bool [n_windows, C], `randsae.data.tokens.counted`) are served; None leaves out
+    position 0 (BOS) as `cfg.skip_bos` says. A forward reads at most `forward_windows` windows and never
+    crosses the end of a pass. With `world_size` > 1 it reads shard `rank` of the windows and serves this
+    rank's part (batch_size / world_size rows) of each batch.
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class ActivationStream:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        keep: Tensor | None = None,
     ):
         if cfg.batch_size % world_size:
             raise UserError(
@@ -77,15 +79,21 @@ class ActivationStream:
             )
         self.layers, self.cfg, self.forward, self.forward_windows = tuple(layers), cfg, forward, forward_windows
         self.n_tokens = input_ids.numel()
-        self.rows_per_window = input_ids.shape[1] - int(cfg.skip_bos)
-        self.n_steps = n_train_steps(input_ids.shape[0] * self.rows_per_window, cfg)
+        if keep is None:
+            keep = torch.ones(input_ids.shape, dtype=torch.bool)
+            keep[:, 0] = not cfg.skip_bos
+        self.n_steps = n_train_steps(int(keep.sum()), cfg)
         shards = torch.tensor_split(torch.arange(input_ids.shape[0]), world_size)
         self.first_window = int(shards[rank][0])
         self.input_ids = input_ids[self.first_window : self.first_window + len(shards[rank])]
+        self.keep = keep[self.first_window : self.first_window + len(shards[rank])]
+        self.window_rows = self.keep.sum(1)
+        if int(self.window_rows.sum()) == 0:
+            raise UserError(f"train windows {self.first_window}.. hold no token to train on", "Use more train tokens")
         self.batch_rows = cfg.batch_size // world_size
         self.batches_per_buffer = max(cfg.buffer_tokens // cfg.batch_size, 1)
         self.generator = torch.Generator().manual_seed(derived_seed(seed, f"stream shard {rank}") if rank else seed)
-        self.rows_read = 0
+        self.rows_read = self.windows_read = 0
         self.leftover: Tensor | None = None
 
     @property
@@ -108,23 +116,30 @@ class ActivationStream:
         return buffer[:, :n_served]
 
     def _read_forward(self) -> Tensor:
-        """The rows [n_layers, n, d] of one forward, cut to the rows still to read."""
+        """The kept rows [n_layers, n, d] of one forward, cut to the rows still to read. The forward covers
+        the windows up to the one that completes the rows still to read (at most `forward_windows`)."""
         n_windows = self.input_ids.shape[0]
-        first = self.rows_read // self.rows_per_window % n_windows
-        needed = -(-self.rows_to_read // self.rows_per_window)
-        ids = self.input_ids[first : first + min(self.forward_windows, needed)]
-        outputs = self.forward(self.first_window + first, ids)
-        rows = torch.stack([outputs[layer] for layer in self.layers])[:, :, int(self.cfg.skip_bos) :]
-        rows = rows.reshape(len(self.layers), -1, rows.shape[-1])[:, : self.rows_to_read].float()
+        first = self.windows_read % n_windows
+        available = self.window_rows[first : first + self.forward_windows].cumsum(0)
+        count = min(int(torch.searchsorted(available, self.rows_to_read)) + 1, available.numel())
+        outputs = self.forward(self.first_window + first, self.input_ids[first : first + count])
+        keep = self.keep[first : first + count].to(outputs[self.layers[0]].device)
+        rows = torch.stack([outputs[layer][keep] for layer in self.layers])[:, : self.rows_to_read].float()
         self.rows_read += rows.shape[1]
+        self.windows_read += count
         return rows
 
     def state_dict(self) -> dict[str, Any]:
         leftover = None if self.leftover is None else self.leftover.cpu()
-        return {"rows_read": self.rows_read, "leftover": leftover, "generator": self.generator.get_state()}
+        return {
+            "rows_read": self.rows_read,
+            "windows_read": self.windows_read,
+            "leftover": leftover,
+            "generator": self.generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rows_read, self.leftover = state["rows_read"], state["leftover"]
+        self.rows_read, self.windows_read, self.leftover = state["rows_read"], state["windows_read"], state["leftover"]
         self.generator.set_state(state["generator"].cpu())
 
 

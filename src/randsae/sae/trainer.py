@@ -223,8 +223,11 @@ def usable_rows(n_tokens: int, cfg: TrainConfig) -> int:
     return n_tokens
 
 
-def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torch.Generator) -> Iterator[Tensor]:
-    """Endless shuffled buffers [multiple of batch_size, d] over epochs of the source, BOS rows left out.
+def shuffled_buffers(
+    source: ActivationSource, cfg: TrainConfig, generator: torch.Generator, keep: Tensor | None = None
+) -> Iterator[Tensor]:
+    """Endless shuffled buffers [multiple of batch_size, d] over epochs of the source's rows where `keep`
+    (bool [n_tokens]; None: BOS rows left out as `cfg.skip_bos` says).
 
     A buffer holds at most 1.25 x buffer_tokens rows (it is served once it reaches buffer_tokens, read a
     quarter at a time). Rows left over after its last whole batch are carried into the next one.
@@ -238,7 +241,9 @@ def shuffled_buffers(source: ActivationSource, cfg: TrainConfig, generator: torc
         for chunk in _with_end_marker(chunks):
             if chunk is not None:
                 rows = chunk.shape[0]
-                if bos_every is not None:
+                if keep is not None:
+                    chunk = chunk[keep[row : row + rows]]
+                elif bos_every is not None:
                     chunk = chunk[not_bos(torch.arange(row, row + rows), bos_every)]
                 row += rows
                 pending.append(chunk.float())
@@ -417,8 +422,12 @@ def train_sae(
     device: str | torch.device = "cpu",
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    keep: Tensor | None = None,
 ) -> TrainResult:
     """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
+
+    `keep` (bool [n_tokens]) names the rows to train on (`randsae.data.tokens.counted`); None leaves out the
+    BOS rows as `cfg.skip_bos` says.
 
     The seed fixes the initialization and the shuffling (bit-identical on CPU). With `checkpoint` (a file
     path), the training state is saved there atomically every `cfg.checkpoint_every_s` seconds; a later
@@ -434,8 +443,9 @@ def train_sae(
             f"SAE d_in={sae_cfg.d_in} but the activations have d_model={source.d_model}",
             "Build the SAEConfig with d_in equal to the activations' width",
         )
-    n_steps = n_train_steps(usable_rows(source.n_tokens, cfg), cfg)
-    buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed))
+    n_rows = usable_rows(source.n_tokens, cfg) if keep is None else int(keep.sum())
+    n_steps = n_train_steps(n_rows, cfg)
+    buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed), keep)
     first = next(buffers)
     training = SAETraining(sae_cfg, cfg, seed, n_steps, first, device)
     buffers = itertools.chain([first], buffers)
@@ -448,7 +458,7 @@ def train_sae(
         desc=f"train {sae_cfg.architecture} SAE",
     )
     batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
-    fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_steps])
+    fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_rows, n_steps])
     resumed = load_checkpoint(checkpoint, fingerprint, device)
     wall_before = 0.0
     if resumed is not None:
