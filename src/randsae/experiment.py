@@ -592,17 +592,13 @@ def evaluate_variant(
         )
         for key, sae in saes.items()
     }
-    downstream: dict[SAEKey, DownstreamMetrics] = {}
-    for seed in dict.fromkeys(key.sae_seed for key in keys):  # one spliced forward per SAE seed, every layer
-        same_seed = [key for key in keys if key.sae_seed == seed]
-        measured = downstream_metrics(
-            model,
-            {key.layer: (blocks[key.layer], saes[key]) for key in same_seed},
-            heldout[: cfg.eval.ce_windows],
-            batch_size=cfg.eval.batch_windows,
-            before_forward=_noise_reseed(model, noise_seed, "downstream"),
-        )
-        downstream.update({key: measured[key.layer] for key in same_seed})
+    downstream = downstream_metrics(
+        model,
+        {key: (blocks[key.layer], sae) for key, sae in saes.items()},
+        heldout[: cfg.eval.ce_windows],
+        batch_size=cfg.eval.batch_windows,
+        before_forward=_noise_reseed(model, noise_seed, "downstream"),
+    )
     return [_row(key, saes[key], reconstruction[key], downstream[key]) for key in keys]
 
 

@@ -9,7 +9,8 @@ measure a model whose predictions mean nothing, so they are reported with `meani
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,8 @@ from torch import Tensor, nn
 
 from randsae.metrics.quality import ratio
 from randsae.models.hookpoints import replace_residual
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,19 +71,20 @@ def _through_sae(reconstruct: Callable[[Tensor], Tensor]) -> Callable[[Tensor], 
 @torch.no_grad()
 def downstream_metrics(
     model: nn.Module,
-    splices: dict[int, tuple[nn.Module, Callable[[Tensor], Tensor]]],
+    splices: dict[K, tuple[nn.Module, Callable[[Tensor], Tensor]]],
     input_ids: Tensor,
     batch_size: int = 4,
     before_forward: Callable[[int], None] | None = None,
-) -> dict[int, DownstreamMetrics]:
-    """Per layer: clean, zero-ablated and SAE-spliced forwards of `input_ids` [n, C].
+) -> dict[K, DownstreamMetrics]:
+    """Per splice: clean, zero-ablated and SAE-spliced forwards of `input_ids` [n, C].
 
-    `splices` maps a layer to (its block, a function from residuals [n, d] to the SAE reconstruction).
-    The clean forward of a batch is shared by every layer. `before_forward(batch_index)` runs before each
-    forward (the control variant reseeds its noise there, so all forwards of a batch see the same noise).
+    `splices` maps a key (a layer, an SAE) to (its block, a function from residuals [n, d] to the SAE
+    reconstruction). A batch's clean forward is shared by every splice, its zero-ablated forward by the
+    splices of one block (several SAEs of a layer). `before_forward(batch_index)` runs before each forward
+    (the control variant reseeds its noise there, so all forwards of a batch see the same noise).
     """
     device = next(model.parameters()).device
-    sums = {layer: dict.fromkeys(("ce_clean", "ce_zero", "ce_sae", "kl_zero", "kl_sae"), 0.0) for layer in splices}
+    sums = {key: dict.fromkeys(("ce_clean", "ce_zero", "ce_sae", "kl_zero", "kl_sae"), 0.0) for key in splices}
     n_predictions = 0
 
     def forward(batch: Tensor, index: int) -> Tensor:
@@ -92,22 +96,25 @@ def downstream_metrics(
         batch = input_ids[start : start + batch_size].to(device=device, dtype=torch.long)
         clean = forward(batch, index)
         ce_clean = _next_token_ce(clean, batch).item()
-        for layer, (block, reconstruct) in splices.items():
-            sums[layer]["ce_clean"] += ce_clean
-            patches: dict[str, Callable[[Tensor], Tensor]] = {
-                "zero": torch.zeros_like,
-                "sae": _through_sae(reconstruct),
-            }
-            for name, patch in patches.items():
-                with replace_residual(block, _keep_bos(patch)):
+        zeroed: dict[int, tuple[float, float]] = {}  # id(block) -> (ce, kl) with its output zeroed
+        for key, (block, reconstruct) in splices.items():
+            sums[key]["ce_clean"] += ce_clean
+            if id(block) not in zeroed:
+                with replace_residual(block, _keep_bos(torch.zeros_like)):
                     logits = forward(batch, index)
-                sums[layer][f"ce_{name}"] += _next_token_ce(logits, batch).item()
-                sums[layer][f"kl_{name}"] += _kl(clean, logits).item()
+                zeroed[id(block)] = (_next_token_ce(logits, batch).item(), _kl(clean, logits).item())
+            with replace_residual(block, _keep_bos(_through_sae(reconstruct))):
+                logits = forward(batch, index)
+            ce_zero, kl_zero = zeroed[id(block)]
+            sums[key]["ce_zero"] += ce_zero
+            sums[key]["kl_zero"] += kl_zero
+            sums[key]["ce_sae"] += _next_token_ce(logits, batch).item()
+            sums[key]["kl_sae"] += _kl(clean, logits).item()
         n_predictions += batch.shape[0] * (batch.shape[1] - 1)
     results = {}
-    for layer, totals in sums.items():
-        mean = {key: value / n_predictions for key, value in totals.items()}
-        results[layer] = DownstreamMetrics(
+    for key, totals in sums.items():
+        mean = {name: value / n_predictions for name, value in totals.items()}
+        results[key] = DownstreamMetrics(
             **mean,
             ce_loss_score=ce_loss_score(mean["ce_clean"], mean["ce_zero"], mean["ce_sae"]),
             kl_score=kl_score(mean["kl_zero"], mean["kl_sae"]),
