@@ -114,6 +114,11 @@ class SAEInterp:
     fuzz: ScoreSummary
     detection: ScoreSummary
 
+    @property
+    def label(self) -> str:
+        """The variant, with the replicate when the run has several (`control-draw1.seed0`)."""
+        return self.module.replace(f".layer{self.layer}", "")
+
 
 @dataclasses.dataclass(frozen=True)
 class InterpSummary:
@@ -236,7 +241,7 @@ def format_interp_table(summary: InterpSummary) -> str:
         failed = fuzz.n_failed + detection.n_failed
         total = fuzz.n_examples + detection.n_examples
         lines.append(
-            f"{sae.variant:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
+            f"{sae.label:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
             f"{fuzz.latent_auroc.median:>8.3f} {fuzz.balanced_accuracy:>7.3f} {fuzz.f1:>5.2f} "
             f"{sae.token_entropy.mean:>7.2f} {f'{sae.n_eligible}/{sae.n_sampled}/{sae.n_dead}':>18} "
             f"{f'{failed}/{total}':>7}"
@@ -255,7 +260,7 @@ def format_interp_table(summary: InterpSummary) -> str:
         for sae in failing:
             failed, total, request, malformed, parse, unexplained = _failure_counts(sae)
             lines.append(
-                f"{sae.variant:<30} {sae.layer:>5}  {f'{failed}/{total}':>9} {request:>7} {malformed:>9} {parse:>5} "
+                f"{sae.label:<30} {sae.layer:>5}  {f'{failed}/{total}':>9} {request:>7} {malformed:>9} {parse:>5} "
                 f"{unexplained:>11}  {f'{sae.n_explanation_failures}/{sae.n_sampled}':>12} "
                 f"{sae.n_explanation_request_failures:>7} {sae.n_explanation_malformed_failures:>9} "
                 f"{sae.n_explanation_parse_failures:>5}"
