@@ -208,4 +208,5 @@ def test_latent_metrics_cover_only_latents_active_often_enough():
     assert strict["mean_context_dependence"].value() == pytest.approx(0.3)
     loose = latent_samples(latents, AnalysisConfig(min_activations=1))
     assert loose["single_token_fraction"].value() == pytest.approx(2 / 3)  # latent 1, seen twice, counts
-    assert loose["mean_top_token_share"].weight == 3
+    assert loose["mean_top_token_share"].n_units == 3
+    assert loose["mean_top_token_share"].frequency.tolist() == [2, 50, 80]  # the pairing key
