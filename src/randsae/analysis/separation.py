@@ -51,7 +51,7 @@ MIN_REPLICATES = 3
 """Fewest replicates of a side that are resampled (and behind a replicate interval, see replicates.py)."""
 RANDOM_HIGHER = frozenset({"single_token_fraction", "mean_top_token_share", "lookup_ev"})
 """Measurements that separate when trained is *below* random: token identity explains more of a random model."""
-_BLOCK = 128  # resamples drawn at a time (bounds memory at 128 x units indices)
+_BLOCK = 128  # resamples drawn at a time (bounds memory at 128 x units counts)
 
 
 def direction(metric: str) -> int:
@@ -166,21 +166,28 @@ class _Layer(NamedTuple):
     n_other: int
 
 
+def _counts(index: np.ndarray, q: int) -> np.ndarray:
+    """[rows, q] float64: how often each unit is drawn in each row of `index` [rows, q]."""
+    rows = index.shape[0]
+    flat = (index + q * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * q).reshape(rows, q).astype(np.float64)
+
+
 class _Resampler:
     """The random draws of one table: the shared held-out sequence draw and the replicate draws."""
 
     def __init__(self, n_boot: int, seed: int, n_sequences: int) -> None:
         self.n_boot = n_boot
         self.rng = np.random.default_rng(seed)
-        self.sequences = self.rng.integers(0, n_sequences, size=(n_boot, n_sequences), dtype=np.int32)
+        self.sequences = _counts(self.rng.integers(0, n_sequences, size=(n_boot, n_sequences)), n_sequences)
 
-    def unit_blocks(self, sample: Sample, q: int) -> Iterator[np.ndarray]:
-        """Index blocks [rows, q] of resampled paired units: fresh bins for latents, the shared sequences."""
+    def unit_counts(self, sample: Sample, q: int) -> Iterator[np.ndarray]:
+        """Blocks [rows, q] of resampled paired-unit counts: fresh bins for latents, the shared sequences."""
         if isinstance(sample, RatioSample):
             yield self.sequences
             return
         for start in range(0, self.n_boot, _BLOCK):
-            yield self.rng.integers(0, q, size=(min(_BLOCK, self.n_boot - start), q), dtype=np.int32)
+            yield _counts(self.rng.integers(0, q, size=(min(_BLOCK, self.n_boot - start), q)), q)
 
     def replicate_weights(self, n: int) -> np.ndarray:
         """[n_boot, n] weights of a side's replicates: resampled when there are MIN_REPLICATES, else equal."""
@@ -194,8 +201,7 @@ def _resampled(samples: Sequence[Sample], q: int, blocks: list[np.ndarray]) -> n
     out = []
     for sample in samples:
         num, den = sample.paired_units(q)
-        ratios = [num[index].sum(1) / den[index].sum(1) for index in blocks]
-        out.append(sample.of_ratio(np.concatenate(ratios)))
+        out.append(sample.of_ratio(np.concatenate([(counts @ num) / (counts @ den) for counts in blocks])))
     return np.stack(out)
 
 
@@ -216,7 +222,7 @@ def _compare_layer(
     o_value = float(np.mean([s.value() for s in other])) if q else math.nan
     draws = None
     if q >= MIN_UNITS:
-        blocks = list(draw.unit_blocks(trained[0], q))
+        blocks = list(draw.unit_counts(trained[0], q))
         values = _resampled(both, q, blocks)
         t_w, o_w = weights
         draws = (values[: len(trained)].T * t_w).sum(1) - (values[len(trained) :].T * o_w).sum(1)

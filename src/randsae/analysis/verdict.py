@@ -7,8 +7,9 @@ below for -1); it goes the *other way* when the interval excludes 0 on the oppos
 an interval (too few units, separation.MIN_UNITS) counts as neither.
 
 Readings: "separates at every layer", "separates at layers 3, 10", "trained below random at every layer"
-(or "above" for a direction -1 measurement), both joined by "; " when layers disagree, "does not separate",
-or "no interval (too few units)". With results at several learning rates (`lr_sweep`), a measurement whose
+(or "above" for a direction -1 measurement), both joined by "; " when layers disagree, "separates only pooled
+over layers" (no single layer's interval excludes 0, the pooled one does), "does not separate", or "no
+interval (too few units)". With results at several learning rates (`lr_sweep`), a measurement whose
 reading differs between them reads "depends on learning rate (lr 1e-4: ...; lr 3e-4: ...)".
 """
 
@@ -64,8 +65,9 @@ def _layers(labels: Sequence[str], every: int) -> str:
     return "at every layer" if len(labels) == every else f"at layer{'s' * (len(labels) > 1)} {', '.join(labels)}"
 
 
-def reading(layer_rows: Sequence[SeparationRow]) -> str:
-    """The plain-English reading of one measurement x variant from its per-layer rows."""
+def reading(layer_rows: Sequence[SeparationRow], pooled: SeparationRow | None = None) -> str:
+    """The plain-English reading of one measurement x variant from its per-layer rows (and its pooled row,
+    which can separate where no single layer does)."""
     if all(math.isnan(row.ci_low) for row in layer_rows):
         return "no interval (too few units)"
     separating = [row.layer for row in layer_rows if layer_side(row) > 0]
@@ -76,16 +78,25 @@ def reading(layer_rows: Sequence[SeparationRow]) -> str:
     if opposite:
         word = "below" if layer_rows[0].direction > 0 else "above"
         parts.append(f"trained {word} random {_layers(opposite, len(layer_rows))}")
+    if not parts and pooled is not None and layer_side(pooled) > 0:
+        return "separates only pooled over layers"
     return "; ".join(parts) or "does not separate"
 
 
-def _by_comparison(rows: Sequence[SeparationRow]) -> dict[tuple[str, str], list[SeparationRow]]:
-    """Per (metric, variant): the per-layer rows."""
+def _per_layer(rows: Sequence[SeparationRow]) -> dict[tuple[str, str], list[SeparationRow]]:
+    """Per (metric, variant): its per-layer rows."""
     out: dict[tuple[str, str], list[SeparationRow]] = {}
     for row in rows:
         if row.layer != ALL_LAYERS:
             out.setdefault((row.metric, row.variant), []).append(row)
     return out
+
+
+def _readings(rows: Sequence[SeparationRow]) -> dict[tuple[str, str], str]:
+    """Per (metric, variant): the reading of its rows."""
+    layers = _per_layer(rows)
+    pooled = [row for row in rows if row.layer == ALL_LAYERS]
+    return {(r.metric, r.variant): reading(layers.get((r.metric, r.variant), []), r) for r in pooled}
 
 
 def verdict_table(
@@ -96,16 +107,15 @@ def verdict_table(
     `lr_sweep` (learning-rate label -> that run's separation rows), when given, turns a reading that differs
     between learning rates into "depends on learning rate (...)".
     """
-    layers = _by_comparison(rows)
-    sweep = {lr: _by_comparison(lr_rows) for lr, lr_rows in (lr_sweep or {}).items()}
+    texts, layers = _readings(rows), _per_layer(rows)
+    sweep = {lr: _readings(lr_rows) for lr, lr_rows in (lr_sweep or {}).items()}
     out = []
     for row in rows:
         if row.layer != ALL_LAYERS:
             continue
-        per_layer = layers.get((row.metric, row.variant), [])
-        text = reading(per_layer) if per_layer else "no per-layer rows"
         pair = (row.metric, row.variant)
-        readings = {lr: reading(by[pair]) for lr, by in sweep.items() if pair in by}
+        text = texts[pair]
+        readings = {lr: by[pair] for lr, by in sweep.items() if pair in by}
         if len(set(readings.values())) > 1:
             text = "depends on learning rate (" + "; ".join(f"lr {lr}: {r}" for lr, r in readings.items()) + ")"
         out.append(
@@ -123,7 +133,7 @@ def verdict_table(
                 row.n_units,
                 row.n_trained_replicates,
                 row.n_other_replicates,
-                tuple(r.layer for r in per_layer if layer_side(r) > 0),
+                tuple(r.layer for r in layers.get(pair, []) if layer_side(r) > 0),
                 text,
             )
         )
