@@ -20,9 +20,18 @@ from randsae.analysis.replicates import mean_interval, replicate_spread
 from randsae.analysis.results import load_analysis
 from randsae.config import ReplicatesConfig
 from randsae.experiment import run_pipeline, sae_keys
+from randsae.metrics.results import save_metrics
+from randsae.report import write_report
 from randsae.run_dir import RunDir, SAEKey
 from randsae.sae.base import load_sae
-from tests.helpers import STRUCTURED, TOKEN_ONLY, build_analysis_run, tiny_config
+from tests.helpers import (
+    STRUCTURED,
+    TOKEN_ONLY,
+    _report_metrics_rows,
+    build_analysis_run,
+    read_tables,
+    tiny_config,
+)
 
 TRAINED = [SAEKey("trained", 0, sae_seed=s) for s in range(3)]
 CONTROL = [SAEKey("control", 0, variant_seed=d, sae_seed=s) for d in range(2) for s in range(3)]
@@ -149,3 +158,29 @@ def test_a_replicated_pipeline_run_is_analysed_per_replicate(tmp_path, tiny_mode
     assert all(math.isnan(r.ci_low) for r in summary.replicates if r.n < 3)
     assert all(not math.isnan(r.ci_low) for r in summary.replicates if r.variant == "control" and r.minimum < r.maximum)
     assert (tmp_path / "analysis" / "verdict.json").is_file()
+
+
+def test_the_report_shows_the_replicates_and_their_spread(tmp_path, replicated: Path, summary):
+    run = tmp_path / "run"
+    shutil.copytree(replicated, run)
+    shutil.rmtree(run / "interp")  # the fixture's interp table has no interp.json behind it
+    rows = _report_metrics_rows(["trained"], [0], 24, np.random.default_rng(0))
+    save_metrics(
+        RunDir(run),
+        [
+            dataclasses.replace(rows[0], variant=key.variant, variant_seed=key.variant_seed, sae_seed=key.sae_seed)
+            for key in TRAINED + CONTROL
+        ],
+    )
+    tables = read_tables(write_report(run, progress=False).read_text())
+    assert tables["verdict"][0][:2] == ["measurement", "variant"] and len(tables["verdict"]) == 1 + len(summary.verdict)
+    assert {cells[tables["verdict"][0].index("replicates")] for cells in tables["verdict"][1:]} == {"3 / 6"}
+    spread_header, *spread = tables["replicates"]
+    assert len(spread) == len(summary.replicates)
+    assert {(r[0], r[1], r[spread_header.index("replicates")]) for r in spread if r[0] == "sae_ev"} == {
+        ("sae_ev", "trained", "3"),
+        ("sae_ev", "control", "6"),
+    }
+    header, *analysed = tables["analysis"]
+    assert [r[header.index("replicate")] for r in analysed][:3] == ["seed0", "seed1", "seed2"]
+    assert "draw1 seed2" in [r[header.index("replicate")] for r in analysed]
