@@ -111,6 +111,7 @@ def test_every_replicate_is_measured_on_its_own(replicated: Path, summary):
 
 
 def test_values_are_replicate_means_with_their_spread(summary):
+    assert not any("not resampled" in note for note in summary.notes)  # 3 and 6 replicates: both resampled
     rows = {(r.metric, r.layer): r for r in summary.separation}
     trained = [m for m in summary.saes if m.variant == "trained"]
     control = [m for m in summary.saes if m.variant == "control"]
@@ -158,6 +159,7 @@ def test_a_replicated_pipeline_run_is_analysed_per_replicate(tmp_path, tiny_mode
     assert all(math.isnan(r.ci_low) for r in summary.replicates if r.n < 3)
     assert all(not math.isnan(r.ci_low) for r in summary.replicates if r.variant == "control" and r.minimum < r.maximum)
     assert (tmp_path / "analysis" / "verdict.json").is_file()
+    assert any("2 replicates is averaged, not resampled" in note for note in summary.notes)
 
 
 def test_the_report_shows_the_replicates_and_their_spread(tmp_path, replicated: Path, summary):

@@ -86,6 +86,7 @@ class MeanSample(NamedTuple):
 
     @staticmethod
     def of_ratio(ratio: np.ndarray) -> np.ndarray:
+        """The value from the ratio of the paired units' sums (bin sums over bin counts: the mean)."""
         return ratio
 
 
@@ -112,10 +113,12 @@ class RatioSample(NamedTuple):
         return float(1.0 - self.num.sum() / den) if den > 0 else math.nan
 
     def paired_units(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        """The per-sequence numerators and denominators (q is the number of sequences)."""
         return self.num, self.den
 
     @staticmethod
     def of_ratio(ratio: np.ndarray) -> np.ndarray:
+        """The value from the ratio of the paired units' sums (squared errors over variances)."""
         return 1.0 - ratio
 
 
@@ -248,12 +251,14 @@ def _effect(difference: float, draws: np.ndarray | None) -> float:
     if draws is None or np.isnan(draws).any() or math.isnan(difference):
         return math.nan
     se = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
-    if se == 0.0:
+    if se <= 1e-12 * abs(difference) or se == 0.0:  # the resamples agree up to rounding
         return 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
     return difference / se
 
 
-def _row(metric: str, variant: str, label: str, layers: Sequence[_Layer], paired: bool, reps: tuple[int, int]):
+def _row(
+    metric: str, variant: str, label: str, layers: Sequence[_Layer], paired: bool, reps: tuple[int, int]
+) -> SeparationRow:
     trained = float(np.mean([layer.trained for layer in layers]))
     other = float(np.mean([layer.other for layer in layers]))
     layer_draws = [layer.draws for layer in layers if layer.draws is not None]

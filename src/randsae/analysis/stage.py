@@ -31,7 +31,7 @@ from randsae.analysis.measure import (
 from randsae.analysis.replicates import replicate_spread
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import match_decoders, reproduced, second_seed_sae
-from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table
+from randsae.analysis.separation import MIN_REPLICATES, REFERENCE, MeanSample, Sample, separation_table
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
 from randsae.analysis.verdict import verdict_table
 from randsae.atomic import atomic_path
@@ -239,6 +239,11 @@ def analyze_run(
         for metric, sample in named.items():
             by_metric.setdefault(metric, {})[entry] = sample
     rows = separation_table(by_metric, cfg.bootstrap_samples, cfg.seed)
+    if any(1 < n < MIN_REPLICATES for row in rows for n in (row.n_trained_replicates, row.n_other_replicates)):
+        notes.append(
+            f"a side with 2 replicates is averaged, not resampled (from {MIN_REPLICATES} on): its intervals "
+            "cover the units only"
+        )
     records = tuple(summarize(entry, latents[entry], samples[entry], n_rows[entry]) for entry in latents)
     summary = AnalysisSummary(
         cfg, records, tuple(rows), tuple(verdict_table(rows)), tuple(replicate_spread(records)), tuple(notes)
