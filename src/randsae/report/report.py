@@ -230,7 +230,7 @@ def _series(rows: Iterable[Any], value, low=None, high=None) -> dict[str, list[p
         ends = (_float(low(row) if low else None), _float(high(row) if high else None))
         groups.setdefault((str(row.variant), int(row.layer)), []).append((float(number), *ends))
     series: dict[str, list[plots.Point]] = {}
-    for (variant, layer), found in groups.items():
+    for (variant, layer), found in sorted(groups.items(), key=lambda item: item[0][1]):
         values = np.array(found)
         if len(found) == 1:
             point = plots.Point(layer, *found[0])
