@@ -13,6 +13,7 @@ from randsae.analysis.context import context_dependence, firing_rate_bin, standa
 from randsae.analysis.measure import LatentMeasures, context_samples, latent_samples
 from randsae.analysis.positional import position_bin, positional_r2
 from randsae.analysis.single_token import top_token_share
+from randsae.run_dir import SAEKey
 
 
 def codes_from_dense(acts: np.ndarray) -> SparseCodes:
@@ -207,7 +208,8 @@ def test_latent_metrics_cover_only_latents_active_often_enough():
     assert strict["mean_positional_r2"].value() == pytest.approx(0.4)
     loose = latent_samples(latents, AnalysisConfig(min_activations=1))
     assert loose["single_token_fraction"].value() == pytest.approx(2 / 3)  # latent 1, seen twice, counts
-    assert loose["mean_top_token_share"].weight == 3
+    assert loose["mean_top_token_share"].n_units == 3
+    assert loose["mean_top_token_share"].frequency.tolist() == [2, 50, 80]  # the pairing key
 
 
 def test_firing_rate_bins_are_half_decades():
@@ -226,15 +228,17 @@ def test_context_dependence_is_standardized_to_a_common_firing_rate_distribution
     # (1/4, 3/4), whose average (1/2, 1/2) weights both: 0.5 * 0.2 + 0.5 * 0.8 = 0.5 for each.
     values = {"a": np.array([0.2, 0.2, 0.2, 0.8, 0.9]), "b": np.array([0.2, 0.8, 0.8, 0.8]), "none": np.zeros(0)}
     bins = {"a": np.array([1, 1, 1, 3, 4]), "b": np.array([1, 3, 3, 3]), "none": np.zeros(0, dtype=np.int64)}
-    weighted = standardized_weights(values, bins)
+    weighted = {
+        key: (values[key][kept], weights) for key, (kept, weights) in standardized_weights(values, bins).items()
+    }
     assert weighted_mean(*weighted["a"]) == pytest.approx(0.5) and weighted_mean(*weighted["b"]) == pytest.approx(0.5)
     np.testing.assert_allclose(weighted["a"][1], [0.5 / 0.75] * 3 + [0.5 / 0.25])  # w_b / share_b
     assert weighted["b"][0].size == 4 and weighted["none"][0].size == 0
     assert values["a"].mean() == pytest.approx(0.46) and values["b"].mean() == pytest.approx(0.65)
-    alone = standardized_weights({"a": values["a"]}, {"a": bins["a"]})["a"]  # one SAE: its own plain mean
-    assert weighted_mean(*alone) == pytest.approx(values["a"].mean())
+    kept, weights = standardized_weights({"a": values["a"]}, {"a": bins["a"]})["a"]  # one SAE: its plain mean
+    assert weighted_mean(values["a"][kept], weights) == pytest.approx(values["a"].mean())
     disjoint = standardized_weights({"a": values["a"], "c": np.array([0.5])}, {"a": bins["a"], "c": np.array([0])})
-    assert disjoint["a"][0].size == 0  # no bin in common: no value
+    assert not disjoint["a"][0].any()  # no bin in common: no value
 
 
 def test_context_samples_standardize_each_layer_over_its_measured_latents():
@@ -243,11 +247,13 @@ def test_context_samples_standardize_each_layer_over_its_measured_latents():
         return LatentMeasures(np.array(firing_count), np.zeros(n, int), np.ones(n), np.zeros(n), np.array(cd))
 
     latents = {
-        ("trained", 0): measures([20, 20, 20, 5000, 5], [0.2, 0.2, 0.2, 0.8, 0.1]),  # the last is not measured
-        ("step0", 0): measures([20, 5000, 5000, 5000, 30], [0.2, 0.8, 0.8, 0.8, np.nan]),  # the last: rare token
-        ("step0", 1): measures([20, 5000], [0.4, 0.6]),  # another layer: standardized on its own
+        SAEKey("trained", 0): measures([20, 20, 20, 5000, 5], [0.2, 0.2, 0.2, 0.8, 0.1]),  # the last is not measured
+        SAEKey("step0", 0): measures([20, 5000, 5000, 5000, 30], [0.2, 0.8, 0.8, 0.8, np.nan]),  # the last: rare token
+        SAEKey("step0", 1): measures([20, 5000], [0.4, 0.6]),  # another layer: standardized on its own
     }
     n_rows = dict.fromkeys(latents, 100_000)  # 20 rows: bin 1, 5000 rows: bin 5
     samples = context_samples(latents, n_rows, AnalysisConfig(min_activations=10))
-    assert samples[("trained", 0)].value() == pytest.approx(0.5) and samples[("step0", 0)].value() == pytest.approx(0.5)
-    assert samples[("trained", 0)].weight == 4 and samples[("step0", 1)].value() == pytest.approx(0.5)
+    trained, step0 = samples[SAEKey("trained", 0)], samples[SAEKey("step0", 0)]
+    assert trained.value() == pytest.approx(0.5) and step0.value() == pytest.approx(0.5)
+    assert trained.n_units == 4 and samples[SAEKey("step0", 1)].value() == pytest.approx(0.5)
+    assert trained.frequency.tolist() == [20, 20, 20, 5000]  # the latents' firing counts pair them

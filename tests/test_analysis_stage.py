@@ -49,7 +49,23 @@ def test_separation_table_ranks_the_planted_metrics_first(summary):
     assert by_metric["lookup_ev"].ci_high < 0  # the lookup leaves the planted structure unexplained
     for metric in ("single_token_fraction", "sae_ev"):  # alike by construction
         row = by_metric[metric]
-        assert row.ci_low <= 0.0 <= row.ci_high and abs(row.effect_size) < 0.1
+        assert row.ci_low <= 0.0 <= row.ci_high and abs(row.effect) < 1.96
+
+
+def test_verdict_reads_the_planted_differences(planted_run: Path, summary):
+    verdict = {row.metric: row for row in summary.verdict}
+    assert set(verdict) == PLANTED | NOT_PLANTED and all(row.variant == "step0" for row in summary.verdict)
+    for metric in ("positional_fraction", "mean_context_dependence", "sae_ev_beyond_lookup"):
+        assert verdict[metric].reading == "separates at every layer" and verdict[metric].effect > 0
+    # random above trained is what lookup_ev separates by (direction -1)
+    assert verdict["lookup_ev"].direction == -1 and verdict["lookup_ev"].reading == "separates at every layer"
+    assert verdict["single_token_fraction"].reading == "does not separate"
+    assert verdict["positional_fraction"].separating_layers == ("0", "1")
+    assert verdict["positional_fraction"].n_units == 48  # 24 frequency bins at each of 2 layers
+    written = _strict_json((planted_run / "analysis" / "verdict.json").read_text())
+    assert [row["metric"] for row in written["verdict"]] == [row.metric for row in summary.verdict]
+    assert written["min_units"] == 5 and written["min_replicates"] == 3
+    assert format_separation_table(summary).startswith("Verdict: trained vs each random variant")
 
 
 def test_per_sae_measurements_match_the_planted_kinds(summary):
@@ -113,6 +129,8 @@ def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Pat
     assert trained.fuzz_auroc_single_token == pytest.approx(0.9)
     assert trained.fuzz_auroc_contextual == pytest.approx(0.6)
     assert trained.detection_auroc_contextual == pytest.approx(0.8)
+    assert trained.fuzz_auroc == pytest.approx((6 * 0.9 + 18 * 0.6) / 24)  # every scored latent together
+    assert trained.detection_auroc == pytest.approx(0.8)
     assert np.isnan(records[("trained", 1)].fuzz_auroc_contextual)
     rows = {(r.metric, r.layer): r for r in result.separation if r.variant == "step0"}
     assert rows[("fuzz_auroc_contextual", "0")].difference == pytest.approx(-0.1)

@@ -104,3 +104,10 @@ def test_every_file_of_the_run_is_named(run):
     for entry in entries:
         name = re.sub(r"_\d+", "_NNNNN", entry.name)  # shard_00000.safetensors -> shard_NNNNN.safetensors
         assert name in text, f"{entry.relative_to(run)} is not in docs/outputs.md"
+
+
+def test_verdict_json_fields_are_documented(run):
+    verdict = json.loads((run / "analysis" / "verdict.json").read_text())
+    names = set(documented("`analysis/verdict.json`"))
+    assert verdict["verdict"] and set(verdict["verdict"][0]) == names
+    assert {"min_units", "min_replicates", "effect", "verdict"} == set(verdict)

@@ -87,6 +87,19 @@ def test_interp_and_separation_tables_match_their_stage_outputs(run, report):
     assert [(r[0], r[1]) for r in tables["separation"][1:]] == [(row["metric"], row["variant"]) for row in pooled]
 
 
+def test_verdict_table_comes_first_and_matches_verdict_json(run, report):
+    verdict = json.loads((run / "analysis" / "verdict.json").read_text())["verdict"]
+    table = read_tables(report)["verdict"]
+    header, rows = table[0], table[1:]
+    assert [(r[0], r[1]) for r in rows] == [(row["metric"], row["variant"]) for row in verdict]
+    for cells, row in zip(rows, verdict, strict=True):
+        shown = dict(zip(header, cells, strict=True))
+        assert shown["reading"] == row["reading"] and int(shown["paired units"]) == row["n_units"]
+        assert shown["replicates"] == f"{row['n_trained_replicates']} / {row['n_other_replicates']}"
+    assert report.index('id="verdict"') < report.index('id="run"') < report.index('id="figure2"')
+    assert 'id="replicates"' not in report  # an unreplicated run has no spread table
+
+
 def test_header_names_model_judge_software_and_stage_times(report):
     assert "synthetic/tiny-model" in report and "revision main" in report
     assert "LLM-free token judge" in report  # the warning box
@@ -168,3 +181,17 @@ def test_pages_load_nothing_from_outside(run, report):
     for page in pages:
         assert not re.search(r'(src|href)="(https?:)?//', page)
         assert "<link" not in page and "<script src" not in page
+
+
+def test_replicates_plot_as_their_mean_with_a_min_max_bar():
+    from collections import namedtuple
+    from operator import attrgetter
+
+    from randsae.report.report import _series
+
+    record = namedtuple("record", "variant layer value")
+    rows = [record("trained", 0, 1.0), record("trained", 0, 4.0), record("trained", 1, 2.0)]
+    series = _series(rows, attrgetter("value"))
+    replicated, single = series["trained"]
+    assert tuple(replicated) == (0, 2.5, 1.0, 4.0)
+    assert (single.layer, single.value) == (1, 2.0) and np.isnan(single.low) and np.isnan(single.high)

@@ -279,6 +279,10 @@ class RunDir:
         return self.analysis / "separation.csv"
 
     @property
+    def verdict_json(self) -> Path:
+        return self.analysis / "verdict.json"
+
+    @property
     def analysis_latents_csv(self) -> Path:
         return self.analysis / "latents.csv"
 

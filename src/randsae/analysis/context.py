@@ -74,8 +74,8 @@ def firing_rate_bin(firing_count: np.ndarray, n_rows: int) -> np.ndarray:
 def standardized_weights(
     values: Mapping[Key, np.ndarray], bins: Mapping[Key, np.ndarray]
 ) -> dict[Key, tuple[np.ndarray, np.ndarray]]:
-    """Per SAE, the values that enter its firing-rate-standardized mean and their weights (see the module
-    docstring).
+    """Per SAE, which of its values enter its firing-rate-standardized mean (a bool mask) and their weights
+    (see the module docstring).
 
     `values` and `bins` hold, per SAE of one layer, the context dependence and firing-rate bin of its
     eligible latents. A latent in bin b weighs w_b / share_b (share_b: the SAE's share of its kept latents
@@ -86,11 +86,11 @@ def standardized_weights(
     present = [counts[key] for key in values if values[key].size]
     common = np.all([count > 0 for count in present], axis=0) if present else np.zeros(n_bins, dtype=bool)
     if not common.any():
-        return {key: (value[:0], value[:0]) for key, value in values.items()}
+        return {key: (np.zeros(value.size, dtype=bool), value[:0]) for key, value in values.items()}
     shares = {key: counts[key] * common / max(int((counts[key] * common).sum()), 1) for key in values}
     target = np.mean([shares[key] for key in values if values[key].size], axis=0)
     weighted = {}
-    for key, value in values.items():
+    for key in values:
         kept = common[bins[key]]
-        weighted[key] = (value[kept], target[bins[key][kept]] / shares[key][bins[key][kept]])
+        weighted[key] = (kept, target[bins[key][kept]] / shares[key][bins[key][kept]])
     return weighted

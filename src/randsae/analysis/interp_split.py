@@ -1,9 +1,10 @@
 """Auto-interp scores split by latent type: are random SAEs only as explainable as trained ones on the
 single-token latents?
 
-Reads the interp stage's per-latent table `RUN/interp/{judge}/latents.csv` (columns variant, layer, latent,
-fuzz_auroc, detection_auroc, ...) and labels each scored latent single-token (top-token share at or above
-the threshold) or contextual (below it); latents dead on the analysed rows stay unlabelled.
+Reads the interp stage's per-latent table `RUN/interp/{judge}/latents.csv` (columns variant, layer, module,
+latent, fuzz_auroc, detection_auroc, ...) and labels each scored latent single-token (top-token share at or
+above the threshold) or contextual (below it); latents dead on the analysed rows stay unlabelled. The scores
+of all scored latents together (the paper's headline AUROCs) come alongside.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from randsae.errors import UserError
+from randsae.run_dir import SAEKey
 
 SCORES = ("fuzz_auroc", "detection_auroc")
 KINDS = ("single_token", "contextual")
@@ -39,11 +41,12 @@ def _float(text: str | None) -> float:
         return math.nan
 
 
-def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
-    """Scores per (variant, layer) from the interp table; {} when the file does not exist."""
+def read_interp_scores(path: Path) -> dict[str, LatentScores]:
+    """Scores per SAE module (`SAEKey.module`) from the interp table; {} when the file does not exist. A
+    table without the module column (written before replicates) names `variant.layerL`."""
     if not path.is_file():
         return {}
-    columns: dict[tuple[str, int], list[tuple[int, float, float]]] = defaultdict(list)
+    columns: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"variant", "layer", "latent"} - set(reader.fieldnames or ())
@@ -54,7 +57,7 @@ def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
             )
         for line, record in enumerate(reader, start=2):
             try:
-                key = (record["variant"], int(record["layer"]))
+                key = record.get("module") or SAEKey(record["variant"], int(record["layer"])).module
                 latent = int(record["latent"])
             except (TypeError, ValueError):
                 raise UserError(
@@ -71,16 +74,19 @@ def read_interp_scores(path: Path) -> dict[tuple[str, int], LatentScores]:
     }
 
 
-def split_by_latent_type(scores: LatentScores, top_token_share: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """The scored latents' finite AUROCs by latent type, as `{score}_{kind}` -> float64 array
-    (e.g. `fuzz_auroc_contextual`)."""
+def split_by_latent_type(
+    scores: LatentScores, top_token_share: np.ndarray, threshold: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The scored latents' finite AUROCs, all together (`fuzz_auroc`) and by latent type (`{score}_{kind}`,
+    e.g. `fuzz_auroc_contextual`), as (latent ids, AUROCs)."""
     in_range = scores.latent < top_token_share.size
     share = np.full(scores.latent.size, np.nan)
     share[in_range] = top_token_share[scores.latent[in_range]]
-    kinds = dict(zip(KINDS, (share >= threshold, share < threshold), strict=True))
+    kinds = {"": in_range, **dict(zip(KINDS, (share >= threshold, share < threshold), strict=True))}
     split = {}
     for score in SCORES:
         values = getattr(scores, score)
         for kind, mask in kinds.items():
-            split[f"{score}_{kind}"] = values[mask & np.isfinite(values)]
+            keep = mask & np.isfinite(values)
+            split[f"{score}_{kind}".rstrip("_")] = (scores.latent[keep], values[keep])
     return split

@@ -23,6 +23,7 @@ from randsae.analysis.positional import positional_r2
 from randsae.analysis.separation import MeanSample, RatioSample, Sample
 from randsae.analysis.single_token import top_token_share
 from randsae.analysis.token_lookup import TokenErrors, TokenLookup, VarianceAccumulator
+from randsae.run_dir import SAEKey
 from randsae.sae.base import SparseAutoencoder
 
 
@@ -44,10 +45,14 @@ class LatentMeasures(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class SAEMeasurements:
-    """The scalar measurements of one SAE (variant x layer)."""
+    """The scalar measurements of one SAE (variant x layer, one replicate)."""
 
     variant: str
     layer: int
+    variant_seed: int | None
+    """The variant's random draw when the run has several (`replicates.variant_seeds`); else None."""
+    sae_seed: int | None
+    """The SAE seed when the run has several (`replicates.sae_seeds`); else None."""
     d_sae: int
     n_rows: int
     """Analysed held-out rows (BOS rows excluded)."""
@@ -70,6 +75,10 @@ class SAEMeasurements:
     sae_ev_beyond_lookup: float
     """The metric fields hold the value of the sample of the same name (see latent_samples, token_samples);
     the ones below stay NaN unless the auto-interp table or seed stability provides their samples."""
+    fuzz_auroc: float = math.nan
+    """Mean fuzzing AUROC of the interp stage over every scored latent with a score (NaN without interp)."""
+    detection_auroc: float = math.nan
+    """The same for detection."""
     fuzz_auroc_single_token: float = math.nan
     """Mean fuzzing AUROC of the interp stage over scored single-token latents (NaN without interp scores)."""
     fuzz_auroc_contextual: float = math.nan
@@ -139,28 +148,30 @@ def latent_samples(latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, Me
     measured = latents.firing_count >= cfg.min_activations
     share = latents.top_token_share[measured]
     r2 = np.nan_to_num(latents.positional_r2[measured])  # NaN only for a latent constant on every row
+    frequency = latents.firing_count[measured]
     return {
-        "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0),
-        "mean_top_token_share": MeanSample(share),
-        "positional_fraction": MeanSample((r2 >= cfg.positional_threshold) * 1.0),
-        "mean_positional_r2": MeanSample(r2),
+        "single_token_fraction": MeanSample((share >= cfg.single_token_threshold) * 1.0, frequency),
+        "mean_top_token_share": MeanSample(share, frequency),
+        "positional_fraction": MeanSample((r2 >= cfg.positional_threshold) * 1.0, frequency),
+        "mean_positional_r2": MeanSample(r2, frequency),
     }
 
 
 def context_samples(
-    latents: Mapping[tuple[str, int], LatentMeasures], n_rows: Mapping[tuple[str, int], int], cfg: AnalysisConfig
-) -> dict[tuple[str, int], MeanSample]:
-    """Per (variant, layer), the sample of `mean_context_dependence`: the measured latents with a context
-    dependence, weighted to one firing-rate distribution per layer (see context.py)."""
+    latents: Mapping[SAEKey, LatentMeasures], n_rows: Mapping[SAEKey, int], cfg: AnalysisConfig
+) -> dict[SAEKey, MeanSample]:
+    """Per SAE, the sample of `mean_context_dependence`: the measured latents with a context dependence,
+    weighted to one firing-rate distribution per layer (see context.py)."""
     samples = {}
-    for layer in {layer for _, layer in latents}:
-        values, bins = {}, {}
-        for key in (key for key in latents if key[1] == layer):
+    for layer in {key.layer for key in latents}:
+        values, bins, frequency = {}, {}, {}
+        for key in (key for key in latents if key.layer == layer):
             m = latents[key]
             eligible = (m.firing_count >= cfg.min_activations) & np.isfinite(m.context_dependence)
-            values[key] = m.context_dependence[eligible]
-            bins[key] = firing_rate_bin(m.firing_count[eligible], n_rows[key])
-        samples.update({key: MeanSample(*weighted) for key, weighted in standardized_weights(values, bins).items()})
+            values[key], frequency[key] = m.context_dependence[eligible], m.firing_count[eligible]
+            bins[key] = firing_rate_bin(frequency[key], n_rows[key])
+        for key, (kept, weights) in standardized_weights(values, bins).items():
+            samples[key] = MeanSample(values[key][kept], frequency[key][kept], weights)
     return samples
 
 
@@ -176,22 +187,22 @@ def token_samples(errors: TokenErrors) -> dict[str, RatioSample]:
     }
 
 
-def summarize(
-    variant: str, layer: int, latents: LatentMeasures, samples: Mapping[str, Sample], n_rows: int
-) -> SAEMeasurements:
+def summarize(key: SAEKey, latents: LatentMeasures, samples: Mapping[str, Sample], n_rows: int) -> SAEMeasurements:
     """The SAE's record: every sample's value, plus the counts behind them (`n_rows` analysed rows)."""
     values: dict[str, Any] = {name: sample.value() for name, sample in samples.items()}  # float fields, by name
     interp_counts = {
-        f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].weight for kind in KINDS if f"fuzz_auroc_{kind}" in samples
+        f"n_interp_{kind}": samples[f"fuzz_auroc_{kind}"].n_units for kind in KINDS if f"fuzz_auroc_{kind}" in samples
     }
     return SAEMeasurements(
-        variant=variant,
-        layer=layer,
+        variant=key.variant,
+        layer=key.layer,
+        variant_seed=key.variant_seed,
+        sae_seed=key.sae_seed,
         d_sae=int(latents.firing_count.size),
         n_rows=n_rows,
         n_alive=int((latents.firing_count > 0).sum()),
-        n_measured=samples["single_token_fraction"].weight,
-        n_context_eligible=samples["mean_context_dependence"].weight,
+        n_measured=samples["single_token_fraction"].n_units,
+        n_context_eligible=samples["mean_context_dependence"].n_units,
         **interp_counts,
         **values,
     )

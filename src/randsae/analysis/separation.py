@@ -1,39 +1,63 @@
-"""The separation table: for every metric, trained against each random variant, with a 95% CI and Cohen's d.
+"""The separation table: for every measurement, trained minus each random variant, paired over the same units.
 
-A metric comes as one of two kinds of sample per SAE:
+A measurement comes as one of two kinds of sample per SAE:
 
-- `MeanSample`: per-unit values (one per latent) whose mean is the metric; fractions are means of 0/1
-  flags; a standardized mean (context.py) carries a weight per unit and is their weighted mean. The
-  bootstrap resamples each SAE's units (with their weights) independently (for unweighted 0/1 flags that is
-  exactly a binomial draw, which is what is drawn).
-- `RatioSample`: metric = 1 - sum(num) / sum(den) over held-out rows (the explained variances). The
-  bootstrap resamples whole sequences, since rows of one sequence are not independent, and uses the same
-  resampled sequences for every SAE (all variants share the held-out tokens), so comparisons are paired.
+- `MeanSample`: per-latent units (the measurement is their mean; fractions are means of 0/1 flags; a
+  standardized mean (context.py) weighs each unit and is their weighted mean) with each latent's firing
+  count. Two SAEs' latents are not the same latents, so they are paired by firing frequency: each SAE's
+  units, sorted by firing count, are cut into Q consecutive bins of (nearly) equal count, Q the fewest units
+  of any SAE in the comparison, and bin q of trained pairs with bin q of the variant (low-frequency latents
+  with low-frequency latents).
+- `RatioSample`: 1 - sum(num) / sum(den) over held-out sequences (the explained variances). Every variant
+  shares the held-out tokens, so sequence s pairs with sequence s.
 
-Each SAE is resampled once and that draw serves every comparison it is in. Over all layers, the value is
-the mean of the layers' values weighted by their units (a ratio metric counts each layer once), and it is
-resampled layer by layer (a stratified bootstrap).
+Both are ratios of sums over paired units (a bin's weighted sum of units over its weights; a sequence's numerator and
+denominator), so a resample of the paired units gives each SAE a value, and the point value (every unit
+once) is the plain one: the mean over all latents, the explained variance over all rows.
 
-difference = trained - variant, with a percentile 95% interval over `bootstrap_samples` resamples.
-effect size = Cohen's d = (mean_T - mean_V) / sqrt((sd_T^2 + sd_V^2) / 2) on the per-unit values, the units
-being what the bootstrap resamples: latents, or for a ratio metric sequences, sequence s's unit being
-1 - num_s / mean(den), whose mean is the metric (single tokens' errors are too heavy-tailed to compare).
-Weighted units enter with weighted means and variances, their weights scaled to sum to the unit count.
-With zero spread on both sides d is +-inf when the means differ and 0 when they do not.
+Per layer each side's value is the mean over its replicates (SAE seeds, variant draws) and difference =
+trained - variant. Its percentile 95% interval resamples the paired units with replacement, the same draw for
+both sides (for sequences the same draw for every SAE, layer and measurement); when a side has at least
+`MIN_REPLICATES` replicates they are resampled too, within the side, the same draw at every layer. No interval
+with fewer than `MIN_UNITS` paired units. Over all layers ("all") the layers' values, differences and draws
+are averaged, each layer weighing the same.
+
+effect = difference / SE, SE the standard deviation of the resampled differences (a z score of the paired
+difference; +-inf when the resamples do not vary but the difference is not 0). Every measurement declares
+the direction that separates: +1 (trained above random) unless listed in `RANDOM_HIGHER` (-1: random models
+are expected higher, e.g. their latents are more single-token); metrics are ranked by direction x effect.
+
+p_value: a two-sided rank test on the units. Latents are not paired, so Mann-Whitney U compares trained's
+latents with the variant's (every replicate's together); sequences are, so the Wilcoxon signed-rank test
+takes the per-sequence differences of the replicate-mean units. "all" tests every layer's units together.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from scipy import stats
 
 from randsae.models.variants import VARIANTS
+from randsae.run_dir import SAEKey
 
 REFERENCE = "trained"
 ALL_LAYERS = "all"
+MIN_UNITS = 5
+"""Fewest paired units (frequency bins, held-out sequences) behind a confidence interval."""
+MIN_REPLICATES = 3
+"""Fewest replicates of a side that are resampled (and behind a replicate interval, see replicates.py)."""
+RANDOM_HIGHER = frozenset({"single_token_fraction", "mean_top_token_share", "lookup_ev"})
+"""Measurements that separate when trained is *below* random: token identity explains more of a random model."""
+_BLOCK = 128  # resamples drawn at a time (bounds memory at 128 x units counts)
+
+
+def direction(metric: str) -> int:
+    """+1 when trained above random separates, -1 when trained below random does."""
+    return -1 if metric in RANDOM_HIGHER else 1
 
 
 def variant_rank(variant: str) -> tuple[int, str]:
@@ -43,30 +67,32 @@ def variant_rank(variant: str) -> tuple[int, str]:
 
 class MeanSample(NamedTuple):
     units: np.ndarray
-    """float64 [n_units], finite: the metric is their mean (weighted by `weights` when given)."""
+    """float64 [n_units], finite: the measurement is their mean (weighted by `weights` when given)."""
+    frequency: np.ndarray
+    """int64 [n_units]: each unit's latent's firing count, the key latents are paired by."""
     weights: np.ndarray | None = None
-    """float64 [n_units], positive, or None for equal weights."""
+    """float64 [n_units], positive: a standardized mean's unit weights (context.py); None for equal ones."""
 
     @property
-    def weight(self) -> int:
+    def n_units(self) -> int:
         return self.units.size
 
     def value(self) -> float:
         return float(np.average(self.units, weights=self.weights)) if self.units.size else math.nan
 
-    def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
-        n = self.units.size
-        if n == 0:
-            return np.full(n_boot, math.nan)
-        if self.weights is None and np.isin(self.units, (0.0, 1.0)).all():
-            return rng.binomial(n, self.units.mean(), size=n_boot) / n
-        weights = np.ones(n) if self.weights is None else self.weights
-        means = np.empty(n_boot)
-        for start in range(0, n_boot, 128):
-            rows = min(128, n_boot - start)
-            drawn = rng.integers(0, n, size=(rows, n), dtype=np.int32)
-            means[start : start + rows] = (self.units[drawn] * weights[drawn]).sum(1) / weights[drawn].sum(1)
-        return means
+    def paired_units(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        """Weighted sums and weights [q] of q frequency bins: the units sorted by firing count (ties by index),
+        cut into q consecutive runs whose counts differ by at most one (with equal weights, the weights of a
+        bin are its count)."""
+        order = np.argsort(self.frequency, kind="stable")
+        weights = np.ones(self.units.size) if self.weights is None else self.weights[order]
+        starts = np.arange(q) * order.size // q
+        return np.add.reduceat(self.units[order] * weights, starts), np.add.reduceat(weights, starts)
+
+    @staticmethod
+    def of_ratio(ratio: np.ndarray) -> np.ndarray:
+        """The value from the ratio of the paired units' sums (bin sums over bin weights: the mean)."""
+        return ratio
 
 
 class RatioSample(NamedTuple):
@@ -75,7 +101,7 @@ class RatioSample(NamedTuple):
     den: np.ndarray
     """float64 [n_sequences]: per-sequence sum of the denominator."""
     units: np.ndarray
-    """float64 [n_sequences]: 1 - num_s / mean_s(den_s), whose mean is the metric (for Cohen's d)."""
+    """float64 [n_sequences]: 1 - num_s / mean_s(den_s), whose mean is the value (for the signed-rank test)."""
 
     @classmethod
     def from_rows(cls, num_rows: np.ndarray, den_by_sequence: np.ndarray, sequence: np.ndarray) -> RatioSample:
@@ -83,16 +109,22 @@ class RatioSample(NamedTuple):
         return cls(num, den_by_sequence, 1.0 - num / den_by_sequence.mean())
 
     @property
-    def weight(self) -> int:
-        return 1
+    def n_units(self) -> int:
+        return self.num.size
 
     def value(self) -> float:
         """NaN when there is nothing to explain (zero denominator)."""
         den = self.den.sum()
         return float(1.0 - self.num.sum() / den) if den > 0 else math.nan
 
-    def bootstrap(self, n_boot: int, rng: np.random.Generator, sequence_counts: np.ndarray) -> np.ndarray:
-        return 1.0 - (self.num @ sequence_counts) / (self.den @ sequence_counts)
+    def paired_units(self, q: int) -> tuple[np.ndarray, np.ndarray]:
+        """The per-sequence numerators and denominators (q is the number of sequences)."""
+        return self.num, self.den
+
+    @staticmethod
+    def of_ratio(ratio: np.ndarray) -> np.ndarray:
+        """The value from the ratio of the paired units' sums (squared errors over variances)."""
+        return 1.0 - ratio
 
 
 Sample = MeanSample | RatioSample
@@ -103,147 +135,251 @@ class SeparationRow(NamedTuple):
     variant: str
     layer: str
     """A layer number, or "all" for the rows pooled over layers."""
+    direction: int
+    """+1: trained above random separates; -1: trained below random does (`RANDOM_HIGHER`)."""
     trained: float
+    """Mean over trained's replicates (for "all", over layers too)."""
     other: float
     difference: float
     """trained - other."""
     ci_low: float
+    """Paired bootstrap 95% interval of the difference; NaN with fewer than MIN_UNITS paired units."""
     ci_high: float
-    effect_size: float
-    """Cohen's d, trained minus other."""
+    effect: float
+    """difference / bootstrap SE; NaN without an interval."""
+    p_value: float
+    """Two-sided rank test: Mann-Whitney U on latents, Wilcoxon signed-rank on paired sequences."""
+    n_units: int
+    """Paired units behind the interval: frequency bins or held-out sequences (for "all", over layers)."""
     n_trained: int
-    """Units behind the trained value (latents, or held-out sequences for the explained variances)."""
+    """Units of trained: latents over every replicate, or held-out sequences (for "all", over layers)."""
+    n_other: int
+    n_trained_replicates: int
+    """Trained SAEs per layer (the fewest of any layer for "all"); resampled when at least MIN_REPLICATES."""
+    n_other_replicates: int
+
+
+class _Layer(NamedTuple):
+    """One layer of one comparison."""
+
+    trained: float
+    other: float
+    draws: np.ndarray | None
+    """[n_boot] resampled differences, None without an interval."""
+    n_units: int
+    trained_units: np.ndarray
+    """What the rank test compares: pooled latent units, or replicate-mean sequence units."""
+    other_units: np.ndarray
+    n_trained: int
     n_other: int
 
 
-def unit_weights(sample: Sample) -> np.ndarray:
-    """The sample's unit weights scaled to sum to its unit count (ones when unweighted)."""
-    n = sample.units.size
-    if isinstance(sample, MeanSample) and sample.weights is not None:
-        return sample.weights * (n / sample.weights.sum())
-    return np.ones(n)
+def _counts(index: np.ndarray, q: int) -> np.ndarray:
+    """[rows, q] float64: how often each unit is drawn in each row of `index` [rows, q]."""
+    rows = index.shape[0]
+    flat = (index + q * np.arange(rows)[:, None]).ravel()
+    return np.bincount(flat, minlength=rows * q).reshape(rows, q).astype(np.float64)
 
 
-def cohens_d(
-    a: np.ndarray, b: np.ndarray, weights_a: np.ndarray | None = None, weights_b: np.ndarray | None = None
-) -> float:
-    """d of units a and b, each weighted by weights summing to its unit count (None: equal weights)."""
-    if a.size < 2 or b.size < 2:
-        return math.nan
-    mean_a, var_a = _weighted_moments(a, np.ones(a.size) if weights_a is None else weights_a)
-    mean_b, var_b = _weighted_moments(b, np.ones(b.size) if weights_b is None else weights_b)
-    spread = math.sqrt((var_a + var_b) / 2.0)
-    diff = mean_a - mean_b
-    if spread == 0.0:
-        return 0.0 if diff == 0.0 else math.copysign(math.inf, diff)
-    return diff / spread
+class _Resampler:
+    """The random draws of one table: the shared held-out sequence draw and the replicate draws."""
+
+    def __init__(self, n_boot: int, seed: int, n_sequences: int) -> None:
+        self.n_boot = n_boot
+        self.rng = np.random.default_rng(seed)
+        self.sequences = _counts(self.rng.integers(0, n_sequences, size=(n_boot, n_sequences)), n_sequences)
+
+    def unit_counts(self, sample: Sample, q: int) -> Iterator[np.ndarray]:
+        """Blocks [rows, q] of resampled paired-unit counts: fresh bins for latents, the shared sequences."""
+        if isinstance(sample, RatioSample):
+            yield self.sequences
+            return
+        for start in range(0, self.n_boot, _BLOCK):
+            yield _counts(self.rng.integers(0, q, size=(min(_BLOCK, self.n_boot - start), q)), q)
+
+    def replicate_weights(self, n: int) -> np.ndarray:
+        """[n_boot, n] weights of a side's replicates: resampled when there are MIN_REPLICATES, else equal."""
+        if n < MIN_REPLICATES:
+            return np.full((self.n_boot, n), 1.0 / n)
+        return self.rng.multinomial(n, np.full(n, 1.0 / n), size=self.n_boot) / n
 
 
-def _weighted_moments(units: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
-    """Weighted mean and variance (weights summing to the unit count, so equal weights give ddof = 1)."""
-    mean = float(np.average(units, weights=weights))
-    return mean, float((weights * (units - mean) ** 2).sum() / (weights.sum() - 1.0))
+def _resampled(samples: Sequence[Sample], q: int, blocks: list[np.ndarray]) -> np.ndarray:
+    """[n_replicates, n_boot] values of each sample over the same resampled paired units."""
+    out = []
+    for sample in samples:
+        num, den = sample.paired_units(q)
+        out.append(sample.of_ratio(np.concatenate([(counts @ num) / (counts @ den) for counts in blocks])))
+    return np.stack(out)
 
 
-class _Resampled(NamedTuple):
-    """One SAE's sample with its bootstrap draw."""
-
-    sample: Sample
-    draws: np.ndarray
-    """[n_boot] resampled metric values."""
-
-
-def _pooled(parts: Sequence[_Resampled]) -> tuple[float, np.ndarray, np.ndarray, np.ndarray]:
-    """Value, bootstrap draws, units and unit weights of several layers taken together."""
-    weights = np.array([p.sample.weight for p in parts], dtype=np.float64)
-    if weights.sum() == 0:
-        return math.nan, np.full(parts[0].draws.size, math.nan), np.zeros(0), np.zeros(0)
-    weights /= weights.sum()
-    value = float(sum(w * p.sample.value() for w, p in zip(weights, parts, strict=True) if w > 0))
-    draws = sum(w * p.draws for w, p in zip(weights, parts, strict=True) if w > 0)
-    units = np.concatenate([p.sample.units for p in parts])
-    return value, draws, units, np.concatenate([unit_weights(p.sample) for p in parts])
-
-
-def compare(
-    trained: Sequence[_Resampled], other: Sequence[_Resampled], metric: str, variant: str, layer: str
-) -> SeparationRow:
-    t_value, t_draws, t_units, t_weights = _pooled(trained)
-    o_value, o_draws, o_units, o_weights = _pooled(other)
-    differences = t_draws - o_draws
-    if np.isnan(differences).any():
-        low = high = math.nan
+def _compare_layer(
+    trained: Sequence[Sample], other: Sequence[Sample], weights: tuple[np.ndarray, np.ndarray], draw: _Resampler
+) -> _Layer:
+    both = [*trained, *other]
+    q = min(s.n_units for s in both)
+    paired = isinstance(trained[0], RatioSample)
+    if paired:
+        t_units = np.mean([s.units for s in trained], axis=0)
+        o_units = np.mean([s.units for s in other], axis=0)
+        n_t = n_o = q
     else:
-        low, high = (float(q) for q in np.percentile(differences, [2.5, 97.5]))
+        t_units, o_units = np.concatenate([s.units for s in trained]), np.concatenate([s.units for s in other])
+        n_t, n_o = t_units.size, o_units.size
+    t_value = float(np.mean([s.value() for s in trained])) if q else math.nan
+    o_value = float(np.mean([s.value() for s in other])) if q else math.nan
+    draws = None
+    if q >= MIN_UNITS:
+        blocks = list(draw.unit_counts(trained[0], q))
+        values = _resampled(both, q, blocks)
+        t_w, o_w = weights
+        draws = (values[: len(trained)].T * t_w).sum(1) - (values[len(trained) :].T * o_w).sum(1)
+    return _Layer(t_value, o_value, draws, q, t_units, o_units, n_t, n_o)
+
+
+def rank_test(trained: np.ndarray, other: np.ndarray, paired: bool) -> float:
+    """Two-sided p-value: Wilcoxon signed-rank on trained - other when paired, else Mann-Whitney U. 1 when
+    every paired difference is 0; NaN without units."""
+    if paired:
+        differences = trained - other
+        if differences.size == 0:
+            return math.nan
+        if not differences.any():
+            return 1.0
+        return float(stats.wilcoxon(differences).pvalue)
+    if trained.size == 0 or other.size == 0:
+        return math.nan
+    return float(stats.mannwhitneyu(trained, other, alternative="two-sided").pvalue)
+
+
+def _effect(difference: float, draws: np.ndarray | None) -> float:
+    if draws is None or np.isnan(draws).any() or math.isnan(difference):
+        return math.nan
+    se = float(draws.std(ddof=1)) if draws.size > 1 else 0.0
+    if se <= 1e-12 * abs(difference) or se == 0.0:  # the resamples agree up to rounding
+        return 0.0 if difference == 0.0 else math.copysign(math.inf, difference)
+    return difference / se
+
+
+def _row(
+    metric: str, variant: str, label: str, layers: Sequence[_Layer], paired: bool, reps: tuple[int, int]
+) -> SeparationRow:
+    trained = float(np.mean([layer.trained for layer in layers]))
+    other = float(np.mean([layer.other for layer in layers]))
+    layer_draws = [layer.draws for layer in layers if layer.draws is not None]
+    draws = np.mean(layer_draws, axis=0) if len(layer_draws) == len(layers) else None
+    low = high = math.nan
+    if draws is not None and not np.isnan(draws).any():
+        low, high = (float(v) for v in np.percentile(draws, [2.5, 97.5]))
+    difference = trained - other
+    p_value = rank_test(
+        np.concatenate([layer.trained_units for layer in layers]),
+        np.concatenate([layer.other_units for layer in layers]),
+        paired,
+    )
     return SeparationRow(
         metric,
         variant,
-        layer,
-        t_value,
-        o_value,
-        t_value - o_value,
+        label,
+        direction(metric),
+        trained,
+        other,
+        difference,
         low,
         high,
-        cohens_d(t_units, o_units, t_weights, o_weights),
-        t_units.size,
-        o_units.size,
+        _effect(difference, draws),
+        p_value,
+        sum(layer.n_units for layer in layers),
+        sum(layer.n_trained for layer in layers),
+        sum(layer.n_other for layer in layers),
+        *reps,
     )
 
 
-def separation_table(
-    samples: Mapping[str, Mapping[tuple[str, int], Sample]], n_boot: int, seed: int
-) -> list[SeparationRow]:
-    """Rows for every metric x non-reference variant, pooled over layers then per layer.
+def _replicate_order(key: SAEKey) -> tuple[int, int]:
+    return (-1 if key.variant_seed is None else key.variant_seed, -1 if key.sae_seed is None else key.sae_seed)
 
-    `samples[metric][(variant, layer)]`. Pooled rows come first, metrics ordered by mean |d| over the
-    variants (best separating first); per-layer rows follow in the same metric order.
+
+def separation_table(samples: Mapping[str, Mapping[SAEKey, Sample]], n_boot: int, seed: int) -> list[SeparationRow]:
+    """Rows for every measurement x non-reference variant, pooled over layers then per layer.
+
+    `samples[metric][key]`, one sample per SAE (replicates included). Pooled rows come first, measurements
+    ordered by mean direction x effect over the variants (best separating first, NaN last); per-layer rows
+    follow in the same order.
     """
-    rng = np.random.default_rng(seed)
     n_sequences = {s.num.size for by_sae in samples.values() for s in by_sae.values() if isinstance(s, RatioSample)}
     if len(n_sequences) > 1:
         raise ValueError(f"ratio samples over different held-out sequences: {sorted(n_sequences)}")
-    n_seq = n_sequences.pop() if n_sequences else 1
-    sequence_counts = rng.multinomial(n_seq, np.full(n_seq, 1.0 / n_seq), size=n_boot).T
+    draw = _Resampler(n_boot, seed, n_sequences.pop() if n_sequences else 1)
     pooled: dict[str, list[SeparationRow]] = {}
     per_layer: dict[str, list[SeparationRow]] = {}
     for metric, by_sae in samples.items():
-        resampled = {key: _Resampled(s, s.bootstrap(n_boot, rng, sequence_counts)) for key, s in by_sae.items()}
-        layers = sorted(layer for variant, layer in by_sae if variant == REFERENCE)
-        others = sorted({variant for variant, _ in by_sae if variant != REFERENCE}, key=variant_rank)
+        groups: dict[tuple[str, int], list[Sample]] = {}
+        for key in sorted(by_sae, key=_replicate_order):
+            groups.setdefault((key.variant, key.layer), []).append(by_sae[key])
+        layers = sorted(layer for variant, layer in groups if variant == REFERENCE)
+        others = sorted({variant for variant, _ in groups if variant != REFERENCE}, key=variant_rank)
         pooled[metric], per_layer[metric] = [], []
         for variant in others:
-            shared = [layer for layer in layers if (variant, layer) in by_sae]
+            shared = [layer for layer in layers if (variant, layer) in groups]
             if not shared:
                 continue
+            weights: dict[tuple[str, int], np.ndarray] = {}  # one replicate draw per side, shared by the layers
+            compared = {}
+            for layer in shared:
+                t, o = groups[(REFERENCE, layer)], groups[(variant, layer)]
+                for name, n in ((REFERENCE, len(t)), (variant, len(o))):
+                    if (name, n) not in weights:
+                        weights[(name, n)] = draw.replicate_weights(n)
+                compared[layer] = _compare_layer(t, o, (weights[(REFERENCE, len(t))], weights[(variant, len(o))]), draw)
+            paired = isinstance(groups[(REFERENCE, shared[0])][0], RatioSample)
             for label, group in [(ALL_LAYERS, shared)] + [(str(layer), [layer]) for layer in shared]:
-                row = compare(
-                    [resampled[(REFERENCE, layer)] for layer in group],
-                    [resampled[(variant, layer)] for layer in group],
-                    metric,
-                    variant,
-                    label,
+                reps = (
+                    min(len(groups[(REFERENCE, layer)]) for layer in group),
+                    min(len(groups[(variant, layer)]) for layer in group),
                 )
+                row = _row(metric, variant, label, [compared[layer] for layer in group], paired, reps)
                 (pooled if label == ALL_LAYERS else per_layer)[metric].append(row)
     order = sorted(pooled, key=lambda metric: -_separation(pooled[metric]))
     return [row for m in order for row in pooled[m]] + [row for m in order for row in per_layer[m]]
 
 
 def _separation(rows: list[SeparationRow]) -> float:
-    """Mean |d| over a metric's comparisons; -1 when none is defined, so such metrics sort last."""
-    sizes = [abs(row.effect_size) for row in rows if not math.isnan(row.effect_size)]
-    return float(np.mean(sizes)) if sizes else -1.0
+    """Mean direction x effect over a measurement's comparisons; -inf when none is defined (sorts last)."""
+    sizes = [row.direction * row.effect for row in rows if not math.isnan(row.effect)]
+    mean = float(np.mean(sizes)) if sizes else -math.inf
+    return -math.inf if math.isnan(mean) else mean
 
 
 def format_rows(rows: Sequence[SeparationRow]) -> str:
     """The pooled rows as an aligned text table."""
-    header = ("metric", "variant", "trained", "variant", "trained-variant [95% CI]", "d")
+    header = ("metric", "variant", "trained", "variant", "trained-variant [95% CI]", "n", "effect", "p")
     lines = [header]
     for row in rows:
         if row.layer != ALL_LAYERS:
             continue
-        interval = f"{row.difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}]"
         lines.append(
-            (row.metric, row.variant, f"{row.trained:.3f}", f"{row.other:.3f}", interval, f"{row.effect_size:+.2f}")
+            (
+                row.metric,
+                row.variant,
+                f"{row.trained:.3f}",
+                f"{row.other:.3f}",
+                format_interval(row.difference, row.ci_low, row.ci_high),
+                str(row.n_units),
+                f"{row.direction * row.effect:+.2f}",
+                f"{row.p_value:.2g}",
+            )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return align(lines)
+
+
+def format_interval(difference: float, low: float, high: float) -> str:
+    """`+0.123 [+0.100, +0.150]`, or the difference alone when there is no interval."""
+    if math.isnan(low):
+        return f"{difference:+.3f} [no CI]"
+    return f"{difference:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def align(lines: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in lines)

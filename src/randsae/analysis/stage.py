@@ -29,10 +29,12 @@ from randsae.analysis.measure import (
     summarize,
     token_samples,
 )
+from randsae.analysis.replicates import replicate_spread
 from randsae.analysis.results import AnalysisSummary, write_outputs
 from randsae.analysis.seed_stability import live_reproduced, match_decoders, second_seed_sae
-from randsae.analysis.separation import REFERENCE, MeanSample, Sample, separation_table
+from randsae.analysis.separation import MIN_REPLICATES, REFERENCE, MeanSample, Sample, separation_table
 from randsae.analysis.token_lookup import TokenErrors, fit_token_lookup
+from randsae.analysis.verdict import verdict_table
 from randsae.atomic import atomic_path
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import load_excluded_ids, load_tokens
@@ -155,9 +157,9 @@ def _rows_from(chunks: Iterator[torch.Tensor], start: int) -> Iterator[torch.Ten
 
 
 def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
-    """Per-latent AUROCs by latent type, named `{score}_{kind}` like the SAEMeasurements fields."""
+    """Per-latent AUROCs, all together and by latent type, named like the SAEMeasurements fields."""
     split = split_by_latent_type(scores, latents.top_token_share, cfg.single_token_threshold)
-    return {name: MeanSample(values) for name, values in split.items()}
+    return {name: MeanSample(values, latents.firing_count[ids]) for name, (ids, values) in split.items()}
 
 
 def seed_match_cosine(
@@ -189,7 +191,8 @@ def seed_match_cosine(
 def analyze_run(
     run: RunDir | Path, cfg: AnalysisConfig, *, progress: bool = True, device: str | torch.device = "cpu"
 ) -> AnalysisSummary:
-    """Measure every SAE of the run, build the separation table, write `RUN/analysis/`.
+    """Measure every SAE of the run (every replicate), build the separation table and the verdict, write
+    `RUN/analysis/`.
 
     `device` runs the SAEs' encoding and the seed-stability retraining. The auto-interp split uses the
     first judge of `RunDir.interp_judges` (an LLM judge's results when the run has them).
@@ -203,23 +206,23 @@ def analyze_run(
     heldout_ids = load_tokens(run.tokens("heldout"))
     train_ids = load_tokens(run.tokens("train"))
     excluded = load_excluded_ids(run.tokens("heldout"))  # one tokenizer: the same ids in both splits
-    latents: dict[tuple[str, int], LatentMeasures] = {}
-    samples: dict[tuple[str, int], dict[str, Sample]] = {}
-    n_rows: dict[tuple[str, int], int] = {}
+    latents: dict[SAEKey, LatentMeasures] = {}
+    samples: dict[SAEKey, dict[str, Sample]] = {}
+    n_rows: dict[SAEKey, int] = {}
     for entry in tqdm(entries, desc="analysis", unit="sae", disable=not progress, leave=False):
-        key = (entry.variant, entry.layer)
         analysis = measure_entry(run, entry, cfg, heldout_ids, train_ids, excluded, device)
-        latents[key], n_rows[key] = analysis.latents, analysis.errors.sae_error.numel()
-        samples[key] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
-    for key, context in context_samples(latents, n_rows, cfg).items():
-        samples[key]["mean_context_dependence"] = context
+        latents[entry], n_rows[entry] = analysis.latents, analysis.errors.sae_error.numel()
+        samples[entry] = {**latent_samples(analysis.latents, cfg), **token_samples(analysis.errors)}
+    for entry, context in context_samples(latents, n_rows, cfg).items():
+        samples[entry]["mean_context_dependence"] = context
     notes = []
     if not interp:
         notes.append("auto-interp split skipped: no interp/*/latents.csv (run `randsae interpret` first)")
     elif len(judges) > 1:
         notes.append(f"auto-interp split uses the {judges[0]} judge (the run also has {', '.join(judges[1:])})")
-    for key in latents.keys() & interp.keys():
-        samples[key].update(interp_samples(interp[key], latents[key], cfg))
+    for entry in entries:
+        if entry.module in interp:
+            samples[entry].update(interp_samples(interp[entry.module], latents[entry], cfg))
 
     streamed = [entry for entry in entries if not has_train_cache(run, entry)]
     if streamed:
@@ -227,7 +230,7 @@ def analyze_run(
             f"token lookup of the {len(streamed)} SAEs trained on streamed activations (no train cache) fit on "
             "the held-out windows after the analysed ones, which are at most the first half"
         )
-    matches: dict[tuple[str, int], np.ndarray] = {}
+    matches: dict[SAEKey, np.ndarray] = {}
     if cfg.seed_stability:
         if streamed:
             notes.append(
@@ -237,21 +240,28 @@ def analyze_run(
         for entry in entries:
             if entry in streamed:
                 continue
-            key = (entry.variant, entry.layer)
-            matches[key] = seed_match_cosine(
+            matches[entry] = seed_match_cosine(
                 run, entry, train_ids, cfg, excluded_ids=excluded, device=device, progress=progress
             )
-            stable = live_reproduced(matches[key], latents[key].firing_count, cfg.match_threshold)
-            samples[key]["seed_stable_share"] = MeanSample(stable * 1.0)
+            firing = latents[entry].firing_count
+            stable = live_reproduced(matches[entry], firing, cfg.match_threshold) * 1.0
+            samples[entry]["seed_stable_share"] = MeanSample(stable, firing[firing > 0])
 
-    if REFERENCE not in {variant for variant, _ in latents}:
+    if REFERENCE not in {entry.variant for entry in latents}:
         notes.append("no separation table: the run has no `trained` SAE to compare with")
-    by_metric: dict[str, dict[tuple[str, int], Sample]] = {}
-    for key, named in samples.items():
+    by_metric: dict[str, dict[SAEKey, Sample]] = {}
+    for entry, named in samples.items():
         for metric, sample in named.items():
-            by_metric.setdefault(metric, {})[key] = sample
+            by_metric.setdefault(metric, {})[entry] = sample
     rows = separation_table(by_metric, cfg.bootstrap_samples, cfg.seed)
-    records = tuple(summarize(*key, latents[key], samples[key], n_rows[key]) for key in latents)
-    summary = AnalysisSummary(cfg, records, tuple(rows), tuple(notes))
+    if any(1 < n < MIN_REPLICATES for row in rows for n in (row.n_trained_replicates, row.n_other_replicates)):
+        notes.append(
+            f"a side with 2 replicates is averaged, not resampled (from {MIN_REPLICATES} on): its intervals "
+            "cover the units only"
+        )
+    records = tuple(summarize(entry, latents[entry], samples[entry], n_rows[entry]) for entry in latents)
+    summary = AnalysisSummary(
+        cfg, records, tuple(rows), tuple(verdict_table(rows)), tuple(replicate_spread(records)), tuple(notes)
+    )
     write_outputs(run, summary, latents, matches)
     return summary

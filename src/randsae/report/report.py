@@ -33,7 +33,7 @@ from randsae.report.palette import variant_colors
 from randsae.report.run_header import run_header
 from randsae.report.run_inputs import RunInputs, as_row, read_run
 from randsae.report.tables import Column, format_value, html_table, present_columns, variant_chip
-from randsae.run_dir import RunDir
+from randsae.run_dir import RunDir, SAEKey
 
 MAX_ROC_LAYERS = 6
 TASK_TITLES = {"fuzz": "fuzzing", "detection": "detection"}
@@ -64,6 +64,8 @@ ANALYSIS_COLUMNS = (
     Column("lookup_ev", "lookup EV", ".3f"),
     Column("sae_ev", "SAE EV", ".3f"),
     Column("sae_ev_beyond_lookup", "SAE EV beyond lookup", ".3f"),
+    Column("fuzz_auroc", "fuzz AUROC (mean per latent)", ".3f"),
+    Column("detection_auroc", "detect AUROC (mean per latent)", ".3f"),
     Column("fuzz_auroc_single_token", "fuzz AUROC single-token", ".3f"),
     Column("fuzz_auroc_contextual", "fuzz AUROC contextual", ".3f"),
     Column("detection_auroc_single_token", "detect AUROC single-token", ".3f"),
@@ -81,7 +83,35 @@ SEPARATION_COLUMNS = (
     Column("difference", "trained − variant", "+.3f"),
     Column("ci_low", "CI low", "+.3f"),
     Column("ci_high", "CI high", "+.3f"),
-    Column("effect_size", "Cohen's d", "+.2f"),
+    Column("effect", "effect", "+.2f", "(trained − variant) / bootstrap SE of the paired difference"),
+    Column("p_value", "p", ".2g", "two-sided rank test: Mann-Whitney U on latents, Wilcoxon on paired sequences"),
+    Column("n_units", "paired units", "d", "frequency bins of latents, or held-out sequences"),
+    Column("n_trained_replicates", "trained reps", "d"),
+    Column("n_other_replicates", "variant reps", "d"),
+)
+VERDICT_COLUMNS = (
+    Column("metric", "measurement"),
+    Column("variant", "variant"),
+    Column("trained", "trained", ".3f"),
+    Column("other", "variant value", ".3f"),
+    Column("difference", "trained − variant", "+.3f", "mean over layers and replicates"),
+    Column("ci_low", "CI low", "+.3f", "paired bootstrap 95% interval; – where too few units"),
+    Column("ci_high", "CI high", "+.3f"),
+    Column("n_units", "paired units", "d", "frequency bins of latents, or held-out sequences, over layers"),
+    Column("replicates", "replicates", "", "SAEs per layer: trained / variant (resampled from 3 on)"),
+    Column("p_value", "p", ".2g", "two-sided rank test"),
+    Column("reading", "reading"),
+)
+SPREAD_COLUMNS = (
+    Column("metric", "measurement"),
+    Column("variant", "variant"),
+    Column("layer", "layer"),
+    Column("n", "replicates", "d"),
+    Column("mean", "mean", ".3f"),
+    Column("minimum", "min", ".3f"),
+    Column("maximum", "max", ".3f"),
+    Column("ci_low", "CI low", ".3f", "95% t interval of the mean over replicates (from 3 replicates)"),
+    Column("ci_high", "CI high", ".3f"),
 )
 
 
@@ -142,10 +172,11 @@ def _report_body(
     dashboards = run.run.dashboards.name
     sections = [
         f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
-        '<nav><a href="#run">run</a><a href="#figure2">metrics by layer</a><a href="#roc">ROC</a>'
-        '<a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
+        '<nav><a href="#verdict">verdict</a><a href="#run">run</a><a href="#figure2">metrics by layer</a>'
+        '<a href="#roc">ROC</a><a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
         f'<a href="{dashboards}/index.html">latent dashboards</a></nav>',
         *(note(text) for text in run.notes),
+        *_verdict(run, colors),
         run_header(run, colors),
         '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
     ]
@@ -169,17 +200,46 @@ def _report_body(
     return "\n".join(sections)
 
 
+def _verdict(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
+    """The verdict table, first thing on the page."""
+    out = ['<h2 id="verdict">Verdict: does trained separate from each random variant?</h2>']
+    if not run.analysis or not run.analysis.verdict:
+        return [*out, note("No verdict: it needs analysis/verdict.json with a trained and another variant.")]
+    rows = [
+        {**as_row(r), "replicates": f"{r.n_trained_replicates} / {r.n_other_replicates}"} for r in run.analysis.verdict
+    ]
+    chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
+    return [
+        *out,
+        "<p>Per measurement, trained minus each variant, pooled over layers: a paired bootstrap interval over "
+        "the same units (latents matched by firing frequency, or the same held-out sequences) and over "
+        "replicates, a rank-test p-value, and the reading over layers (docs/analysis.md).</p>",
+        html_table(VERDICT_COLUMNS, rows, table_id="verdict", cell_html=chip),
+    ]
+
+
 def _series(rows: Iterable[Any], value, low=None, high=None) -> dict[str, list[plots.Point]]:
-    """variant -> points, from result records with `variant` and `layer` and accessors for the numbers."""
-    series: dict[str, list[plots.Point]] = {}
+    """variant -> points, from result records with `variant` and `layer` and accessors for the numbers.
+
+    Replicates (several records of one variant and layer) become one point, their mean, with a bar from the
+    lowest to the highest replicate (or replicate interval end, when the records carry intervals)."""
+    groups: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     for row in rows:
         number = value(row)
         if number is None or (isinstance(number, float) and math.isnan(number)):
             continue
-        point = plots.Point(
-            int(row.layer), float(number), _float(low(row) if low else None), _float(high(row) if high else None)
-        )
-        series.setdefault(str(row.variant), []).append(point)
+        ends = (_float(low(row) if low else None), _float(high(row) if high else None))
+        groups.setdefault((str(row.variant), int(row.layer)), []).append((float(number), *ends))
+    series: dict[str, list[plots.Point]] = {}
+    for (variant, layer), found in sorted(groups.items(), key=lambda item: item[0][1]):
+        values = np.array(found)
+        if len(found) == 1:
+            point = plots.Point(layer, *found[0])
+        else:
+            lows = values[:, 0] if low is None else values[:, 1]
+            highs = values[:, 0] if high is None else values[:, 2]
+            point = plots.Point(layer, float(values[:, 0].mean()), float(lows.min()), float(highs.max()))
+        series.setdefault(variant, []).append(point)
     return series
 
 
@@ -289,10 +349,10 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
     chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
     ids = (Column("variant", "variant"), Column("layer", "layer"))
     out = ['<h2 id="tables">Tables</h2><p>Click a column header to sort.</p><h3>SAE quality (variant × layer)</h3>']
-    metrics = [as_row(row) for row in run.metrics]
+    metrics, metric_ids = _sae_rows(run.metrics)
     out.append(
         html_table(
-            [*ids, *present_columns(QUALITY_COLUMNS, metrics)],
+            [*metric_ids, *present_columns(QUALITY_COLUMNS, metrics)],
             _ordered(run, metrics),
             table_id="quality",
             cell_html={**chip, **{key: _flagged_score(key) for key in ("ce_loss_score", "kl_score")}},
@@ -307,11 +367,11 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
             html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip),
         ]
     if run.analysis:
-        analysed = [as_row(sae) for sae in run.analysis.saes]
+        analysed, analysed_ids = _sae_rows(run.analysis.saes)
         out += [
             "<h3>What separates trained from random (variant × layer)</h3>",
             html_table(
-                [*ids, *present_columns(ANALYSIS_COLUMNS, analysed)],
+                [*analysed_ids, *present_columns(ANALYSIS_COLUMNS, analysed)],
                 _ordered(run, analysed),
                 table_id="analysis",
                 cell_html=chip,
@@ -319,6 +379,12 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         ]
         pooled = [as_row(r) for r in run.analysis.separation if r.layer == "all"]
         per_layer = [as_row(r) for r in run.analysis.separation if r.layer != "all"]
+        if run.analysis.replicates:
+            spread = [as_row(r) for r in run.analysis.replicates]
+            out += [
+                "<h3>Spread over replicates (variant × layer; the tables above list every replicate)</h3>",
+                html_table(SPREAD_COLUMNS, spread, table_id="replicates", cell_html=chip),
+            ]
         out += [
             "<h3>Separation: trained against each variant, pooled over layers (best-separating first)</h3>",
             html_table(SEPARATION_COLUMNS, pooled, table_id="separation", cell_html=chip),
@@ -338,6 +404,17 @@ def _flagged_score(key: str) -> Callable[[Mapping[str, Any]], str]:
         return text if row["meaningful_downstream"] else f'{text}<span title="not meaningful">*</span>'
 
     return cell
+
+
+def _sae_rows(records: Sequence[Any]) -> tuple[list[dict[str, Any]], list[Column]]:
+    """Table rows of per-SAE records (with `variant_seed` and `sae_seed`) and their identifying columns: variant,
+    layer and, when the run has replicates, which replicate."""
+    keys = [SAEKey(r.variant, r.layer, variant_seed=r.variant_seed, sae_seed=r.sae_seed) for r in records]
+    rows = [{**as_row(r), "replicate": key.replicate} for r, key in zip(records, keys, strict=True)]
+    ids = [Column("variant", "variant"), Column("layer", "layer")]
+    if any(row["replicate"] for row in rows):
+        ids.append(Column("replicate", "replicate", "", "random draw and SAE seed"))
+    return rows, ids
 
 
 INTERP_COLUMNS = (
