@@ -83,7 +83,7 @@ def test_training_learns_a_sparse_code(trained):
     source, cfg, result = trained
     log = result.log
     assert log.steps == 2 * usable_rows(source.n_tokens, cfg) // 256 and log.tokens == log.steps * 256
-    assert log.loss_curve[0].fvu > 0.5, "starts poor"
+    assert log.final_fvu < log.loss_curve[0].fvu / 1.5, "training improves on the first step"
     assert log.final_fvu < 0.2, "3-sparse data is well reconstructed by a k=4 SAE (the mean alone: 1.0)"
     assert log.warmup_steps == 18, "capped at 10% of the steps"
     assert log.loss_curve[-1].step == log.steps and log.loss_curve[-1].lr == pytest.approx(3e-3 / (log.steps - 18))
