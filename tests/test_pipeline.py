@@ -50,6 +50,12 @@ def test_a_trained_sae_reconstructs_its_heldout_activations(tiny_run):
     fvu = ((x - sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     row = next(r for r in load_metrics(run) if (r.variant, r.layer) == ("trained", 1))
     assert 1 - fvu.item() == pytest.approx(row.explained_variance_pooled, abs=1e-4)
+    # the learning curve: every step of 16 (curve_points = 16), on all 992 non-BOS held-out rows (< curve_tokens)
+    log = json.loads((run.sae(SAEKey("trained", 1)) / "training.json").read_text())
+    assert [point["step"] for point in log["heldout_curve"]] == list(range(1, 17))
+    assert log["heldout_curve"][-1]["explained_variance"] == pytest.approx(row.explained_variance_pooled, abs=1e-4)
+    assert row.converged == log["converged"] is not None
+    assert row.ev_change_last_quarter == pytest.approx(log["ev_change_last_quarter"])
 
 
 def test_config_round_trips_and_rejects_unknown_keys(tmp_path, tiny_model_dir, tiny_corpus):

@@ -58,6 +58,7 @@ from randsae.run_dir import (
     SAEKey,
     Site,
     Timings,
+    read_json,
     replicate_keys,
 )
 from randsae.sae import SAEConfig, SparseAutoencoder, distributed, load_sae
@@ -404,6 +405,29 @@ def _sae_config(
     )
 
 
+def heldout_rows(cache: ActivationCache, first_window: int, n_rows: int) -> Tensor:
+    """The first `n_rows` non-BOS rows [≤ n_rows, d] of the held-out cache from window `first_window` on."""
+    context = cache.manifest.context_size
+    parts, have, start = [], 0, 0
+    for chunk in cache.iter_chunks(rows=4096):
+        rows = torch.arange(start, start + chunk.shape[0])
+        start += chunk.shape[0]
+        keep = not_bos(rows, context) & (rows >= first_window * context)
+        parts.append(chunk[keep][: n_rows - have])
+        have += parts[-1].shape[0]
+        if have == n_rows:
+            break
+    return torch.cat(parts)
+
+
+def curve_rows(cfg: ExperimentConfig, run: RunDir, site: Site) -> Tensor | None:
+    """The held-out rows every learning curve of `site` is measured on: the first `train.curve_tokens` non-BOS
+    rows of its held-out cache (None with `train.curve_points` = 0)."""
+    if cfg.train.curve_points == 0:
+        return None
+    return heldout_rows(ActivationCache.open(run.activations(site, "heldout")), 0, cfg.train.curve_tokens)
+
+
 def _save_trained(folder: Path, result: TrainResult) -> None:
     (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
     (folder / SAE_METRICS_FILE).unlink(missing_ok=True)  # the old SAE's row: this one is evaluated anew
@@ -446,6 +470,7 @@ def train_variant_saes(
             device=device,
             progress=progress,
             checkpoint=folder / SAE_CHECKPOINT_FILE,
+            heldout=curve_rows(cfg, run, key.site),
         )  # an interrupted training resumes
         _save_trained(folder, result)
     return trained
@@ -499,7 +524,15 @@ def stream_variant_saes(
         print(f"training {cfg.sae.architecture} SAEs {which} layers {layers} from streamed activations")
     checkpoint = run.stream_checkpoint(keys[0], cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    results = train_streaming(stream, sae_cfgs, seed=seed, device=device, progress=progress, checkpoint=checkpoint)
+    results = train_streaming(
+        stream,
+        sae_cfgs,
+        seed=seed,
+        device=device,
+        progress=progress,
+        checkpoint=checkpoint,
+        heldout=[curve_rows(cfg, run, key.site) for key in keys],
+    )
     if not distributed.is_main():
         return keys  # every rank holds the same SAEs: rank 0 writes them
     for key, result in zip(keys, results, strict=True):
@@ -559,10 +592,13 @@ def evaluate_variant(
             before_forward=_noise_reseed(model, noise_seed, "downstream"),
         )
         downstream.update({key: measured[key.layer] for key in same_seed})
-    return [_row(key, saes[key], reconstruction[key], downstream[key]) for key in keys]
+    logs = {key: read_json(run.sae(key) / SAE_TRAINING_FILE, "`randsae run`") for key in keys}
+    return [_row(key, saes[key], reconstruction[key], downstream[key], logs[key]) for key in keys]
 
 
-def _row(key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics) -> MetricsRow:
+def _row(
+    key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics, log: dict
+) -> MetricsRow:
     names = {field.name for field in dataclasses.fields(MetricsRow)}
     measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
     return MetricsRow(
@@ -575,6 +611,8 @@ def _row(key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: 
         meaningful_downstream=predicts_language(key.variant),
         n_eval_tokens=rec.n_tokens,
         n_downstream_predictions=down.n_predictions,
+        ev_change_last_quarter=log.get("ev_change_last_quarter"),
+        converged=log.get("converged"),
         **{k: v for k, v in measured.items() if k in names},
     )
 
