@@ -58,12 +58,14 @@ from randsae.run_dir import (
     SAEKey,
     Site,
     Timings,
+    lr_checkpoint,
     read_json,
     replicate_keys,
 )
 from randsae.sae import SAEConfig, SparseAutoencoder, distributed, load_sae
+from randsae.sae.lr_sweep import sweep_lr
 from randsae.sae.streaming import ActivationStream, train_streaming
-from randsae.sae.trainer import TrainResult, train_sae
+from randsae.sae.trainer import TrainConfig, TrainResult, train_sae
 from randsae.seeds import derived_seed
 
 SHARD_WINDOWS = 64
@@ -420,12 +422,41 @@ def heldout_rows(cache: ActivationCache, first_window: int, n_rows: int) -> Tens
     return torch.cat(parts)
 
 
-def curve_rows(cfg: ExperimentConfig, run: RunDir, site: Site) -> Tensor | None:
-    """The held-out rows every learning curve of `site` is measured on: the first `train.curve_tokens` non-BOS
+def curve_rows(cfg: ExperimentConfig, heldout: ActivationCache) -> Tensor | None:
+    """The held-out rows every learning curve of a site is measured on: the first `train.curve_tokens` non-BOS
     rows of its held-out cache (None with `train.curve_points` = 0)."""
     if cfg.train.curve_points == 0:
         return None
-    return heldout_rows(ActivationCache.open(run.activations(site, "heldout")), 0, cfg.train.curve_tokens)
+    return heldout_rows(heldout, 0, cfg.train.curve_tokens)
+
+
+def selection_windows(cfg: ExperimentConfig, heldout: ActivationCache) -> int:
+    """How many held-out windows, at the end of the cache, choose the learning rate of `train.lr_sweep` (0
+    without a sweep): enough for `train.curve_tokens` non-BOS rows. The quality metrics leave them out."""
+    if not cfg.train.lr_sweep:
+        return 0
+    context = heldout.manifest.context_size
+    n_windows, needed = heldout.n_tokens // context, -(-cfg.train.curve_tokens // (context - 1))
+    if needed >= n_windows:
+        raise UserError(
+            f"train.lr_sweep chooses on {needed} held-out windows (train.curve_tokens = {cfg.train.curve_tokens}) "
+            f"but the held-out split has only {n_windows}",
+            "Lower train.curve_tokens or raise tokens.heldout_tokens",
+        )
+    return needed
+
+
+def selection_rows(cfg: ExperimentConfig, heldout: ActivationCache) -> Tensor:
+    """The non-BOS rows of the `selection_windows` at the end of the held-out cache."""
+    n_windows = heldout.n_tokens // heldout.manifest.context_size
+    return heldout_rows(heldout, n_windows - selection_windows(cfg, heldout), cfg.train.curve_tokens)
+
+
+def train_or_sweep(
+    train: Callable[[TrainConfig], list[TrainResult]], cfg: TrainConfig, selection: Callable[[], list[Tensor]]
+) -> list[TrainResult]:
+    """`train(cfg)`, or with `cfg.lr_sweep` the best of its rates per SAE on the `selection()` rows."""
+    return sweep_lr(train, cfg, selection()) if cfg.lr_sweep else train(cfg)
 
 
 def _save_trained(folder: Path, result: TrainResult) -> None:
@@ -450,30 +481,49 @@ def train_variant_saes(
     """
     trained = []
     for key in keys:
-        folder = run.sae(key)
-        if sae_is_trained(folder):
+        if sae_is_trained(run.sae(key)):
             continue
         trained.append(key)
-        cache = ActivationCache.open(run.activations(key.site, "train"))
-        cache.verify()
-        manifest = cache.manifest
-        sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, key)
-        train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
-        if progress:
-            print(f"training {cfg.sae.architecture} SAE {key.describe()} (d_sae {sae_cfg.d_sae})")
-        folder.mkdir(parents=True, exist_ok=True)
+        _train_cached(cfg, run, key, model_name, blocks_path, device, progress)
+    return trained
+
+
+def _train_cached(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    key: SAEKey,
+    model_name: str,
+    blocks_path: str,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    folder = run.sae(key)
+    cache = ActivationCache.open(run.activations(key.site, "train"))
+    cache.verify()
+    manifest = cache.manifest
+    sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, key)
+    train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
+    heldout = ActivationCache.open(run.activations(key.site, "heldout"))
+    if progress:
+        print(f"training {cfg.sae.architecture} SAE {key.describe()} (d_sae {sae_cfg.d_sae})")
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = curve_rows(cfg, heldout)
+
+    def train(candidate: TrainConfig) -> list[TrainResult]:
         result = train_sae(
             cache,
-            train_cfg,
+            candidate,
             sae_cfg,
             seed=training_seed(cfg, key),
             device=device,
             progress=progress,
-            checkpoint=folder / SAE_CHECKPOINT_FILE,
-            heldout=curve_rows(cfg, run, key.site),
+            checkpoint=lr_checkpoint(folder / SAE_CHECKPOINT_FILE, candidate.lr if train_cfg.lr_sweep else None),
+            heldout=curve,
         )  # an interrupted training resumes
-        _save_trained(folder, result)
-    return trained
+        return [result]
+
+    (result,) = train_or_sweep(train, train_cfg, lambda: [selection_rows(cfg, heldout)])
+    _save_trained(folder, result)
 
 
 def stream_variant_saes(
@@ -508,31 +558,37 @@ def stream_variant_saes(
         return residual_stream(model, blocks, layers, ids.to(device=device, dtype=torch.long))
 
     seed = training_seed(cfg, keys[0])
-    stream = ActivationStream(
-        forward,
-        train_ids,
-        layers,
-        train_cfg,
-        cfg.eval.batch_windows,
-        seed=seed,
-        rank=distributed.rank(),
-        world_size=distributed.world_size(),
-    )
     sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, key) for key in keys]
     if progress:
         which = f"{keys[0].variant} {keys[0].replicate}".strip()
         print(f"training {cfg.sae.architecture} SAEs {which} layers {layers} from streamed activations")
     checkpoint = run.stream_checkpoint(keys[0], cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    results = train_streaming(
-        stream,
-        sae_cfgs,
-        seed=seed,
-        device=device,
-        progress=progress,
-        checkpoint=checkpoint,
-        heldout=[curve_rows(cfg, run, key.site) for key in keys],
-    )
+    heldout = [ActivationCache.open(run.activations(key.site, "heldout")) for key in keys]
+    curves = [curve_rows(cfg, cache) for cache in heldout]
+
+    def train(candidate: TrainConfig) -> list[TrainResult]:
+        stream = ActivationStream(
+            forward,
+            train_ids,
+            layers,
+            candidate,
+            cfg.eval.batch_windows,
+            seed=seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+        )
+        return train_streaming(
+            stream,
+            sae_cfgs,
+            seed=seed,
+            device=device,
+            progress=progress,
+            checkpoint=lr_checkpoint(checkpoint, candidate.lr if train_cfg.lr_sweep else None),
+            heldout=curves,
+        )
+
+    results = train_or_sweep(train, train_cfg, lambda: [selection_rows(cfg, cache) for cache in heldout])
     if not distributed.is_main():
         return keys  # every rank holds the same SAEs: rank 0 writes them
     for key, result in zip(keys, results, strict=True):
@@ -549,14 +605,16 @@ def sae_is_trained(folder: Path) -> bool:
 
 @torch.no_grad()
 def reconstruction_on_heldout(
-    sae: SparseAutoencoder, cache: ActivationCache, device: torch.device, rows: int = 4096
+    sae: SparseAutoencoder, cache: ActivationCache, device: torch.device, rows: int = 4096, leave_out: int = 0
 ) -> ReconstructionMetrics:
-    """Quality metrics over the held-out cache, BOS rows left out."""
+    """Quality metrics over the held-out cache, BOS rows and the last `leave_out` windows left out."""
     context = cache.manifest.context_size
+    end = cache.n_tokens // context * context - leave_out * context
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     start = 0
     for chunk in cache.iter_chunks(rows=rows):
-        keep = not_bos(torch.arange(start, start + chunk.shape[0]), context)
+        index = torch.arange(start, start + chunk.shape[0])
+        keep = not_bos(index, context) & (index < end)
         start += chunk.shape[0]
         x = chunk[keep].to(device)
         z = sae.encode(x)
@@ -577,8 +635,11 @@ def evaluate_variant(
     """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for the SAEs
     `keys` of the variant draw `model` is."""
     saes = {key: load_sae(run.sae(key), device=device).eval() for key in keys}
+    heldout_caches = {key: ActivationCache.open(run.activations(key.site, "heldout")) for key in keys}
     reconstruction = {
-        key: reconstruction_on_heldout(sae, ActivationCache.open(run.activations(key.site, "heldout")), device)
+        key: reconstruction_on_heldout(
+            sae, heldout_caches[key], device, leave_out=selection_windows(cfg, heldout_caches[key])
+        )
         for key, sae in saes.items()
     }
     downstream: dict[SAEKey, DownstreamMetrics] = {}

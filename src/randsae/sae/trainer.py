@@ -126,6 +126,10 @@ class TrainConfig:
     converged_below: float = 0.01
     """An SAE counts as converged when its held-out EV changed by less than this, relative to its final EV,
     over the last quarter of training: |EV(end) - EV(75%)| / |EV(end)| < converged_below."""
+    lr_sweep: tuple[float, ...] = ()
+    """Peak learning rates to try (replacing `lr`): each SAE is trained at every one, on the same data and
+    seed, and the one with the highest EV on selection rows is kept: the last held-out windows holding
+    `curve_tokens` non-BOS rows, which the quality metrics then leave out. Empty: one training at `lr`."""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "n_epochs", "buffer_tokens", "dead_tokens_threshold", "log_points", "curve_tokens"):
@@ -154,6 +158,8 @@ class TrainConfig:
             raise invalid("train.max_grad_norm", self.max_grad_norm, "a positive number")
         if self.curve_points < 0:
             raise invalid("train.curve_points", self.curve_points, "an integer of at least 0 (0: no learning curve)")
+        if self.lr_sweep and (self.lr is not None or not all(lr > 0 for lr in self.lr_sweep)):
+            raise invalid("train.lr_sweep", self.lr_sweep, "positive learning rates, with train.lr left out")
         if not self.converged_below > 0:
             raise invalid("train.converged_below", self.converged_below, "a positive number")
 
@@ -172,6 +178,13 @@ class CurvePoint(NamedTuple):
 
     step: int
     tokens: int
+    explained_variance: float
+
+
+class LrCandidate(NamedTuple):
+    """One rate of a learning-rate sweep and its SAE's explained variance on the selection rows."""
+
+    lr: float
     explained_variance: float
 
 
@@ -199,11 +212,14 @@ class TrainLog:
     """(EV(end) - EV(75% of the steps)) / |EV(end)| on the held-out curve; None without a curve."""
     converged: bool | None = None
     """|ev_change_last_quarter| < config.converged_below; None without a curve."""
+    lr_sweep: tuple[LrCandidate, ...] = ()
+    """Every candidate of `train.lr_sweep` (`randsae.sae.lr_sweep`); this log is the kept one's."""
 
     def to_json(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         fields["loss_curve"] = [point._asdict() for point in self.loss_curve]
         fields["heldout_curve"] = [point._asdict() for point in self.heldout_curve]
+        fields["lr_sweep"] = [candidate._asdict() for candidate in self.lr_sweep]
         return fields
 
 
