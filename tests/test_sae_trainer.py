@@ -123,6 +123,13 @@ def test_convergence_compares_the_end_with_three_quarters():
     assert convergence([], 8, 0.02) == (None, None)
 
 
+@pytest.mark.parametrize("field, value", [("curve_points", -1), ("curve_tokens", 0), ("converged_below", 0.0)])
+def test_curve_settings_are_checked(field, value):
+    with pytest.raises(UserError, match=f"train.{field}"):
+        TrainConfig(**{field: value})
+    TrainConfig(curve_points=0)  # no curve is allowed
+
+
 def test_explained_variance_is_pooled_about_the_mean():
     sae = build_sae(SAEConfig("topk", 2, 4, k=1), seed=0)
     with torch.no_grad():  # x̂ = b_dec = (1, 1) for every row: the decoder's rows scaled to 0
