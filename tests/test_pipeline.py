@@ -1,5 +1,6 @@
 """The whole pipeline on the tiny model, its outputs, resuming, and the CLI's one-line errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import pytest
 from randsae.cli import main
 from randsae.config import dump_config, load_config
 from randsae.experiment import run_pipeline
-from randsae.metrics.results import load_metrics
+from randsae.metrics.results import format_metrics_table, load_metrics
 from randsae.run_dir import RunDir, SAEKey, Site
 from randsae.sae import load_sae
 from tests.helpers import tiny_config
@@ -56,6 +57,15 @@ def test_a_trained_sae_reconstructs_its_heldout_activations(tiny_run):
     assert log["heldout_curve"][-1]["explained_variance"] == pytest.approx(row.explained_variance_pooled, abs=1e-4)
     assert row.converged == log["converged"] is not None
     assert row.ev_change_last_quarter == pytest.approx(log["ev_change_last_quarter"])
+
+
+def test_the_metrics_table_shows_convergence(tiny_run):
+    rows = load_metrics(RunDir(tiny_run))
+    rows[0] = dataclasses.replace(rows[0], converged=None)  # an SAE without a learning curve
+    lines = format_metrics_table(rows).splitlines()
+    assert lines[0].split()[-1] == "conv"
+    shown = [line.split()[-1] for line in lines[2 : 2 + len(rows)]]
+    assert shown == ["-"] + ["yes" if row.converged else "no" for row in rows[1:]]
 
 
 def test_config_round_trips_and_rejects_unknown_keys(tmp_path, tiny_model_dir, tiny_corpus):
