@@ -26,6 +26,7 @@ import torch
 
 from randsae.config import load_run_config
 from randsae.data.activations import ActivationCache
+from randsae.data.tokens import counted_rows
 from randsae.experiment import reconstruction_on_heldout
 from randsae.run_dir import RunDir, Site
 from randsae.sae import SAEConfig, TopKSAE, TrainConfig, base, default_lr, train_sae
@@ -88,6 +89,7 @@ def main() -> None:
     site = Site(args.variant, args.layer)
     train = ActivationCache.open(run.activations(site, "train"))
     heldout = ActivationCache.open(run.activations(site, "heldout"))
+    counted = counted_rows(run.tokens("heldout"))  # the held-out rows the run's metrics use
     d = train.manifest.d_model
     sae_cfg = SAEConfig("topk", d, config.sae.expansion * d, k=config.sae.k)
     cfg = dataclasses.replace(config.train, context_size=train.manifest.context_size, activations="cache")
@@ -110,7 +112,7 @@ def main() -> None:
             assert torch.allclose(theirs(x), coder(x).sae_out, rtol=1e-4, atol=1e-3), "the copy reconstructs alike"
         device = torch.device("cpu")
         ours_ev, theirs_ev = (
-            reconstruction_on_heldout(s, heldout, device).explained_variance_pooled for s in (sae, theirs)
+            reconstruction_on_heldout(s, heldout, counted, device).explained_variance_pooled for s in (sae, theirs)
         )
         rows.append((ours_ev, theirs_ev))
         print(

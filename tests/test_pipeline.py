@@ -1,5 +1,6 @@
 """The whole pipeline on the tiny model, its outputs, resuming, and the CLI's one-line errors."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from randsae.cli import main
 from randsae.config import dump_config, load_config
 from randsae.data.tokens import load_excluded_ids, load_tokens
 from randsae.experiment import run_pipeline
-from randsae.metrics.results import load_metrics
+from randsae.metrics.results import format_metrics_table, load_metrics
 from randsae.run_dir import RunDir, SAEKey, Site
 from randsae.sae import load_sae
 from tests.helpers import tiny_config
@@ -56,6 +57,21 @@ def test_a_trained_sae_reconstructs_its_heldout_activations(tiny_run):
     fvu = ((x - sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     row = next(r for r in load_metrics(run) if (r.variant, r.layer) == ("trained", 1))
     assert 1 - fvu.item() == pytest.approx(row.explained_variance_pooled, abs=1e-4)
+    # the learning curve: every step of 16 (curve_points = 16), on all 992 non-BOS held-out rows (< curve_tokens)
+    log = json.loads((run.sae(SAEKey("trained", 1)) / "training.json").read_text())
+    assert [point["step"] for point in log["heldout_curve"]] == list(range(1, 17))
+    assert log["heldout_curve"][-1]["explained_variance"] == pytest.approx(row.explained_variance_pooled, abs=1e-4)
+    assert row.converged == log["converged"] is not None
+    assert row.ev_change_last_quarter == pytest.approx(log["ev_change_last_quarter"])
+
+
+def test_the_metrics_table_shows_convergence(tiny_run):
+    rows = load_metrics(RunDir(tiny_run))
+    rows[0] = dataclasses.replace(rows[0], converged=None)  # an SAE without a learning curve
+    lines = format_metrics_table(rows).splitlines()
+    assert lines[0].split()[-1] == "conv"
+    shown = [line.split()[-1] for line in lines[2 : 2 + len(rows)]]
+    assert shown == ["-"] + ["yes" if row.converged else "no" for row in rows[1:]]
 
 
 def test_config_round_trips_and_rejects_unknown_keys(tmp_path, tiny_model_dir, tiny_corpus):

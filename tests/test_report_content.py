@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from randsae.errors import UserError
-from randsae.report import write_report
+from randsae.report import plots, write_report
 from randsae.report.palette import KNOWN_VARIANT_COLORS, variant_colors
 from randsae.report.plots import roc_curve
 from tests.helpers import build_report_run, read_tables
@@ -151,6 +151,7 @@ def test_a_run_without_interp_or_analysis_gets_notes_not_a_crash(tmp_path):
     tables = read_tables(report)
     assert "interp" not in tables and "separation" not in tables and len(tables["quality"]) == 3
     assert len(re.findall(r'<img class="plot"', report)) == 1  # only the metrics-by-layer grid
+    assert "has a held-out learning curve" in report  # the synthetic SAEs have no training.json
     assert not list((run / "dashboards").glob("*/layer*/latent*.html"))
 
 
@@ -195,3 +196,37 @@ def test_replicates_plot_as_their_mean_with_a_min_max_bar():
     replicated, single = series["trained"]
     assert tuple(replicated) == (0, 2.5, 1.0, 4.0)
     assert (single.layer, single.value) == (1, 2.0) and np.isnan(single.low) and np.isnan(single.high)
+
+
+def test_learning_curves_are_drawn_per_layer_one_line_per_sae(monkeypatch):
+    drawn = []
+    monkeypatch.setattr(plots, "to_data_uri", lambda figure: drawn.append(figure) or "data:")
+    colors = variant_colors(["trained", "control"])
+    curves = {
+        3: [
+            plots.LearningCurve("trained", [100, 200], [0.5, 0.7]),
+            plots.LearningCurve("control", [100, 200], [0.2, 0.3]),
+            plots.LearningCurve("control", [100, 200], [0.25, 0.35]),  # a second replicate: thin lines
+        ],
+        1: [plots.LearningCurve("trained", [100, 200], [0.4, 0.6])],
+    }
+    plots.learning_curves(curves, colors)
+    first, second = drawn[0].axes[:2]
+    assert first.get_title() == "layer 1" and second.get_title() == "layer 3"
+    lines = [line for line in second.get_lines() if len(line.get_xdata())]
+    assert [list(line.get_ydata()) for line in lines] == [[0.5, 0.7], [0.2, 0.3], [0.25, 0.35]]
+    assert [line.get_linewidth() for line in lines] == [1.5, 0.8, 0.8]
+    assert lines[1].get_color() == colors["control"] and list(lines[0].get_xdata()) == [100, 200]
+
+
+def test_the_report_draws_the_learning_curves_of_training_json(tmp_path):
+    run = build_report_run(tmp_path, variants=("trained", "control"), layers=(1,), interp=False, analysis=False)
+    curve = [
+        {"step": 1, "tokens": 256, "explained_variance": 0.4},
+        {"step": 2, "tokens": 512, "explained_variance": 0.6},
+    ]
+    for variant in ("trained", "control"):
+        (run / "saes" / variant / "layer1" / "training.json").write_text(json.dumps({"heldout_curve": curve}))
+    report = write_report(run, progress=False).read_text()
+    assert len(re.findall(r'<img class="plot"', report)) == 2 and "held-out explained variance against" in report
+    assert "has a held-out learning curve" not in report

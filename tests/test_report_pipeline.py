@@ -34,7 +34,8 @@ def test_report_of_a_real_pipeline_run(tiny_run, tmp_path):
     config = (run / "config.toml").read_text()
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(read_tables(report)["quality"]) == 1 + len(metrics)
-    assert len(re.findall(r'<img class="plot" src="data:image/png;base64,', report)) == 4
+    assert len(re.findall(r'<img class="plot" src="data:image/png;base64,', report)) == 5  # with the learning curves
+    assert "has a held-out learning curve" not in report
     assert "is missing" not in report and "No auto-interpretability" not in report
     for row in metrics:
         assert row["variant"] in report

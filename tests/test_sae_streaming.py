@@ -4,6 +4,7 @@ an interrupted streamed training (the pipeline's, on the tiny model) resumes to 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -90,6 +91,13 @@ def test_interrupted_streamed_training_resumes_to_the_uninterrupted_saes(
     for key, tensors in expected.items():
         for name, tensor in tensors.items():
             assert torch.equal(got[key][name], tensor), (key, name)
+
+    def curve(run, variant):
+        return json.loads((RunDir.at(run).sae(SAEKey(variant, 1)) / "training.json").read_text())["heldout_curve"]
+
+    for variant in cfg.variants:  # the held-out curve so far was checkpointed with the SAEs
+        assert len(curve(tmp_path / "whole", variant)) == 16
+        assert curve(tmp_path / "killed", variant) == curve(tmp_path / "whole", variant)
 
     # the analysis of a streamed run: the lookup is fit on held-out windows, seed stability skipped
     summary = analyze_run(tmp_path / "whole", AnalysisConfig(seed_stability=True, bootstrap_samples=10), progress=False)

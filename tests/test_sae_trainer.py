@@ -9,7 +9,18 @@ import torch
 
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TensorSource, TrainConfig, default_lr, load_sae, train_sae
-from randsae.sae.trainer import SAETraining, dead_threshold, lr_factor, shuffled_buffers, usable_rows
+from randsae.sae.trainer import (
+    CurvePoint,
+    SAETraining,
+    build_sae,
+    convergence,
+    curve_steps,
+    dead_threshold,
+    explained_variance,
+    lr_factor,
+    shuffled_buffers,
+    usable_rows,
+)
 
 D = 16
 
@@ -92,6 +103,63 @@ def test_training_learns_a_sparse_code(trained):
     x = source.activations[:2000]
     fvu = ((x - result.sae(x)) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert fvu < 0.2
+
+
+def test_curve_steps_are_evenly_spaced_and_include_three_quarters():
+    assert curve_steps(64, 4) == {16, 32, 48, 64}
+    assert curve_steps(10, 4) == {3, 5, 8, 10}  # ceil(i * 10 / 4); 75%: ceil(7.5) = 8
+    assert curve_steps(10, 2) == {5, 8, 10}  # 75% added
+    assert curve_steps(3, 16) == {1, 2, 3}
+    assert curve_steps(64, 0) == frozenset()
+
+
+def test_convergence_compares_the_end_with_three_quarters():
+    curve = [CurvePoint(4, 40, 0.5), CurvePoint(6, 60, 0.792), CurvePoint(8, 80, 0.8)]
+    change, converged = convergence(curve, 8, threshold=0.02)
+    assert change == pytest.approx(0.008 / 0.8) and converged
+    assert convergence(curve, 8, threshold=0.005) == (pytest.approx(0.01), False)
+    falling = [CurvePoint(6, 60, 0.5), CurvePoint(8, 80, 0.4)]
+    assert convergence(falling, 8, threshold=0.02) == (pytest.approx(-0.25), False)
+    assert convergence(curve[:2], 8, 0.02) == (None, None), "no end point"
+    assert convergence([CurvePoint(3, 3, 0.5)], 3, 0.02) == (None, None), "3 steps have no last quarter"
+    assert convergence([], 8, 0.02) == (None, None)
+
+
+@pytest.mark.parametrize("field, value", [("curve_points", -1), ("curve_tokens", 0), ("converged_below", 0.0)])
+def test_curve_settings_are_checked(field, value):
+    with pytest.raises(UserError, match=f"train.{field}"):
+        TrainConfig(**{field: value})
+    TrainConfig(curve_points=0)  # no curve is allowed
+
+
+def test_explained_variance_is_pooled_about_the_mean():
+    sae = build_sae(SAEConfig("topk", 2, 4, k=1), seed=0)
+    with torch.no_grad():  # x̂ = b_dec = (1, 1) for every row: the decoder's rows scaled to 0
+        sae.W_dec.zero_()
+        sae.b_dec.fill_(1.0)
+    x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0], [2.0, 4.0]])  # mean (1, 2), Σ‖x - μ‖² = 4 * 5 = 20
+    # Σ‖x - x̂‖² = (1 + 1) + (1 + 1) + (1 + 9) + (1 + 9) = 24: EV = 1 - 24 / 20
+    assert explained_variance(sae, x, chunk_rows=3) == pytest.approx(-0.2)
+
+
+def test_heldout_curve_tracks_the_sae_on_heldout_rows():
+    data = sparse_activations(8192)
+    heldout = sparse_activations(1000, seed=7)
+    cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, curve_points=4, converged_below=0.5)
+    result = train_sae(TensorSource(data), cfg, SAEConfig("topk", D, 64, k=4), progress=False, heldout=heldout)
+    log = result.log
+    assert [point.step for point in log.heldout_curve] == [8, 16, 24, 32] and log.steps == 32
+    assert [point.tokens for point in log.heldout_curve] == [2048, 4096, 6144, 8192]
+    assert log.heldout_curve[-1].explained_variance == pytest.approx(explained_variance(result.sae, heldout))
+    assert log.heldout_curve[0].explained_variance < log.heldout_curve[-1].explained_variance, "it learns"
+    ev = {point.step: point.explained_variance for point in log.heldout_curve}
+    assert log.ev_change_last_quarter == pytest.approx((ev[32] - ev[24]) / abs(ev[32]))
+    assert log.converged == (abs(log.ev_change_last_quarter) < 0.5)
+    saved = result.log.to_json()
+    assert saved["heldout_curve"][-1] == {"step": 32, "tokens": 8192, "explained_variance": ev[32]}
+    without = train_sae(TensorSource(data), cfg, SAEConfig("topk", D, 64, k=4), progress=False)
+    assert without.log.heldout_curve == () and without.log.converged is None
+    assert torch.equal(without.sae.W_enc, result.sae.W_enc), "measuring the curve changes nothing in training"
 
 
 def test_b_dec_starts_at_the_mean_of_the_first_buffer():
@@ -206,16 +274,20 @@ def test_interrupted_training_resumes_to_the_same_sae(tmp_path):
     data = sparse_activations(6000)
     cfg = TrainConfig(batch_size=256, n_epochs=2, buffer_tokens=1024, warmup_steps=4, checkpoint_every_s=0.0)
     sae_cfg = SAEConfig("topk", D, 64, k=4)
-    uninterrupted = train_sae(TensorSource(data), cfg, sae_cfg, seed=3, progress=False)
+    heldout = sparse_activations(500, seed=1)
+    uninterrupted = train_sae(TensorSource(data), cfg, sae_cfg, seed=3, progress=False, heldout=heldout)
     source = InterruptedSource(data, fail_after_chunks=9)
     checkpoint = tmp_path / "ckpt" / "train.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint)
-    assert checkpoint.is_file() and 0 < torch.load(checkpoint, weights_only=True)["step"] < uninterrupted.log.steps
-    resumed = train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint)
+        train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint, heldout=heldout)
+    state = torch.load(checkpoint, weights_only=True)
+    assert checkpoint.is_file() and 0 < state["step"] < uninterrupted.log.steps
+    assert 0 < len(state["heldout_curve"]) < len(uninterrupted.log.heldout_curve), "the curve so far is saved"
+    resumed = train_sae(source, cfg, sae_cfg, seed=3, progress=False, checkpoint=checkpoint, heldout=heldout)
     for name, tensor in uninterrupted.sae.state_dict().items():
         assert torch.equal(resumed.sae.state_dict()[name], tensor), name
     assert resumed.log.loss_curve == uninterrupted.log.loss_curve
+    assert resumed.log.heldout_curve == uninterrupted.log.heldout_curve
     assert not checkpoint.exists(), "removed once training finished"
 
 

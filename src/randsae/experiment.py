@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -58,11 +58,14 @@ from randsae.run_dir import (
     SAEKey,
     Site,
     Timings,
+    lr_checkpoint,
+    read_json,
     replicate_keys,
 )
 from randsae.sae import SAEConfig, SparseAutoencoder, distributed, load_sae
+from randsae.sae.lr_sweep import sweep_lr
 from randsae.sae.streaming import ActivationStream, train_streaming
-from randsae.sae.trainer import TrainResult, train_sae
+from randsae.sae.trainer import TrainConfig, TrainResult, train_sae
 from randsae.seeds import derived_seed
 
 SHARD_WINDOWS = 64
@@ -441,6 +444,59 @@ def _sae_config(
     )
 
 
+def heldout_rows(cache: ActivationCache, counted: Tensor, first_window: int, n_rows: int) -> Tensor:
+    """The first `n_rows` counted rows [≤ n_rows, d] (`counted`: `counted_rows` of the held-out split) of the
+    held-out cache from window `first_window` on."""
+    context = cache.manifest.context_size
+    parts, have, start = [], 0, 0
+    for chunk in cache.iter_chunks(rows=4096):
+        rows = torch.arange(start, start + chunk.shape[0])
+        start += chunk.shape[0]
+        keep = counted[rows] & (rows >= first_window * context)
+        parts.append(chunk[keep][: n_rows - have])
+        have += parts[-1].shape[0]
+        if have == n_rows:
+            break
+    return torch.cat(parts)
+
+
+def curve_rows(cfg: ExperimentConfig, heldout: ActivationCache, counted: Tensor) -> Tensor | None:
+    """The held-out rows every learning curve of a site is measured on: the first `train.curve_tokens` counted
+    rows of its held-out cache (None with `train.curve_points` = 0)."""
+    if cfg.train.curve_points == 0:
+        return None
+    return heldout_rows(heldout, counted, 0, cfg.train.curve_tokens)
+
+
+def selection_windows(cfg: ExperimentConfig, heldout: ActivationCache) -> int:
+    """How many held-out windows, at the end of the cache, choose the learning rate of `train.lr_sweep` (0
+    without a sweep): enough for `train.curve_tokens` non-BOS rows. The quality metrics leave them out."""
+    if not cfg.train.lr_sweep:
+        return 0
+    context = heldout.manifest.context_size
+    n_windows, needed = heldout.n_tokens // context, -(-cfg.train.curve_tokens // (context - 1))
+    if needed >= n_windows:
+        raise UserError(
+            f"train.lr_sweep chooses on {needed} held-out windows (train.curve_tokens = {cfg.train.curve_tokens}) "
+            f"but the held-out split has only {n_windows}",
+            "Lower train.curve_tokens or raise tokens.heldout_tokens",
+        )
+    return needed
+
+
+def selection_rows(cfg: ExperimentConfig, heldout: ActivationCache, counted: Tensor) -> Tensor:
+    """The counted rows of the `selection_windows` at the end of the held-out cache."""
+    n_windows = heldout.n_tokens // heldout.manifest.context_size
+    return heldout_rows(heldout, counted, n_windows - selection_windows(cfg, heldout), cfg.train.curve_tokens)
+
+
+def train_or_sweep(
+    train: Callable[[TrainConfig], list[TrainResult]], cfg: TrainConfig, selection: Callable[[], list[Tensor]]
+) -> list[TrainResult]:
+    """`train(cfg)`, or with `cfg.lr_sweep` the best of its rates per SAE on the `selection()` rows."""
+    return sweep_lr(train, cfg, selection()) if cfg.lr_sweep else train(cfg)
+
+
 def _save_trained(folder: Path, result: TrainResult) -> None:
     (folder / SAE_TRAINING_FILE).unlink(missing_ok=True)
     (folder / SAE_METRICS_FILE).unlink(missing_ok=True)  # the old SAE's row: this one is evaluated anew
@@ -451,43 +507,64 @@ def train_variant_saes(
     cfg: ExperimentConfig,
     run: RunDir,
     keys: Sequence[SAEKey],
-    keep: Tensor,
+    counted: Mapping[str, Tensor],
     model_name: str,
     blocks_path: str,
     device: torch.device,
     progress: bool,
 ) -> list[SAEKey]:
-    """Train each SAE of `keys` on its site's train cache, the rows where `keep` (`training_rows`), skipping
-    those already trained and intact; returns the SAEs trained now.
+    """Train each SAE of `keys` on its site's train cache, the rows `counted["train"]` (`counted_rows`),
+    skipping those already trained and intact; returns the SAEs trained now.
 
     The cache's shard checksums are verified once before training, so a corrupt shard is never trained on.
     """
     trained = []
     for key in keys:
-        folder = run.sae(key)
-        if sae_is_trained(folder):
+        if sae_is_trained(run.sae(key)):
             continue
         trained.append(key)
-        cache = ActivationCache.open(run.activations(key.site, "train"))
-        cache.verify()
-        manifest = cache.manifest
-        sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, key)
-        train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
-        if progress:
-            print(f"training {cfg.sae.architecture} SAE {key.describe()} (d_sae {sae_cfg.d_sae})")
-        folder.mkdir(parents=True, exist_ok=True)
+        _train_cached(cfg, run, key, counted, model_name, blocks_path, device, progress)
+    return trained
+
+
+def _train_cached(
+    cfg: ExperimentConfig,
+    run: RunDir,
+    key: SAEKey,
+    counted: Mapping[str, Tensor],
+    model_name: str,
+    blocks_path: str,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    folder = run.sae(key)
+    cache = ActivationCache.open(run.activations(key.site, "train"))
+    cache.verify()
+    manifest = cache.manifest
+    sae_cfg = _sae_config(cfg, manifest.d_model, manifest.context_size, model_name, blocks_path, key)
+    train_cfg = dataclasses.replace(cfg.train, context_size=manifest.context_size, activations="cache")
+    heldout = ActivationCache.open(run.activations(key.site, "heldout"))
+    if progress:
+        print(f"training {cfg.sae.architecture} SAE {key.describe()} (d_sae {sae_cfg.d_sae})")
+    folder.mkdir(parents=True, exist_ok=True)
+    curve = curve_rows(cfg, heldout, counted["heldout"])
+
+    def train(candidate: TrainConfig) -> list[TrainResult]:
         result = train_sae(
             cache,
-            train_cfg,
+            candidate,
             sae_cfg,
             seed=training_seed(cfg, key),
             device=device,
             progress=progress,
-            checkpoint=folder / SAE_CHECKPOINT_FILE,
-            keep=keep,
+            checkpoint=lr_checkpoint(folder / SAE_CHECKPOINT_FILE, candidate.lr if train_cfg.lr_sweep else None),
+            heldout=curve,
+            keep=counted["train"],
         )  # an interrupted training resumes
-        _save_trained(folder, result)
-    return trained
+        return [result]
+
+    (result,) = train_or_sweep(train, train_cfg, lambda: [selection_rows(cfg, heldout, counted["heldout"])])
+    _save_trained(folder, result)
 
 
 def stream_variant_saes(
@@ -500,7 +577,7 @@ def stream_variant_saes(
     keys: Sequence[SAEKey],
     noise_seed: int,
     train_ids: Tensor,
-    keep: Tensor,
+    counted: Mapping[str, Tensor],
     device: torch.device,
     progress: bool,
     split_layers: bool = False,
@@ -523,24 +600,40 @@ def stream_variant_saes(
         return residual_stream(model, blocks, layers, ids.to(device=device, dtype=torch.long))
 
     seed = training_seed(cfg, keys[0])
-    stream = ActivationStream(
-        forward,
-        train_ids,
-        layers,
-        train_cfg,
-        cfg.eval.batch_windows,
-        seed=seed,
-        rank=distributed.rank(),
-        world_size=distributed.world_size(),
-        keep=keep.view(train_ids.shape),
-    )
     sae_cfgs = [_sae_config(cfg, d_model, context, model_name, blocks_path, key) for key in keys]
     if progress:
         which = f"{keys[0].variant} {keys[0].replicate}".strip()
         print(f"training {cfg.sae.architecture} SAEs {which} layers {layers} from streamed activations")
     checkpoint = run.stream_checkpoint(keys[0], cfg.layers if split_layers else None)
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    results = train_streaming(stream, sae_cfgs, seed=seed, device=device, progress=progress, checkpoint=checkpoint)
+    heldout = [ActivationCache.open(run.activations(key.site, "heldout")) for key in keys]
+    curves = [curve_rows(cfg, cache, counted["heldout"]) for cache in heldout]
+
+    def train(candidate: TrainConfig) -> list[TrainResult]:
+        stream = ActivationStream(
+            forward,
+            train_ids,
+            layers,
+            candidate,
+            cfg.eval.batch_windows,
+            seed=seed,
+            rank=distributed.rank(),
+            world_size=distributed.world_size(),
+            keep=counted["train"].view(train_ids.shape),
+        )
+        return train_streaming(
+            stream,
+            sae_cfgs,
+            seed=seed,
+            device=device,
+            progress=progress,
+            checkpoint=lr_checkpoint(checkpoint, candidate.lr if train_cfg.lr_sweep else None),
+            heldout=curves,
+        )
+
+    results = train_or_sweep(
+        train, train_cfg, lambda: [selection_rows(cfg, cache, counted["heldout"]) for cache in heldout]
+    )
     if not distributed.is_main():
         return keys  # every rank holds the same SAEs: rank 0 writes them
     for key, result in zip(keys, results, strict=True):
@@ -557,14 +650,22 @@ def sae_is_trained(folder: Path) -> bool:
 
 @torch.no_grad()
 def reconstruction_on_heldout(
-    sae: SparseAutoencoder, cache: ActivationCache, keep: Tensor, device: torch.device, rows: int = 4096
+    sae: SparseAutoencoder,
+    cache: ActivationCache,
+    keep: Tensor,
+    device: torch.device,
+    rows: int = 4096,
+    leave_out: int = 0,
 ) -> ReconstructionMetrics:
     """Quality metrics over the held-out cache's rows where `keep` (`counted_rows`: BOS and special tokens
-    left out)."""
+    left out), the last `leave_out` windows left out too."""
+    context = cache.manifest.context_size
+    end = cache.n_tokens // context * context - leave_out * context
     accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
     start = 0
     for chunk in cache.iter_chunks(rows=rows):
-        kept = keep[start : start + chunk.shape[0]]
+        index = torch.arange(start, start + chunk.shape[0])
+        kept = keep[index] & (index < end)
         start += chunk.shape[0]
         x = chunk[kept].to(device)
         z = sae.encode(x)
@@ -586,9 +687,10 @@ def evaluate_variant(
     """Reconstruction metrics on the held-out cache and CE/KL scores with the SAE spliced in, for the SAEs
     `keys` of the variant draw `model` is."""
     saes = {key: load_sae(run.sae(key), device=device).eval() for key in keys}
+    heldout_caches = {key: ActivationCache.open(run.activations(key.site, "heldout")) for key in keys}
     reconstruction = {
         key: reconstruction_on_heldout(
-            sae, ActivationCache.open(run.activations(key.site, "heldout")), heldout_keep, device
+            sae, heldout_caches[key], heldout_keep, device, leave_out=selection_windows(cfg, heldout_caches[key])
         )
         for key, sae in saes.items()
     }
@@ -599,10 +701,13 @@ def evaluate_variant(
         batch_size=cfg.eval.batch_windows,
         before_forward=_noise_reseed(model, noise_seed, "downstream"),
     )
-    return [_row(key, saes[key], reconstruction[key], downstream[key]) for key in keys]
+    logs = {key: read_json(run.sae(key) / SAE_TRAINING_FILE, "`randsae run`") for key in keys}
+    return [_row(key, saes[key], reconstruction[key], downstream[key], logs[key]) for key in keys]
 
 
-def _row(key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics) -> MetricsRow:
+def _row(
+    key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: DownstreamMetrics, log: dict
+) -> MetricsRow:
     names = {field.name for field in dataclasses.fields(MetricsRow)}
     measured = {**dataclasses.asdict(rec), **dataclasses.asdict(down)}
     return MetricsRow(
@@ -615,6 +720,8 @@ def _row(key: SAEKey, sae: SparseAutoencoder, rec: ReconstructionMetrics, down: 
         meaningful_downstream=predicts_language(key.variant),
         n_eval_tokens=rec.n_tokens,
         n_downstream_predictions=down.n_predictions,
+        ev_change_last_quarter=log.get("ev_change_last_quarter"),
+        converged=log.get("converged"),
         **{k: v for k, v in measured.items() if k in names},
     )
 
@@ -691,7 +798,7 @@ def run_pipeline(
         tokens = prepare_run(cfg, run, lm, progress) if main else {}
         distributed.barrier()
         tokens = tokens or {split: load_tokens(run.tokens(split)) for split in SPLITS}
-        keep = {  # the rows trained on and measured
+        counted = {  # the rows trained on and measured
             "train": counted_rows(run.tokens("train"), bos=not cfg.train.skip_bos),
             "heldout": counted_rows(run.tokens("heldout")),
         }
@@ -744,20 +851,28 @@ def run_pipeline(
                         same_seed,
                         variant_cfg.seed,
                         tokens["train"],
-                        keep["train"],
+                        counted,
                         device,
                         progress,
                         split_layers=job.layers != cfg.layers,
                     )
                 else:
                     retrained += train_variant_saes(
-                        job, run, same_seed, keep["train"], lm.display_name, blocks_path, device, progress
+                        job, run, same_seed, counted, lm.display_name, blocks_path, device, progress
                     )
         stale = [key for key in mine if key in unevaluated or key in retrained]
         if main:
             with timings.stage("evaluate"):
                 evaluated = evaluate_variant(
-                    job, run, model, variant_blocks, stale, variant_cfg.seed, tokens["heldout"], keep["heldout"], device
+                    job,
+                    run,
+                    model,
+                    variant_blocks,
+                    stale,
+                    variant_cfg.seed,
+                    tokens["heldout"],
+                    counted["heldout"],
+                    device,
                 )
             save_metrics(run, evaluated)  # this draw's rows, then the tables of every job's rows
             rows.update({row.key: row for row in evaluated})

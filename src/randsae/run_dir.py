@@ -367,6 +367,12 @@ class RunDir:
         return f"{len(missing)} of {len(configured)} SAEs not trained yet: {names}"
 
 
+def lr_checkpoint(checkpoint: Path, lr: float | None) -> Path:
+    """The checkpoint of one candidate of a learning-rate sweep, beside the training's own (`lr` None: that one),
+    so an interrupted sweep resumes the candidate it was training."""
+    return checkpoint if lr is None else checkpoint.with_name(f"{checkpoint.stem}-lr{lr:g}{checkpoint.suffix}")
+
+
 def read_json(path: Path, writer: str) -> Any:
     """A stage's JSON file; a one-line UserError naming the stage to rerun when it is missing or damaged."""
     try:

@@ -54,6 +54,10 @@ class MetricsRow:
     """Held-out tokens (BOS excluded) the reconstruction metrics are averaged over."""
     n_downstream_predictions: int
     """Next-token predictions the CE and KL scores are averaged over (`eval.ce_windows` windows)."""
+    ev_change_last_quarter: float | None = None
+    """Relative change of held-out EV over the last quarter of training (training.json); None without a curve."""
+    converged: bool | None = None
+    """|ev_change_last_quarter| < train.converged_below (training.json); None without a curve."""
 
     @property
     def key(self) -> SAEKey:
@@ -114,7 +118,7 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
     """The variant × layer table printed at the end of a run."""
     header = (
         f"{'variant':<30}{'layer':>6}{'EV pool':>9}{'EV per-token':>13}{'cos':>7}{'MSE':>10}{'L0':>7}{'L1':>9}"
-        f"{'dead':>7}{'dense':>7}{'massive':>8}{'CE scr':>8}{'KL scr':>8}"
+        f"{'dead':>7}{'dense':>7}{'massive':>8}{'CE scr':>8}{'KL scr':>8}{'conv':>6}"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -124,7 +128,14 @@ def format_metrics_table(rows: list[MetricsRow]) -> str:
             f"{row.explained_variance_per_token:>13.3f}"
             f"{row.cosine:>7.3f}{row.mse:>10.4g}{row.l0:>7.1f}{row.l1:>9.1f}{row.dead_fraction:>7.3f}"
             f"{row.dense_fraction:>7.3f}{row.massive_dims:>8}{row.ce_loss_score:>7.3f}{flag:1}{row.kl_score:>7.3f}{flag:1}"
+            f"{_converged(row.converged):>6}"
         )
+    if any(row.converged is False for row in rows):
+        lines.append("conv no: held-out EV changed by train.converged_below or more over the last quarter of training.")
     if any(not row.meaningful_downstream for row in rows):
         lines.append(f"* {NOT_MEANINGFUL}")
     return "\n".join(lines)
+
+
+def _converged(converged: bool | None) -> str:
+    return "-" if converged is None else "yes" if converged else "no"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
@@ -38,6 +39,14 @@ class Panel(NamedTuple):
     """Variants drawn dashed: the value is reported but not meaningful for them."""
     note: str = ""
     """A short line under the title (e.g. why some lines are dashed)."""
+
+
+class LearningCurve(NamedTuple):
+    """One SAE's held-out explained variance after each measured number of training tokens."""
+
+    variant: str
+    tokens: Sequence[int]
+    explained_variance: Sequence[float]
 
 
 class RocCurve(NamedTuple):
@@ -116,6 +125,28 @@ def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
         ax.set_xlabel("layer", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
+    if shown:
+        _variant_legend(figure, colors, [v for v in colors if v in shown])
+    return to_data_uri(figure)
+
+
+def learning_curves(curves: Mapping[int, Sequence[LearningCurve]], colors: Mapping[str, str]) -> str:
+    """Held-out EV against training tokens, one panel per layer, one line per SAE: a variant with replicates
+    (several SAEs in a panel) is drawn with thin lines, one per replicate."""
+    figure, axes = _grid(len(curves), 4, 3.3, 2.5)
+    shown: list[str] = []
+    for ax, (layer, layer_curves) in zip(axes, sorted(curves.items()), strict=True):
+        per_variant = Counter(curve.variant for curve in layer_curves)
+        for curve in layer_curves:
+            thin = per_variant[curve.variant] > 1
+            ax.plot(curve.tokens, curve.explained_variance, color=colors[curve.variant], lw=0.8 if thin else 1.5)
+            if curve.variant not in shown:
+                shown.append(curve.variant)
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("training tokens", fontsize=8)
+        ax.set_ylabel("held-out EV", fontsize=8)
+        ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if shown:
         _variant_legend(figure, colors, [v for v in colors if v in shown])

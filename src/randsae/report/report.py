@@ -54,6 +54,8 @@ QUALITY_COLUMNS = (
     Column("ce_sae", "CE SAE", ".3f"),
     Column("meaningful_downstream", "CE meaningful", "", "false except for trained (no language model predicts)"),
     Column("n_eval_tokens", "eval tokens", "d"),
+    Column("converged", "converged", "", "held-out EV changed by under train.converged_below over the last quarter"),
+    Column("ev_change_last_quarter", "EV change, last quarter", "+.3f", "(EV(end) - EV(75%)) / |EV(end)|, held out"),
 )
 ANALYSIS_COLUMNS = (
     Column("single_token_fraction", "single-token", ".3f"),
@@ -173,6 +175,7 @@ def _report_body(
     sections = [
         f"<h1>randsae report: {html.escape(_model_name(run))}</h1>",
         '<nav><a href="#verdict">verdict</a><a href="#run">run</a><a href="#figure2">metrics by layer</a>'
+        '<a href="#curves">learning curves</a>'
         '<a href="#roc">ROC</a><a href="#entropy">entropy vs AUROC</a><a href="#tables">tables</a>'
         f'<a href="{dashboards}/index.html">latent dashboards</a></nav>',
         *(note(text) for text in run.notes),
@@ -186,6 +189,7 @@ def _report_body(
         if panels
         else note("metrics.json has none of the plotted metrics.")
     )
+    sections += _learning_curve_figure(run, colors)
     sections += _interp_figures(run, colors)
     sections += _tables(run, colors)
     sections.append(
@@ -287,6 +291,21 @@ def _panels(run: RunInputs) -> list[plots.Panel]:
             )
         ]
     return [panel for panel in panels if panel.series]
+
+
+def _learning_curve_figure(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
+    heading = '<h2 id="curves">Learning curves</h2>'
+    if not run.learning_curves:
+        return [heading, note("No SAE's training.json has a held-out learning curve (train.curve_points = 0?).")]
+    curves: dict[int, list[plots.LearningCurve]] = {}
+    for key, points in run.learning_curves.items():
+        curve = plots.LearningCurve(key.variant, [p.tokens for p in points], [p.explained_variance for p in points])
+        curves.setdefault(key.layer, []).append(curve)
+    caption = (
+        "held-out explained variance against training tokens, one line per SAE (thin: a variant's replicates); "
+        "the converged column of the quality table compares the last point with the one at 75% of training"
+    )
+    return [heading, figure(plots.learning_curves(curves, colors), caption)]
 
 
 def _interp_figures(run: RunInputs, colors: Mapping[str, str]) -> list[str]:

@@ -15,7 +15,9 @@ from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
 from randsae.interp.summary import InterpSummary, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
-from randsae.run_dir import InterpDir, RunDir, read_json
+from randsae.records import from_plain
+from randsae.run_dir import SAE_TRAINING_FILE, InterpDir, RunDir, SAEKey, read_json
+from randsae.sae.trainer import CurvePoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +47,8 @@ class RunInputs:
     analysis: AnalysisSummary | None
     notes: tuple[str, ...]
     """Why an optional part is missing, shown at the top of the report."""
+    learning_curves: dict[SAEKey, tuple[CurvePoint, ...]] = dataclasses.field(default_factory=dict)
+    """Each evaluated SAE's held-out learning curve (training.json), where it has one."""
 
 
 def read_run(run: RunDir) -> RunInputs:
@@ -78,7 +82,19 @@ def read_run(run: RunDir) -> RunInputs:
     configured = list(config.variants) if config else []
     variants = tuple(dict.fromkeys([*(v for v in configured if v in found), *found]))
     layers = tuple(sorted({row.layer for row in metrics}))
-    return RunInputs(run, config, metrics, timings, variants, layers, interp, analysis, tuple(notes))
+    curves = _read_learning_curves(run, metrics)
+    return RunInputs(run, config, metrics, timings, variants, layers, interp, analysis, tuple(notes), curves)
+
+
+def _read_learning_curves(run: RunDir, metrics: tuple[MetricsRow, ...]) -> dict[SAEKey, tuple[CurvePoint, ...]]:
+    """The non-empty `heldout_curve`s of the SAEs' training.json files (absent before learning curves existed)."""
+    curves = {}
+    for row in metrics:
+        path = run.sae(row.key) / SAE_TRAINING_FILE
+        if path.is_file():
+            plain = read_json(path, "`randsae run`").get("heldout_curve") or []
+            curves[row.key] = from_plain(tuple[CurvePoint, ...], plain)
+    return {key: curve for key, curve in curves.items() if curve}
 
 
 def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:

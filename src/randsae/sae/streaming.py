@@ -151,8 +151,10 @@ def train_streaming(
     device: str | torch.device = "cpu",
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    heldout: Sequence[Tensor | None] = (),
 ) -> list[TrainResult]:
-    """Train one SAE per layer of `stream` (`sae_cfgs` in its layers' order) on its batches.
+    """Train one SAE per layer of `stream` (`sae_cfgs` in its layers' order) on its batches; with `heldout`
+    (rows [n, d] per layer, in the same order), each log holds its held-out learning curve.
 
     With `checkpoint` (a file path), the state of every SAE and of the stream is saved there atomically
     between buffers, at most every `checkpoint_every_s` seconds; a later call with the same arguments
@@ -175,7 +177,8 @@ def train_streaming(
         buffer = None
     first = buffer if buffer is not None else torch.zeros(len(sae_cfgs), 1, sae_cfgs[0].d_in)
     trainings = [
-        SAETraining(sae_cfg, cfg, seed, n_steps, first[index], device) for index, sae_cfg in enumerate(sae_cfgs)
+        SAETraining(sae_cfg, cfg, seed, n_steps, first[index], device, heldout[index] if heldout else None)
+        for index, sae_cfg in enumerate(sae_cfgs)
     ]
     del first
     wall_before = 0.0

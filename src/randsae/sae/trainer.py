@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from randsae.atomic import atomic_path, write_text_atomic
 from randsae.data.tokens import count_not_bos, not_bos
 from randsae.errors import UserError
+from randsae.metrics.quality import ReconstructionAccumulator, ratio
 from randsae.run_dir import SAE_TRAINING_FILE
 from randsae.sae import distributed
 from randsae.sae.base import (
@@ -120,9 +121,22 @@ class TrainConfig:
     """TopK only: run the dense encoder product that picks the k latents in this dtype ("bfloat16" is
     faster on CPUs with AMX and on GPUs, see benchmarks/README.md; sparsify autocasts to bf16 likewise).
     The k values and all gradients stay float32. Unset: float32 throughout, as saved SAEs always encode."""
+    curve_points: int = 16
+    """About how many evenly spaced points the held-out learning curve has (explained variance against training
+    tokens, on the `curve_tokens` held-out rows an experiment passes); 0: no curve and no convergence flag."""
+    curve_tokens: int = 4096
+    """Held-out rows (BOS excluded) each learning-curve point is measured on: the first ones of the site's
+    held-out cache."""
+    converged_below: float = 0.01
+    """An SAE counts as converged when its held-out EV changed by less than this, relative to its final EV,
+    over the last quarter of training: |EV(end) - EV(75%)| / |EV(end)| < converged_below."""
+    lr_sweep: tuple[float, ...] = ()
+    """Peak learning rates to try (replacing `lr`): each SAE is trained at every one, on the same data and
+    seed, and the one with the highest EV on selection rows is kept: the last held-out windows holding
+    `curve_tokens` non-BOS rows, which the quality metrics then leave out. Empty: one training at `lr`."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "n_epochs", "buffer_tokens", "dead_tokens_threshold", "log_points"):
+        for name in ("batch_size", "n_epochs", "buffer_tokens", "dead_tokens_threshold", "log_points", "curve_tokens"):
             if getattr(self, name) < 1:
                 raise invalid(f"train.{name}", getattr(self, name), "an integer of at least 1")
         if self.total_tokens is not None and self.total_tokens < self.batch_size:
@@ -148,6 +162,12 @@ class TrainConfig:
             raise invalid("train.max_grad_norm", self.max_grad_norm, "a positive number")
         if not 0 < self.dead_tokens_fraction <= 1:
             raise invalid("train.dead_tokens_fraction", self.dead_tokens_fraction, "a number in (0, 1]")
+        if self.curve_points < 0:
+            raise invalid("train.curve_points", self.curve_points, "an integer of at least 0 (0: no learning curve)")
+        if self.lr_sweep and (self.lr is not None or not all(lr > 0 for lr in self.lr_sweep)):
+            raise invalid("train.lr_sweep", self.lr_sweep, "positive learning rates, with train.lr left out")
+        if not self.converged_below > 0:
+            raise invalid("train.converged_below", self.converged_below, "a positive number")
 
 
 class LogPoint(NamedTuple):
@@ -157,6 +177,21 @@ class LogPoint(NamedTuple):
     tokens: int
     fvu: float
     lr: float
+
+
+class CurvePoint(NamedTuple):
+    """Held-out explained variance (pooled, about the mean) after `step` steps."""
+
+    step: int
+    tokens: int
+    explained_variance: float
+
+
+class LrCandidate(NamedTuple):
+    """One rate of a learning-rate sweep and its SAE's explained variance on the selection rows."""
+
+    lr: float
+    explained_variance: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,10 +212,20 @@ class TrainLog:
     tokens_per_s: float
     seed: int
     config: TrainConfig
+    heldout_curve: tuple[CurvePoint, ...] = ()
+    """Held-out EV at the `curve_steps`; empty without held-out rows or with curve_points = 0."""
+    ev_change_last_quarter: float | None = None
+    """(EV(end) - EV(75% of the steps)) / |EV(end)| on the held-out curve; None without a curve."""
+    converged: bool | None = None
+    """|ev_change_last_quarter| < config.converged_below; None without a curve."""
+    lr_sweep: tuple[LrCandidate, ...] = ()
+    """Every candidate of `train.lr_sweep` (`randsae.sae.lr_sweep`); this log is the kept one's."""
 
     def to_json(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         fields["loss_curve"] = [point._asdict() for point in self.loss_curve]
+        fields["heldout_curve"] = [point._asdict() for point in self.heldout_curve]
+        fields["lr_sweep"] = [candidate._asdict() for candidate in self.lr_sweep]
         return fields
 
 
@@ -206,6 +251,40 @@ def lr_factor(step: int, warmup_steps: int, n_steps: int) -> float:
     if step < warmup_steps:
         return (step + 1) / warmup_steps
     return (n_steps - step) / (n_steps - warmup_steps)
+
+
+def quarter_step(n_steps: int) -> int:
+    """The step at 75% of training, where the convergence flag's reference EV is measured."""
+    return -(-3 * n_steps // 4)
+
+
+def curve_steps(n_steps: int, points: int) -> frozenset[int]:
+    """Steps after which held-out EV is measured: `points` evenly spaced ones ending at the last step, and
+    `quarter_step` (one of them when `points` is a multiple of 4 dividing the steps)."""
+    if points == 0:
+        return frozenset()
+    return frozenset(-(-i * n_steps // points) for i in range(1, points + 1)) | {quarter_step(n_steps)}
+
+
+def convergence(curve: Sequence[CurvePoint], n_steps: int, threshold: float) -> tuple[float | None, bool | None]:
+    """(relative EV change over the last quarter, whether it is below `threshold`); (None, None) when the curve
+    lacks either end, or training is too short (under 4 steps) to have a last quarter."""
+    ev = {point.step: point.explained_variance for point in curve}
+    start = quarter_step(n_steps)
+    if start == n_steps or start not in ev or n_steps not in ev:
+        return None, None
+    change = ratio(ev[n_steps] - ev[start], abs(ev[n_steps]))
+    return change, abs(change) < threshold
+
+
+@torch.no_grad()
+def explained_variance(sae: SparseAutoencoder, rows: Tensor, chunk_rows: int = 1024) -> float:
+    """The SAE's pooled explained variance on `rows` [n, d_in], as the quality metrics define it."""
+    accumulator = ReconstructionAccumulator(sae.cfg.d_in, sae.cfg.d_sae)
+    for x in rows.split(chunk_rows):
+        z = sae.encode(x)
+        accumulator.add(x, sae.decode(z), z)
+    return accumulator.result().explained_variance_pooled
 
 
 def build_sae(sae_cfg: SAEConfig, seed: int) -> SparseAutoencoder:
@@ -302,7 +381,9 @@ class SAETraining:
         n_steps: int,
         first_buffer: Tensor,
         device: str | torch.device,
+        heldout: Tensor | None = None,
     ):
+        """`heldout` [n, d_in]: the rows the learning curve is measured on (None: no curve)."""
         self.cfg, self.seed, self.n_steps = cfg, seed, n_steps
         self.warmup = min(cfg.warmup_steps, n_steps // 10)
         self.peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
@@ -326,6 +407,9 @@ class SAETraining:
         self.since_fired = torch.zeros(sae_cfg.d_sae, dtype=torch.long, device=device)
         self.fvu_sum = torch.zeros((), device=device)
         self.curve: list[LogPoint] = []
+        self.heldout = None if heldout is None else heldout.to(device)
+        self.curve_steps = curve_steps(n_steps, cfg.curve_points)
+        self.heldout_curve: list[CurvePoint] = []
         self.step = 0
 
     def train_on(self, batch: Tensor) -> LogPoint | None:
@@ -339,6 +423,9 @@ class SAETraining:
         self.since_fired[out.fired] = 0
         self.fvu_sum += out.fvu
         self.step = step + 1
+        if self.heldout is not None and self.step in self.curve_steps:
+            ev = explained_variance(self.sae, self.heldout)
+            self.heldout_curve.append(CurvePoint(self.step, self.step * cfg.batch_size, ev))
         if not ((step + 1) % self.log_every == 0 or step + 1 == self.n_steps):
             return None
         steps_in_interval = step + 1 - (self.curve[-1].step if self.curve else 0)
@@ -363,6 +450,7 @@ class SAETraining:
             "since_fired": self.since_fired,
             "fvu_sum": self.fvu_sum,
             "curve": [tuple(point) for point in self.curve],
+            "heldout_curve": [tuple(point) for point in self.heldout_curve],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -371,6 +459,7 @@ class SAETraining:
         self.schedule.load_state_dict(state["schedule"])
         self.since_fired, self.fvu_sum = state["since_fired"], state["fvu_sum"]
         self.curve = [LogPoint(*point) for point in state["curve"]]
+        self.heldout_curve = [CurvePoint(*point) for point in state["heldout_curve"]]
         self.step = state["step"]
 
     def result(self, wall: float, wall_here: float, steps_here: int) -> TrainResult:
@@ -379,6 +468,7 @@ class SAETraining:
         cfg = self.cfg
         tokens = self.n_steps * cfg.batch_size
         dead = self.since_fired >= self.dead_after
+        ev_change, converged = convergence(self.heldout_curve, self.n_steps, cfg.converged_below)
         log = TrainLog(
             steps=self.n_steps,
             tokens=tokens,
@@ -391,6 +481,9 @@ class SAETraining:
             tokens_per_s=steps_here * cfg.batch_size / wall_here,
             seed=self.seed,
             config=cfg,
+            heldout_curve=tuple(self.heldout_curve),
+            ev_change_last_quarter=ev_change,
+            converged=converged,
         )
         if isinstance(self.sae, TopKSAE):
             self.sae.selection_dtype = None  # the trained SAE encodes exactly, like SAELens
@@ -423,8 +516,10 @@ def train_sae(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     keep: Tensor | None = None,
+    heldout: Tensor | None = None,
 ) -> TrainResult:
     """Train a new SAE of `sae_cfg` on the source's activations [n_tokens, d_model]; same seed, same SAE.
+    With `heldout` rows [n, d_model], its log holds the held-out learning curve and the convergence flag.
 
     `keep` (bool [n_tokens]) names the rows to train on (`randsae.data.tokens.counted`); None leaves out the
     BOS rows as `cfg.skip_bos` says.
@@ -447,7 +542,7 @@ def train_sae(
     n_steps = n_train_steps(n_rows, cfg)
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed), keep)
     first = next(buffers)
-    training = SAETraining(sae_cfg, cfg, seed, n_steps, first, device)
+    training = SAETraining(sae_cfg, cfg, seed, n_steps, first, device, heldout)
     buffers = itertools.chain([first], buffers)
     del first  # the chain drops it once served: one buffer in memory at a time
     bar = tqdm(
