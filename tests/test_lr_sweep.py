@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from randsae.data.activations import ActivationCache
+from randsae.data.tokens import counted_rows
 from randsae.errors import UserError
 from randsae.experiment import run_pipeline, selection_windows
 from randsae.run_dir import RunDir, SAEKey
@@ -55,13 +56,14 @@ def test_pipeline_sweeps_each_sae_and_evaluates_on_the_other_windows(
         folder = run.sae(row.key)
         log = json.loads((folder / "training.json").read_text())
         heldout = ActivationCache.open(run.activations(row.key.site, "heldout"))
-        x = heldout.load().view(-1, 32, 32)[-3:, 1:].reshape(-1, 32)  # the last 3 windows' 93 non-BOS rows
+        counted = counted_rows(run.tokens("heldout")).view(-1, 32)  # no BOS, no document separator
+        x = heldout.load().view(-1, 32, 32)[-3:][counted[-3:]]  # the last 3 windows' counted rows
         candidates = {c["lr"]: c["explained_variance"] for c in log["lr_sweep"]}
         assert list(candidates) == [1e-6, 3e-3]
         kept = max(candidates, key=candidates.__getitem__)
         assert log["peak_lr"] == kept and log["config"]["lr"] == kept
         assert candidates[kept] == pytest.approx(explained_variance(load_sae(folder), x), abs=1e-5)
-        assert row.n_eval_tokens == (32 - 3) * 31, "the selection windows are left out of the metrics"
+        assert row.n_eval_tokens == counted[:-3].sum(), "the selection windows are left out of the metrics"
         assert not list(folder.glob("*.pt")) and not list(folder.parent.glob("*.pt"))
     assert rows[0].key == SAEKey("trained", 1)
     with pytest.raises(UserError, match="held-out windows"):
