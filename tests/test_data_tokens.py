@@ -21,6 +21,7 @@ from randsae.data.tokens import (
     pack_windows,
     save_tokens,
     special_ids,
+    special_token_ids,
     tokenize_splits,
     unknown_token_warning,
 )
@@ -83,7 +84,7 @@ def test_token_files_are_byte_for_byte_what_collecting_every_token_gave(tmp_path
         n = getattr(cfg, f"{split}_tokens") // 16
         body = torch.tensor(stream[: n * 15], dtype=torch.int32).view(n, 15)
         expected = torch.cat([torch.full((n, 1), bos, dtype=torch.int32), body], dim=1)
-        excluded = {"excluded_ids": json.dumps(sorted(set(tokenizer.all_special_ids)))}
+        excluded = {"excluded_ids": json.dumps(list(special_token_ids(tokenizer)))}
         save_file({"input_ids": expected}, tmp_path / "expected.safetensors", metadata=excluded)
         assert (tmp_path / f"{split}.safetensors").read_bytes() == (tmp_path / "expected.safetensors").read_bytes()
         assert bos in load_excluded_ids(tmp_path / f"{split}.safetensors")
@@ -96,6 +97,15 @@ def test_counted_rows_leave_out_bos_and_the_excluded_tokens():
     assert counted(windows, ()).tolist() == [False, True, True, True, False, True, True, True]
     assert counted(windows, (1, 2)).tolist() == [False, True, False, True, False, False, True, True]
     assert counted(windows, (2,), bos=True).tolist() == [True, True, False, True, True, False, True, True]
+
+
+def test_special_tokens_are_the_structural_ones_not_the_unknown_token():
+    from types import SimpleNamespace
+
+    chat = SimpleNamespace(bos_token_id=1, eos_token_id=2, pad_token_id=2, unk_token_id=0, all_special_ids=[0, 1, 2, 7])
+    assert special_token_ids(chat) == (1, 2, 7)  # 7: a chat marker; 0 (unknown) stands for text
+    gpt2 = SimpleNamespace(bos_token_id=5, eos_token_id=5, pad_token_id=None, unk_token_id=5, all_special_ids=[5])
+    assert special_token_ids(gpt2) == (5,)  # its unknown token is its EOS
 
 
 def test_a_token_file_records_its_excluded_ids_and_one_without_them_excludes_none(tmp_path):

@@ -16,7 +16,7 @@ from randsae.metrics.results import load_metrics
 from randsae.run_dir import RunDir, SAEKey
 from tests.helpers import tiny_config
 
-RANDOM = ("rerandomized", "rerandomized_keep_embeddings", "control")
+RANDOM = ("rerandomized", "control")  # the embedded default's random variants
 
 
 @pytest.mark.parametrize(
@@ -24,11 +24,11 @@ RANDOM = ("rerandomized", "rerandomized_keep_embeddings", "control")
     [
         (("interp.n_latents=5", "analysis.seed=3", "device=cpu", "train.checkpoint_every_s=5"), [None] * 4),
         (("layers=[3, 10, 17, 20]",), [None]),
-        (('variants=["trained", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted"]',), [None]),
+        (('variants=["trained", "rerandomized", "rerandomized_keep_embeddings", "control"]',), [None]),
         (("layers=[10, 17]",), [("activations", None, (3,))]),
         (
             ('variants=["trained", "control"]',),
-            [("activations", ("rerandomized", "rerandomized_keep_embeddings"), None)],
+            [("activations", ("rerandomized",), None)],
         ),
         (("model.name=gpt2",), [("tokens", None, None)]),
         (("model.step0_revision=step1",), [("activations", ("step0",), None)]),

@@ -320,8 +320,11 @@ def counted_rows(path: Path, bos: bool = False) -> Tensor:
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """Every special token id of the tokenizer (BOS, EOS, padding, chat markers...)."""
-    return tuple(sorted(set(tokenizer.all_special_ids)))
+    """The tokenizer's special token ids that mark structure (BOS, EOS, padding, chat markers...): all but the
+    unknown token, which stands for text (a word the vocabulary cannot spell) and is only warned about."""
+    marks = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    unknown = {tokenizer.unk_token_id} - marks
+    return tuple(sorted(set(tokenizer.all_special_ids) - unknown))
 
 
 def _read_header(path: Path) -> tuple[dict[str, Any], int]:

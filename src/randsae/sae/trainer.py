@@ -539,6 +539,11 @@ def train_sae(
             "Build the SAEConfig with d_in equal to the activations' width",
         )
     n_rows = usable_rows(source.n_tokens, cfg) if keep is None else int(keep.sum())
+    if n_rows == 0:
+        raise UserError(
+            "the train split holds no token to train on: every one is BOS or a special token",
+            "Use more or other text, or set tokens.exclude_special = false",
+        )
     n_steps = n_train_steps(n_rows, cfg)
     buffers = shuffled_buffers(source, cfg, torch.Generator().manual_seed(seed), keep)
     first = next(buffers)
