@@ -20,6 +20,7 @@ from randsae.analysis.replicates import mean_interval, replicate_spread
 from randsae.analysis.results import load_analysis
 from randsae.config import ReplicatesConfig
 from randsae.experiment import run_pipeline, sae_keys
+from randsae.interp import interpret_run
 from randsae.metrics.results import save_metrics
 from randsae.report import write_report
 from randsae.run_dir import RunDir, SAEKey
@@ -31,6 +32,7 @@ from tests.helpers import (
     build_analysis_run,
     read_tables,
     tiny_config,
+    tiny_interp_config,
 )
 
 TRAINED = [SAEKey("trained", 0, sae_seed=s) for s in range(3)]
@@ -160,6 +162,12 @@ def test_a_replicated_pipeline_run_is_analysed_per_replicate(tmp_path, tiny_mode
     assert all(not math.isnan(r.ci_low) for r in summary.replicates if r.variant == "control" and r.minimum < r.maximum)
     assert (tmp_path / "analysis" / "verdict.json").is_file()
     assert any("2 replicates is averaged, not resampled" in note for note in summary.notes)
+
+    interpret_run(tmp_path, tiny_interp_config(), progress=False)
+    report = write_report(tmp_path, progress=False).read_text()
+    assert "first replicate (random draw 0, SAE seed 0)" in report
+    folders = {path.name for path in (tmp_path / "dashboards").iterdir() if path.is_dir()}
+    assert folders == {"trained", "control"} and list((tmp_path / "dashboards").glob("*/*/*.html")), folders
 
 
 def test_the_report_shows_the_replicates_and_their_spread(tmp_path, replicated: Path, summary):

@@ -265,8 +265,15 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
     if unembedding is None:
         notes.append("The run has no unembedding.safetensors: top promoted logits are not shown.")
     scored: dict[tuple[str, int], dict[int, LatentResult]] = {}
+    keys: dict[tuple[str, int], SAEKey] = {}
     for row in run.interp.summary.latents:
+        key = SAEKey.from_parts(tuple(row.module.split(".")))
+        if key is None or key.replicate not in ("", "seed0", "draw0", "draw0 seed0"):
+            continue  # one replicate per variant and layer: the first
+        keys[(row.variant, row.layer)] = key
         scored.setdefault((row.variant, row.layer), {})[row.latent] = row
+    if any(key.replicate for key in keys.values()):
+        notes.append("Dashboards show each variant's first replicate (random draw 0, SAE seed 0).")
     views = {}
     items = sorted(scored.items(), key=lambda item: (run.variants.index(item[0][0]), item[0][1]))
     if progress:
@@ -274,7 +281,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
 
         items = tqdm(items, desc="dashboards", unit="SAE", leave=False)
     for (variant, layer), rows in items:
-        key = SAEKey(variant, layer)
+        key = keys[(variant, layer)]
         cache = open_latent_cache(run.run.latent_cache(key))
         if cache is None:
             notes.append(f"No dashboards for {variant} layer {layer}: its latent cache is missing.")
