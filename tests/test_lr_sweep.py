@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from randsae.analysis import AnalysisConfig, analyze_run
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import counted_rows
 from randsae.errors import UserError
@@ -66,6 +67,8 @@ def test_pipeline_sweeps_each_sae_and_evaluates_on_the_other_windows(
         assert row.n_eval_tokens == counted[:-3].sum(), "the selection windows are left out of the metrics"
         assert not list(folder.glob("*.pt")) and not list(folder.parent.glob("*.pt"))
     assert rows[0].key == SAEKey("trained", 1)
+    summary = analyze_run(tmp_path, AnalysisConfig(bootstrap_samples=20, min_token_count=5), progress=False)
+    assert any(note.startswith("train.lr_sweep: the SAE EV gap") for note in summary.notes), summary.notes
     with pytest.raises(UserError, match="held-out windows"):
         too_many = dataclasses.replace(train, curve_tokens=32 * 31)
         selection_windows(dataclasses.replace(cfg, train=too_many), heldout)

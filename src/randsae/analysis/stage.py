@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from randsae.analysis.codes import row_layout
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.interp_split import LatentScores, read_interp_scores, split_by_latent_type
+from randsae.analysis.lr_gaps import ev_gaps, lr_dependent
 from randsae.analysis.measure import (
     LatentMeasures,
     SAEAnalysis,
@@ -39,7 +40,7 @@ from randsae.atomic import atomic_path
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import load_excluded_ids, load_tokens
 from randsae.errors import UserError
-from randsae.run_dir import RunDir, SAEKey
+from randsae.run_dir import SAE_TRAINING_FILE, RunDir, SAEKey
 from randsae.sae.base import WEIGHTS_FILE, load_sae
 
 # Settings that change the per-latent arrays (the thresholds only change what is derived from them).
@@ -141,6 +142,17 @@ def measure_entry(
     analysis = analyse_sae(sae, heldout.iter_chunks(cfg.chunk_rows), layout, lookup, cfg)
     _save_part(part_path, key, analysis)
     return analysis
+
+
+def swept_candidates(run: RunDir, entries: Sequence[SAEKey]) -> dict[SAEKey, dict[float, float]]:
+    """Per SAE trained with `train.lr_sweep`, each learning rate's held-out EV ({} without a sweep)."""
+    found = {}
+    for entry in entries:
+        log = run.sae(entry) / SAE_TRAINING_FILE
+        tried = json.loads(log.read_text()).get("lr_sweep") if log.is_file() else None
+        if tried:
+            found[entry] = {float(c["lr"]): float(c["explained_variance"]) for c in tried}
+    return found
 
 
 def has_train_cache(run: RunDir, entry: SAEKey) -> bool:
@@ -259,9 +271,20 @@ def analyze_run(
             f"a side with 2 replicates is averaged, not resampled (from {MIN_REPLICATES} on): its intervals "
             "cover the units only"
         )
+    verdict = verdict_table(rows)
+    candidates = swept_candidates(run, entries)
+    if candidates:
+        readings = lr_dependent(ev_gaps(candidates))
+        verdict = [
+            row._replace(reading=readings[row.variant]) if row.metric == "sae_ev" and row.variant in readings else row
+            for row in verdict
+        ]
+        notes.append(
+            "train.lr_sweep: the SAE EV gap "
+            + (f"changes sign between learning rates vs {', '.join(readings)}" if readings else "keeps its sign")
+            + " (each candidate's EV on the selection windows, training.json lr_sweep)"
+        )
     records = tuple(summarize(entry, latents[entry], samples[entry], n_rows[entry]) for entry in latents)
-    summary = AnalysisSummary(
-        cfg, records, tuple(rows), tuple(verdict_table(rows)), tuple(replicate_spread(records)), tuple(notes)
-    )
+    summary = AnalysisSummary(cfg, records, tuple(rows), tuple(verdict), tuple(replicate_spread(records)), tuple(notes))
     write_outputs(run, summary, latents, matches)
     return summary
