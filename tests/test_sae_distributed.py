@@ -28,7 +28,7 @@ class ShardsInOneProcess(ActivationStream):
     """The global batches of a WORLD-process run, read in one process: the reference."""
 
     def __init__(self) -> None:
-        super().__init__(ddp_worker.forward, torch.zeros(1, 1), (0, 1), ddp_worker.CFG, 3, seed=0)
+        super().__init__(ddp_worker.forward, torch.zeros(1, 2), (0, 1), ddp_worker.CFG, 3, seed=0)
         self.shards = [ddp_worker.stream(rank, WORLD) for rank in range(WORLD)]
         self.n_tokens, self.n_steps = self.shards[0].n_tokens, self.shards[0].n_steps
 
