@@ -8,6 +8,7 @@ whose latents follow tokens and a `noise` variant whose latents should score at 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from typing import Any
 
@@ -85,6 +86,13 @@ def test_token_judge_run_writes_every_output_and_separates_token_latents_from_no
     assert [s["module"] for s in stored["saes"]] == ["noise.layer1", "tokenlike.layer1"]
     table = format_interp_table(summary)
     assert "tokenlike" in table and "scaled down" in table
+    assert [sae.health.n_latents for sae in summary.saes] == [sae.n_sampled for sae in summary.saes]
+    assert stored["saes"][0]["health"]["echo_share"] == 0.0, "the token-list explainer has no prompt to echo"
+    echoing = dataclasses.replace(summary.saes[0].health, warnings=("only 20% of the explanations are distinct",))
+    flagged = dataclasses.replace(summary, saes=(dataclasses.replace(summary.saes[0], health=echoing),))
+    assert "warning: explanations of noise.layer1: only 20% of the explanations are distinct" in format_interp_table(
+        flagged
+    )
 
 
 class ScriptedModel:

@@ -28,6 +28,7 @@ from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
 from randsae.interp.examples import LatentExamples, sample_examples
 from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
+from randsae.interp.health import explanation_health, prompt_words
 from randsae.interp.judges import LLMJudge, TokenJudge
 from randsae.interp.language_models import FAILURE_KINDS, RETRIED_FAILURES, JudgeFailure, LanguageModel, chunks
 from randsae.interp.latent_cache import (
@@ -38,7 +39,7 @@ from randsae.interp.latent_cache import (
     sae_fingerprint,
 )
 from randsae.interp.outputs import TASKS, read_scores, write_scores
-from randsae.interp.prompts import Prompt
+from randsae.interp.prompts import EXPLAINER_SYSTEM, Prompt
 from randsae.interp.scorers import ScoredExample, score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
@@ -373,8 +374,16 @@ def interpret_sae(
         token_entropy=spread(np.array([row.token_entropy for row in rows])),
         fuzz=summaries["fuzz"],
         detection=summaries["detection"],
+        health=explanation_health(
+            [None if row.explanation_failure else row.explanation for row in rows], explainer_vocabulary(cfg)
+        ),
     )
     return result, rows
+
+
+def explainer_vocabulary(cfg: InterpConfig) -> frozenset[str]:
+    """The words an LLM explainer could echo from its prompt (none for the token-list explainer: no prompt)."""
+    return frozenset() if cfg.resolved_explainer == "token_list" else prompt_words([EXPLAINER_SYSTEM])
 
 
 def _is_done(paths: InterpDir, module: str, latent: int, retry: frozenset[str]) -> bool:

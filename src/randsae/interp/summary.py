@@ -19,6 +19,7 @@ import numpy as np
 from randsae.atomic import write_text_atomic
 from randsae.errors import UserError
 from randsae.interp import statistics
+from randsae.interp.health import ExplanationHealth
 from randsae.interp.scorers import ScoredExample
 from randsae.records import from_plain
 from randsae.run_dir import InterpDir, read_json
@@ -113,6 +114,8 @@ class SAEInterp:
     token_entropy: statistics.Spread
     fuzz: ScoreSummary
     detection: ScoreSummary
+    health: ExplanationHealth | None = None
+    """Are the explanations specific (interp/health.py)? None in results written before it was measured."""
 
     @property
     def label(self) -> str:
@@ -233,7 +236,8 @@ def format_interp_table(summary: InterpSummary) -> str:
     """The printed summary: one line per variant x layer, the scaling and judge above it."""
     header = (
         f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<22} {'detect AUROC [95% CI]':<22} "
-        f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7}"
+        f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7} "
+        f"{'distinct/echo':>13}"
     )
     lines = [summary.scaling, header]
     for sae in summary.saes:
@@ -244,13 +248,18 @@ def format_interp_table(summary: InterpSummary) -> str:
             f"{sae.label:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
             f"{fuzz.latent_auroc.median:>8.3f} {fuzz.balanced_accuracy:>7.3f} {fuzz.f1:>5.2f} "
             f"{sae.token_entropy.mean:>7.2f} {f'{sae.n_eligible}/{sae.n_sampled}/{sae.n_dead}':>18} "
-            f"{f'{failed}/{total}':>7}"
+            f"{f'{failed}/{total}':>7} {_health_cell(sae.health):>13}"
         )
     sources = sorted({sae.fuzz.probability_source for sae in summary.saes})
     lines.append(
         f"probabilities from: {', '.join(sources)}; bal.acc and F1 are fuzzing's; "
         f"failed examples count as wrong and score 0.5"
     )
+    lines.append(
+        "distinct/echo: explanations that are distinct, and that echo the explainer prompt's own words "
+        "(interp/health.py)"
+    )
+    lines += [f"warning: explanations of {sae.module}: {text}" for sae in summary.saes for text in health_warnings(sae)]
     failing = [sae for sae in summary.saes if sae.fuzz.n_failed + sae.detection.n_failed]
     if failing:
         lines.append(
@@ -270,6 +279,17 @@ def format_interp_table(summary: InterpSummary) -> str:
             "parse failures (replies without the expected answers) too"
         )
     return "\n".join(lines)
+
+
+def health_warnings(sae: SAEInterp) -> tuple[str, ...]:
+    """The explanation-health warnings of one SAE (none for results written before health was measured)."""
+    return () if sae.health is None else sae.health.warnings
+
+
+def _health_cell(health: ExplanationHealth | None) -> str:
+    if health is None:
+        return "-"
+    return f"{health.distinct_share:.0%}/{health.echo_share:.0%}"
 
 
 def _failure_counts(sae: SAEInterp) -> tuple[int, int, int, int, int, int]:

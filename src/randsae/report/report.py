@@ -452,6 +452,10 @@ INTERP_COLUMNS = (
     Column("n_dead", "dead", "d"),
     Column("n_failed", "failed examples", "d"),
     Column("probability_source", "probabilities from"),
+    Column("distinct_share", "distinct explanations", ".0%"),
+    Column("echo_share", "echo the prompt", ".0%"),
+    Column("failed_share", "failed explanations", ".0%"),
+    Column("median_words", "median words", ".1f"),
 )
 
 
@@ -475,6 +479,10 @@ def _interp_row(sae: SAEInterp) -> dict[str, Any]:
         "n_dead": sae.n_dead,
         "n_failed": fuzz.n_failed + detection.n_failed,
         "probability_source": fuzz.probability_source,
+        "distinct_share": None if sae.health is None else sae.health.distinct_share,
+        "echo_share": None if sae.health is None else sae.health.echo_share,
+        "failed_share": None if sae.health is None else sae.health.failed_share,
+        "median_words": None if sae.health is None else sae.health.median_words,
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from randsae.analysis.results import AnalysisSummary, load_analysis
 from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
-from randsae.interp.summary import InterpSummary, load_interp_summary
+from randsae.interp.summary import InterpSummary, health_warnings, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
 from randsae.records import from_plain
 from randsae.run_dir import SAE_TRAINING_FILE, InterpDir, RunDir, SAEKey, read_json
@@ -114,7 +114,13 @@ def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:
     settings = (
         read_json(files.selection, "`randsae interpret`").get("settings", {}) if files.selection.is_file() else {}
     )
-    return InterpResults(judges[0], files, load_interp_summary(files), settings)
+    summary = load_interp_summary(files)
+    notes += [
+        f"Explanation health of {sae.module}: {text}. Its AUROCs may measure the explainer, not the latents."
+        for sae in summary.saes
+        for text in health_warnings(sae)
+    ]
+    return InterpResults(judges[0], files, summary, settings)
 
 
 def _read_analysis(run: RunDir, notes: list[str]) -> AnalysisSummary | None:
