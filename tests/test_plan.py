@@ -111,6 +111,20 @@ def test_streamed_training_writes_no_train_cache_and_shares_its_forwards_over_th
     assert total_disk(list(stages.values())) == 4800 + 9600 + 3552 + 19200
 
 
+def test_sae_seed_replicates_multiply_the_saes_not_the_caches():
+    plain, seeded = _stages(SHAPE), _stages(dataclasses.replace(SHAPE, sae_seeds=2))
+    for stage in ("harvest train", "harvest heldout"):
+        assert seeded[stage] == plain[stage], "the seeds of a model share its activation caches"
+    assert (seeded["train"].tokens, seeded["train"].disk_bytes) == (
+        2 * plain["train"].tokens,
+        2 * plain["train"].disk_bytes,
+    )
+    assert seeded["train"].seconds == pytest.approx(2 * plain["train"].seconds)
+    assert seeded["interp"].disk_bytes == 2 * plain["interp"].disk_bytes
+    streamed = _stages(dataclasses.replace(SHAPE, streamed=True, sae_seeds=2))["stream train"]
+    assert streamed.tokens == 2 * _stages(dataclasses.replace(SHAPE, streamed=True))["stream train"].tokens
+
+
 def test_times_that_were_not_measured_are_left_out():
     stages = _stages(
         dataclasses.replace(SHAPE, token_judge=False), dataclasses.replace(SPEEDS, tokenize_tokens_per_s=None)

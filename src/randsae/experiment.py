@@ -137,7 +137,8 @@ def plan_run(
     )
     parameters = list(lm.model.parameters())
     shape = RunShape(
-        variants=len(cfg.variants),
+        variants=len({(key.variant, key.variant_seed) for key in sae_keys(cfg)}),  # every random draw
+        sae_seeds=cfg.replicates.sae_seeds,
         layers=len(cfg.layers),
         train_tokens=train_tokens,
         heldout_tokens=cfg.tokens.heldout_tokens // c * c,

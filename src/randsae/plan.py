@@ -24,6 +24,7 @@ class RunShape:
     """The sizes a run's cost follows from (tokens are whole windows, BOS included)."""
 
     variants: int
+    """Models built: each variant's random draws counted apart (`[replicates] variant_seeds`)."""
     layers: int
     train_tokens: int
     heldout_tokens: int
@@ -52,6 +53,12 @@ class RunShape:
     """Auto-interp with the offline token judge (an LLM judge's replies are not estimated)."""
     k: int | None = None
     """TopK's k (the latent cache of auto-interp keeps k activations per token); None for other SAEs."""
+    sae_seeds: int = 1
+    """SAEs per model and layer (`[replicates] sae_seeds`); streamed, each seed streams its own forwards."""
+
+    @property
+    def saes(self) -> int:
+        return self.variants * self.layers * self.sae_seeds
 
     @property
     def sae_bytes(self) -> int:
@@ -128,13 +135,14 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
         buffer_rows = min(max(s.buffer_tokens, s.train_batch_tokens), s.train_tokens)
         train_memory = 4 * buffer_rows * s.d_model * 4 + s.sae_bytes + adam
     ce_batches = -(-min(s.ce_windows, s.heldout_windows()) // s.harvest_batch_windows)
-    ce_forwards = ce_batches * (1 + 2 * s.layers)  # clean, then zero-ablated and SAE-spliced per layer
+    ce_forwards = ce_batches * (1 + s.layers * (1 + s.sae_seeds))  # clean; zero-ablated per layer; per SAE
     heldout_steps = -(-s.heldout_tokens // s.train_batch_tokens)
     analysed_tokens = s.analysed_windows() * s.context_size
     second_seed = int(s.seed_stability and not s.streamed)  # seed stability retrains on train caches only
     latent_entry = 4 + (2 if s.d_sae < 2**15 else 4) + 2
     train_harvest = "stream train" if s.streamed else "harvest train"
-    train_forwarded = s.variants * (s.streamed_windows() * s.context_size if s.streamed else s.train_tokens)
+    forwarded = s.streamed_windows() * s.context_size * s.sae_seeds if s.streamed else s.train_tokens
+    train_forwarded = s.variants * forwarded
     train_cache = 0 if s.streamed else s.variants * s.layers * s.cache_bytes(s.train_tokens)
     stages = [
         ("tokenize", s.train_tokens + s.heldout_tokens, (s.train_tokens + s.heldout_tokens) * TOKEN_FILE_BYTES,
@@ -142,12 +150,12 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
         (train_harvest, train_forwarded, train_cache, forward_memory),
         ("harvest heldout", s.variants * s.heldout_tokens, s.variants * s.layers * s.cache_bytes(s.heldout_tokens),
          forward_memory),
-        ("train", s.variants * s.layers * s.train_steps * s.train_batch_tokens, s.variants * s.layers * s.sae_bytes,
+        ("train", s.saes * s.train_steps * s.train_batch_tokens, s.saes * s.sae_bytes,
          train_memory + batch_rows * row_bytes),
         ("evaluate", s.variants * s.heldout_tokens, 0, model + s.layers * s.sae_bytes + sae_batch),
         ("interp", s.variants * s.heldout_tokens,
-         s.variants * s.layers * s.heldout_tokens * (s.k or 0) * latent_entry, s.sae_bytes + sae_batch),
-        ("analysis", s.variants * analysed_tokens, s.variants * s.layers * s.sae_bytes * second_seed,
+         s.saes * s.heldout_tokens * (s.k or 0) * latent_entry, s.sae_bytes + sae_batch),
+        ("analysis", s.variants * analysed_tokens, s.saes * s.sae_bytes * second_seed,
          s.sae_bytes + adam * second_seed + sae_batch),
     ]  # fmt: skip
     seconds: dict[str, float | None] = {}
@@ -159,11 +167,10 @@ def estimate_stages(shape: RunShape, speeds: Speeds | None) -> list[StageEstimat
             "tokenize": None if rate is None else s.tokenized_text_tokens() / rate,
             train_harvest: train_forwarded * forward_s / s.processes,
             "harvest heldout": s.variants * s.heldout_tokens * forward_s,
-            "train": s.variants * s.layers * s.train_steps * speeds.sae_step_s / s.processes,
-            "evaluate": s.variants
-            * (ce_forwards * speeds.full_forward_s + s.layers * heldout_steps * speeds.sae_step_s),
-            "interp": s.variants * s.layers * heldout_steps * speeds.sae_step_s if s.token_judge else None,
-            "analysis": s.variants * s.layers * analysis_steps * speeds.sae_step_s,
+            "train": s.saes * s.train_steps * speeds.sae_step_s / s.processes,
+            "evaluate": s.variants * ce_forwards * speeds.full_forward_s + s.saes * heldout_steps * speeds.sae_step_s,
+            "interp": s.saes * heldout_steps * speeds.sae_step_s if s.token_judge else None,
+            "analysis": s.saes * analysis_steps * speeds.sae_step_s,
         }
     return [StageEstimate(name, tokens, disk, memory, seconds.get(name)) for name, tokens, disk, memory in stages]
 
