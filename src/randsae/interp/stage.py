@@ -38,7 +38,7 @@ from randsae.interp.latent_cache import (
     sae_fingerprint,
 )
 from randsae.interp.outputs import TASKS, read_scores, write_scores
-from randsae.interp.prompts import Prompt
+from randsae.interp.prompts import EXPLAINER_PROMPT_VERSION, Prompt
 from randsae.interp.scorers import ScoredExample, score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
@@ -195,6 +195,8 @@ def ensure_latent_cache(
 def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
+        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
     stored = _read_json_or_none(paths.selection)
     if stored is None and paths.selection.is_file():
@@ -366,6 +368,7 @@ def interpret_sae(
         n_sampled=len(latents),
         explainer=cfg.resolved_explainer,
         judge=cfg.judge,
+        explainer_prompt_version=EXPLAINER_PROMPT_VERSION if cfg.resolved_explainer == "llm" else "",
         n_explanation_failures=sum(explanation_failures.values()),
         n_explanation_request_failures=explanation_failures["request"],
         n_explanation_malformed_failures=explanation_failures["malformed"],
