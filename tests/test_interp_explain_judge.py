@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -19,7 +20,14 @@ from randsae.interp.explainers import (
 )
 from randsae.interp.judges import JudgeItem, JudgeRequest, LLMJudge, TokenJudge
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure, TokenChoice, answers_from_tokens
-from randsae.interp.prompts import judge_prompt, render_window
+from randsae.interp.prompts import (
+    EXPLAINER_EXAMPLES,
+    EXPLAINER_SYSTEM,
+    GENERIC_WORDS,
+    judge_prompt,
+    prompt_vocabulary,
+    render_window,
+)
 
 VOCAB = [" the", " cat", " sat", ",", ' "quoted"', " on", " mat", "."]
 
@@ -142,6 +150,26 @@ def test_llm_explainer_shows_highlights_and_activations():
     assert found.text == "animals" and found.failure is None
     user = model.prompts[0].user
     assert "Excerpt 1:  the<< cat>> sat" in user and "' cat' 10" in user and "sat' " not in user
+
+
+def test_explainer_prompt_names_no_category_a_small_model_could_echo():
+    words = set(re.findall(r"[a-z]+", EXPLAINER_SYSTEM.lower()))
+    assert not words & GENERIC_WORDS
+    assert len(EXPLAINER_EXAMPLES) >= 2
+    for excerpts, answer in EXPLAINER_EXAMPLES:
+        assert f"Explanation: {answer}" in EXPLAINER_SYSTEM
+        for text, activations in excerpts:
+            # The marked spans are what `render_window` would draw for the listed tokens: runs share a marker.
+            assert "".join(re.findall(r"<<(.*?)>>", text)) == "".join(token for token, _ in activations)
+            assert ">><<" not in text and all(0 <= value <= 10 for _, value in activations)
+
+
+def test_prompt_vocabulary_is_the_prompts_own_content_words():
+    vocabulary = prompt_vocabulary()
+    assert {"pattern", "specific", "marked", "quantity", "date"} <= vocabulary
+    assert not {"the", "of", "a", "and"} & vocabulary
+    assert vocabulary <= set(re.findall(r"[a-z]+", EXPLAINER_SYSTEM.lower()))
+    assert all(word == word.lower() for word in vocabulary)
 
 
 def test_llm_judge_marks_failed_requests_and_keeps_order():

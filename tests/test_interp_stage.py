@@ -18,6 +18,8 @@ from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
 from randsae.interp.outputs import TASKS, read_explanation, read_scores
+from randsae.interp.prompts import EXPLAINER_PROMPT_VERSION
+from randsae.interp.summary import load_interp_summary
 from randsae.run_dir import RunDir
 from tests.helpers import build_interp_run, str_tokens
 
@@ -223,6 +225,8 @@ def test_a_second_judge_sits_beside_the_first(tmp_path):
     )
     assert RunDir(run).interp_judges() == ["http-scripted", "token"]
     assert token.saes[0].judge == "token" and llm.saes[0].judge == "http"
+    assert token.saes[0].explainer_prompt_version == "" and llm.saes[0].explainer_prompt_version == "2"
+    assert load_interp_summary(RunDir(run).interp("http-scripted")).saes[0].explainer_prompt_version == "2"
     assert len(list((run / "interp" / "latent_cache").iterdir())) == 1  # one latent cache serves both judges
 
 
@@ -231,6 +235,19 @@ def test_changed_settings_do_not_mix_with_old_results(tmp_path):
     interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
     with pytest.raises(UserError, match="other interp settings or SAEs \\(n_negatives: 8 stored, 4 now\\)"):
         interpret_run(run, small_config(n_negatives=4), progress=False, str_tokens=str_tokens)
+
+
+def test_explanations_from_another_explainer_prompt_are_not_mixed_in(tmp_path):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    cfg = small_config(judge="http", model="org/scripted")
+    interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel())
+    selection = RunDir(run).interp("http-scripted").selection
+    stored = json.loads(selection.read_text())
+    assert stored["settings"]["explainer_prompt_version"] == EXPLAINER_PROMPT_VERSION
+    stored["settings"]["explainer_prompt_version"] = "1"
+    selection.write_text(json.dumps(stored))
+    with pytest.raises(UserError, match="explainer_prompt_version: '1' stored, '2' now"):
+        interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=ScriptedModel())
 
 
 def test_selection_is_matched_across_variants_and_the_reduction_reported(tmp_path):

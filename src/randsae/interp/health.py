@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -105,11 +105,6 @@ class ExplanationHealth:
 def content_words(text: str) -> list[str]:
     """The lowercase alphabetic words of 3 letters or more that are not stop words."""
     return [word for word in _WORD.findall(text.lower()) if len(word) >= 3 and word not in STOP_WORDS]
-
-
-def prompt_words(texts: Iterable[str]) -> frozenset[str]:
-    """The content words of a prompt's instructions and examples."""
-    return frozenset(word for text in texts for word in content_words(text))
 
 
 def echoes(explanation: str, vocabulary: frozenset[str]) -> bool:

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from randsae.interp.health import content_words
+
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
@@ -38,24 +40,76 @@ def render_window(str_tokens: Sequence[str], marked: np.ndarray | None = None) -
     return "".join(parts)
 
 
-EXPLAINER_SYSTEM = (
-    "You study one neuron of a language model. You see text excerpts on which it fires; the tokens where it "
-    "fires most are marked <<like this>>, and each excerpt lists its marked tokens with the activation from "
-    "0 to 10. Say in a few words what the marked tokens have in common (a word, a topic, a grammatical "
-    "role, a pattern in the text around them). Finish with one line of the form:\n"
-    "Explanation: <a short phrase>\n\n"
-    "For instance, for excerpts such as 'the <<red>> car' and 'a <<blue>> sky', the last line would be:\n"
-    "Explanation: colour adjectives"
+EXPLAINER_PROMPT_VERSION = "2"
+"""Recorded in interp.json and in the stored selection's settings: results from another prompt are not mixed.
+Version 1 named categories in its instruction ("a word, a topic, a grammatical role") and answered its one
+example with "colour adjectives"; small explainers echoed those onto most latents."""
+
+
+def _excerpt(i: int, text: str, activations: Sequence[tuple[str, int]]) -> str:
+    listed = ", ".join(f"{token!r} {value}" for token, value in activations)
+    return f"Excerpt {i}: {text}\nActivations: {listed}"
+
+
+# Each worked example: its marked excerpts and a specific answer, free of category names a small model could
+# copy onto every latent (a test checks the answers against `GENERIC_WORDS`).
+EXPLAINER_EXAMPLES: tuple[tuple[tuple[tuple[str, tuple[tuple[str, int], ...]], ...], str], ...] = (
+    (
+        (
+            ("she poured a cup<< of>> tea", ((" of", 9),)),
+            ("bought two kilos<< of>> rice and a bottle<< of>> oil", ((" of", 10), (" of", 7))),
+        ),
+        '" of" right after a quantity such as cup, kilo or bottle',
+    ),
+    (
+        (
+            ("the meeting on March<< 14>>, 2019 was short", ((" 14", 10),)),
+            ("born on 3<< June>> 1990 in Leeds", ((" June", 6),)),
+        ),
+        "the day or month inside a written date",
+    ),
+    (
+        (
+            ("we asked Dr.<< Patel>> about the results", ((" Patel", 10),)),
+            ("according to Dr.<< Mary Jones>>, the trial", ((" Mary", 8), (" Jones", 5))),
+        ),
+        'the name that follows "Dr."',
+    ),
 )
+
+GENERIC_WORDS = frozenset({"grammatical", "role", "topic", "adjective", "adjectives", "noun", "nouns", "word", "words"})
+"""Category names no worked answer may use: small explainers echo the prompt's own answers onto every latent."""
+
+
+def _examples_text() -> str:
+    blocks = []
+    for n, (excerpts, answer) in enumerate(EXPLAINER_EXAMPLES, start=1):
+        lines = [_excerpt(i, text, acts) for i, (text, acts) in enumerate(excerpts, start=1)]
+        blocks.append(f"Example {n}\n" + "\n".join(lines) + f"\nExplanation: {answer}")
+    return "\n\n".join(blocks)
+
+
+EXPLAINER_SYSTEM = (
+    "You study one latent of a language model. Each excerpt is text on which it fires: the tokens where it "
+    "fires are marked <<like this>>, and the Activations line lists them with their activation from 0 to 10. "
+    "Name the specific pattern the marked tokens share: quote the exact tokens or phrase, and say what comes "
+    "just before or after them when that matters. Be concrete; say what sets these tokens apart from the "
+    "text around them. Finish with one line of the form:\n"
+    "Explanation: <a short phrase>\n\n" + _examples_text()
+)
+
+
+def prompt_vocabulary() -> frozenset[str]:
+    """The content words (`health.content_words`) of the explainer's instruction and worked examples: an
+    explanation made mostly of these words echoes the prompt rather than describing the latent."""
+    return frozenset(content_words(EXPLAINER_SYSTEM))
 
 
 def explainer_prompt(texts: Sequence[str], activation_lists: Sequence[Sequence[tuple[str, int]]]) -> Prompt:
     """`texts`: marked windows; `activation_lists`: (token, activation 0-10) of each window's marked tokens."""
-    excerpts = []
-    for i, (text, activations) in enumerate(zip(texts, activation_lists, strict=True), start=1):
-        listed = ", ".join(f"{token!r} {value}" for token, value in activations)
-        excerpts.append(f"Excerpt {i}: {text}\nActivations: {listed}")
-    user = "\n\n".join(excerpts) + "\n\nWhat do the marked tokens have in common? End with 'Explanation: ...'."
+    pairs = zip(texts, activation_lists, strict=True)
+    excerpts = [_excerpt(i, text, activations) for i, (text, activations) in enumerate(pairs, start=1)]
+    user = "\n\n".join(excerpts) + "\n\nWhat specific pattern do the marked tokens share? End with 'Explanation: ...'."
     return Prompt(EXPLAINER_SYSTEM, user, "Explanation:")
 
 

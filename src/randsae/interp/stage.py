@@ -28,7 +28,7 @@ from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
 from randsae.interp.examples import LatentExamples, sample_examples
 from randsae.interp.explainers import Explanation, LLMExplainer, StrTokens, TokenListExplainer
-from randsae.interp.health import explanation_health, prompt_words
+from randsae.interp.health import explanation_health
 from randsae.interp.judges import LLMJudge, TokenJudge
 from randsae.interp.language_models import FAILURE_KINDS, RETRIED_FAILURES, JudgeFailure, LanguageModel, chunks
 from randsae.interp.latent_cache import (
@@ -39,7 +39,7 @@ from randsae.interp.latent_cache import (
     sae_fingerprint,
 )
 from randsae.interp.outputs import TASKS, read_scores, write_scores
-from randsae.interp.prompts import EXPLAINER_SYSTEM, Prompt
+from randsae.interp.prompts import EXPLAINER_PROMPT_VERSION, Prompt, prompt_vocabulary
 from randsae.interp.scorers import ScoredExample, score_latents
 from randsae.interp.selection import LatentSelection, select_latents
 from randsae.interp.statistics import spread
@@ -196,6 +196,8 @@ def ensure_latent_cache(
 def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
+        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
     stored = _read_json_or_none(paths.selection)
     if stored is None and paths.selection.is_file():
@@ -367,6 +369,7 @@ def interpret_sae(
         n_sampled=len(latents),
         explainer=cfg.resolved_explainer,
         judge=cfg.judge,
+        explainer_prompt_version=EXPLAINER_PROMPT_VERSION if cfg.resolved_explainer == "llm" else "",
         n_explanation_failures=sum(explanation_failures.values()),
         n_explanation_request_failures=explanation_failures["request"],
         n_explanation_malformed_failures=explanation_failures["malformed"],
@@ -383,7 +386,7 @@ def interpret_sae(
 
 def explainer_vocabulary(cfg: InterpConfig) -> frozenset[str]:
     """The words an LLM explainer could echo from its prompt (none for the token-list explainer: no prompt)."""
-    return frozenset() if cfg.resolved_explainer == "token_list" else prompt_words([EXPLAINER_SYSTEM])
+    return frozenset() if cfg.resolved_explainer == "token_list" else prompt_vocabulary()
 
 
 def _is_done(paths: InterpDir, module: str, latent: int, retry: frozenset[str]) -> bool:

@@ -114,6 +114,9 @@ class SAEInterp:
     token_entropy: statistics.Spread
     fuzz: ScoreSummary
     detection: ScoreSummary
+    explainer_prompt_version: str = ""
+    """`prompts.EXPLAINER_PROMPT_VERSION` of the LLM explainer; "" for the token-list one, and in interp.json
+    files written before the version was recorded (version 1 of the prompt)."""
     health: ExplanationHealth | None = None
     """Are the explanations specific (interp/health.py)? None in results written before it was measured."""
 
