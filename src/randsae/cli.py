@@ -96,9 +96,14 @@ def _say_missing(run) -> None:
 
 def _interpret(run, cfg, device, progress: bool, retry_failed: bool = False) -> None:
     from randsae.interp import format_interp_table, interpret_run
+    from randsae.interp.calibration import load_calibration
+    from randsae.run_dir import judge_label
 
     _say_missing(run)
     print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)))
+    calibration = load_calibration(run.interp(judge_label(cfg.judge, cfg.model)))
+    if calibration is not None and calibration.fails:
+        print(calibration.describe())  # again below the table it qualifies
 
 
 def _analyze(run, cfg, device, progress: bool) -> None:

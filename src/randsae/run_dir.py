@@ -155,6 +155,11 @@ class InterpDir:
         return self.root / "interp.json"
 
     @property
+    def calibration(self) -> Path:
+        """The LLM judge's calibration on probe latents (interp/calibration.py)."""
+        return self.root / "calibration.json"
+
+    @property
     def table(self) -> Path:
         return self.root / "latents.csv"
 

@@ -24,6 +24,7 @@ from randsae.atomic import write_json_atomic, write_text_atomic
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import counted_rows, load_tokens
 from randsae.errors import UserError
+from randsae.interp.calibration import calibrate_judge, save_calibration
 from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
 from randsae.interp.examples import LatentExamples, sample_examples
@@ -106,6 +107,14 @@ def interpret_run(
                 "Re-run the harvest stage",
             )
     selections = load_or_select(paths, caches, cfg)
+    if cfg.judge != "token":  # an LLM judge proves it can tell a right explanation first
+        counted = counted_rows(run.tokens("heldout")).numpy()
+        calibration = calibrate_judge(judge, cfg, tokens, counted, context_size, str_tokens, progress)
+        if calibration is None:
+            _say(progress, "judge calibration skipped: fewer than 2 probe latents occur in the held-out text")
+        else:
+            save_calibration(paths, calibration)
+            print(calibration.describe())  # shown whatever the progress setting: it qualifies every AUROC
     first = next(iter(selections.values()))
     fewest = min(selections, key=lambda module: selections[module].n_eligible)
     _say(

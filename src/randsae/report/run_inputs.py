@@ -13,6 +13,7 @@ from typing import Any
 from randsae.analysis.results import AnalysisSummary, load_analysis
 from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
+from randsae.interp.calibration import load_calibration
 from randsae.interp.summary import InterpSummary, health_warnings, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
 from randsae.records import from_plain
@@ -115,6 +116,9 @@ def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:
         read_json(files.selection, "`randsae interpret`").get("settings", {}) if files.selection.is_file() else {}
     )
     summary = load_interp_summary(files)
+    calibration = load_calibration(files)
+    if calibration is not None:
+        notes.insert(0, calibration.describe() + ".")
     notes += [
         f"Explanation health of {sae.module}: {text}. Its AUROCs may measure the explainer, not the latents."
         for sae in summary.saes

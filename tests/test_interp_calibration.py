@@ -1,0 +1,128 @@
+"""Judge calibration on probe latents: a judge that reads the explanation passes, one that answers at random
+or always says 1 fails; the verdict is stored and said in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from randsae.interp.calibration import (
+    MIN_SENSITIVITY,
+    PROBES,
+    calibrate_judge,
+    load_calibration,
+    probe_entries,
+    save_calibration,
+)
+from randsae.interp.judges import JudgeRequest, Verdict
+from randsae.run_dir import InterpDir
+from tests.helpers import tiny_interp_config
+
+VOCAB = ["<bos>", " of", " the", " cat", " sat", " on", " mat", "12", "7", ".", " Dogs", " run", " fast", " and"]
+CONTEXT, N_WINDOWS = 32, 96
+CFG = tiny_interp_config(min_examples=6, n_quantiles=2, n_per_quantile=4, n_negatives=8, n_bootstrap=50)
+
+
+def str_tokens(ids) -> list[str]:
+    return [VOCAB[i] for i in ids]
+
+
+def held_out() -> tuple[np.ndarray, np.ndarray]:
+    """(flattened token ids, counted rows): random words, position 0 BOS."""
+    ids = np.random.default_rng(0).integers(1, len(VOCAB), size=(N_WINDOWS, CONTEXT))
+    ids[:, 0] = 0
+    counted = np.ones(ids.shape, bool)
+    counted[:, 0] = False
+    return ids.reshape(-1), counted.reshape(-1)
+
+
+class PerfectJudge:
+    """Says 1 exactly where the explained probe fires (detection: anywhere; fuzzing: on every marked token)."""
+
+    def judge_many(self, requests: list[JudgeRequest], progress: bool = False) -> list[list[Verdict]]:
+        rule = {probe.explanation: probe.fires for probe in PROBES}
+        out = []
+        for request in requests:
+            verdicts = []
+            for item in request.items:
+                fires = rule[request.explanation](item.str_tokens)
+                if request.task == "detection":
+                    answer = bool(fires.any())
+                else:
+                    answer = item.marked is not None and bool(item.marked.any()) and bool(fires[item.marked].all())
+                verdicts.append(Verdict(answer, float(answer), None, "test"))
+            out.append(verdicts)
+        return out
+
+
+class ConstantJudge:
+    def __init__(self, answer: bool | None) -> None:
+        self.answer, self.rng = answer, np.random.default_rng(1)
+
+    def judge_many(self, requests: list[JudgeRequest], progress: bool = False) -> list[list[Verdict]]:
+        out = []
+        for request in requests:
+            if self.answer is None:  # at random
+                probabilities = self.rng.random(len(request.items))
+                out.append([Verdict(bool(p > 0.5), float(p), None, "test") for p in probabilities])
+            else:
+                out.append([Verdict(self.answer, float(self.answer), None, "test")] * len(request.items))
+        return out
+
+
+def test_every_probe_is_found_where_its_rule_holds():
+    tokens, counted = held_out()
+    entries = probe_entries(tokens, counted, str_tokens, CONTEXT, CFG)
+    assert [probe.name for probe in entries] == ["of", "digits", "sentence_start"]
+    texts = str_tokens(tokens)
+    of, digits, start = entries.values()
+    assert {texts[row] for row in of.rows} == {" of"} and {texts[row] for row in digits.rows} == {"12", "7"}
+    assert all(texts[row - 1] == "." and texts[row].strip().isalpha() for row in start.rows)
+    assert np.isin(np.flatnonzero(np.array(texts) == " of"), of.rows).all() and (of.values == 1).all()
+
+
+def test_a_judge_that_reads_the_explanation_passes(tmp_path):
+    tokens, counted = held_out()
+    calibration = calibrate_judge(PerfectJudge(), CFG, tokens, counted, CONTEXT, str_tokens)
+    assert calibration is not None and not calibration.fails
+    for task in calibration.tasks:
+        assert task.sensitivity > 0.9, task
+        assert 0.25 < task.specificity < 0.75, task  # another probe's explanation says nothing of these
+    paths = InterpDir(tmp_path / "interp" / "http-judge")
+    save_calibration(paths, calibration)
+    assert load_calibration(paths) == calibration
+    assert calibration.describe().startswith("judge calibration on 3 probe latents") and "WARNING" not in (
+        calibration.describe()
+    )
+
+
+@pytest.mark.parametrize("answer", [True, None], ids=["always 1", "at random"])
+def test_a_judge_that_ignores_the_explanation_fails(answer):
+    tokens, counted = held_out()
+    calibration = calibrate_judge(ConstantJudge(answer), CFG, tokens, counted, CONTEXT, str_tokens)
+    assert calibration is not None and calibration.fails
+    assert all(task.sensitivity < MIN_SENSITIVITY for task in calibration.tasks)
+    if answer:
+        assert all(task.sensitivity == 0.5 for task in calibration.tasks)  # all ties
+    assert "WARNING: the judge fails calibration" in calibration.describe()
+
+
+def test_too_few_probes_skip_calibration():
+    tokens = np.zeros(N_WINDOWS * CONTEXT, np.int64) + 3  # " cat" everywhere: no probe fires
+    assert calibrate_judge(PerfectJudge(), CFG, tokens, np.ones(tokens.size, bool), CONTEXT, str_tokens) is None
+
+
+def test_the_report_says_first_that_the_judge_failed(tmp_path):
+    from randsae.interp.calibration import JudgeCalibration, TaskCalibration
+    from randsae.report import write_report
+    from randsae.run_dir import RunDir
+    from tests.helpers import build_report_run
+
+    run = RunDir(build_report_run(tmp_path, variants=("trained", "control"), layers=(1,)))
+    failing = JudgeCalibration(
+        ("of", "digits"), (TaskCalibration("fuzz", 0.52, 0.5), TaskCalibration("detection", 0.9, 0.5))
+    )
+    save_calibration(run.interp(run.interp_judges()[0]), failing)
+    report = write_report(run.root, progress=False).read_text()
+    warning = report.index("WARNING: the judge fails calibration")
+    assert warning < report.index('id="tables"') and "fuzz 0.52 / 0.50; detection 0.90 / 0.50" in report
