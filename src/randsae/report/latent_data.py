@@ -254,6 +254,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
     if not heldout.is_file():
         return LatentViews({}, (f"No latent dashboards: {heldout} is missing.",))
     input_ids = load_tokens(heldout)
+    counted = counted_rows(heldout)  # the rows firing frequencies are counted over, once for every SAE
     notes = []
     if run.run.tokenizer().is_dir():
         decode = tokenizer_str_tokens(run.run.tokenizer())
@@ -294,7 +295,7 @@ def collect_latent_views(run: RunInputs, progress: bool = False, device: str | t
             if unembedding is not None and (sae_folder / WEIGHTS_FILE).is_file()
             else {}
         )
-        n_tokens = int(counted_rows(run.run.tokens("heldout"))[: cache.manifest.n_tokens].sum())
+        n_tokens = int(counted[: cache.manifest.n_tokens].sum())
         rng = np.random.default_rng([layer, *variant.encode()])
         views[(variant, layer)] = [
             latent_view(

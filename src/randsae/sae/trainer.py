@@ -312,7 +312,8 @@ def shuffled_buffers(
     quarter at a time). Rows left over after its last whole batch are carried into the next one.
     """
     buffer_rows = max(cfg.buffer_tokens, cfg.batch_size)
-    bos_every = cfg.context_size if cfg.skip_bos else None  # None: keep every row
+    if keep is None and cfg.skip_bos and cfg.context_size is not None:
+        keep = not_bos(torch.arange(source.n_tokens), cfg.context_size)
     leftover = torch.empty(0, source.d_model)
     while True:
         pending, n_pending, row = [leftover], leftover.shape[0], 0
@@ -322,8 +323,6 @@ def shuffled_buffers(
                 rows = chunk.shape[0]
                 if keep is not None:
                     chunk = chunk[keep[row : row + rows]]
-                elif bos_every is not None:
-                    chunk = chunk[not_bos(torch.arange(row, row + rows), bos_every)]
                 row += rows
                 pending.append(chunk.float())
                 n_pending += chunk.shape[0]
