@@ -3,6 +3,8 @@ or always says 1 fails; the verdict is stored and said in one line."""
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from randsae.interp.calibration import (
     save_calibration,
 )
 from randsae.interp.judges import JudgeRequest, Verdict
+from randsae.interp.summary import load_interp_summary
 from randsae.run_dir import InterpDir
 from tests.helpers import tiny_interp_config
 
@@ -122,7 +125,17 @@ def test_the_report_says_first_that_the_judge_failed(tmp_path):
     failing = JudgeCalibration(
         ("of", "digits"), (TaskCalibration("fuzz", 0.52, 0.5), TaskCalibration("detection", 0.9, 0.5))
     )
-    save_calibration(run.interp(run.interp_judges()[0]), failing)
+    files = run.interp(run.interp_judges()[0])
+    save_calibration(files, failing)
+    # The same judge's token-list scores (the explainer ablation): here a copy of its own results.
+    files.explainer_ablation.root.mkdir()
+    for path in (files.summary, files.table):
+        shutil.copy(path, files.explainer_ablation.root / path.name)
     report = write_report(run.root, progress=False).read_text()
     warning = report.index("WARNING: the judge fails calibration")
     assert warning < report.index('id="tables"') and "fuzz 0.52 / 0.50; detection 0.90 / 0.50" in report
+    interp_table = report[report.index('id="interp"') : report.index("</table>", report.index('id="interp"'))]
+    n_saes = len(load_interp_summary(files).saes)
+    assert interp_table.count("not meaningful: the judge failed calibration") == 9 * n_saes  # every judged score
+    assert "NOT MEANINGFUL: the judge failed its calibration" in report
+    assert 'id="explainer-ablation"' in report and "no clear difference" in report  # equal results

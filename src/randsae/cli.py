@@ -96,14 +96,21 @@ def _say_missing(run) -> None:
 
 def _interpret(run, cfg, device, progress: bool, retry_failed: bool = False) -> None:
     from randsae.interp import format_interp_table, interpret_run
+    from randsae.interp.ablation import ablation_rows, format_ablation_table
     from randsae.interp.calibration import load_calibration
+    from randsae.interp.summary import load_interp_summary
     from randsae.run_dir import judge_label
 
     _say_missing(run)
-    print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)))
-    calibration = load_calibration(run.interp(judge_label(cfg.judge, cfg.model)))
+    summary = interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)
+    files = run.interp(judge_label(cfg.judge, cfg.model))
+    calibration = load_calibration(files)
+    failed = calibration is not None and calibration.fails
+    print(format_interp_table(summary, judge_failed=failed))
+    if files.explainer_ablation.summary.is_file():
+        print(format_ablation_table(ablation_rows(summary, load_interp_summary(files.explainer_ablation))))
     if calibration is not None and calibration.fails:
-        print(calibration.describe())  # again below the table it qualifies
+        print(calibration.describe())  # again below the tables it qualifies
 
 
 def _analyze(run, cfg, device, progress: bool) -> None:

@@ -163,6 +163,11 @@ class InterpDir:
     def table(self) -> Path:
         return self.root / "latents.csv"
 
+    @property
+    def explainer_ablation(self) -> InterpDir:
+        """The same judge's scores of the same latents' token-list explanations (the explainer ablation)."""
+        return InterpDir(self.root / "token_list_explainer")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:

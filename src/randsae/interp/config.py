@@ -48,6 +48,10 @@ class InterpConfig:
     OpenAI-compatible server) or `hf` (a local Hugging Face model)."""
     explainer: str = "auto"
     """`llm`, `token_list`, or `auto`: token_list with the token judge, the LLM otherwise."""
+    explainer_ablation: bool = True
+    """With an LLM judge and LLM explanations, also score the same latents' token-list explanations with the
+    same judge (RUN/interp/{judge}/token_list_explainer/): a low AUROC is then traced to the explainer or the
+    judge."""
     base_url: str = "http://127.0.0.1:8080/v1"
     """OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama, OpenAI) for `judge = "http"`."""
     model: str = ""

@@ -13,6 +13,7 @@ from typing import Any
 from randsae.analysis.results import AnalysisSummary, load_analysis
 from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
+from randsae.interp.ablation import AblationRow, ablation_rows
 from randsae.interp.calibration import load_calibration
 from randsae.interp.summary import InterpSummary, health_warnings, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
@@ -31,6 +32,10 @@ class InterpResults:
     summary: InterpSummary
     settings: dict[str, Any]
     """The protocol settings the latents were sampled with (selection.json: window_size, n_quantiles, ...)."""
+    judge_failed: bool = False
+    """The judge failed its calibration on probe latents: its AUROCs are flagged as not meaningful."""
+    ablation: tuple[AblationRow, ...] = ()
+    """The explainer ablation (the same judge scoring token lists), when the run has it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +124,16 @@ def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:
     calibration = load_calibration(files)
     if calibration is not None:
         notes.insert(0, calibration.describe() + ".")
+    ablation: tuple[AblationRow, ...] = ()
+    if files.explainer_ablation.summary.is_file():
+        ablation = ablation_rows(summary, load_interp_summary(files.explainer_ablation))
     notes += [
         f"Explanation health of {sae.module}: {text}. Its AUROCs may measure the explainer, not the latents."
         for sae in summary.saes
         for text in health_warnings(sae)
     ]
-    return InterpResults(judges[0], files, summary, settings)
+    judge_failed = calibration is not None and calibration.fails
+    return InterpResults(judges[0], files, summary, settings, judge_failed, ablation)
 
 
 def _read_analysis(run: RunDir, notes: list[str]) -> AnalysisSummary | None:
