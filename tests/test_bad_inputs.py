@@ -162,6 +162,8 @@ SET_CASES = {
     "train_batch_zero": ["train.batch_size=0"],
     "train_lr_negative": ["train.lr=-0.001"],
     "judge_unknown": ["interp.judge=oracle"],
+    "interp_layers_negative": ["interp.layers=[-1]"],
+    "interp_replicates_unknown": ['interp.replicates="some"'],
     "stability_seed_is_seed": ["analysis.seed_stability=true", "analysis.stability_seed=0"],
     "model_dtype_unknown": ["model.dtype=float8"],
     "set_unknown_key": ["sae.kk=3"],

@@ -21,8 +21,9 @@ from randsae.interp.explainers import parse_token_list
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
 from randsae.interp.outputs import TASKS, read_explanation, read_scores
 from randsae.interp.prompts import EXPLAINER_PROMPT_VERSION
+from randsae.interp.stage import chosen_saes
 from randsae.interp.summary import UNCALIBRATED_JUDGE, load_interp_summary
-from randsae.run_dir import RunDir
+from randsae.run_dir import RunDir, SAEKey
 from tests.helpers import build_interp_run, str_tokens
 
 
@@ -356,3 +357,31 @@ def test_a_judge_that_failed_calibration_flags_every_auroc_of_the_table(tmp_path
     assert flagged.splitlines()[1] == UNCALIBRATED_JUDGE
     row = flagged.splitlines()[-3]
     assert row.startswith("tokenlike") and row.count("]!") == 2
+
+
+def test_interp_layers_and_first_replicate_choose_the_saes():
+    keys = [
+        SAEKey("trained", 3, sae_seed=0),
+        SAEKey("trained", 10, sae_seed=0),
+        SAEKey("trained", 10, sae_seed=1),
+        SAEKey("control", 10, variant_seed=0, sae_seed=0),
+        SAEKey("control", 10, variant_seed=1, sae_seed=0),
+    ]
+    assert chosen_saes(keys, small_config()) == keys
+    assert chosen_saes(keys, small_config(layers=(10,))) == keys[1:]
+    assert chosen_saes(keys, small_config(layers=(10,), replicates="first")) == [keys[1], keys[3]]
+    plain = [SAEKey("trained", 3), SAEKey("control", 3)]  # a run without replicates: every SAE is the first
+    assert chosen_saes(plain, small_config(replicates="first")) == plain
+    with pytest.raises(UserError, match=r"no SAE at interp.layers \[5\] \(its SAEs are at layers \[3, 10\]\)"):
+        chosen_saes(keys, small_config(layers=(5,)))
+
+
+def test_a_selection_stored_before_a_setting_existed_is_still_used(tmp_path):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    first = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    selection = RunDir(run).interp("token").selection
+    stored = json.loads(selection.read_text())
+    del stored["settings"]["layers"], stored["settings"]["replicates"]  # as written by an older randsae
+    selection.write_text(json.dumps(stored))
+    again = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    assert [row.latent for row in again.latents] == [row.latent for row in first.latents]

@@ -146,6 +146,8 @@ def _existing_run(args: argparse.Namespace):
 
 
 def command_interpret(args: argparse.Namespace) -> None:
+    from randsae.config import load_config
+
     run, cfg, device = _existing_run(args)
     overrides = {
         key: value
@@ -158,8 +160,9 @@ def command_interpret(args: argparse.Namespace) -> None:
         )
         if value is not None
     }
+    interp = load_config(args.config).interp if args.config else cfg.interp
     with _timed(run, "interpret"):
-        _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet, args.retry_failed)
+        _interpret(run, dataclasses.replace(interp, **overrides), device, not args.quiet, args.retry_failed)
 
 
 def command_analyze(args: argparse.Namespace) -> None:
@@ -240,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     interpret = commands.add_parser("interpret", help="explain and score latents of a run's SAEs")
     interpret.add_argument("run_dir")
+    interpret.add_argument(
+        "--config",
+        metavar="TOML",
+        help="take the [interp] settings from this file (over the paper's defaults) instead of the run's config, "
+        "e.g. configs/llm-judge-small.toml",
+    )
     interpret.add_argument("--judge", choices=["token", "http", "hf"], help="override the config's judge")
     interpret.add_argument("--base-url", help="OpenAI-compatible endpoint for --judge http")
     interpret.add_argument("--model", help="model name (http) or local model path (hf)")

@@ -94,7 +94,7 @@ def interpret_run(
     """
     start = time.perf_counter()
     run = RunDir.at(run)
-    saes = run.discover_saes()
+    saes = chosen_saes(run.discover_saes(), cfg)
     paths = run.interp(judge_label(cfg.judge, cfg.model))
     explainer, judge = build_explainer_and_judge(cfg, language_model)  # the server first: before any work
     retry = frozenset(FAILURE_KINDS) if retry_failed else RETRIED_FAILURES
@@ -182,6 +182,23 @@ def calibrate(
     print(calibration.describe())
 
 
+def chosen_saes(saes: Sequence[SAEKey], cfg: InterpConfig) -> list[SAEKey]:
+    """The SAEs at `cfg.layers` (all when empty), only each variant's first replicate with `replicates = first`."""
+    chosen = [
+        sae
+        for sae in saes
+        if (not cfg.layers or sae.layer in cfg.layers)
+        and (cfg.replicates == "all" or (sae.variant_seed or 0) == (sae.sae_seed or 0) == 0)
+    ]
+    if saes and not chosen:
+        found = sorted({sae.layer for sae in saes})
+        raise UserError(
+            f"the run has no SAE at interp.layers {list(cfg.layers)} (its SAEs are at layers {found})",
+            "Set interp.layers to some of those, or [] for all",
+        )
+    return chosen
+
+
 def load_heldout_tokens(run: RunDir) -> tuple[np.ndarray, int]:
     """(flattened input_ids as int64, context_size) of the held-out split."""
     input_ids = load_tokens(run.tokens("heldout")).numpy()
@@ -237,9 +254,7 @@ def ensure_latent_cache(
 
 def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
-        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
+    settings = selection_settings(cfg)
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
     stored = _read_json_or_none(paths.selection)
     if stored is None and paths.selection.is_file():
@@ -248,6 +263,8 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
             file=sys.stderr,
         )
     if stored is not None:
+        # A setting added since the selection was stored had its default then.
+        stored["settings"] = {**selection_settings(InterpConfig()), **stored["settings"]}
         if stored["settings"] == settings and stored["sae_sha256"] == weights:
             return {
                 module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
@@ -270,6 +287,14 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
         },
     )
     return selections
+
+
+def selection_settings(cfg: InterpConfig) -> dict[str, Any]:
+    """The settings that decide which latents are scored and what the judge is asked, as stored (JSON)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
+        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
+    return json.loads(json.dumps(settings))
 
 
 def _differences(stored: dict, settings: dict, stored_weights: dict, weights: dict) -> str:
