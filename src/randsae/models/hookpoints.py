@@ -1,12 +1,16 @@
 """The residual stream after block i, found generically, and a forward that stops after the deepest layer.
 
 A block's output (first element when it returns a tuple) is the residual stream the paper's SAEs read:
-`gpt_neox.layers.i` on Pythia, `model.layers.i` on Llama, `transformer.h.i` on GPT-2.
+`gpt_neox.layers.i` on Pythia, `model.layers.i` on Llama, `transformer.h.i` on GPT-2, `backbone.layers.i`
+on Mamba, `rwkv.blocks.i` on RWKV. Any causal LM whose forward runs a `ModuleList` of blocks in order works:
+the known paths are tried first, then the one list of blocks the model holds; `model.blocks` names it
+when neither finds it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -15,54 +19,106 @@ from torch import Tensor, nn
 from randsae.errors import UserError
 
 KNOWN_BLOCK_PATHS = (
-    "model.layers",  # Llama, Mistral, Qwen, Gemma, OLMo
+    "model.layers",  # Llama, Mistral, Qwen, Gemma, OLMo, RecurrentGemma
+    "model.language_model.layers",  # the text model inside transformers' multimodal wrappers
     "gpt_neox.layers",  # Pythia, GPT-NeoX
     "transformer.h",  # GPT-2, GPT-J, Falcon
     "model.decoder.layers",  # OPT
+    "backbone.layers",  # Mamba, Mamba2, FalconMamba
+    "rwkv.blocks",  # RWKV
+    "backbone.blocks",  # xLSTM
     "transformer.layers",
     "layers",
 )
 
+_TORCH_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
+_NORM_CLASS_NAME = re.compile(r"Norm(?![a-z])")
+"""`LlamaRMSNorm`, `T5LayerNorm`, `MambaRMSNormGated`, `xLSTMMultiHeadLayerNorm`; not `Normal`, `Normalizer`."""
 
-KNOWN_FINAL_NORM_PATHS = (
-    "model.norm",
-    "gpt_neox.final_layer_norm",
-    "transformer.ln_f",
-    "model.decoder.final_layer_norm",
-)
+
+def is_norm(module: nn.Module) -> bool:
+    """Whether the module is a normalization layer: a torch norm, or a class named like one (each family
+    defines its own RMSNorm)."""
+    return isinstance(module, _TORCH_NORMS) or bool(_NORM_CLASS_NAME.search(type(module).__name__))
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm between the last block and the unembedding (`norm_f` on Mamba, `ln_out` on RWKV): the last
+    norm the model registers outside its block lists (None when it has none)."""
+    found = None
+
+    def visit(module: nn.Module) -> None:
+        nonlocal found
+        if is_norm(module):
+            found = module
+        for child in module.children():
+            if not isinstance(child, nn.ModuleList):
+                visit(child)
+
+    visit(model)
+    return found
 
 
 def final_norm_weight(model: nn.Module) -> Tensor | None:
-    """The scale of the norm before the unembedding (None when the model has none at a known path)."""
-    for path in KNOWN_FINAL_NORM_PATHS:
-        module: nn.Module | None = model
-        for name in path.split("."):
-            module = getattr(module, name, None)
-        weight = getattr(module, "weight", None)
-        if isinstance(weight, Tensor):
-            return weight
-    return None
+    """The scale of the norm before the unembedding (None when it has none)."""
+    weight = getattr(final_norm(model), "weight", None)
+    return weight if isinstance(weight, Tensor) else None
 
 
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
-    """Return (dotted path, block list): `path` if given, else the first known path that exists."""
-    for candidate in [path] if path else KNOWN_BLOCK_PATHS:
-        module = model
-        try:
-            for part in candidate.split("."):
-                module = getattr(module, part)
-        except AttributeError:
-            if path:
-                raise UserError(
-                    f"model has no module {path!r}",
-                    "Set model.blocks to the dotted path of its block list (print(model) shows it)",
-                ) from None
-            continue
+    """Return (dotted path, block list): `path` if given, else the first known path that exists, else the
+    model's one outermost list of blocks (`block_list_by_structure`)."""
+    if path:
+        module = _module_at(model, path)
+        if module is None:
+            raise UserError(
+                f"model has no module {path!r}",
+                "Set model.blocks to the dotted path of its block list (print(model) shows it)",
+            )
+        if not isinstance(module, nn.ModuleList):
+            raise UserError(
+                f"model.blocks = {path!r} is a {type(module).__name__}, not a list of blocks",
+                "Set model.blocks to the dotted path of the ModuleList that holds the blocks (print(model))",
+            )
+        return path, module
+    for candidate in KNOWN_BLOCK_PATHS:
+        module = _module_at(model, candidate)
         if isinstance(module, nn.ModuleList):
             return candidate, module
+    return block_list_by_structure(model)
+
+
+def _module_at(model: nn.Module, path: str) -> nn.Module | None:
+    module: nn.Module | None = model
+    for part in path.split("."):
+        module = getattr(module, part, None)
+    return module if isinstance(module, nn.Module) else None
+
+
+def block_list_by_structure(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The longest `ModuleList` of modules of one class that no other `ModuleList` holds (lists inside a
+    block, such as a mixture's experts, are not the block list); two such lists of equal length (an
+    encoder and a decoder, a vision tower and a text model) are ambiguous and left to `model.blocks`."""
+    lists: list[tuple[str, nn.ModuleList]] = []
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, nn.ModuleList):
+                if len(child) and len({type(item) for item in child}) == 1:
+                    lists.append((path, child))
+                continue  # lists inside a list's items are parts of a block
+            visit(child, f"{path}.")
+
+    visit(model, "")
+    most = max((len(blocks) for _, blocks in lists), default=0)
+    longest = [(path, blocks) for path, blocks in lists if len(blocks) == most]
+    if len(longest) == 1:
+        return longest[0]
+    found = f": {' and '.join(repr(p) for p, _ in longest)} are alike" if longest else ""
     raise UserError(
-        f"cannot find the transformer blocks of {type(model).__name__}",
-        "Set model.blocks to the dotted path of its block list, e.g. 'gpt_neox.layers'",
+        f"cannot find the block list of {type(model).__name__}{found}",
+        "Set model.blocks to the dotted path of its block list, e.g. 'gpt_neox.layers' (print(model) shows it)",
     )
 
 

@@ -48,8 +48,9 @@ class ModelConfig:
     step0_revision: str = "step0"
     """Hub revision holding the weights at initialization, for the `step0` variant (Pythia: `step0`)."""
     blocks: str | None = None
-    """Dotted path of the transformer-block list (e.g. `gpt_neox.layers`) for architectures randsae
-    does not recognize; found automatically for Llama, GPT-NeoX, GPT-2 and similar families."""
+    """Dotted path of the model's block list (a `ModuleList`, e.g. `gpt_neox.layers`), when randsae cannot
+    find it: found automatically at the known paths (Llama, GPT-NeoX, GPT-2, Mamba, RWKV, ...) or as the
+    model's one longest list of like blocks."""
     dtype: str = "auto"
     """`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`."""
 
