@@ -113,6 +113,25 @@ def test_blocks_and_final_norm_are_found_for_each_family(family):
     assert final_norm(model) is model.get_submodule(norm_path)
 
 
+@pytest.mark.parametrize(
+    "family, scale",
+    [
+        ("gpt_neox", lambda norm: norm.weight),  # LayerNorm: weight * (x - mean) / std + bias
+        ("llama", lambda norm: norm.weight),  # RMSNorm: weight * x / rms
+        ("mamba", lambda norm: norm.weight),
+        ("rwkv", lambda norm: norm.weight),
+        ("recurrent_gemma", lambda norm: 1 + norm.weight),  # Gemma's RMSNorm: (1 + weight) * x / rms
+    ],
+)
+def test_the_final_norm_scale_follows_each_familys_convention(family, scale):
+    model = _build(family)
+    norm = model.get_submodule(FAMILIES[family].norm)
+    with torch.no_grad():
+        for param in norm.parameters():  # away from the initial ones (zeros for Gemma), bias included
+            param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(final_norm_weight(model), scale(norm).detach(), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_hooked_output_is_the_residual_stream_each_next_block_reads(family):
     """Block i's hooked output is what block i + 1 receives, and what transformers reports as that block's
@@ -271,13 +290,13 @@ def test_the_pipeline_runs_on_a_non_transformer(tmp_path, tiny_corpus, family):
         'variants=["trained", "rerandomized_keep_embeddings", "control"]',
         'activation_dtype="float32"',
         "tokens.context_size=32",
-        "tokens.train_tokens=2048",
-        "tokens.heldout_tokens=1024",
+        "tokens.train_tokens=1024",
+        "tokens.heldout_tokens=512",
         "tokens.heldout_fraction=0.3",
-        "sae.expansion=4",
+        "sae.expansion=2",
         "sae.k=4",
-        "train.batch_size=256",
-        "train.total_tokens=2048",
+        "train.batch_size=128",
+        "train.total_tokens=1024",
         "eval.ce_windows=2",
         "eval.batch_windows=4",
     ]

@@ -59,10 +59,20 @@ def final_norm(model: nn.Module) -> nn.Module | None:
     return found
 
 
+@torch.no_grad()
 def final_norm_weight(model: nn.Module) -> Tensor | None:
-    """The scale of the norm before the unembedding (None when it has none)."""
-    weight = getattr(final_norm(model), "weight", None)
-    return weight if isinstance(weight, Tensor) else None
+    """The final norm's elementwise scale [d_model], which the dashboards fold into the unembedding (None when
+    the model has no final norm or it has no weight): its weight on LayerNorm and most RMSNorms, 1 + weight
+    on Gemma's and Qwen3-Next's. Measured, so each family's convention is followed: every such norm maps
+    x = ±c·(1, -1, 1, ...) (mean 0, rms c) to ±scale·x/c (+ a bias the difference cancels)."""
+    norm = final_norm(model)
+    weight = getattr(norm, "weight", None)
+    if norm is None or not isinstance(weight, Tensor) or weight.ndim != 1 or weight.numel() % 2:
+        return weight if isinstance(weight, Tensor) else None  # an odd width has no mean-0 alternating probe
+    c = 100.0  # the norm's epsilon, added to c^2, then shifts the scale by eps / 2c^2 (~1e-9)
+    sign = torch.tensor([1.0, -1.0], device=weight.device).repeat(weight.numel() // 2)
+    x = (c * sign).to(weight.dtype).view(1, 1, -1)  # shaped like hidden states [batch, seq, d_model]
+    return ((norm(x) - norm(-x)).float().flatten() / (2 * sign)).to(weight.dtype)
 
 
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
