@@ -178,6 +178,21 @@ def test_replacing_the_residual_changes_the_logits(family):
     torch.testing.assert_close(clean, same)
 
 
+def test_rwkv_rescaling_reads_block_i_at_scale_two_to_the_minus_i_over_rescale_every():
+    """RWKV's inference rescaling (weights divided by powers of two, the stream halved every
+    `rescale_every` blocks) reads block i at 2^-(i // rescale_every) of the unrescaled stream."""
+    config = transformers.RwkvConfig(**SIZE, attention_hidden_size=WIDTH, intermediate_size=64, rescale_every=2)
+    streams = []
+    for rescale_every in (2, 0):
+        torch.manual_seed(0)
+        config.rescale_every = rescale_every
+        model = transformers.AutoModelForCausalLM.from_config(config).eval()
+        streams.append(residual_stream(model, find_blocks(model)[1], range(DEPTH), _ids()))
+    rescaled, plain = streams
+    for layer in range(DEPTH):  # equal up to the LayerNorms' epsilon, which a halved input feels more
+        torch.testing.assert_close(rescaled[layer], plain[layer] / 2 ** (layer // 2), rtol=0.01, atol=1e-4)
+
+
 def test_norms_are_found_by_module_type():
     mamba, rwkv = _build("mamba"), _build("rwkv")
     assert norm_parameter_names(mamba) == {f"backbone.layers.{i}.norm.weight" for i in range(DEPTH)} | {
