@@ -74,6 +74,36 @@ FAMILIES = {
         "model.final_norm",
         1,
     ),
+    "jamba": Family(  # attention and Mamba blocks, of two classes, in one list; MoE in every other block
+        transformers.JambaConfig(
+            **SIZE,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            num_experts=4,
+            mamba_d_state=8,
+            attn_layer_period=2,
+            attn_layer_offset=1,
+            expert_layer_period=2,
+            expert_layer_offset=1,
+            use_mamba_kernels=False,
+        ),
+        "model.layers",
+        "model.final_layernorm",
+        1,
+    ),
+    "lfm2": Family(  # convolution and attention blocks; its final norm is called `embedding_norm`
+        transformers.Lfm2Config(
+            **SIZE,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        ),
+        "model.layers",
+        "model.embedding_norm",
+        1,
+    ),
     "xlstm": Family(transformers.xLSTMConfig(**SIZE, num_heads=2), "backbone.blocks", "backbone.out_norm", 1),
     "mamba": Family(transformers.MambaConfig(**SIZE, state_size=8), "backbone.layers", "backbone.norm_f", 0),
     "mamba2": Family(
@@ -277,6 +307,14 @@ def test_a_model_without_one_block_list_names_the_option_to_set():
             self.stack = nn.ModuleList([Block() for _ in range(3)])
 
     assert find_blocks(MixtureLM())[0] == "stack", "a block's experts are not the block list"
+
+    class PerLayerNorms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+            self.norms = nn.ModuleList([nn.LayerNorm(4) for _ in range(4)])  # longer, but smaller
+
+    assert find_blocks(PerLayerNorms())[0] == "blocks"
 
     class EncoderDecoder(nn.Module):
         def __init__(self):

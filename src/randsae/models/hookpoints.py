@@ -3,8 +3,8 @@
 A block's output (first element when it returns a tuple) is the residual stream the paper's SAEs read:
 `gpt_neox.layers.i` on Pythia, `model.layers.i` on Llama, `transformer.h.i` on GPT-2, `backbone.layers.i`
 on Mamba, `rwkv.blocks.i` on RWKV. Any causal LM whose forward runs a `ModuleList` of blocks in order works:
-the known paths are tried first, then the one list of blocks the model holds; `model.blocks` names it
-when neither finds it.
+the known paths are tried first, then the list that holds most of the model's weights; `model.blocks`
+names it when neither finds it.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def final_norm_weight(model: nn.Module) -> Tensor | None:
 
 def find_blocks(model: nn.Module, path: str | None = None) -> tuple[str, nn.ModuleList]:
     """Return (dotted path, block list): `path` if given, else the first known path that exists, else the
-    model's one outermost list of blocks (`block_list_by_structure`)."""
+    model's largest list of blocks (`block_list_by_structure`)."""
     if path:
         module = _module_at(model, path)
         if module is None:
@@ -106,26 +106,26 @@ def _module_at(model: nn.Module, path: str) -> nn.Module | None:
 
 
 def block_list_by_structure(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The longest `ModuleList` of modules of one class that no other `ModuleList` holds (lists inside a
-    block, such as a mixture's experts, are not the block list); two such lists of equal length (an
-    encoder and a decoder, a vision tower and a text model) are ambiguous and left to `model.blocks`."""
-    lists: list[tuple[str, nn.ModuleList]] = []
+    """The `ModuleList` holding the most parameters among those no other `ModuleList` holds: the blocks hold
+    most of any language model's weights, while lists inside a block (a mixture's experts) are parts of it,
+    and lists beside the blocks (per-layer norms) are small. Blocks of several classes (Jamba's attention
+    and Mamba layers) are one list all the same. Two lists of equal size (an encoder and a decoder) are
+    ambiguous and left to `model.blocks`."""
+    lists: list[tuple[str, nn.ModuleList, int]] = []
 
     def visit(module: nn.Module, prefix: str) -> None:
         for name, child in module.named_children():
-            path = f"{prefix}{name}"
             if isinstance(child, nn.ModuleList):
-                if len(child) and len({type(item) for item in child}) == 1:
-                    lists.append((path, child))
-                continue  # lists inside a list's items are parts of a block
-            visit(child, f"{path}.")
+                lists.append((f"{prefix}{name}", child, sum(p.numel() for p in child.parameters())))
+            else:
+                visit(child, f"{prefix}{name}.")
 
     visit(model, "")
-    most = max((len(blocks) for _, blocks in lists), default=0)
-    longest = [(path, blocks) for path, blocks in lists if len(blocks) == most]
-    if len(longest) == 1:
-        return longest[0]
-    found = f": {' and '.join(repr(p) for p, _ in longest)} are alike" if longest else ""
+    most = max((size for *_, size in lists), default=0)
+    largest = [(path, blocks) for path, blocks, size in lists if size == most > 0]
+    if len(largest) == 1:
+        return largest[0]
+    found = f": {' and '.join(repr(path) for path, _ in largest)} are alike" if largest else ""
     raise UserError(
         f"cannot find the block list of {type(model).__name__}{found}",
         "Set model.blocks to the dotted path of its block list, e.g. 'gpt_neox.layers' (print(model) shows it)",

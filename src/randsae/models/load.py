@@ -50,7 +50,7 @@ class ModelConfig:
     blocks: str | None = None
     """Dotted path of the model's block list (a `ModuleList`, e.g. `gpt_neox.layers`), when randsae cannot
     find it: found automatically at the known paths (Llama, GPT-NeoX, GPT-2, Mamba, RWKV, ...) or as the
-    model's one longest list of like blocks."""
+    `ModuleList` that holds most of the model's weights."""
     dtype: str = "auto"
     """`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`."""
 
