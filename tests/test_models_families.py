@@ -74,6 +74,23 @@ FAMILIES = {
         "model.final_norm",
         1,
     ),
+    "gemma3": Family(  # the text model inside transformers' multimodal wrapper, beside a vision tower
+        transformers.Gemma3Config(
+            text_config={**SIZE, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64},
+            vision_config={
+                "hidden_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 4,
+                "image_size": 28,
+                "patch_size": 14,
+                "intermediate_size": 64,
+            },
+            mm_tokens_per_image=4,
+        ),
+        "model.language_model.layers",
+        "model.language_model.norm",
+        1,
+    ),
     "jamba": Family(  # attention and Mamba blocks, of two classes, in one list; MoE in every other block
         transformers.JambaConfig(
             **SIZE,
