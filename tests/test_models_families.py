@@ -250,10 +250,14 @@ def test_norms_are_found_by_module_type():
     assert norm_parameter_names(rwkv) == rwkv_norms
     assert any(".mixer.norm." in name for name in norm_parameter_names(_build("mamba2"))), "Mamba2's gated RMSNorm"
 
-    class NormalNoise(nn.Linear):
-        """Named like a norm's prefix, but not one."""
+    class NormHead(nn.Linear):
+        """Baichuan's unembedding, which normalizes its rows: named with "Norm", but not a norm."""
 
-    assert is_norm(nn.LayerNorm(4)) and is_norm(nn.RMSNorm(4)) and not is_norm(NormalNoise(2, 2))
+    class Normalizer(nn.Linear):
+        pass
+
+    assert is_norm(nn.LayerNorm(4)) and is_norm(nn.RMSNorm(4))
+    assert not is_norm(NormHead(2, 2)) and not is_norm(Normalizer(2, 2))
 
 
 def _jittered(family: str) -> nn.Module:

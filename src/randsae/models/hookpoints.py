@@ -32,8 +32,9 @@ KNOWN_BLOCK_PATHS = (
 )
 
 _TORCH_NORMS = (nn.LayerNorm, nn.RMSNorm, nn.GroupNorm, nn.modules.batchnorm._NormBase)
-_NORM_CLASS_NAME = re.compile(r"Norm(?![a-z])")
-"""`LlamaRMSNorm`, `T5LayerNorm`, `MambaRMSNormGated`, `xLSTMMultiHeadLayerNorm`; not `Normal`, `Normalizer`."""
+_NORM_CLASS_NAME = re.compile(r"Norm(Gated|[0-9]d)?$")
+"""`LlamaRMSNorm`, `T5LayerNorm`, `MambaRMSNormGated`, `LayerNorm2d`; not `Normalizer`, nor Baichuan's
+`NormHead` (an unembedding that normalizes its rows)."""
 
 
 def is_norm(module: nn.Module) -> bool:
