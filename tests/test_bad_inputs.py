@@ -313,6 +313,11 @@ def _(b):
     return b.run("--set", "model.blocks=transformer.nothing")
 
 
+@case("model", "blocks_path_not_a_list")
+def _(b):
+    return b.run("--set", "model.blocks=gpt_neox.embed_in")
+
+
 @case("model", "context_beyond_max_positions")
 def _(b):
     return b.run("--set", "tokens.context_size=256", "--set", "interp.window_size=32")
