@@ -11,6 +11,7 @@ setting is recorded. delphi reads SAEs in this layout (`SparseCoder.load_many`).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from randsae.atomic import save_safetensors_atomic, write_text_atomic
 from randsae.errors import UserError
 from randsae.interop.hook_names import residual_layer
 from randsae.interop.imported import ImportedSAE, SAEOrigin, as_float32, build_imported
-from randsae.sae.base import SAEConfig, SparseAutoencoder
+from randsae.run_dir import RunDir, SAEKey
+from randsae.sae.base import SAEConfig, SparseAutoencoder, load_sae
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -114,3 +116,15 @@ def _run_config(root: Path) -> dict[str, Any]:
     except ValueError:
         return {}  # another program's file of that name: the SAE's own cfg.json is what matters
     return data if isinstance(data, dict) else {}
+
+
+def write_run_sparsify(run: RunDir, keys: Sequence[SAEKey]) -> list[Path]:
+    """Every SAE of `keys` in the run also in sparsify's layout (`RunDir.sparsify_sae`, named by its hook);
+    returns the folders. Rewritten each time: a retrained SAE replaces its export."""
+    folders = []
+    for key in keys:
+        sae = load_sae(run.sae(key))
+        folder = run.sparsify_sae(key, sae.cfg.metadata.get("hook_name") or f"layer{key.layer}")
+        write_sparsify(sae, folder)
+        folders.append(folder)
+    return folders
