@@ -129,3 +129,24 @@ def test_rerunning_the_comparison_resumes(compared, sparsify_checkpoint):
     argv = ["compare", "--sae", str(sparsify_checkpoint), "--config", str(config), "--out", str(compared), "--quiet"]
     assert main([*argv, "--skip", "interpret", "analyze", "report"]) == 0
     assert [path.stat().st_mtime_ns for path in weights] == before  # nothing imported or trained again
+
+
+def test_the_experiment_takes_layers_model_and_shape_from_the_saes(tmp_path):
+    """With the embedded default config: the SAELens SAEs' layers, their TransformerLens model name as its
+    Hub id, their architecture, width and k; one SAE seed and no seed-stability retraining."""
+    pytest.importorskip("transformer_lens", reason="sae-lens (with TransformerLens) is not installed")
+    from randsae.interop.compare import plan_comparison
+    from randsae.sae import SAEConfig, build_sae
+
+    for layer in (3, 1):
+        metadata = {"model_name": "pythia-70m-deduped", "hook_name": f"blocks.{layer}.hook_resid_post"}
+        build_sae(SAEConfig("topk", 512, 8 * 512, k=16, metadata=metadata), seed=0).save(tmp_path / f"l{layer}")
+    comparison = plan_comparison(None, [], [str(tmp_path / "l3"), str(tmp_path / "l1")])
+    cfg = comparison.cfg
+    assert cfg.model.name == "EleutherAI/pythia-70m-deduped" and cfg.layers == (1, 3)
+    assert (cfg.sae.architecture, cfg.sae.expansion, cfg.sae.k) == ("topk", 8, 16)
+    assert cfg.replicates.sae_seeds == 1 and not cfg.analysis.seed_stability
+    assert [item.origin.layer for item in comparison.imported] == [1, 3]
+    assert plan_comparison(None, ["model.name=EleutherAI/pythia-160m"], [str(tmp_path / "l1")]).cfg.model.name == (
+        "EleutherAI/pythia-160m"
+    )

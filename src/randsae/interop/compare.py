@@ -83,9 +83,15 @@ def plan_comparison(config: str | Path | None, overrides: Sequence[str], sources
             "Compare an SAE whose width is a whole number of times its input's",
         )
     data["layers"] = sorted(layer for layer in layers if layer is not None)
-    data.setdefault("model", {})
-    if not _names_model(config, overrides):
-        data["model"]["name"] = _model_name(imported)
+    user = _user_keys(config, overrides)
+    if "model.name" not in user:
+        data.setdefault("model", {})["name"] = _model_name(imported)
+    # One SAE per layer, which cannot be retrained with a second seed: the embedded default's replicates and
+    # seed-stability retraining give way; a user's own config asking for them is refused below.
+    if "replicates.sae_seeds" not in user:
+        data.setdefault("replicates", {})["sae_seeds"] = 1
+    if "analysis.seed_stability" not in user:
+        data.setdefault("analysis", {})["seed_stability"] = False
     sae_table = data.setdefault("sae", {})
     sae_table.update(architecture=first.architecture, expansion=first.d_sae // first.d_in)
     if first.k is not None:
@@ -155,11 +161,13 @@ def install_imported(comparison: Comparison, run: RunDir, lm: LoadedModel) -> No
         write_text_atomic(origin_file, json.dumps(item.origin.to_json(), indent=2))
 
 
-def _names_model(config: str | Path | None, overrides: Sequence[str]) -> bool:
-    """Whether the user's own config file or --set names the model (the embedded default's does not count)."""
-    if any(assignment.split("=", 1)[0].strip() == "model.name" for assignment in overrides):
-        return True
-    return config is not None and "name" in read_toml(config).get("model", {})
+def _user_keys(config: str | Path | None, overrides: Sequence[str]) -> set[str]:
+    """The `section.key`s the user's own config file or --set gives (the embedded default's do not count)."""
+    keys = {assignment.split("=", 1)[0].strip() for assignment in overrides}
+    if config is not None:
+        for section, table in read_toml(config).items():
+            keys |= {f"{section}.{key}" for key in table} if isinstance(table, dict) else {section}
+    return keys
 
 
 def _model_name(imported: Sequence[ImportedSAE]) -> str:
@@ -173,12 +181,27 @@ def _model_name(imported: Sequence[ImportedSAE]) -> str:
             f"{first.describe()} does not say which model it was trained on",
             "Name it in the config ([model] name = ...) or with --set model.name=HUB_ID_OR_FOLDER",
         )
+    if "/" not in name and not Path(name).exists():
+        name = _official_name(name)
     if not is_hub_id(name) and not Path(name).exists():
         raise UserError(
             f"{first.describe()} names its model {name!r}, which is neither a Hugging Face id nor a folder",
-            f"Set the model's Hub id with --set model.name=... (e.g. EleutherAI/{name})",
+            "Set the model's Hub id or folder with --set model.name=...",
         )
     return name
+
+
+def _official_name(name: str) -> str:
+    """The Hub id of a TransformerLens model name (`pythia-70m-deduped`), what SAELens configs record, from
+    TransformerLens's own table where it is installed (with sae-lens); the name itself otherwise."""
+    try:
+        from transformer_lens.loading_from_pretrained import get_official_model_name
+    except ImportError:
+        return name
+    try:
+        return str(get_official_model_name(name))
+    except ValueError:
+        return name
 
 
 def _shape(cfg: SAEConfig) -> str:
