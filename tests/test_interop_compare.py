@@ -150,3 +150,29 @@ def test_the_experiment_takes_layers_model_and_shape_from_the_saes(tmp_path):
     assert plan_comparison(None, ["model.name=EleutherAI/pythia-160m"], [str(tmp_path / "l1")]).cfg.model.name == (
         "EleutherAI/pythia-160m"
     )
+
+
+def test_auto_interp_files_keep_delphis_layout(compared):
+    """delphi's reader (delphi/log/result_analysis.py `load_data`, not importable without its GPU-stack
+    dependencies) globs scores/{scorer}/*{module}*, reads each file as a JSON list of example records and takes
+    the latent from the text after "latent" in the stem; explanations/{module}_latent{i}.txt hold a JSON string."""
+    run = RunDir(compared)
+    files = run.interp("token")
+    modules = {key.module for key in run.discover_saes()}
+    scored = 0
+    for scorer in ("detection", "fuzz"):
+        for path in sorted((files.root / "scores" / scorer).glob("*.txt")):
+            module, latent = path.stem.rsplit("_latent", 1)
+            assert module in modules and int(path.stem.split("latent")[-1]) == int(latent)
+            records = json.loads(path.read_text())
+            assert isinstance(records, list) and records
+            for record in records:
+                assert {"str_tokens", "activations", "activating", "prediction", "probability", "correct"} <= set(
+                    record
+                )
+                assert len(record["str_tokens"]) == len(record["activations"])
+                assert isinstance(record["activating"], bool)
+            explanation = files.explanation(module, int(latent))
+            assert isinstance(json.loads(explanation.read_text()), str)
+            scored += 1
+    assert scored >= 2 * len(modules)
