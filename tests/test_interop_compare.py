@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,14 @@ def test_rerunning_the_comparison_resumes(compared, sparsify_checkpoint):
     assert [path.stat().st_mtime_ns for path in weights] == before  # nothing imported or trained again
 
 
+def test_another_sae_into_the_same_run_directory_is_refused(compared, sparsify_checkpoint, tmp_path, capsys):
+    other = shutil.copytree(sparsify_checkpoint, tmp_path / f"layers.{LAYER}")  # same SAE, another source
+    config = compared.parent / "compare.toml"
+    argv = ["compare", "--sae", str(other), "--config", str(config), "--out", str(compared), "--quiet"]
+    assert main(argv) == 2
+    assert "already holds another trained SAE for layer 2" in capsys.readouterr().err
+
+
 def test_the_experiment_takes_layers_model_and_shape_from_the_saes(tmp_path):
     """With the embedded default config: the SAELens SAEs' layers, their TransformerLens model name as its
     Hub id, their architecture, width and k; one SAE seed and no seed-stability retraining."""
@@ -150,6 +159,10 @@ def test_the_experiment_takes_layers_model_and_shape_from_the_saes(tmp_path):
     assert plan_comparison(None, ["model.name=EleutherAI/pythia-160m"], [str(tmp_path / "l1")]).cfg.model.name == (
         "EleutherAI/pythia-160m"
     )
+    listed = tmp_path / "compare.toml"  # SAEs listed in the config, added to --sae
+    listed.write_text(f'variants = ["trained", "control"]\n\n[[imported_sae]]\npath = "{tmp_path / "l3"}"\n')
+    from_file = plan_comparison(listed, [], [str(tmp_path / "l1")])
+    assert from_file.cfg.layers == (1, 3) and from_file.cfg.variants == ("trained", "control")
 
 
 def test_auto_interp_files_keep_delphis_layout(compared):

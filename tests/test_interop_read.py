@@ -278,3 +278,26 @@ def test_saelens_weights_of_the_wrong_shape(tmp_path):
     save_file({**tensors, "W_dec": tensors["W_dec"][:, :-1].contiguous()}, tmp_path / "sae_weights.safetensors")
     with pytest.raises(UserError, match=r"W_dec .* has shape \[48, 11\], expected \[48, 12\]"):
         read_sae(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "hook, layer",
+    [
+        ("blocks.3.hook_resid_post", 3),
+        ("blocks.3.hook_resid_pre", 2),  # the same tensor as block 2's output
+        ("blocks.0.hook_resid_pre", None),  # the embeddings
+        ("blocks.3.hook_mlp_out", None),
+        ("blocks.3.attn.hook_z", None),
+        ("layers.5", 5),  # sparsify's name for the Llama / GPT-NeoX blocks
+        ("gpt_neox.layers.5", 5),
+        ("model.layers.12", 12),
+        ("transformer.h.0", 0),
+        ("model.layers.12.mlp", None),
+        ("resid_post_layer_4", 4),  # dictionary_learning
+        ("embed_tokens.0", None),
+    ],
+)
+def test_hook_names_map_to_the_residual_stream_after_a_block(hook, layer):
+    from randsae.interop.hook_names import residual_layer
+
+    assert residual_layer(hook) == layer

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
+from randsae.cli import main
+from randsae.config import dump_config
 from randsae.interop import read_sae
-from randsae.interop.sparsify import write_run_sparsify, write_sparsify
-from randsae.run_dir import RunDir
+from randsae.interop.sparsify import write_sparsify
+from randsae.run_dir import RunDir, SAEKey
 from randsae.sae import SAEConfig, build_sae, load_sae
+from tests.helpers import tiny_config
 
 
 def test_sparsify_loads_our_sae_and_encodes_the_same(tmp_path):
@@ -32,19 +33,22 @@ def test_sparsify_loads_our_sae_and_encodes_the_same(tmp_path):
         assert torch.equal(back.state_dict()[name], tensor), name
 
 
-def test_a_runs_saes_load_with_sparsify_load_many(tmp_path, tiny_run):
-    """The layout delphi reads: per variant, one folder per hookpoint, keyed by the block module's path."""
+def test_run_format_sparsify_writes_what_sparsify_load_many_reads(tmp_path, tiny_model_dir, tiny_corpus):
+    """`randsae run --format sparsify`: per variant, one folder per hookpoint named by the block module's path,
+    the layout delphi reads."""
     sparsify = pytest.importorskip("sparsify", reason="eai-sparsify is not installed: `pip install -e '.[test]'`")
-    shutil.copytree(tiny_run / "saes", tmp_path / "saes")
-    run = RunDir(tmp_path)
-    keys = run.discover_saes()
-    write_run_sparsify(run, keys)
-    loaded = sparsify.SparseCoder.load_many(str(tmp_path / "sparsify" / "trained"), local=True)
+    config = tmp_path / "run.toml"
+    config.write_text(dump_config(tiny_config(tiny_model_dir, tiny_corpus, variants=("trained", "control"))))
+    out = tmp_path / "run"
+    skip = ["--skip", "interpret", "analyze", "report"]
+    assert main(["run", "--config", str(config), "--out", str(out), "--format", "sparsify", "--quiet", *skip]) == 0
+    run = RunDir(out)
+    assert {path.name for path in (out / "sparsify").iterdir()} == {"trained", "control"}
+    loaded = sparsify.SparseCoder.load_many(str(out / "sparsify" / "control"), local=True)
     assert sorted(loaded) == ["gpt_neox.layers.1", "gpt_neox.layers.3"]
-    ours = load_sae(run.sae(next(key for key in keys if key.variant == "trained" and key.layer == 3)))
+    ours = load_sae(run.sae(SAEKey("control", 3)))
     x = torch.randn(16, ours.cfg.d_in, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         top = loaded["gpt_neox.layers.3"].encode(x)
         reconstruction = loaded["gpt_neox.layers.3"].decode(top.top_acts, top.top_indices)
-    torch.testing.assert_close(reconstruction, ours(x).detach(), atol=1e-5, rtol=1e-5)
-    assert {path.name for path in (tmp_path / "sparsify").iterdir()} == {key.variant for key in keys}
+        torch.testing.assert_close(reconstruction, ours(x), atol=1e-5, rtol=1e-5)

@@ -3,7 +3,7 @@
 The imported SAEs become the `trained` SAEs of an ordinary run directory (their origin recorded beside
 them in place of a training log); the experiment is the user's config with what the SAEs themselves fix
 taken from them: the layers their hooks read, the model their files name (unless the config names one), the
-architecture, width and k (or sparsity penalty). `run_pipeline` then harvests, trains SAEs of that shape on
+architecture, width and k. `run_pipeline` then harvests, trains SAEs of that shape on
 the random variants, and evaluates everything as in `randsae run`; the later stages follow unchanged.
 """
 
@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from randsae.atomic import write_text_atomic
 from randsae.config import ExperimentConfig, embedded_config_path
 from randsae.errors import UserError
@@ -24,7 +26,7 @@ from randsae.interop.read import read_sae
 from randsae.models.hookpoints import check_layers, find_blocks, hook_name
 from randsae.models.load import LoadedModel, is_hub_id
 from randsae.run_dir import SAE_ORIGIN_FILE, RunDir, SAEKey
-from randsae.sae.base import SAEConfig
+from randsae.sae.base import SAEConfig, load_sae
 from randsae.toml_config import apply_overrides, build_dataclass, read_toml
 
 IMPORT_TABLE = "imported_sae"
@@ -96,9 +98,9 @@ def plan_comparison(config: str | Path | None, overrides: Sequence[str], sources
     sae_table.update(architecture=first.architecture, expansion=first.d_sae // first.d_in)
     if first.k is not None:
         sae_table["k"] = first.k
-    penalty = imported[0].origin.recorded.get("l1_coefficient")
-    if first.architecture == "relu_l1" and penalty is not None:
-        sae_table["l1_coefficient"] = penalty
+    # A ReLU SAE's penalty stays the config's `sae.l1_coefficient`: each library scales it its own way (SAELens
+    # sums the squared error over d_in and weights the L1 by decoder norms, randsae takes means), so a number
+    # carried over would not mean the same sparsity. The report's L0 column shows whether the sparsities match.
     cfg = build_dataclass(ExperimentConfig, data)
     if "trained" not in cfg.variants or not any(variant != "trained" for variant in cfg.variants):
         raise UserError(
@@ -140,11 +142,16 @@ def install_imported(comparison: Comparison, run: RunDir, lm: LoadedModel) -> No
         assert layer is not None  # plan_comparison refused the others
         folder = run.sae(SAEKey("trained", layer))
         origin_file = folder / SAE_ORIGIN_FILE
-        if origin_file.is_file() and read_origin(origin_file).source == item.origin.source:
-            continue
+        if (
+            origin_file.is_file()
+            and read_origin(origin_file).source == item.origin.source
+            and _same_weights(item, folder)
+        ):
+            continue  # a rerun of this comparison: its SAE's metrics and everything after stay valid
         if folder.exists():
             raise UserError(
-                f"{run.root} already holds another trained SAE for layer {layer}",
+                f"{run.root} already holds another trained SAE for layer {layer} (or {item.origin.source} "
+                "changed since it was read)",
                 "Use a new --out for this comparison",
             )
         metadata = {
@@ -159,6 +166,11 @@ def install_imported(comparison: Comparison, run: RunDir, lm: LoadedModel) -> No
         sae.cfg = dataclasses.replace(sae.cfg, metadata=metadata)
         sae.save(folder)
         write_text_atomic(origin_file, json.dumps(item.origin.to_json(), indent=2))
+
+
+def _same_weights(item: ImportedSAE, folder: Path) -> bool:
+    stored = load_sae(folder).state_dict()
+    return all(torch.equal(stored[name], tensor.cpu()) for name, tensor in item.sae.state_dict().items())
 
 
 def _user_keys(config: str | Path | None, overrides: Sequence[str]) -> set[str]:

@@ -237,7 +237,8 @@ def _imported(run: RunInputs) -> list[str]:
     return [
         '<h2 id="imported">Imported SAEs</h2>',
         "<p>These trained-model SAEs were trained elsewhere and read by <code>randsae compare</code>; every "
-        "random variant's SAE was trained here with their architecture, width and sparsity.</p>",
+        "random variant's SAE was trained here with their architecture, width and k (ReLU SAEs: with the "
+        "config's L1 penalty, so compare the L0 columns).</p>",
         f"<ul>{''.join(items)}</ul>",
     ]
 
