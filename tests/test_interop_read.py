@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import sys
 
 import pytest
 import torch
@@ -301,3 +302,21 @@ def test_hook_names_map_to_the_residual_stream_after_a_block(hook, layer):
     from randsae.interop.hook_names import residual_layer
 
     assert residual_layer(hook) == layer
+
+
+def test_an_architecture_randsae_does_not_have_is_named(tmp_path):
+    from randsae.sae import SAEConfig, build_sae
+
+    build_sae(SAEConfig("topk", D_IN, D_SAE, k=K), seed=0).save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "transcoder_of_the_future"}))
+    with pytest.raises(UserError, match="'transcoder_of_the_future' SAE, an architecture randsae cannot evaluate"):
+        read_sae(tmp_path)
+
+
+def test_a_registry_id_without_sae_lens_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sae_lens", None)  # `import sae_lens` now raises ImportError
+    with pytest.raises(UserError, match=r"needs sae-lens.*randsae\[interop\]"):
+        read_sae("saelens:pythia-70m-deduped-res-sm:blocks.2.hook_resid_post")
+    with pytest.raises(UserError, match="is not saelens:RELEASE:SAE_ID"):
+        read_sae("saelens:only-a-release")
