@@ -641,6 +641,13 @@ def _(b):
     return _compare(b, b.tmp / "sae")
 
 
+@case("interop", "compare_import_entry_negative_layer")
+def _(b):
+    entry = f'\n[[imported_sae]]\npath = "{_imported(b)}"\nlayer = -1\n'
+    config = b.config(lambda text: text + entry, variants=("trained", "rerandomized"))
+    return ["compare", "--config", str(config), "--out", str(b.out)]
+
+
 @case("interop", "run_format_sparsify_relu")
 def _(b):
     return b.run("--format", "sparsify", "--set", "sae.architecture='relu_l1'")

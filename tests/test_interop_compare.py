@@ -163,6 +163,9 @@ def test_the_experiment_takes_layers_model_and_shape_from_the_saes(tmp_path):
     listed.write_text(f'variants = ["trained", "control"]\n\n[[imported_sae]]\npath = "{tmp_path / "l3"}"\n')
     from_file = plan_comparison(listed, [], [str(tmp_path / "l1")])
     assert from_file.cfg.layers == (1, 3) and from_file.cfg.variants == ("trained", "control")
+    listed.write_text(f'variants = ["trained", "control"]\n\n[[imported_sae]]\npath = "{tmp_path / "l3"}"\nlayer = 5\n')
+    given = plan_comparison(listed, [], [])  # a layer given for a hook randsae would not map
+    assert given.cfg.layers == (5,) and given.imported[0].origin.hook_name == "blocks.3.hook_resid_post"
 
 
 def test_auto_interp_files_keep_delphis_layout(compared):

@@ -46,25 +46,24 @@ def plan_comparison(config: str | Path | None, overrides: Sequence[str], sources
     """Read every SAE and derive the experiment from them and the config: all before any model is loaded."""
     data = apply_overrides(read_toml(config or embedded_config_path()), overrides)
     entries = data.pop(IMPORT_TABLE, [])
-    if not isinstance(entries, list) or not all(
-        isinstance(e, dict) and isinstance(e.get("path"), str) for e in entries
-    ):
+    if not isinstance(entries, list) or not all(_is_entry(entry) for entry in entries):
         raise UserError(
-            f'[[{IMPORT_TABLE}]] entries must each be a table with path = "..."',
+            f'[[{IMPORT_TABLE}]] entries must each be a table with path = "..." (and optionally layer = N)',
             f'Write [[{IMPORT_TABLE}]] then path = "folder or saelens:RELEASE:SAE_ID" per SAE',
         )
-    sources = [*sources, *(entry["path"] for entry in entries)]
-    if not sources:
+    wanted = [(source, None) for source in sources] + [(entry["path"], entry.get("layer")) for entry in entries]
+    if not wanted:
         raise UserError("no SAE to compare", f"Pass --sae PATH (repeatable) or [[{IMPORT_TABLE}]] entries in --config")
-    imported = [read_sae(source) for source in sources]
+    imported = [_with_layer(read_sae(source), layer) for source, layer in wanted]
     first = imported[0].sae.cfg
     for item in imported:
         origin, shape = item.origin, item.sae.cfg
         if origin.layer is None:
             hook = origin.hook_name or "no hook point"
             raise UserError(
-                f"{origin.describe()} reads {hook}, not the residual stream after a block",
-                "Compare a residual-stream SAE (hook_resid_post, a block's output)",
+                f"{origin.describe()} reads {hook}, which randsae does not know as the residual stream after a block",
+                f'Compare a residual-stream SAE; if it is one, list it as [[{IMPORT_TABLE}]] path = "..." with '
+                "layer = the block whose output it reads",
             )
         if (shape.architecture, shape.d_in, shape.d_sae, shape.k) != (
             first.architecture,
@@ -166,6 +165,19 @@ def install_imported(comparison: Comparison, run: RunDir, lm: LoadedModel) -> No
         sae.cfg = dataclasses.replace(sae.cfg, metadata=metadata)
         sae.save(folder)
         write_text_atomic(origin_file, json.dumps(item.origin.to_json(), indent=2))
+
+
+def _is_entry(entry: Any) -> bool:
+    """An [[imported_sae]] table: `path` (str) and optionally `layer` (int >= 0), nothing else."""
+    if not isinstance(entry, dict) or set(entry) - {"path", "layer"} or not isinstance(entry.get("path"), str):
+        return False
+    layer = entry.get("layer", 0)
+    return type(layer) is int and layer >= 0
+
+
+def _with_layer(item: ImportedSAE, layer: int | None) -> ImportedSAE:
+    """The SAE with the layer its [[imported_sae]] entry gives (None: its hook's own)."""
+    return item if layer is None else ImportedSAE(item.sae, dataclasses.replace(item.origin, layer=layer))
 
 
 def _same_weights(item: ImportedSAE, folder: Path) -> bool:
