@@ -192,3 +192,20 @@ def test_auto_interp_files_keep_delphis_layout(compared):
             assert isinstance(json.loads(explanation.read_text()), str)
             scored += 1
     assert scored >= 2 * len(modules)
+
+
+def test_delphis_own_reader_loads_the_scores(compared):
+    """Where delphi imports (eai-delphi needs vllm, so not in the test extra): its `load_data` reads every
+    example record of every score file of the run."""
+    result_analysis = pytest.importorskip(
+        "delphi.log.result_analysis",
+        reason="eai-delphi is not installed (it requires vllm); test_auto_interp_files_keep_delphis_layout checks "
+        "the layout its reader expects",
+    )
+    files = RunDir(compared).interp("token")
+    modules = [key.module for key in RunDir(compared).discover_saes()]
+    frame, _ = result_analysis.load_data(files.root / "scores", modules)
+    paths = list((files.root / "scores").glob("*/*.txt"))
+    assert len(frame) == sum(len(json.loads(path.read_text())) for path in paths)
+    assert set(frame["score_type"]) == {"detection", "fuzz"} and set(frame["module"]) == set(modules)
+    assert 0 <= result_analysis.compute_auc(frame[frame["score_type"] == "detection"]) <= 1
