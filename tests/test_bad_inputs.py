@@ -612,6 +612,20 @@ def _(b):
     return _compare(b, _saelens_weights(_imported(b), lambda t: {**t, "b_enc": t["b_enc"][:-1].contiguous()}))
 
 
+@case("interop", "compare_weights_garbage")
+def _(b):
+    folder = _imported(b)
+    (folder / "sae_weights.safetensors").write_bytes(GARBAGE)
+    return _compare(b, folder)
+
+
+@case("interop", "compare_sparsify_cfg_garbage")
+def _(b):
+    b.file("sae/layers.1/sae.safetensors", GARBAGE)
+    b.file("sae/layers.1/cfg.json", '{"k": 4, ')
+    return _compare(b, b.tmp / "sae" / "layers.1")
+
+
 @case("interop", "compare_hook_layer_out_of_range")
 def _(b):
     return _compare(b, _imported(b, hook="blocks.9.hook_resid_post"))
