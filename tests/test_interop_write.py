@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -38,7 +40,11 @@ def test_run_format_sparsify_writes_what_sparsify_load_many_reads(tmp_path, tiny
     the layout delphi reads."""
     sparsify = pytest.importorskip("sparsify", reason="eai-sparsify is not installed: `pip install -e '.[test]'`")
     config = tmp_path / "run.toml"
-    config.write_text(dump_config(tiny_config(tiny_model_dir, tiny_corpus, variants=("trained", "control"))))
+    cfg = tiny_config(tiny_model_dir, tiny_corpus, variants=("trained", "control"))
+    cfg = dataclasses.replace(
+        cfg, train=dataclasses.replace(cfg.train, total_tokens=1024)
+    )  # short: the export is what is tested
+    config.write_text(dump_config(cfg))
     out = tmp_path / "run"
     skip = ["--skip", "interpret", "analyze", "report"]
     assert main(["run", "--config", str(config), "--out", str(out), "--format", "sparsify", "--quiet", *skip]) == 0
