@@ -181,6 +181,7 @@ def _report_body(
         *(note(text) for text in run.notes),
         *_verdict(run, colors),
         run_header(run, colors),
+        *_imported(run),
         '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
     ]
     panels = _panels(run)
@@ -219,6 +220,26 @@ def _verdict(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         "the same units (latents matched by firing frequency, or the same held-out sequences) and over "
         "replicates, a rank-test p-value, and the reading over layers (docs/analysis.md).</p>",
         html_table(VERDICT_COLUMNS, rows, table_id="verdict", cell_html=chip),
+    ]
+
+
+def _imported(run: RunInputs) -> list[str]:
+    """Where the SAEs imported by `randsae compare` came from; the random variants' SAEs were trained here with
+    their shape."""
+    if not run.origins:
+        return []
+    items = []
+    for key, origin in sorted(run.origins.items(), key=lambda item: item[0].layer):
+        conversions = f" Read with: {'; '.join(origin.conversions)}." if origin.conversions else ""
+        items.append(
+            f"<li>{html.escape(key.describe())}: {html.escape(origin.describe())}.{html.escape(conversions)}</li>"
+        )
+    return [
+        '<h2 id="imported">Imported SAEs</h2>',
+        "<p>These trained-model SAEs were trained elsewhere and read by <code>randsae compare</code>; every "
+        "random variant's SAE was trained here with their architecture, width and k (ReLU SAEs: with the "
+        "config's L1 penalty, so compare the L0 columns).</p>",
+        f"<ul>{''.join(items)}</ul>",
     ]
 
 
