@@ -123,7 +123,10 @@ def serve() -> Iterator[Callable[[JudgeServer], JudgeServer]]:
 
 
 def http_config(url: str, **overrides):
-    settings: dict[str, Any] = dict(judge="http", model="judge", base_url=url, timeout_s=5, retries=2, backoff_s=0.01)
+    # Without the explainer ablation: its judge prompts would share the server's faults with the ones counted.
+    settings: dict[str, Any] = dict(
+        judge="http", model="judge", base_url=url, timeout_s=5, retries=2, backoff_s=0.01, explainer_ablation=False
+    )
     settings.update(overrides)
     return small_config(**settings)
 
