@@ -52,8 +52,8 @@ def _words() -> list[str]:
     return sorted(set(re.findall(r"\w+|[^\w\s]", CORPUS)))
 
 
-def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32, n_blocks: int = 4) -> Path:
-    """A GPT-NeoX (4 blocks of width 32 unless told) with a word-level tokenizer, saved like a Hub model folder."""
+def build_tiny_model(folder: Path, seed: int = 0) -> Path:
+    """A 4-block GPT-NeoX with a word-level tokenizer, saved like a Hub model folder."""
     vocab = {"<|endoftext|>": 0, "<unk>": 1, **{word: i + 2 for i, word in enumerate(_words())}}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -62,10 +62,10 @@ def build_tiny_model(folder: Path, seed: int = 0, hidden_size: int = 32, n_block
     )
     config = GPTNeoXConfig(
         vocab_size=len(vocab),
-        hidden_size=hidden_size,
-        num_hidden_layers=n_blocks,
+        hidden_size=32,
+        num_hidden_layers=4,
         num_attention_heads=4,
-        intermediate_size=2 * hidden_size,
+        intermediate_size=64,
         max_position_embeddings=128,
         bos_token_id=0,
         eos_token_id=0,

@@ -344,14 +344,14 @@ def _(b):
     return b.run("--set", "model.blocks=transformer.nothing")
 
 
-@case("model", "sweep_blocks_path_wrong")
-def _(b):
-    return b.run(config=b.sweep([{"name": str(b.model), "blocks": "transformer.nothing"}]))
-
-
 @case("model", "context_beyond_max_positions")
 def _(b):
     return b.run("--set", "tokens.context_size=256", "--set", "interp.window_size=32")
+
+
+@case("model", "sweep_blocks_path_wrong")
+def _(b):
+    return b.run(config=b.sweep([{"name": str(b.model), "blocks": "transformer.nothing"}]))
 
 
 # --- data ---

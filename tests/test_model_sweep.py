@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from transformers import AutoModelForCausalLM
+import torch
+from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
 from randsae.cli import main
 from randsae.config import dump_config
@@ -83,6 +84,7 @@ def test_sweep_config_mistakes(tiny_corpus, change, message):
 def test_default_labels():
     assert default_label("EleutherAI/pythia-70m", "step143000") == "pythia-70m-step143000"
     assert default_label("embedded", None) == "SmolLM2-135M-Instruct"
+    assert default_label("embedded:gemma-3-270m", None) == "gemma-3-270m"
     assert default_label("/models/gemma-3-270m.Q4_K_M.gguf", None) == "gemma-3-270m.Q4_K_M"
 
 
@@ -114,11 +116,21 @@ def test_gap_points_skip_dashed_and_trained():
 # --- the run: two tiny models of different sizes and one broken one, through the command line ---
 
 
+def build_wider_model(folder: Path, hidden_size: int, n_blocks: int) -> Path:
+    """The tiny model's tokenizer with a GPT-NeoX of another width and depth (random weights)."""
+    build_tiny_model(folder)
+    config = GPTNeoXConfig.from_pretrained(folder)
+    config.update({"hidden_size": hidden_size, "num_hidden_layers": n_blocks, "intermediate_size": 2 * hidden_size})
+    torch.manual_seed(2)
+    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory, tiny_corpus):
     tmp = tmp_path_factory.mktemp("sweep")
     small = build_tiny_model(tmp / "small", seed=1)
-    large = build_tiny_model(tmp / "large", seed=2, hidden_size=48, n_blocks=6)
+    large = build_wider_model(tmp / "large", hidden_size=48, n_blocks=6)
     broken = build_tiny_model(tmp / "broken", seed=3)
     (broken / "config.json").write_text('{"model_type": "gpt_neox", ')  # found only when it loads
     models = [{"name": str(small)}, {"name": str(broken)}, {"name": str(large), "set": ["sae.expansion=2"]}]

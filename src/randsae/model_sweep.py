@@ -27,7 +27,7 @@ from randsae.config import ExperimentConfig, embedded_config_path
 from randsae.errors import UserError, user_error_for
 from randsae.experiment import check_writable, resolve_device, run_pipeline, show_plan
 from randsae.models.hookpoints import find_blocks
-from randsae.models.load import LoadedModel, ModelConfig, display_name, load_model
+from randsae.models.load import EMBEDDED_MODELS, LoadedModel, ModelConfig, display_name, load_model
 from randsae.plan import human_bytes, human_seconds, total_disk
 from randsae.records import from_plain
 from randsae.run_dir import RunDir, read_json
@@ -35,7 +35,6 @@ from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, inv
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 """A model's label names its folder: letters, digits, `.`, `_` and `-`."""
-EMBEDDED_LABEL = "SmolLM2-135M-Instruct"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,7 +159,8 @@ def _layer_spec(value: Any, key: str) -> tuple[int | float, ...]:
 
 def default_label(name: str, revision: str | None) -> str:
     """`pythia-70m` for EleutherAI/pythia-70m, the file's stem for a GGUF, plus `-{revision}`."""
-    base = EMBEDDED_LABEL if name == "embedded" else Path(display_name(name)).name.removesuffix(".gguf")
+    shown = display_name(name)
+    base = shown.split(" (")[0] if name in EMBEDDED_MODELS else Path(shown).name.removesuffix(".gguf")
     label = f"{base}-{revision}" if revision else base
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_.") or "model"
 
