@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 from randsae.cli import main
 from randsae.config import dump_config
 from randsae.errors import UserError
-from randsae.model_sweep import build_sweep, default_label, depth_layers, load_outcomes
+from randsae.model_sweep import Sweep, build_sweep, default_label, depth_layers, load_experiment, load_outcomes
 from randsae.report import plots
 from randsae.report.sweep import gap_points, layer_mean_gap
 from randsae.run_dir import RunDir, SAEKey
@@ -209,3 +209,21 @@ def test_the_plan_lists_every_model(sweep_run, tmp_path, capsys):
     assert "model small:" in text and "layers [1, 3]" in text and "model large:" in text and "layers [2, 5]" in text
     assert "all 2 models:" in text
     assert not (tmp_path / "new").exists()
+
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+
+
+def test_the_shipped_sweeps_load():
+    suite = load_experiment(CONFIGS / "pythia-suite.toml")
+    assert isinstance(suite, Sweep)
+    assert [model.label for model in suite.models] == [
+        f"pythia-{size}" for size in ("70m", "160m", "410m", "1b", "6.9b")
+    ]
+    assert [len(model.config.layers) for model in suite.models] == [6, 12, 12, 8, 8]
+    assert all("step0" in model.config.variants for model in suite.models)
+    offline = load_experiment(CONFIGS / "size-sweep.toml")
+    assert isinstance(offline, Sweep)
+    assert [model.label for model in offline.models] == ["SmolLM2-135M-Instruct", "gemma-3-270m"]
+    assert [model.resolve(n).layers for model, n in zip(offline.models, (30, 18), strict=True)] == [(4, 14), (2, 8)]
+    assert [model.config.eval.batch_windows for model in offline.models] == [8, 2]
