@@ -227,3 +227,15 @@ def test_the_shipped_sweeps_load():
     assert [model.label for model in offline.models] == ["SmolLM2-135M-Instruct", "gemma-3-270m"]
     assert [model.resolve(n).layers for model, n in zip(offline.models, (30, 18), strict=True)] == [(4, 14), (2, 8)]
     assert [model.config.eval.batch_windows for model in offline.models] == [8, 2]
+
+
+def test_the_later_stages_run_on_every_model(sweep_run, capsys):
+    out, *_ = sweep_run
+    assert main(["analyze", str(out), "--quiet"]) == 0
+    assert "model small" in capsys.readouterr().out
+    for label in ("small", "large"):
+        assert RunDir(out).model_run(label).verdict_json.is_file()
+    assert main(["report", str(out), "--quiet"]) == 0
+    page = (out / "report.html").read_text()
+    assert 'id="verdict-small"' in page and 'id="verdict-large"' in page
+    assert "single-token latent fraction" in page  # the analysis' measurements join the grid
