@@ -13,10 +13,21 @@ import tomli_w
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM
 
+from randsae import model_sweep
 from randsae.cli import main
 from randsae.config import dump_config
 from randsae.errors import UserError
-from randsae.model_sweep import Sweep, build_sweep, default_label, depth_layers, load_experiment, load_outcomes
+from randsae.model_sweep import (
+    ModelOutcome,
+    Sweep,
+    build_sweep,
+    default_label,
+    depth_layers,
+    load_experiment,
+    load_outcomes,
+    run_sweep,
+    save_outcomes,
+)
 from randsae.report import plots
 from randsae.report.sweep import gap_points, layer_mean_gap
 from randsae.run_dir import RunDir, SAEKey
@@ -239,3 +250,23 @@ def test_the_later_stages_run_on_every_model(sweep_run, capsys):
     page = (out / "report.html").read_text()
     assert 'id="verdict-small"' in page and 'id="verdict-large"' in page
     assert "single-token latent fraction" in page  # the analysis' measurements join the grid
+
+
+def test_an_interrupted_rerun_keeps_the_outcomes_it_did_not_reach(tmp_path, tiny_corpus, monkeypatch):
+    sweep = build_sweep(sweep_data(tiny_corpus, ["a/one", "a/two"]))
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.config.write_text(sweep.toml)
+    save_outcomes(run, [ModelOutcome("one", "a/one", "done", 10), ModelOutcome("two", "a/two", "done", 20)])
+
+    def load(model, device, progress):
+        if model.label == "two":
+            raise KeyboardInterrupt
+        raise UserError("its folder is gone", "Restore it")
+
+    monkeypatch.setattr(model_sweep, "load_sweep_model", load)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(sweep, run, progress=False)
+    outcomes = load_outcomes(run)
+    assert [(o.label, o.status, o.n_parameters) for o in outcomes] == [("one", "failed", None), ("two", "done", 20)]
+    assert outcomes[0].error == "its folder is gone. Restore it"

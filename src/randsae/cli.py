@@ -129,6 +129,8 @@ def _run_sweep(args: argparse.Namespace, sweep) -> None:
         part = run.model_run(outcome.label)
         cfg = load_run_config(part)
         device, timings = resolve_device(cfg.device), Timings(part)
+        if progress and {"interpret", "analyze"} - set(args.skip):
+            print(f"model {outcome.label}")
         try:
             if "interpret" not in args.skip:
                 with timings.stage("interpret"):

@@ -223,8 +223,9 @@ def run_sweep(sweep: Sweep, run: RunDir, progress: bool = True) -> list[ModelOut
     check_sweep_run(sweep, run)
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config, sweep.toml)
+    earlier = {outcome.label: outcome for outcome in load_outcomes(run)}  # kept for the models not rerun yet
     outcomes: list[ModelOutcome] = []
-    for model in sweep.models:
+    for index, model in enumerate(sweep.models):
         start = time.perf_counter()
         if progress:
             print(f"model {model.label} ({model.config.model.name}) → {run.model_root(model.label)}")
@@ -245,7 +246,8 @@ def run_sweep(sweep: Sweep, run: RunDir, progress: bool = True) -> list[ModelOut
         except Exception as error:  # noqa: BLE001  one model's failure must not end the others' runs
             outcome = _failed(model, error, time.perf_counter() - start)
         outcomes.append(outcome)
-        save_outcomes(run, outcomes)
+        later = [earlier[m.label] for m in sweep.models[index + 1 :] if m.label in earlier]
+        save_outcomes(run, [*outcomes, *later])  # an interrupted rerun leaves the report every model it had
     return outcomes
 
 
