@@ -38,12 +38,11 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.run_dir import RunDir, Timings
     from randsae.sae import distributed
 
-    cfg = load_experiment(args.config, [*args.set, *([f"device={args.device}"] if args.device else [])])
+    device_override = [f"device={args.device}"] if args.device else []  # every model's, in a sweep
+    cfg = load_experiment(args.config, [*args.set, *device_override])
     if isinstance(cfg, Sweep):
         _run_sweep(args, cfg)
         return
-    if args.device:
-        cfg = dataclasses.replace(cfg, device=args.device)
     distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: rank 0 alone speaks and goes on
     run = RunDir(Path(args.out) if args.out else distributed.gather(_fresh_run_dir())[0])
     main = distributed.is_main()
