@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 DPI = 90
 
@@ -192,6 +193,11 @@ def entropy_scatter(
     return to_data_uri(figure)
 
 
+def parameter_count(n: int) -> str:
+    """`135M`, `6.9B`: a model's size as papers write it."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
 class SizePoint(NamedTuple):
     """One model's trained-minus-variant gap of a measurement, with the range its replicates span."""
 
@@ -250,6 +256,10 @@ def gap_vs_size(panels: Mapping[str, Mapping[str, Sequence[SizePoint]]], colors:
             shown += [variant] if variant not in shown else []
         ax.axhline(0, ls=":", color="grey", lw=1)
         ax.set_xscale("log")
+        sizes = sorted({p.n_parameters for points in by_variant.values() for p in points})
+        ax.set_xticks(sizes, [parameter_count(size) for size in sizes])  # the models' sizes, nothing between
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(sizes[0] / 1.3, sizes[-1] * 1.3)
         ax.set_title(f"{title}: trained − variant", fontsize=8)
         ax.set_xlabel("parameters", fontsize=8)
         ax.tick_params(labelsize=7)

@@ -99,7 +99,7 @@ def _body(run: RunDir, outcomes: Sequence[ModelOutcome], inputs: Mapping[str, Ru
         '<h2 id="grid">Measurements by layer, per model (the paper\'s Figure 2)</h2>',
     ]
     rows = list(dict.fromkeys(panel.title for model_panels in panels.values() for panel in model_panels))
-    titles = {f"{label} ({_size(sizes[label])})": model_panels for label, model_panels in panels.items()}
+    titles = {f"{label} ({plots.parameter_count(sizes[label])})": shown for label, shown in panels.items()}
     sections.append(
         figure(plots.model_metric_grid(titles, rows, colors), "measurements against layer, one column per model")
         if rows
@@ -121,10 +121,6 @@ def _body(run: RunDir, outcomes: Sequence[ModelOutcome], inputs: Mapping[str, Ru
     for outcome in outcomes:
         sections += _model_section(run, outcome, inputs.get(outcome.label), panels.get(outcome.label, []), colors)
     return "\n".join(sections)
-
-
-def _size(n_parameters: int) -> str:
-    return f"{n_parameters / 1e9:.1f}B" if n_parameters >= 1e9 else f"{n_parameters / 1e6:.0f}M"
 
 
 def _model_section(
