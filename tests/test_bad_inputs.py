@@ -15,10 +15,12 @@ import json
 import shutil
 import subprocess
 import threading
+import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from randsae.analysis.stage import analyze_run
 from randsae.cli import main
@@ -56,6 +58,12 @@ class Bench:
         cfg = tiny_config(self.model, self.corpus, **{"variants": ("trained",), **overrides})
         path.write_text(edit(dump_config(cfg)))
         return path
+
+    def sweep(self, models: list, **shared) -> Path:
+        """The tiny experiment (one variant) over several models: `models` in place of [model]."""
+        data = tomllib.loads(dump_config(tiny_config(self.model, self.corpus, variants=("trained",))))
+        del data["model"]
+        return self.file("sweep.toml", tomli_w.dumps({**data, **shared, "models": models}))
 
     def run(self, *extra: str, config: Path | None = None) -> list[str]:
         return ["run", "--config", str(config or self.config()), "--out", str(self.out), "--quiet", *extra]
@@ -232,6 +240,31 @@ def _(b):
     return b.run(config=b.config(lambda text: text.replace("expansion = 4", 'expansion = "4"')))
 
 
+@case("config", "sweep_labels_repeated")
+def _(b):
+    return b.run(config=b.sweep([str(b.model), {"name": str(b.model), "layers": [1]}]))
+
+
+@case("config", "sweep_layer_fraction_beyond_one")
+def _(b):
+    return b.run(config=b.sweep([str(b.model)], layers=[0.5, 1.5]))
+
+
+@case("config", "sweep_layer_fraction_zero")
+def _(b):
+    return b.run(config=b.sweep([{"name": str(b.model), "layers": [0.0]}]))
+
+
+@case("config", "sweep_layers_mixed")
+def _(b):
+    return b.run(config=b.sweep([str(b.model)], layers=[1, 0.5]))
+
+
+@case("config", "sweep_with_a_job_part")
+def _(b):
+    return b.run("--layers", "1", config=b.sweep([str(b.model)]))
+
+
 @case("config", "unknown_option")
 def _(b):
     return b.run("--bogus")
@@ -321,6 +354,11 @@ def _(b):
 @case("model", "context_beyond_max_positions")
 def _(b):
     return b.run("--set", "tokens.context_size=256", "--set", "interp.window_size=32")
+
+
+@case("model", "sweep_blocks_path_wrong")
+def _(b):
+    return b.run(config=b.sweep([{"name": str(b.model), "blocks": "transformer.nothing"}]))
 
 
 # --- data ---

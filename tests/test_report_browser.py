@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from randsae.model_sweep import ModelOutcome, save_outcomes
 from randsae.report import write_report
 from randsae.report.latent_data import HISTOGRAM_BINS, N_TOP_WINDOWS
+from randsae.report.sweep import write_sweep_report
+from randsae.run_dir import RunDir
 from tests.helpers import build_report_run
 
 CHROMIUM = next(
@@ -208,6 +211,31 @@ def test_latent_dashboard_renders_with_its_histogram_windows_and_links(run, brow
     assert browser.errors() == []
     browser.open(run / "dashboards" / "layer1.html")
     assert browser.evaluate("document.querySelectorAll('table.sortable').length") == 4
+    assert browser.errors() == []
+
+
+def test_sweep_report_renders_the_grid_the_gap_and_each_model(tmp_path, browser):
+    """Two synthetic runs of different sizes as a multi-model run's parts, one more model that failed."""
+    root = tmp_path / "sweep"
+    outcomes = []
+    for label, size, seed in (("small", 1_000_000, 0), ("large", 9_000_000, 1)):
+        part = build_report_run(tmp_path / label, variants=("trained", "rerandomized", "control"), seed=seed)
+        (root / "models").mkdir(parents=True, exist_ok=True)
+        part.rename(root / "models" / label)
+        outcomes.append(ModelOutcome(label, label, "done", size, 3, (0, 1, 2)))
+    outcomes.append(ModelOutcome("broken", "broken", "failed", error="could not load it"))
+    save_outcomes(RunDir(root), outcomes)
+    browser.open(write_sweep_report(root, progress=False))
+    images = browser.evaluate(IMAGES)
+    assert [image["alt"] for image in images] == [
+        "measurements against layer, one column per model",
+        "trained-minus-variant gap against model parameters",
+    ]
+    assert all(image["complete"] and image["width"] > 300 for image in images), images
+    tables = browser.evaluate(TABLES)
+    assert tables["means-small"] == tables["means-large"] == 3  # one row per variant
+    assert tables["verdict-small"] > 0 and "means-broken" not in tables
+    assert browser.evaluate("document.querySelectorAll('h3[id^=model-]').length") == 3
     assert browser.errors() == []
 
 

@@ -61,14 +61,14 @@ def test_quality_table_rows_match_metrics_json(run, report):
 def test_ce_and_kl_scores_of_every_variant_but_trained_are_marked_not_meaningful(run, report):
     """The control feeds noise instead of token embeddings: its CE score is no language model's either."""
     from randsae.metrics.results import NOT_MEANINGFUL, load_metrics
-    from randsae.report.report import _panels
+    from randsae.report.report import metric_panels
     from randsae.report.run_inputs import read_run
     from randsae.run_dir import RunDir
 
     rows = load_metrics(RunDir(run))
     assert {row.variant for row in rows if not row.meaningful_downstream} == {"step0", "control"}
     assert report.count(NOT_MEANINGFUL) == 1
-    (ce_panel,) = [panel for panel in _panels(read_run(RunDir(run))) if panel.title == "CE-loss score"]
+    (ce_panel,) = [panel for panel in metric_panels(read_run(RunDir(run))) if panel.title == "CE-loss score"]
     assert ce_panel.dashed == {"step0", "control"} and "not meaningful" in ce_panel.note
 
 

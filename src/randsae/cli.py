@@ -32,15 +32,22 @@ def _layer_list(text: str) -> list[int]:
 
 
 def command_run(args: argparse.Namespace) -> None:
-    from randsae.config import load_config
     from randsae.experiment import job_config, resolve_device, run_pipeline
     from randsae.metrics.results import format_metrics_table
+    from randsae.model_sweep import Sweep, load_experiment
     from randsae.run_dir import RunDir
     from randsae.sae import distributed
 
-    cfg = load_config(args.config, args.set)
-    if args.device:
-        cfg = dataclasses.replace(cfg, device=args.device)
+    device_override = [f"device={args.device}"] if args.device else []  # every model's, in a sweep
+    cfg = load_experiment(args.config, [*args.set, *device_override])
+    if isinstance(cfg, Sweep):
+        if args.format != "saelens":
+            raise UserError(
+                "--format sparsify is not taken by a config with [[models]]",
+                "Run without --format, or run each model's config with it",
+            )
+        _run_sweep(args, cfg)
+        return
     if args.format == "sparsify" and cfg.sae.architecture != "topk":
         raise UserError(
             f"--format sparsify holds TopK SAEs only, and sae.architecture = {cfg.sae.architecture!r}",
@@ -131,6 +138,85 @@ def command_compare(args: argparse.Namespace) -> None:
     _later_stages(run, cfg, args.skip, progress)
 
 
+def _run_sweep(args: argparse.Namespace, sweep) -> None:
+    """`randsae run` of a config with [[models]]: each model's run, then its interp and analysis, then the
+    sweep's report; a model that failed is named at the end (exit 2), after the others have run."""
+    from randsae.config import load_run_config
+    from randsae.experiment import resolve_device
+    from randsae.model_sweep import failures, run_sweep, show_sweep_plan
+    from randsae.report.sweep import write_sweep_report
+    from randsae.run_dir import RunDir, Timings
+    from randsae.sae import distributed
+
+    if args.variants or args.layers:
+        raise UserError(
+            "--variants and --layers split the run of one model, not of several",
+            "Run the whole sweep, or give each model's part its own config",
+        )
+    if distributed.world_size() > 1:
+        raise UserError(
+            "a config with [[models]] runs one process",
+            "Run it without torchrun, or run each model's config under torchrun",
+        )
+    run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
+    progress = not args.quiet
+    if args.plan:
+        show_sweep_plan(sweep, run, progress)
+        return
+    print(f"randsae run → {run.root}  (config: {args.config}, {len(sweep.models)} models)")
+    if "interpret" not in args.skip:
+        from randsae.interp.stage import check_judge
+
+        for model in sweep.models:
+            check_judge(model.config.interp)  # an LLM judge that cannot answer stops the run before the harvest
+    outcomes = run_sweep(sweep, run, progress)
+    later: list[str] = []  # a stage that fails on one model leaves the others' to run
+    for outcome in outcomes:
+        if outcome.status != "done":
+            continue
+        part = run.model_run(outcome.label)
+        cfg = load_run_config(part)
+        device, timings = resolve_device(cfg.device), Timings(part)
+        if progress and {"interpret", "analyze"} - set(args.skip):
+            print(f"model {outcome.label}")
+        try:
+            if "interpret" not in args.skip:
+                with timings.stage("interpret"):
+                    _interpret(part, cfg.interp, device, progress)
+            if "analyze" not in args.skip:
+                with timings.stage("analyze"):
+                    _analyze(part, cfg.analysis, device, progress)
+        except UserError as error:
+            print(f"model {outcome.label}: {' '.join(str(error).split())}")  # named again in the error at the end
+            later.append(f"{outcome.label}: {error.problem}")
+    if "report" not in args.skip and any(outcome.status == "done" for outcome in outcomes):
+        write_sweep_report(run, progress=progress)
+    failed = failures(outcomes, later)
+    if failed:
+        raise failed
+    print(f"done in {sum(outcome.seconds for outcome in outcomes):.0f}s; results in {run.root}")
+
+
+def _each_model(args: argparse.Namespace, command) -> bool:
+    """Run `command` on each finished model's part of a multi-model run directory; False for a one-model run."""
+    parts = _sweep_parts(args.run_dir)
+    for part in parts or []:
+        print(f"model {part.root.name}")
+        command(argparse.Namespace(**{**vars(args), "run_dir": str(part.root)}))
+    return parts is not None
+
+
+def _sweep_parts(run_dir: str):
+    """The finished models' parts of a multi-model run directory; None for a one-model run."""
+    from randsae.model_sweep import load_outcomes, sweep_of_run
+    from randsae.run_dir import RunDir
+
+    run = RunDir.existing(run_dir)
+    if sweep_of_run(run) is None:
+        return None
+    return [run.model_run(outcome.label) for outcome in load_outcomes(run) if outcome.status == "done"]
+
+
 def _say_missing(run) -> None:
     """The stages after training read whichever SAEs exist: say which of the config's are not there yet."""
     missing = run.missing_saes()
@@ -192,6 +278,8 @@ def _existing_run(args: argparse.Namespace):
 def command_interpret(args: argparse.Namespace) -> None:
     from randsae.config import load_config
 
+    if _each_model(args, command_interpret):
+        return
     run, cfg, device = _existing_run(args)
     overrides = {
         key: value
@@ -210,12 +298,19 @@ def command_interpret(args: argparse.Namespace) -> None:
 
 
 def command_analyze(args: argparse.Namespace) -> None:
+    if _each_model(args, command_analyze):
+        return
     run, cfg, device = _existing_run(args)
     with _timed(run, "analyze"):
         _analyze(run, cfg.analysis, device, not args.quiet)
 
 
 def command_report(args: argparse.Namespace) -> None:
+    if _sweep_parts(args.run_dir) is not None:
+        from randsae.report.sweep import write_sweep_report
+
+        write_sweep_report(args.run_dir, progress=not args.quiet)
+        return
     run, _, device = _existing_run(args)
     with _timed(run, "report"):
         _report(run, device, not args.quiet)

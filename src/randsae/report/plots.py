@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullLocator
 
 DPI = 90
 
@@ -189,4 +190,80 @@ def entropy_scatter(
         ax.set_ylim(-0.02, 1.02)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+    return to_data_uri(figure)
+
+
+def parameter_count(n: int) -> str:
+    """`135M`, `6.9B`: a model's size as papers write it."""
+    return f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+class SizePoint(NamedTuple):
+    """One model's trained-minus-variant gap of a measurement, with the range its replicates span."""
+
+    n_parameters: int
+    label: str
+    gap: float
+    low: float = math.nan
+    high: float = math.nan
+
+
+def model_metric_grid(columns: Mapping[str, Sequence[Panel]], rows: Sequence[str], colors: Mapping[str, str]) -> str:
+    """The paper's Figure 2 for several models: one column per model (`columns`: its title -> its panels), one
+    row per measurement (`rows`: panel titles), metric against layer, one line per variant."""
+    figure, axes = _grid(len(rows) * len(columns), len(columns), 2.9, 2.1)
+    shown: list[str] = []
+    for row, title in enumerate(rows):
+        for column, (model, panels) in enumerate(columns.items()):
+            ax = axes[row * len(columns) + column]
+            panel = next((panel for panel in panels if panel.title == title), None)
+            for variant, points in (panel.series if panel else {}).items():
+                points = sorted(points)
+                layers = [p.layer for p in points]
+                style = "--" if panel and variant in panel.dashed else "-"
+                ax.plot(layers, [p.value for p in points], style, marker="o", ms=3, color=colors[variant], lw=1.4)
+                low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
+                if np.isfinite(low).any():
+                    ax.fill_between(layers, low, high, color=colors[variant], alpha=0.18, lw=0)
+                shown += [variant] if variant not in shown else []
+            if panel is None:
+                ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_title(f"{model}\n{title}" if row == 0 else title, fontsize=8)
+            ax.set_xlabel("layer", fontsize=7)
+            ax.tick_params(labelsize=6)
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.grid(alpha=0.3)
+    if shown:
+        _variant_legend(figure, colors, [v for v in colors if v in shown])
+    return to_data_uri(figure)
+
+
+def gap_vs_size(panels: Mapping[str, Mapping[str, Sequence[SizePoint]]], colors: Mapping[str, str]) -> str:
+    """Each measurement's gap (trained minus a random variant, mean over layers) against model parameters (log
+    scale), one line per variant, a bar over the range of the variant's replicates where it has several."""
+    figure, axes = _grid(len(panels), 4, 3.3, 2.6)
+    shown: list[str] = []
+    for ax, (title, by_variant) in zip(axes, panels.items(), strict=True):
+        for variant, points in by_variant.items():
+            points = sorted(points)
+            sizes = [p.n_parameters for p in points]
+            ax.plot(sizes, [p.gap for p in points], marker="o", ms=4, color=colors[variant], lw=1.4)
+            low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
+            gaps = np.array([p.gap for p in points])
+            if np.isfinite(low).any():
+                below, above = np.nan_to_num(gaps - low), np.nan_to_num(high - gaps)
+                ax.errorbar(sizes, gaps, yerr=[below, above], fmt="none", color=colors[variant], capsize=3, lw=1)
+            shown += [variant] if variant not in shown else []
+        ax.axhline(0, ls=":", color="grey", lw=1)
+        ax.set_xscale("log")
+        sizes = sorted({p.n_parameters for points in by_variant.values() for p in points})
+        ax.set_xticks(sizes, [parameter_count(size) for size in sizes])  # the models' sizes, nothing between
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(sizes[0] / 1.3, sizes[-1] * 1.3)
+        ax.set_title(f"{title}: trained − variant", fontsize=8)
+        ax.set_xlabel("parameters", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    if shown:
+        _variant_legend(figure, colors, [v for v in colors if v in shown])
     return to_data_uri(figure)

@@ -184,7 +184,7 @@ def _report_body(
         *_imported(run),
         '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
     ]
-    panels = _panels(run)
+    panels = metric_panels(run)
     sections.append(
         figure(plots.metric_grid(panels, colors), "metrics against layer, one line per variant")
         if panels
@@ -272,7 +272,7 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _panels(run: RunInputs) -> list[plots.Panel]:
+def metric_panels(run: RunInputs) -> list[plots.Panel]:
     """The metric-vs-layer panels this run has data for, auto-interp first as in the paper."""
     panels = []
     saes = run.interp.summary.saes if run.interp else ()
