@@ -73,13 +73,15 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_running_threshold()
     assert per_token.sum() == K * N and per_token.min() != per_token.max(), "k·n in all, unevenly spread"
     smallest = z[z > 0].min()
     sae.loss(x)
-    assert torch.allclose(sae.threshold, torch.full((M,), 0.01 * smallest.item(), dtype=torch.float64))
+    assert torch.allclose(sae.threshold, torch.full((M,), smallest.item(), dtype=torch.float64)), "starts at min"
+    with torch.no_grad():
+        sae.threshold.fill_(0.5)
     sae.loss(x)
-    assert torch.allclose(sae.threshold, torch.full((M,), (0.99 * 0.01 + 0.01) * smallest.item(), dtype=torch.float64))
+    assert torch.allclose(sae.threshold, torch.full((M,), 0.99 * 0.5 + 0.01 * smallest.item(), dtype=torch.float64))
     with torch.no_grad():
         sae.threshold.fill_(0.3)
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
-        assert torch.equal(sae.encode(x), torch.where(pre > 0.3, pre, torch.zeros_like(pre))), "inference: θ"
+        assert torch.allclose(sae.encode(x), torch.where(pre > 0.3, pre, torch.zeros_like(pre))), "inference: θ"
 
 
 def test_batchtopk_auxk_trains_only_dead_latents():
@@ -246,3 +248,38 @@ def test_trainer_trains_every_architecture(cfg):
 def test_missing_or_bad_settings_are_user_errors(cfg, match):
     with pytest.raises(UserError, match=match):
         build_sae(cfg, seed=0)
+
+
+@pytest.mark.parametrize("architecture", ["jumprelu", "batchtopk", "gated"])
+def test_thresholded_inference_does_not_depend_on_the_batch(architecture):
+    """Thresholds placed exactly on float32 pre-activations: a row encodes the same alone as in its batch,
+    and every decision is the float64 one."""
+    cfg = SAEConfig(
+        architecture,
+        64,
+        256,
+        **{
+            "jumprelu": {"l0_coefficient": 0.0, "jumprelu_bandwidth": 0.05},
+            "batchtopk": {"k": 4},
+            "gated": {"l1_coefficient": 0.0},
+        }[architecture],
+    )
+    sae = build_sae(cfg, seed=0)
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(1))
+    bias = sae.b_gate if architecture == "gated" else sae.b_enc
+    with torch.no_grad():
+        bias.copy_(torch.randn(256, generator=torch.Generator().manual_seed(2)) * 0.1)
+        pre = (x - sae.b_dec) @ sae.W_enc + bias
+        if architecture == "gated":  # the gate's zero on row 7's pre-activations; every magnitude positive
+            bias.sub_(pre[7])
+            sae.b_mag.fill_(100.0)
+        else:
+            sae.threshold.copy_(pre[7].abs())
+            bias.add_(pre[7].abs() - pre[7])  # row 7's pre-activations now equal θ up to rounding
+    with torch.no_grad():
+        whole = sae.encode(x)
+        alone = torch.cat([sae.encode(row[None]) for row in x])
+        threshold = torch.zeros(256) if architecture == "gated" else sae.threshold
+        exact = (x.double() - sae.b_dec.double()) @ sae.W_enc.double() + bias.double()
+    assert torch.equal(whole != 0, alone != 0)
+    assert torch.equal(whole != 0, exact > threshold.double())

@@ -4,7 +4,8 @@ In training, the k·n largest ReLU pre-activations of the whole batch of n token
 average, more on dense tokens, fewer on simple ones); the loss is the batch's FVU plus, with a coefficient,
 TopK's AuxK on dead latents. A batch's code depends on the other tokens, so at inference a token is encoded on
 its own with a threshold θ: z = pre · H(pre - θ), θ a running average of the smallest kept activation of each
-training batch (θ ← (1 - 0.01)·θ + 0.01·min, from 0, SAELens's `topk_threshold_lr`). Saved as SAELens saves
+training batch (θ ← (1 - 0.01)·θ + 0.01·min, SAELens's `topk_threshold_lr`, from the first batch's min
+as dictionary_learning starts it). Saved as SAELens saves
 it: a JumpReLU SAE with θ in every latent's `threshold`.
 
 Training is sparse after the dense encoder product: the kept (token, latent) pairs are re-encoded and
@@ -20,7 +21,7 @@ from torch import Tensor
 
 from randsae.sae import distributed
 from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, register
-from randsae.sae.jumprelu import jumprelu
+from randsae.sae.jumprelu import encode_above
 from randsae.sae.kernels import CodePairs, pairs_decode, pairs_encode
 from randsae.sae.topk import auxk_loss, check_k
 
@@ -50,7 +51,8 @@ class BatchTopKSAE(SparseAutoencoder):
 
     def encode(self, x: Tensor) -> Tensor:
         """Inference: [n, d_in] -> dense latents [n, d_sae] above the threshold, each token on its own."""
-        return jumprelu((x - self.b_dec) @ self.W_enc + self.b_enc, self.threshold)
+        pre, above = encode_above(x, self.W_enc, self.b_enc, self.b_dec, self.threshold)
+        return pre * above
 
     def batch_code(self, x: Tensor) -> BatchCode:
         """The k·n largest positive pre-activations of the batch x [n, d_in], differentiable in the weights."""
@@ -85,8 +87,11 @@ class BatchTopKSAE(SparseAutoencoder):
 
     @torch.no_grad()
     def update_threshold(self, values: Tensor) -> None:
-        """θ ← (1 - lr)·θ + lr·(smallest positive kept activation); data-parallel, the ranks' mean of it."""
+        """θ ← (1 - lr)·θ + lr·(smallest positive kept activation), the first batch's smallest itself while θ is
+        still 0 (dictionary_learning's start: from 0, a short run would end far below the batches' minimum and
+        encode many more latents than it trained with); data-parallel, the ranks' mean of it."""
         positive = values[values > 0]
         smallest = positive.min() if positive.numel() else self.threshold[0]
         smallest = distributed.all_mean_(smallest.clone())
-        self.threshold.mul_(1 - THRESHOLD_LR).add_(THRESHOLD_LR * smallest)
+        rate = 1.0 if bool((self.threshold == 0).all()) else THRESHOLD_LR
+        self.threshold.mul_(1 - rate).add_(rate * smallest)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from randsae.errors import UserError
 from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, register
+from randsae.sae.jumprelu import encode_above
 
 
 @register
@@ -43,8 +44,10 @@ class GatedSAE(SparseAutoencoder):
         return pi + self.b_gate, torch.relu(pi * self.r_mag.exp() + self.b_mag)
 
     def encode(self, x: Tensor) -> Tensor:
-        gate, magnitude = self.gate_and_magnitude(x)
-        return (gate > 0) * magnitude
+        """Inference, the gate decided the same whatever the batch (`encode_above`)."""
+        gate, above = encode_above(x, self.W_enc, self.b_gate, self.b_dec, self.b_gate.new_zeros(()))
+        pi = gate - self.b_gate
+        return above * torch.relu(pi * self.r_mag.exp() + self.b_mag)
 
     def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """MSE + λ·mean ReLU(gate) + the gate path's MSE through the frozen decoder; `dead_mask` unused."""

@@ -29,8 +29,28 @@ INIT_THRESHOLD = 0.01
 
 
 def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
-    """pre · H(pre - θ): the inference code of JumpReLU and of the BatchTopKs; [n, m], [m] -> [n, m]."""
+    """pre · H(pre - θ): [n, m], [m] -> [n, m]."""
     return pre * (pre > threshold)
+
+
+def encode_above(x: Tensor, W: Tensor, bias: Tensor, b_dec: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
+    """(pre = (x - b_dec) @ W + bias [n, m], pre > threshold [n, m]), the comparison decided the same whatever
+    batch x [n, d] is encoded in: the inference of every thresholded architecture (JumpReLU, the BatchTopKs, the
+    gate of a gated SAE).
+
+    A float32 product's rounding depends on the batch's shape, and at a threshold a rounding error flips a whole
+    activation, so encoding a row alone and inside a batch would disagree (the latent cache checks they do
+    not). Entries within a safe bound of the float32 error (1e-4·‖x - b_dec‖·‖W[:, j]‖) of θ are decided on a
+    float64 recomputation of their dot product, which does not depend on the batch."""
+    centred = x - b_dec
+    pre = torch.addmm(bias, centred, W)
+    margin = 1e-4 * centred.norm(dim=1, keepdim=True) * W.norm(dim=0) + 1e-6 * bias.abs()
+    above = pre > threshold
+    rows, cols = ((pre - threshold).abs() <= margin).nonzero(as_tuple=True)
+    if rows.numel():
+        exact = (centred[rows].double() * W[:, cols].T.double()).sum(dim=1) + bias[cols].double()
+        above[rows, cols] = exact > threshold.double().expand(pre.shape[1])[cols]
+    return pre, above
 
 
 def rectangle(u: Tensor) -> Tensor:
@@ -110,7 +130,10 @@ class JumpReLUSAE(SparseAutoencoder):
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
-        return jumprelu(self.pre_activations(x), self.threshold)
+        """Inference as SAELens's: ReLU(pre)·H(pre - θ), so that a θ the last step left just below 0 lets no
+        negative activation through."""
+        pre, above = encode_above(x, self.W_enc, self.b_enc, self.b_dec, self.threshold)
+        return pre.relu() * above
 
     def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """FVU + λ·mean L0 on a batch [n, d_in]; `dead_mask` is unused (no auxiliary loss)."""
