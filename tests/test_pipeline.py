@@ -204,10 +204,7 @@ def test_run_trains_evaluates_and_saves_every_architecture(tmp_path, tiny_model_
     ours = load_sae(folder)
     assert ours.architecture == sae.architecture and ours.cfg.d_sae == 128
     x = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * 3
-    try:
-        import sae_lens
-    except ImportError:
-        return
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (see tests/test_sae_saelens.py)")
     theirs = sae_lens.SAE.load_from_disk(folder)
     with torch.no_grad():
         assert torch.allclose(theirs.decode(theirs.encode(x)), ours(x), atol=1e-5)
