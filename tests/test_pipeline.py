@@ -180,20 +180,21 @@ def test_verify_rehashes_every_shard_and_names_a_corrupt_one(tmp_path, capsys, t
 
 
 @pytest.mark.parametrize(
-    "sae",
+    "sae, activations",
     [
-        SAEShape(architecture="batchtopk", expansion=4, k=4),
-        SAEShape(architecture="matryoshka_batchtopk", expansion=4, k=4, matryoshka_groups=(1, 3)),
-        SAEShape(architecture="jumprelu", expansion=4, l0_coefficient=1e-3),
-        SAEShape(architecture="gated", expansion=4, l1_coefficient=1e-3),
-        SAEShape(architecture="relu_l1", expansion=4, l1_coefficient=1e-3),
+        (SAEShape(architecture="batchtopk", expansion=4, k=4), "cache"),
+        (SAEShape(architecture="matryoshka_batchtopk", expansion=4, k=4, matryoshka_groups=(1, 3)), "stream"),
+        (SAEShape(architecture="jumprelu", expansion=4, l0_coefficient=1e-3), "cache"),
+        (SAEShape(architecture="gated", expansion=4, l1_coefficient=1e-3), "cache"),
+        (SAEShape(architecture="relu_l1", expansion=4, l1_coefficient=1e-3), "cache"),
     ],
-    ids=lambda sae: sae.architecture,
+    ids=lambda value: getattr(value, "architecture", value),
 )
-def test_run_trains_evaluates_and_saves_every_architecture(tmp_path, tiny_model_dir, tiny_corpus, sae):
-    """`[sae] architecture` end to end: `randsae run` trains, evaluates and writes an SAE that loads back (and
-    into sae-lens, when installed, with the same reconstruction)."""
+def test_run_trains_evaluates_and_saves_every_architecture(tmp_path, tiny_model_dir, tiny_corpus, sae, activations):
+    """`[sae] architecture` end to end (cached and streamed training): `randsae run` trains, evaluates and writes
+    an SAE that loads back (and into sae-lens, when installed, with the same reconstruction)."""
     cfg = tiny_config(tiny_model_dir, tiny_corpus, variants=("trained",), layers=(1,), sae=sae)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activations=activations))
     path = tmp_path / "experiment.toml"
     path.write_text(dump_config(cfg))
     assert main(["run", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
