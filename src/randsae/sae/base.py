@@ -91,13 +91,9 @@ class SAEConfig:
         details = metadata.pop("training_architecture_details", None) or {}
         fields = {key: value for key, value in {**details, **cfg}.items() if key in names}
         fields["metadata"] = metadata
-        ours = {saelens: name for name, saelens in SAELENS_ARCHITECTURE.items() if name == saelens}
-        ours["standard"] = "relu_l1"
-        fields["architecture"] = (
-            trained_as
-            if trained_as in SAELENS_ARCHITECTURE
-            else ours.get(fields.get("architecture", ""), fields.get("architecture"))
-        )
+        saved_as = fields.get("architecture")
+        ours = "relu_l1" if saved_as == "standard" else saved_as
+        fields["architecture"] = trained_as if trained_as in SAELENS_ARCHITECTURE else ours
         if fields.get("matryoshka_widths") is not None:
             fields["matryoshka_widths"] = tuple(fields["matryoshka_widths"])
         return cls(**fields)
