@@ -27,7 +27,7 @@ def test_defaults_are_the_papers_experiment():
     assert cfg.model.name == "EleutherAI/pythia-70m" and cfg.layers == (0, 1, 2, 3, 4, 5)
     assert cfg.variants == ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control")
     assert (cfg.tokens.context_size, cfg.tokens.train_tokens, cfg.tokens.heldout_tokens) == (2048, 10**8, 10**7)
-    assert (cfg.sae.architecture, cfg.sae.expansion, cfg.sae.setting("k")) == ("topk", 64, 32)
+    assert (cfg.sae.architecture, cfg.sae.expansion, cfg.sae.k) == ("topk", 64, 32)
     assert (cfg.train.batch_size, cfg.train.lr, cfg.train.warmup_steps, cfg.train.auxk_coefficient) == (
         8192,
         None,

@@ -73,8 +73,9 @@ SPARSITY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gated": {"l1_coefficient": 5.0},
     "relu_l1": {"l1_coefficient": 5.0},
 }
-"""The sparsity settings each architecture takes, and the value an unset one gets (None: it must be set).
-A setting the chosen architecture does not take is refused, so a config never carries one that is ignored."""
+"""The sparsity settings each architecture takes, and the value an unset one gets when the config is built
+(None: it must be set). A setting the chosen architecture does not take is refused, so a config never carries
+one that is ignored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +119,8 @@ class SAEShape:
                     f"sae.architecture = {self.architecture!r} needs sae.{name}",
                     f"Set sae.{name} (docs/config.md)",
                 )
+            if getattr(self, name) is None:  # resolved here, so a config reads and resumes the same either way
+                object.__setattr__(self, name, default)
         if self.k is not None and self.k < 1:
             raise invalid("sae.k", self.k, "an integer of at least 1")
         for name in ("l1_coefficient", "l0_coefficient"):
@@ -134,26 +137,20 @@ class SAEShape:
                 f"{f', not {sum(groups)}' if groups else ''}",
             )
 
-    def setting(self, name: str) -> Any:
-        """A sparsity setting's value, its default when unset; None when the architecture does not take it."""
-        value = getattr(self, name)
-        return SPARSITY_DEFAULTS[self.architecture].get(name) if value is None else value
-
     def sae_config(self, d_model: int, metadata: dict[str, Any] | None = None) -> SAEConfig:
         """The SAEConfig of an SAE on activations of width `d_model`; k must leave most latents off."""
         d_sae = self.expansion * d_model
-        k = self.setting("k")
-        if k is not None and k >= d_sae:
-            raise invalid("sae.k", k, f"fewer than the d_sae = {d_sae} latents (sae.expansion x d_model {d_model})")
-        groups = self.setting("matryoshka_groups")
+        if self.k is not None and self.k >= d_sae:
+            raise invalid("sae.k", self.k, f"fewer than the d_sae = {d_sae} latents (sae.expansion x d_model)")
+        groups = self.matryoshka_groups
         return SAEConfig(
             architecture=self.architecture,
             d_in=d_model,
             d_sae=d_sae,
-            k=k,
-            l1_coefficient=self.setting("l1_coefficient"),
-            l0_coefficient=self.setting("l0_coefficient"),
-            jumprelu_bandwidth=self.setting("jumprelu_bandwidth"),
+            k=self.k,
+            l1_coefficient=self.l1_coefficient,
+            l0_coefficient=self.l0_coefficient,
+            jumprelu_bandwidth=self.jumprelu_bandwidth,
             matryoshka_widths=None if groups is None else tuple(d_model * w for w in itertools.accumulate(groups)),
             metadata=metadata or {},
         )
