@@ -11,12 +11,20 @@ import json
 import re
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    GPTNeoXConfig,
+    MambaConfig,
+    PretrainedConfig,
+    PreTrainedTokenizerFast,
+    RwkvConfig,
+)
 
 from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
@@ -52,27 +60,29 @@ def _words() -> list[str]:
     return sorted(set(re.findall(r"\w+|[^\w\s]", CORPUS)))
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A 4-block GPT-NeoX with a word-level tokenizer, saved like a Hub model folder."""
+def tiny_model_config(family: str, vocab_size: int) -> PretrainedConfig:
+    """A 4-block model of width 32 of a transformer (`gpt_neox`) or a non-transformer family (`mamba`, `rwkv`)."""
+    size: dict[str, Any] = {"vocab_size": vocab_size, "hidden_size": 32, "num_hidden_layers": 4}
+    size |= {"bos_token_id": 0, "eos_token_id": 0}
+    if family == "mamba":  # tied embeddings, like the Hub's Mamba checkpoints
+        return MambaConfig(**size, state_size=8, expand=2)
+    if family == "rwkv":
+        return RwkvConfig(**size, attention_hidden_size=32, intermediate_size=64, context_length=128)
+    return GPTNeoXConfig(
+        **size, num_attention_heads=4, intermediate_size=64, max_position_embeddings=128, tie_word_embeddings=False
+    )
+
+
+def build_tiny_model(folder: Path, seed: int = 0, family: str = "gpt_neox") -> Path:
+    """A 4-block model of `family` (`tiny_model_config`) with a word-level tokenizer, saved like a Hub model folder."""
     vocab = {"<|endoftext|>": 0, "<unk>": 1, **{word: i + 2 for i, word in enumerate(_words())}}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|endoftext|>", bos_token="<|endoftext|>", unk_token="<unk>"
     )
-    config = GPTNeoXConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=0,
-        tie_word_embeddings=False,
-    )
     torch.manual_seed(seed)
-    GPTNeoXForCausalLM(config).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(tiny_model_config(family, len(vocab))).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

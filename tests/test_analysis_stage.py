@@ -13,7 +13,10 @@ import pytest
 
 from randsae.analysis import AnalysisConfig, analyze_run, format_separation_table
 from randsae.analysis.separation import ALL_LAYERS
+from randsae.analysis.stage import JUDGE_NOT_CALIBRATED
 from randsae.errors import UserError
+from randsae.interp.calibration import JudgeCalibration, TaskCalibration, save_calibration
+from randsae.run_dir import RunDir
 from tests.helpers import STRUCTURED, TOKEN_ONLY, build_analysis_run
 
 PLANTED = {"positional_fraction", "mean_positional_r2", "mean_context_dependence", "lookup_ev", "sae_ev_beyond_lookup"}
@@ -136,6 +139,19 @@ def test_interp_scores_are_split_by_latent_type(tmp_path: Path, planted_run: Pat
     assert rows[("fuzz_auroc_contextual", "0")].difference == pytest.approx(-0.1)
     assert rows[("fuzz_auroc_single_token", "0")].difference == pytest.approx(0.0)
     assert not any("auto-interp" in note for note in result.notes)
+    assert not any(row.reading == JUDGE_NOT_CALIBRATED for row in result.verdict)
+
+    # The same scores from a judge that failed its calibration: its rows of the verdict say so, no other row.
+    failing = JudgeCalibration(("of", "digits"), (TaskCalibration("fuzz", 0.45, 0.5),))
+    save_calibration(RunDir(run).interp("token"), failing)
+    flagged = analyze_run(run, AnalysisConfig(bootstrap_samples=50), progress=False)
+    readings = {row.metric: row.reading for row in flagged.verdict}
+    interp_metrics = {"fuzz_auroc", "detection_auroc", "fuzz_auroc_contextual", "fuzz_auroc_single_token"}
+    assert interp_metrics <= set(readings)
+    assert {metric for metric, text in readings.items() if text == JUDGE_NOT_CALIBRATED} == {
+        metric for metric in readings if metric.startswith(("fuzz_auroc", "detection_auroc"))
+    }
+    assert any("failed its calibration" in note for note in flagged.notes)
 
 
 def test_bad_run_directories_raise_user_errors(tmp_path: Path, planted_run: Path):

@@ -2,7 +2,7 @@
 
 Every case must end in exit code 2 with exactly one `randsae: error:` line on stderr (no traceback) and
 must leave every file that existed before (the run directory, the config, the model, the corpus) as it was.
-Cases are grouped by area: config, model, data, run directory, judge, toy.
+Cases are grouped by area: config, model, data, run directory, judge, toy, interop.
 """
 
 from __future__ import annotations
@@ -166,6 +166,8 @@ SET_CASES = {
     "train_batch_zero": ["train.batch_size=0"],
     "train_lr_negative": ["train.lr=-0.001"],
     "judge_unknown": ["interp.judge=oracle"],
+    "interp_layers_negative": ["interp.layers=[-1]"],
+    "interp_replicates_unknown": ['interp.replicates="some"'],
     "stability_seed_is_seed": ["analysis.seed_stability=true", "analysis.stability_seed=0"],
     "model_dtype_unknown": ["model.dtype=float8"],
     "set_unknown_key": ["sae.kk=3"],
@@ -328,6 +330,11 @@ def _(b):
 @case("model", "blocks_path_wrong")
 def _(b):
     return b.run("--set", "model.blocks=transformer.nothing")
+
+
+@case("model", "blocks_path_not_a_list")
+def _(b):
+    return b.run("--set", "model.blocks=gpt_neox.embed_in")
 
 
 @case("model", "context_beyond_max_positions")
@@ -574,6 +581,116 @@ def _(b):
     return _toy(b)
 
 
+# --- interop: `randsae compare --sae` with an SAE that cannot be compared, `run --format` ---
+
+
+def _imported(b: Bench, hook: str = "blocks.1.hook_resid_post", d_in: int = 32, **metadata) -> Path:
+    """An SAE in the SAELens layout (randsae writes it) on the tiny model's residual stream."""
+    from randsae.sae import SAEConfig, build_sae
+
+    folder = b.tmp / "sae"
+    build_sae(SAEConfig("topk", d_in, 4 * d_in, k=4, metadata={"hook_name": hook, **metadata}), seed=0).save(folder)
+    return folder
+
+
+def _compare(b: Bench, sae: Path, *extra: str, config: Path | None = None) -> list[str]:
+    config = config or b.config(variants=("trained", "rerandomized"))
+    return ["compare", "--sae", str(sae), "--config", str(config), "--out", str(b.out), "--quiet", *extra]
+
+
+def _saelens_weights(folder: Path, edit: Callable[[dict], dict]) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    save_file(edit(load_file(folder / "sae_weights.safetensors")), folder / "sae_weights.safetensors")
+    return folder
+
+
+@case("interop", "compare_unknown_format")
+def _(b):
+    b.file("sae/notes.txt", "an SAE, once")
+    return _compare(b, b.tmp / "sae")
+
+
+@case("interop", "compare_sae_missing")
+def _(b):
+    return _compare(b, b.tmp / "nowhere")
+
+
+@case("interop", "compare_no_sae")
+def _(b):
+    return ["compare", "--config", str(b.config(variants=("trained", "rerandomized"))), "--out", str(b.out)]
+
+
+@case("interop", "compare_d_in_mismatch")
+def _(b):
+    return _compare(b, _imported(b, d_in=16))
+
+
+@case("interop", "compare_weights_missing")
+def _(b):
+    return _compare(b, _saelens_weights(_imported(b), lambda t: {k: v for k, v in t.items() if k != "W_dec"}))
+
+
+@case("interop", "compare_weights_wrong_shape")
+def _(b):
+    return _compare(b, _saelens_weights(_imported(b), lambda t: {**t, "b_enc": t["b_enc"][:-1].contiguous()}))
+
+
+@case("interop", "compare_weights_garbage")
+def _(b):
+    folder = _imported(b)
+    (folder / "sae_weights.safetensors").write_bytes(GARBAGE)
+    return _compare(b, folder)
+
+
+@case("interop", "compare_sparsify_cfg_garbage")
+def _(b):
+    b.file("sae/layers.1/sae.safetensors", GARBAGE)
+    b.file("sae/layers.1/cfg.json", '{"k": 4, ')
+    return _compare(b, b.tmp / "sae" / "layers.1")
+
+
+@case("interop", "compare_hook_layer_out_of_range")
+def _(b):
+    return _compare(b, _imported(b, hook="blocks.9.hook_resid_post"))
+
+
+@case("interop", "compare_hook_not_residual")
+def _(b):
+    return _compare(b, _imported(b, hook="blocks.1.hook_mlp_out"))
+
+
+@case("interop", "compare_model_not_named")
+def _(b):
+    return ["compare", "--sae", str(_imported(b)), "--out", str(b.out)]  # the SAE names no model, nor the config
+
+
+@case("interop", "compare_without_random_variant")
+def _(b):
+    return _compare(b, _imported(b), config=b.config())
+
+
+@case("interop", "compare_pickle_for_state_dict")
+def _(b):
+    import torch
+
+    (b.tmp / "sae").mkdir()
+    torch.save({"encoder.weight": Bench}, b.tmp / "sae" / "ae.pt")  # a class: any object but a tensor
+    return _compare(b, b.tmp / "sae")
+
+
+@case("interop", "compare_import_entry_negative_layer")
+def _(b):
+    entry = f'\n[[imported_sae]]\npath = "{_imported(b)}"\nlayer = -1\n'
+    config = b.config(lambda text: text + entry, variants=("trained", "rerandomized"))
+    return ["compare", "--config", str(config), "--out", str(b.out)]
+
+
+@case("interop", "run_format_sparsify_relu")
+def _(b):
+    return b.run("--format", "sparsify", "--set", "sae.architecture='relu_l1'")
+
+
 # --- the fixtures and the one test ---
 
 
@@ -654,7 +771,7 @@ def _offline(monkeypatch, home: Path) -> Iterator[None]:
 
 
 def test_catalogue_has_every_area_and_enough_cases():
-    assert {c.area for c in CASES} == {"config", "model", "data", "run_dir", "judge", "toy"}
+    assert {c.area for c in CASES} == {"config", "model", "data", "run_dir", "judge", "toy", "interop"}
     assert len(CASES) >= 60 and len({c.name for c in CASES}) == len(CASES)
 
 

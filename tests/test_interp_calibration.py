@@ -3,9 +3,14 @@ or always says 1 fails; the verdict is stored and said in one line."""
 
 from __future__ import annotations
 
+import random
+import re
+import shutil
+
 import numpy as np
 import pytest
 
+from randsae.interp import interpret_run
 from randsae.interp.calibration import (
     MIN_SENSITIVITY,
     PROBES,
@@ -15,8 +20,12 @@ from randsae.interp.calibration import (
     save_calibration,
 )
 from randsae.interp.judges import JudgeRequest, Verdict
-from randsae.run_dir import InterpDir
-from tests.helpers import tiny_interp_config
+from randsae.interp.summary import load_interp_summary
+from randsae.run_dir import InterpDir, RunDir
+from tests.helpers import build_interp_run, tiny_interp_config
+from tests.helpers import str_tokens as interp_str_tokens
+from tests.test_interp_faults import JudgeServer, http_config
+from tests.test_interp_faults import serve as serve  # a fixture: pytest finds it by name in this module
 
 VOCAB = ["<bos>", " of", " the", " cat", " sat", " on", " mat", "12", "7", ".", " Dogs", " run", " fast", " and"]
 CONTEXT, N_WINDOWS = 32, 96
@@ -122,7 +131,72 @@ def test_the_report_says_first_that_the_judge_failed(tmp_path):
     failing = JudgeCalibration(
         ("of", "digits"), (TaskCalibration("fuzz", 0.52, 0.5), TaskCalibration("detection", 0.9, 0.5))
     )
-    save_calibration(run.interp(run.interp_judges()[0]), failing)
+    files = run.interp(run.interp_judges()[0])
+    save_calibration(files, failing)
+    # The same judge's token-list scores (the explainer ablation): here a copy of its own results.
+    files.explainer_ablation.root.mkdir()
+    for path in (files.summary, files.table):
+        shutil.copy(path, files.explainer_ablation.root / path.name)
     report = write_report(run.root, progress=False).read_text()
     warning = report.index("WARNING: the judge fails calibration")
     assert warning < report.index('id="tables"') and "fuzz 0.52 / 0.50; detection 0.90 / 0.50" in report
+    interp_table = report[report.index('id="interp"') : report.index("</table>", report.index('id="interp"'))]
+    n_saes = len(load_interp_summary(files).saes)
+    assert interp_table.count("not meaningful: the judge failed calibration") == 9 * n_saes  # every judged score
+    assert "NOT MEANINGFUL: the judge failed its calibration" in report
+    assert 'id="explainer-ablation"' in report and "no clear difference" in report  # equal results
+
+
+class ProbeServer(JudgeServer):
+    """An OpenAI-compatible server whose judge follows `behaviour`: "perfect" applies the rule of the probe
+    the explanation names (detection: anywhere in the excerpt; fuzzing: every marked token), "always_1" says
+    1 to everything, "random" flips a coin. Its explainer always answers the same phrase."""
+
+    def __init__(self, behaviour: str) -> None:
+        super().__init__()
+        self.behaviour, self.rng = behaviour, random.Random(0)
+
+    def answer(self, kind: str, key: str, user: str) -> dict:
+        if kind != "judge":
+            return super().answer(kind, key, user)
+        explanation = user.split("\n", 1)[0].removeprefix("Explanation: ")
+        excerpts = [line.split(": ", 1)[1] for line in user.splitlines() if line.startswith("Excerpt ")]
+        rule = {probe.explanation: probe.fires for probe in PROBES}.get(explanation)
+        answers = []
+        for excerpt in excerpts:
+            if self.behaviour == "always_1":
+                answers.append(1)
+            elif self.behaviour == "random" or rule is None:
+                answers.append(self.rng.randint(0, 1))
+            else:
+                marked = re.findall(r"<<(.*?)>>", excerpt)
+                pieces = marked if marked else excerpt.replace("<<", "").replace(">>", "").split(" ")
+                fires = rule([" " + piece.strip() for piece in pieces if piece.strip()])
+                answers.append(int(fires.all() if marked else fires.any()))
+        return {"choices": [{"message": {"role": "assistant", "content": str(answers)}}]}
+
+
+def with_probe_tokens(ids):
+    """The synthetic run's tokens with two renamed so that the probes " of" and digits fire."""
+    return [{1: " of", 2: " 42"}.get(i, text) for i, text in zip(ids, interp_str_tokens(ids), strict=True)]
+
+
+@pytest.mark.parametrize(("behaviour", "passes"), [("perfect", True), ("always_1", False), ("random", False)])
+def test_calibration_and_health_through_a_scripted_server(tmp_path, serve, behaviour, passes):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    server = serve(ProbeServer(behaviour))
+    summary = interpret_run(run, http_config(server.url), progress=False, str_tokens=with_probe_tokens)
+    calibration = load_calibration(RunDir(run).interp("http-judge"))
+    assert calibration is not None and calibration.probes == ("of", "digits")
+    assert calibration.fails is not passes
+    for task in calibration.tasks:
+        if behaviour == "perfect":
+            assert task.sensitivity > 0.9 and 0.25 < task.specificity < 0.75, task
+        elif behaviour == "always_1":
+            assert task.sensitivity == task.specificity == 0.5
+        else:
+            assert abs(task.sensitivity - 0.5) < MIN_SENSITIVITY - 0.5
+    # The server's explainer says "words with a w" for every latent: one distinct explanation of 8, warned.
+    health = summary.saes[0].health
+    assert health is not None and health.distinct_share == 1 / 8
+    assert any("distinct" in warning for warning in health.warnings)

@@ -18,9 +18,11 @@ import urllib.request
 import pytest
 
 from randsae.interp import InterpConfig, interpret_run
+from randsae.interp.calibration import load_calibration
 from randsae.interp.llm_http import HttpLanguageModel
 from randsae.interp.outputs import read_scores
 from randsae.interp.prompts import judge_prompt
+from randsae.interp.summary import load_interp_summary
 from randsae.run_dir import RunDir, judge_label
 from tests.helpers import build_interp_run, str_tokens
 
@@ -110,7 +112,7 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
         n_bootstrap=50,
         verify_rows=16,
     )
-    summary = interpret_run(run, cfg, progress=False, str_tokens=str_tokens)
+    summary = interpret_run(run, cfg, progress=False, str_tokens=with_probe_tokens)
     sae = summary.saes[0]
     assert sae.n_sampled == 2
     for score in (sae.fuzz, sae.detection):
@@ -128,6 +130,19 @@ def test_explain_and_score_through_a_real_server(server_url, tmp_path):
     assert {r.source for r in answered} == {"logprobs"}
     assert all(0.0 <= r.probability <= 1.0 for r in answered)
     assert any(0.0 < r.probability < 1.0 for r in answered)  # real log-probs, not hard answers
+
+    # The judge was calibrated on the probes first (" of" and digits occur here), and also scored token lists.
+    calibration = load_calibration(paths)
+    assert calibration is not None and set(calibration.probes) == {"of", "digits"}
+    assert [task.task for task in calibration.tasks] == ["fuzz", "detection"]
+    assert all(0.0 <= t.sensitivity <= 1.0 and 0.0 <= t.specificity <= 1.0 for t in calibration.tasks)
+    ablation = load_interp_summary(paths.explainer_ablation).saes[0]
+    assert ablation.explainer == "token_list" and ablation.fuzz.n_examples == sae.fuzz.n_examples
+
+
+def with_probe_tokens(ids):
+    """The synthetic run's tokens, two of them renamed so that the calibration probes " of" and digits fire."""
+    return [{1: " of", 2: " 42"}.get(i, text) for i, text in zip(ids, str_tokens(ids), strict=True)]
 
 
 def test_chat_endpoint_returns_logprobs(server_url):

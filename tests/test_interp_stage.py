@@ -16,11 +16,14 @@ import pytest
 
 from randsae.errors import UserError
 from randsae.interp import InterpConfig, format_interp_table, interpret_run
+from randsae.interp.ablation import ablation_rows, format_ablation_table
+from randsae.interp.explainers import parse_token_list
 from randsae.interp.language_models import BinaryAnswers, JudgeFailure
 from randsae.interp.outputs import TASKS, read_explanation, read_scores
 from randsae.interp.prompts import EXPLAINER_PROMPT_VERSION
-from randsae.interp.summary import load_interp_summary
-from randsae.run_dir import RunDir
+from randsae.interp.stage import chosen_saes
+from randsae.interp.summary import UNCALIBRATED_JUDGE, load_interp_summary
+from randsae.run_dir import RunDir, SAEKey
 from tests.helpers import build_interp_run, str_tokens
 
 
@@ -291,7 +294,94 @@ def test_interpret_retry_failed_on_the_command_line_reaches_the_stage(tmp_path, 
     run = shutil.copytree(tiny_run, tmp_path / "run")  # the command records its time in the run
     asked = []
     monkeypatch.setattr(randsae.interp, "interpret_run", lambda run, cfg, **kwargs: asked.append(kwargs))
-    monkeypatch.setattr(randsae.interp, "format_interp_table", lambda summary: "")
+    monkeypatch.setattr(randsae.interp, "format_interp_table", lambda summary, **flags: "")
     assert main(["interpret", str(run), "--retry-failed", "--quiet", "--device", "cpu"]) == 0
     assert main(["interpret", str(run), "--quiet", "--device", "cpu"]) == 0
     assert [kwargs["retry_failed"] for kwargs in asked] == [True, False]
+
+
+class TokenReadingModel(ScriptedModel):
+    """A judge that reads token-list explanations as the token judge does (an excerpt fires when it holds a
+    listed token) and guesses on anything else; its explainer always says the same uninformative thing."""
+
+    def binary_answers(self, prompt, n):
+        self.judged.append(prompt.user)
+        explanation, _, excerpts = prompt.user.partition("\n\n")
+        listed = parse_token_list(explanation.removeprefix("Explanation: "))
+        lines = [line.split(": ", 1)[1] for line in excerpts.splitlines() if line.startswith("Excerpt ")]
+        if listed is None:
+            return BinaryAnswers([False] * n, [0.5] * n, True)
+        words = [set(line.replace("<<", " ").replace(">>", " ").split()) for line in lines]
+        fires = [any(token.strip() in excerpt for token in listed) for excerpt in words]
+        return BinaryAnswers(fires, [0.9 if f else 0.1 for f in fires], True)
+
+
+def test_explainer_ablation_tells_a_failing_explainer_from_a_failing_judge(tmp_path, capsys):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    cfg = small_config(judge="http", model="scripted")
+    model = TokenReadingModel()
+    summary = interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=model)
+    files = RunDir(run).interp("http-scripted")
+    ablation = load_interp_summary(files.explainer_ablation)
+    llm, lists = summary.saes[0], ablation.saes[0]
+    assert lists.explainer == "token_list" and lists.judge == "http" and llm.explainer == "llm"
+    assert llm.detection.auroc == 0.5 and lists.detection.auroc_low > 0.8  # the judge works, the explainer not
+    assert [row.latent for row in ablation.latents] == [row.latent for row in summary.latents]
+    rows = ablation_rows(summary, ablation)
+    assert rows[0].detection_token_list == lists.detection.auroc
+    assert rows[0].reading.startswith("token lists score higher") or "detection: token lists score higher" in (
+        rows[0].reading
+    )
+    assert "explainer ablation" in format_ablation_table(rows)
+
+    # A rerun asks the judge nothing: both sets of results are complete; without the ablation nothing is added.
+    again = TokenReadingModel()
+    interpret_run(run, cfg, progress=False, str_tokens=str_tokens, language_model=again)
+    assert again.judged == [] and again.explained == []
+    other = build_interp_run(tmp_path / "other", variants=("tokenlike",))
+    interpret_run(
+        other,
+        small_config(judge="http", model="scripted", explainer_ablation=False),
+        progress=False,
+        str_tokens=str_tokens,
+        language_model=TokenReadingModel(),
+    )
+    assert not RunDir(other).interp("http-scripted").explainer_ablation.root.exists()
+
+
+def test_a_judge_that_failed_calibration_flags_every_auroc_of_the_table(tmp_path):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    summary = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    plain, flagged = format_interp_table(summary), format_interp_table(summary, judge_failed=True)
+    assert "NOT MEANINGFUL" not in plain and "!" not in plain
+    assert flagged.splitlines()[1] == UNCALIBRATED_JUDGE
+    row = flagged.splitlines()[-3]
+    assert row.startswith("tokenlike") and row.count("]!") == 2
+
+
+def test_interp_layers_and_first_replicate_choose_the_saes():
+    keys = [
+        SAEKey("trained", 3, sae_seed=0),
+        SAEKey("trained", 10, sae_seed=0),
+        SAEKey("trained", 10, sae_seed=1),
+        SAEKey("control", 10, variant_seed=0, sae_seed=0),
+        SAEKey("control", 10, variant_seed=1, sae_seed=0),
+    ]
+    assert chosen_saes(keys, small_config()) == keys
+    assert chosen_saes(keys, small_config(layers=(10,))) == keys[1:]
+    assert chosen_saes(keys, small_config(layers=(10,), replicates="first")) == [keys[1], keys[3]]
+    plain = [SAEKey("trained", 3), SAEKey("control", 3)]  # a run without replicates: every SAE is the first
+    assert chosen_saes(plain, small_config(replicates="first")) == plain
+    with pytest.raises(UserError, match=r"no SAE at interp.layers \[5\] \(its SAEs are at layers \[3, 10\]\)"):
+        chosen_saes(keys, small_config(layers=(5,)))
+
+
+def test_a_selection_stored_before_a_setting_existed_is_still_used(tmp_path):
+    run = build_interp_run(tmp_path / "run", variants=("tokenlike",))
+    first = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    selection = RunDir(run).interp("token").selection
+    stored = json.loads(selection.read_text())
+    del stored["settings"]["layers"], stored["settings"]["replicates"]  # as written by an older randsae
+    selection.write_text(json.dumps(stored))
+    again = interpret_run(run, small_config(), progress=False, str_tokens=str_tokens)
+    assert [row.latent for row in again.latents] == [row.latent for row in first.latents]

@@ -1,4 +1,5 @@
-"""Loading (local folder, Hub cache with a revision, GGUF), hookpoints and the truncated forward."""
+"""Loading (local folder, Hub cache with a revision, GGUF) and the block-path option; the hook point and truncated
+forward of each family are in test_models_families.py."""
 
 import os
 import shutil
@@ -9,10 +10,10 @@ import sys
 import pytest
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, MambaConfig, RwkvConfig
 
 from randsae.errors import UserError
-from randsae.models.hookpoints import check_layers, find_blocks, replace_residual, residual_stream
+from randsae.models.hookpoints import check_layers, find_blocks, replace_residual
 from randsae.models.load import EMBEDDED, ModelConfig, is_hub_id, load_model, max_positions
 
 
@@ -26,40 +27,14 @@ def test_local_folder_loads_model_and_tokenizer(tiny_model_dir):
     assert find_blocks(lm.model)[0] == "gpt_neox.layers"
 
 
-@pytest.mark.parametrize(
-    "model, path",
-    [
-        (
-            LlamaForCausalLM(
-                LlamaConfig(
-                    vocab_size=20,
-                    hidden_size=16,
-                    intermediate_size=32,
-                    num_hidden_layers=2,
-                    num_attention_heads=2,
-                    num_key_value_heads=2,
-                )
-            ),
-            "model.layers",
-        ),
-        (GPT2LMHeadModel(GPT2Config(vocab_size=20, n_embd=16, n_layer=3, n_head=2, n_positions=32)), "transformer.h"),
-    ],
-)
-def test_blocks_are_found_for_llama_and_gpt2(model, path):
-    found, blocks = find_blocks(model)
-    assert found == path and len(blocks) == model.config.num_hidden_layers
-
-
-def test_unknown_architecture_names_the_option_to_set():
+def test_a_wrong_blocks_path_names_the_option_to_set():
     class Odd(nn.Module):
         def __init__(self):
             super().__init__()
             self.stack = nn.ModuleList([nn.Linear(2, 2)])
 
-    with pytest.raises(UserError, match="model.blocks"):
-        find_blocks(Odd())
-    assert find_blocks(Odd(), "stack")[0] == "stack"
-    with pytest.raises(UserError, match="no module 'stak'"):
+    assert find_blocks(Odd())[0] == find_blocks(Odd(), "stack")[0] == "stack"
+    with pytest.raises(UserError, match="no module 'stak'.*model.blocks"):
         find_blocks(Odd(), "stak")
 
 
@@ -67,21 +42,6 @@ def test_layer_out_of_range_is_a_clear_error():
     check_layers([0, 3], 4)
     with pytest.raises(UserError, match="layer 4 is out of range: the model has 4 blocks"):
         check_layers([1, 4], 4)
-
-
-def test_residual_stream_is_each_blocks_output_and_stops_after_the_deepest(tiny_model_dir):
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    _, blocks = find_blocks(model)
-    ids = torch.tensor([[0, 5, 9, 12, 3, 7]])
-    with torch.no_grad():
-        hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
-    ran = []
-    handle = blocks[3].register_forward_hook(lambda *_: ran.append(3))
-    captured = residual_stream(model, blocks, [0, 2], ids)
-    handle.remove()
-    assert ran == [], "blocks after the deepest requested layer must not run"
-    for layer in (0, 2):  # hidden_states[i + 1] is the output of block i
-        torch.testing.assert_close(captured[layer], hidden[layer + 1])
 
 
 def test_replace_residual_changes_downstream_logits_only_inside_the_context(tiny_model_dir):
@@ -124,6 +84,10 @@ def test_max_positions_reads_each_familys_config_key(tiny_model_dir):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=8, n_head=2, n_positions=64, vocab_size=10))
     assert max_positions(gpt2) == 64
     assert max_positions(AutoModelForCausalLM.from_pretrained(tiny_model_dir)) == 128
+    rwkv = AutoModelForCausalLM.from_config(RwkvConfig(vocab_size=10, hidden_size=8, num_hidden_layers=2))
+    assert max_positions(rwkv) == rwkv.config.context_length == 1024
+    mamba = AutoModelForCausalLM.from_config(MambaConfig(vocab_size=10, hidden_size=8, num_hidden_layers=1))
+    assert max_positions(mamba) is None
     limitless = nn.Module()
     limitless.config = object()
     assert max_positions(limitless) is None

@@ -240,7 +240,7 @@ def test_trainer_trains_every_architecture(cfg):
         (SAEConfig("batchtopk", D, M), "0 < k < d_sae"),
         (SAEConfig("matryoshka_batchtopk", D, M, k=K, matryoshka_widths=(4, 16)), "ending at d_sae"),
         (SAEConfig("matryoshka_batchtopk", D, M, k=K, matryoshka_widths=(16, 4, 40)), "increasing"),
-        (SAEConfig("jumprelu", D, M, jumprelu_bandwidth=0.1), "l0_coefficient"),
+        (SAEConfig("jumprelu", D, M, l0_coefficient=-1.0, jumprelu_bandwidth=0.1), "l0_coefficient"),
         (SAEConfig("jumprelu", D, M, l0_coefficient=0.1, jumprelu_bandwidth=0.0), "bandwidth"),
         (SAEConfig("gated", D, M), "l1_coefficient"),
     ],
@@ -283,3 +283,12 @@ def test_thresholded_inference_does_not_depend_on_the_batch(architecture):
         exact = (x.double() - sae.b_dec.double()) @ sae.W_enc.double() + bias.double()
     assert torch.equal(whole != 0, alone != 0)
     assert torch.equal(whole != 0, exact > threshold.double())
+
+
+def test_a_jumprelu_sae_without_training_settings_encodes_but_does_not_train():
+    """SAELens's JumpReLU folders carry no L0 price or bandwidth: such an SAE encodes, and training it is a
+    one-line error before any step."""
+    sae = build_sae(SAEConfig("jumprelu", D, M), seed=0)
+    assert sae.encode(batch().float()).shape == (N, M)
+    with pytest.raises(UserError, match="l0_coefficient and a jumprelu_bandwidth"):
+        train_sae(TensorSource(torch.randn(512, D)), TrainConfig(batch_size=64), SAEConfig("jumprelu", D, M))

@@ -1,4 +1,4 @@
-"""`randsae` command line: run | interpret | analyze | report | toy.
+"""`randsae` command line: run | compare | interpret | analyze | report | verify | toy.
 
 Every command is a thin layer over the Python functions of its stage. A `UserError`, and any exception a
 missing, unwritable or damaged file raised (`randsae.errors.user_error_for`), is printed as one line and
@@ -35,12 +35,17 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.config import load_config
     from randsae.experiment import job_config, resolve_device, run_pipeline
     from randsae.metrics.results import format_metrics_table
-    from randsae.run_dir import RunDir, Timings
+    from randsae.run_dir import RunDir
     from randsae.sae import distributed
 
     cfg = load_config(args.config, args.set)
     if args.device:
         cfg = dataclasses.replace(cfg, device=args.device)
+    if args.format == "sparsify" and cfg.sae.architecture != "topk":
+        raise UserError(
+            f"--format sparsify holds TopK SAEs only, and sae.architecture = {cfg.sae.architecture!r}",
+            "Use --format saelens (the default) for this architecture",
+        )
     distributed.init_from_env(resolve_device(cfg.device))  # under torchrun: rank 0 alone speaks and goes on
     run = RunDir(Path(args.out) if args.out else distributed.gather(_fresh_run_dir())[0])
     main = distributed.is_main()
@@ -71,20 +76,59 @@ def command_run(args: argparse.Namespace) -> None:
         check_judge(cfg.interp)  # an LLM judge that cannot answer stops the run before the harvest
     rows = run_pipeline(cfg, run, progress=progress, variants=variants, layers=layers)
     print(format_metrics_table(rows))
+    if args.format == "sparsify":
+        from randsae.interop.sparsify import write_run_sparsify
+
+        folders = write_run_sparsify(run, [row.key for row in rows])
+        print(f"{len(folders)} SAEs also in sparsify's layout under {run.root / 'sparsify'}")
+    _later_stages(run, cfg, args.skip, progress)
+
+
+def _later_stages(run, cfg, skip: list[str], progress: bool) -> None:
+    """Auto-interp, analysis and report of a run whose SAEs are trained and evaluated, less the `skip`ped."""
+    from randsae.experiment import resolve_device
+    from randsae.run_dir import Timings
+
     device = resolve_device(cfg.device)
     timings = Timings(run)
-    if "interpret" not in args.skip:
+    if "interpret" not in skip:
         with timings.stage("interpret"):
             _interpret(run, cfg.interp, device, progress)
-    if "analyze" not in args.skip:
+    if "analyze" not in skip:
         with timings.stage("analyze"):
             _analyze(run, cfg.analysis, device, progress)
-    if "report" not in args.skip:
+    if "report" not in skip:
         with timings.stage("report"):
             _report(run, device, progress)
     total = sum(timings.seconds.values())
     stages = ", ".join(f"{name} {seconds:.0f}s" for name, seconds in timings.seconds.items())
     print(f"done in {total:.0f}s ({stages}); results in {run.root}")
+
+
+def command_compare(args: argparse.Namespace) -> None:
+    from randsae.experiment import resolve_device, run_pipeline
+    from randsae.interop.compare import install_imported, plan_comparison
+    from randsae.metrics.results import format_metrics_table
+    from randsae.models.load import load_model
+    from randsae.run_dir import RunDir
+
+    overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
+    comparison = plan_comparison(args.config, overrides, args.sae)  # every SAE read before the model loads
+    cfg = comparison.cfg
+    run = RunDir(Path(args.out))
+    progress = not args.quiet
+    print(f"randsae compare → {run.root}")
+    for item in comparison.imported:
+        print(f"  layer {item.origin.layer}: {item.origin.describe()}")
+    if "interpret" not in args.skip:
+        from randsae.interp.stage import check_judge
+
+        check_judge(cfg.interp)
+    lm = load_model(cfg.model, resolve_device(cfg.device), progress=progress)
+    install_imported(comparison, run, lm)
+    rows = run_pipeline(cfg, run, progress=progress, lm=lm)
+    print(format_metrics_table(rows))
+    _later_stages(run, cfg, args.skip, progress)
 
 
 def _say_missing(run) -> None:
@@ -96,14 +140,21 @@ def _say_missing(run) -> None:
 
 def _interpret(run, cfg, device, progress: bool, retry_failed: bool = False) -> None:
     from randsae.interp import format_interp_table, interpret_run
+    from randsae.interp.ablation import ablation_rows, format_ablation_table
     from randsae.interp.calibration import load_calibration
+    from randsae.interp.summary import load_interp_summary
     from randsae.run_dir import judge_label
 
     _say_missing(run)
-    print(format_interp_table(interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)))
-    calibration = load_calibration(run.interp(judge_label(cfg.judge, cfg.model)))
+    summary = interpret_run(run, cfg, device=device, progress=progress, retry_failed=retry_failed)
+    files = run.interp(judge_label(cfg.judge, cfg.model))
+    calibration = load_calibration(files)
+    failed = calibration is not None and calibration.fails
+    print(format_interp_table(summary, judge_failed=failed))
+    if files.explainer_ablation.summary.is_file():
+        print(format_ablation_table(ablation_rows(summary, load_interp_summary(files.explainer_ablation))))
     if calibration is not None and calibration.fails:
-        print(calibration.describe())  # again below the table it qualifies
+        print(calibration.describe())  # again below the tables it qualifies
 
 
 def _analyze(run, cfg, device, progress: bool) -> None:
@@ -139,6 +190,8 @@ def _existing_run(args: argparse.Namespace):
 
 
 def command_interpret(args: argparse.Namespace) -> None:
+    from randsae.config import load_config
+
     run, cfg, device = _existing_run(args)
     overrides = {
         key: value
@@ -151,8 +204,9 @@ def command_interpret(args: argparse.Namespace) -> None:
         )
         if value is not None
     }
+    interp = load_config(args.config).interp if args.config else cfg.interp
     with _timed(run, "interpret"):
-        _interpret(run, dataclasses.replace(cfg.interp, **overrides), device, not args.quiet, args.retry_failed)
+        _interpret(run, dataclasses.replace(interp, **overrides), device, not args.quiet, args.retry_failed)
 
 
 def command_analyze(args: argparse.Namespace) -> None:
@@ -227,12 +281,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--layers", metavar="L,M", help="this job's layers only (of the config's), like --variants")
     run.add_argument(
+        "--format",
+        choices=["saelens", "sparsify"],
+        default="saelens",
+        help="the SAEs' file layout: SAELens (always written, every stage reads it) or, in addition, sparsify's "
+        "(RUN/sparsify/{variant}/{hookpoint}/, what sparsify and delphi load)",
+    )
+    run.add_argument(
         "--plan", action="store_true", help="print each stage's tokens, disk, memory and time estimate, then exit"
     )
     run.set_defaults(handler=command_run)
 
+    compare = commands.add_parser(
+        "compare",
+        help="SAEs trained elsewhere (SAELens, sparsify, dictionary_learning) against SAEs of the same shape "
+        "trained on random variants of their model",
+    )
+    compare.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an SAE folder (format detected) or saelens:RELEASE:SAE_ID; repeatable, one per layer",
+    )
+    compare.add_argument(
+        "--config", help="experiment TOML: variants, tokens, training budget (default: the embedded experiment)"
+    )
+    compare.add_argument("--out", required=True, help="run directory; rerun with it to resume")
+    compare.add_argument("--device", help="auto, cpu, cuda, cuda:N (overrides the config)")
+    compare.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config key, like run's"
+    )
+    compare.add_argument(
+        "--skip", nargs="*", default=[], choices=["interpret", "analyze", "report"], help="stages to leave out"
+    )
+    compare.set_defaults(handler=command_compare)
+
     interpret = commands.add_parser("interpret", help="explain and score latents of a run's SAEs")
     interpret.add_argument("run_dir")
+    interpret.add_argument(
+        "--config",
+        metavar="TOML",
+        help="take the [interp] settings from this file (over the paper's defaults) instead of the run's config, "
+        "e.g. configs/llm-judge-small.toml",
+    )
     interpret.add_argument("--judge", choices=["token", "http", "hf"], help="override the config's judge")
     interpret.add_argument("--base-url", help="OpenAI-compatible endpoint for --judge http")
     interpret.add_argument("--model", help="model name (http) or local model path (hf)")
@@ -263,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--config", help="toy TOML (default: the small embedded sweep)")
     toy.set_defaults(handler=command_toy)
 
-    for sub in (run, interpret, analyze, report, verify, toy):
+    for sub in (run, compare, interpret, analyze, report, verify, toy):
         sub.add_argument("--quiet", action="store_true", help="no progress bars")
     for sub in (interpret, analyze, report):
         sub.add_argument("--device", help="auto (default: CUDA when present), cpu, cuda, cuda:N")

@@ -53,6 +53,7 @@ from randsae.plan import (
 from randsae.run_dir import (
     SAE_CHECKPOINT_FILE,
     SAE_METRICS_FILE,
+    SAE_ORIGIN_FILE,
     SAE_TRAINING_FILE,
     RunDir,
     SAEKey,
@@ -635,8 +636,10 @@ def stream_variant_saes(
 
 
 def sae_is_trained(folder: Path) -> bool:
-    """Trained means a training record beside weights that load; a damaged SAE is reported and retrained."""
-    return _intact(folder / SAE_TRAINING_FILE, lambda: load_sae(folder), "training it again")
+    """Trained means a training record (or, for an SAE imported by `randsae compare`, its origin) beside
+    weights that load; a damaged SAE is reported and retrained."""
+    marker = folder / (SAE_ORIGIN_FILE if (folder / SAE_ORIGIN_FILE).is_file() else SAE_TRAINING_FILE)
+    return _intact(marker, lambda: load_sae(folder), "training it again")
 
 
 @torch.no_grad()
@@ -692,8 +695,15 @@ def evaluate_variant(
         batch_size=cfg.eval.batch_windows,
         before_forward=_noise_reseed(model, noise_seed, "downstream"),
     )
-    logs = {key: read_json(run.sae(key) / SAE_TRAINING_FILE, "`randsae run`") for key in keys}
+    logs = {key: _training_log(run, key) for key in keys}
     return [_row(key, saes[key], reconstruction[key], downstream[key], logs[key]) for key in keys]
+
+
+def _training_log(run: RunDir, key: SAEKey) -> dict:
+    """The SAE's training.json; {} for an SAE imported by `randsae compare` (no training of ours to log)."""
+    if (run.sae(key) / SAE_ORIGIN_FILE).is_file():
+        return {}
+    return read_json(run.sae(key) / SAE_TRAINING_FILE, "`randsae run`")
 
 
 def _row(

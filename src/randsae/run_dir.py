@@ -36,6 +36,9 @@ STREAM_CHECKPOINT_FILE = "stream_checkpoint.pt"
 """An interrupted streamed training's state (every SAE of a variant and the stream), removed at the end."""
 SAE_METRICS_FILE = "metrics.json"
 """One SAE's metrics row, beside its weights: each job of a split run writes only its own SAEs' rows."""
+SAE_ORIGIN_FILE = "origin.json"
+"""Beside an SAE trained elsewhere and imported by `randsae compare` (in place of training.json): its format,
+source and what its file records (`randsae.interop.SAEOrigin`)."""
 _DRAW = re.compile(r"(?P<variant>[A-Za-z0-9_]+)-draw(?P<seed>\d+)")
 _SEED = re.compile(r"seed(?P<seed>\d+)")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -163,6 +166,11 @@ class InterpDir:
     def table(self) -> Path:
         return self.root / "latents.csv"
 
+    @property
+    def explainer_ablation(self) -> InterpDir:
+        """The same judge's scores of the same latents' token-list explanations (the explainer ablation)."""
+        return InterpDir(self.root / "token_list_explainer")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
@@ -238,6 +246,13 @@ class RunDir:
     def sae(self, key: SAEKey) -> Path:
         """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
         return self.model_root(key.model) / "saes" / Path(*key.parts())
+
+    def sparsify_sae(self, key: SAEKey, hookpoint: str) -> Path:
+        """The SAE in sparsify's layout (`randsae run --format sparsify`): a folder per variant draw,
+        architecture and SAE seed holding one folder per hookpoint, what sparsify's `SparseCoder.load_many`
+        and delphi read (`sparsify/trained/gpt_neox.layers.3/`)."""
+        variant, _, *extra = key.parts()
+        return self.model_root(key.model) / "sparsify" / Path(variant, *extra) / hookpoint
 
     def sae_metrics(self, key: SAEKey) -> Path:
         """The SAE's metrics row; removed when the SAE is trained again, so it is evaluated again."""

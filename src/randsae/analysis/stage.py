@@ -40,6 +40,7 @@ from randsae.atomic import atomic_path
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import load_excluded_ids, load_tokens
 from randsae.errors import UserError
+from randsae.interp.calibration import load_calibration
 from randsae.run_dir import SAE_TRAINING_FILE, RunDir, SAEKey
 from randsae.sae.base import WEIGHTS_FILE, load_sae
 
@@ -168,6 +169,10 @@ def _rows_from(chunks: Iterator[torch.Tensor], start: int) -> Iterator[torch.Ten
         start = max(0, start - chunk.shape[0])
 
 
+JUDGE_NOT_CALIBRATED = "not meaningful: the judge failed its calibration"
+"""The verdict's reading of an auto-interp measurement whose judge failed calibration (interp/calibration.py)."""
+
+
 def interp_samples(scores: LatentScores, latents: LatentMeasures, cfg: AnalysisConfig) -> dict[str, MeanSample]:
     """Per-latent AUROCs, all together and by latent type, named like the SAEMeasurements fields."""
     split = split_by_latent_type(scores, latents.top_token_share, cfg.single_token_threshold)
@@ -232,9 +237,16 @@ def analyze_run(
         notes.append("auto-interp split skipped: no interp/*/latents.csv (run `randsae interpret` first)")
     elif len(judges) > 1:
         notes.append(f"auto-interp split uses the {judges[0]} judge (the run also has {', '.join(judges[1:])})")
+    interp_metrics: set[str] = set()
     for entry in entries:
         if entry.module in interp:
-            samples[entry].update(interp_samples(interp[entry.module], latents[entry], cfg))
+            scored = interp_samples(interp[entry.module], latents[entry], cfg)
+            samples[entry].update(scored)
+            interp_metrics |= set(scored)
+    calibration = load_calibration(run.interp(judges[0])) if judges else None
+    uncalibrated = calibration is not None and calibration.fails
+    if uncalibrated:
+        notes.append(f"the {judges[0]} judge failed its calibration: its AUROC rows are not meaningful")
 
     streamed = [entry for entry in entries if not has_train_cache(run, entry)]
     if streamed:
@@ -284,6 +296,10 @@ def analyze_run(
             + (f"changes sign between learning rates vs {', '.join(readings)}" if readings else "keeps its sign")
             + " (each candidate's EV on the selection windows, training.json lr_sweep)"
         )
+    if uncalibrated:
+        verdict = [
+            row._replace(reading=JUDGE_NOT_CALIBRATED) if row.metric in interp_metrics else row for row in verdict
+        ]
     records = tuple(summarize(entry, latents[entry], samples[entry], n_rows[entry]) for entry in latents)
     summary = AnalysisSummary(cfg, records, tuple(rows), tuple(verdict), tuple(replicate_spread(records)), tuple(notes))
     write_outputs(run, summary, latents, matches)

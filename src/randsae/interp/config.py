@@ -15,6 +15,7 @@ from randsae.toml_config import invalid
 JUDGES = ("token", "http", "hf")
 EXPLAINERS = ("auto", "llm", "token_list")
 HTTP_APIS = ("chat", "completion")
+REPLICATES = ("all", "first")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +44,21 @@ class InterpConfig:
     """Test windows the judge classifies in one prompt (one 0/1 answer each)."""
     n_list_tokens: int = 10
     """Tokens named by the token-list explainer (those carrying most activation mass)."""
+    layers: tuple[int, ...] = ()
+    """Layers whose SAEs are explained and scored; empty: every layer. An LLM judge is slow: start with the
+    layers that matter."""
+    replicates: str = "all"
+    """`all`, or `first`: only each variant's first random draw and SAE seed (each replicate costs an LLM judge
+    as much as another layer)."""
     judge: str = "token"
     """`token` (offline: token-list explanations scored by token membership), `http` (any
     OpenAI-compatible server) or `hf` (a local Hugging Face model)."""
     explainer: str = "auto"
     """`llm`, `token_list`, or `auto`: token_list with the token judge, the LLM otherwise."""
+    explainer_ablation: bool = True
+    """With an LLM judge and LLM explanations, also score the same latents' token-list explanations with the
+    same judge (RUN/interp/{judge}/token_list_explainer/): a low AUROC is then traced to the explainer or the
+    judge."""
     base_url: str = "http://127.0.0.1:8080/v1"
     """OpenAI-compatible endpoint (vLLM, llama.cpp server, Ollama, OpenAI) for `judge = "http"`."""
     model: str = ""
@@ -102,7 +113,14 @@ class InterpConfig:
                 raise UserError(
                     f"interp.{name} must not be negative, got {getattr(self, name)}", f"Set interp.{name} to 0 or more"
                 )
-        for name, allowed in (("judge", JUDGES), ("explainer", EXPLAINERS), ("api", HTTP_APIS)):
+        if any(layer < 0 for layer in self.layers):
+            raise invalid("interp.layers", list(self.layers), "layer indices of the run, e.g. [3, 10]; [] for all")
+        for name, allowed in (
+            ("judge", JUDGES),
+            ("explainer", EXPLAINERS),
+            ("api", HTTP_APIS),
+            ("replicates", REPLICATES),
+        ):
             if getattr(self, name) not in allowed:
                 raise UserError(f"unknown interp.{name} {getattr(self, name)!r}", f"Use one of {', '.join(allowed)}")
         if not 0 < self.highlight_threshold < 1:

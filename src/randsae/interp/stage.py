@@ -24,7 +24,7 @@ from randsae.atomic import write_json_atomic, write_text_atomic
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import counted_rows, load_tokens
 from randsae.errors import UserError
-from randsae.interp.calibration import calibrate_judge, save_calibration
+from randsae.interp.calibration import calibrate_judge, load_calibration, save_calibration
 from randsae.interp.config import InterpConfig, describe_scaling
 from randsae.interp.entropy import token_activation_mass, token_entropy
 from randsae.interp.examples import LatentExamples, sample_examples
@@ -68,8 +68,10 @@ OPERATIONAL_FIELDS = {
     "max_failure_fraction",
     "n_bootstrap",
     "verify_rows",
+    "explainer_ablation",
 }
-"""Settings that do not change which latents are scored or what the judge is asked."""
+"""Settings that do not change which latents are scored or what the judge is asked about them (the explainer
+ablation is a second set of results beside the first)."""
 
 
 def interpret_run(
@@ -83,6 +85,7 @@ def interpret_run(
     retry_failed: bool = False,
 ) -> InterpSummary:
     """Explain and score a sample of latents of every SAE of a run; writes RUN/interp/{judge}/ (docs/interp.md).
+    An LLM judge is calibrated first and, with LLM explanations, also scores token lists (the ablation).
 
     `device` encodes the latent caches; `str_tokens` (token ids -> text pieces) defaults to the run's
     tokenizer; `language_model` overrides the backend that `cfg.judge` would build (tests, or a model
@@ -91,7 +94,7 @@ def interpret_run(
     """
     start = time.perf_counter()
     run = RunDir.at(run)
-    saes = run.discover_saes()
+    saes = chosen_saes(run.discover_saes(), cfg)
     paths = run.interp(judge_label(cfg.judge, cfg.model))
     explainer, judge = build_explainer_and_judge(cfg, language_model)  # the server first: before any work
     retry = frozenset(FAILURE_KINDS) if retry_failed else RETRIED_FAILURES
@@ -108,13 +111,7 @@ def interpret_run(
             )
     selections = load_or_select(paths, caches, cfg)
     if cfg.judge != "token":  # an LLM judge proves it can tell a right explanation first
-        counted = counted_rows(run.tokens("heldout")).numpy()
-        calibration = calibrate_judge(judge, cfg, tokens, counted, context_size, str_tokens, progress)
-        if calibration is None:
-            _say(progress, "judge calibration skipped: fewer than 2 probe latents occur in the held-out text")
-        else:
-            save_calibration(paths, calibration)
-            print(calibration.describe())  # shown whatever the progress setting: it qualifies every AUROC
+        calibrate(run, paths, judge, cfg, tokens, context_size, str_tokens, progress)
     first = next(iter(selections.values()))
     fewest = min(selections, key=lambda module: selections[module].n_eligible)
     _say(
@@ -123,30 +120,83 @@ def interpret_run(
         f"{selections[fewest].n_eligible} in {fewest}, min_examples {cfg.min_examples})",
     )
 
-    results, latent_rows = [], []
-    for sae in saes:
-        sae_result, rows = interpret_sae(
-            run,
-            sae,
-            caches[sae.module],
-            selections[sae.module],
-            tokens,
-            context_size,
-            paths,
-            cfg,
-            explainer,
-            judge,
-            str_tokens,
-            progress,
-            retry,
+    def interpret_all(paths: InterpDir, cfg: InterpConfig, explainer) -> InterpSummary:
+        results, latent_rows = [], []
+        for sae in saes:
+            sae_result, rows = interpret_sae(
+                run,
+                sae,
+                caches[sae.module],
+                selections[sae.module],
+                tokens,
+                context_size,
+                paths,
+                cfg,
+                explainer,
+                judge,
+                str_tokens,
+                progress,
+                retry,
+            )
+            results.append(sae_result)
+            latent_rows.extend(rows)
+        seconds = time.perf_counter() - start
+        summary = InterpSummary(str(run.root), scaling, tuple(results), tuple(latent_rows), seconds)
+        write_json_atomic(paths.summary, summary.to_json())
+        write_latents_csv(paths.table, latent_rows)
+        check_failures(summary, cfg, paths)
+        return summary
+
+    summary = interpret_all(paths, cfg, explainer)
+    if cfg.explainer_ablation and cfg.judge != "token" and cfg.resolved_explainer == "llm":
+        _say(progress, "explainer ablation: the same judge scores the same latents' token-list explanations")
+        interpret_all(
+            paths.explainer_ablation,
+            dataclasses.replace(cfg, explainer="token_list"),
+            TokenListExplainer(cfg.n_list_tokens),
         )
-        results.append(sae_result)
-        latent_rows.extend(rows)
-    summary = InterpSummary(str(run.root), scaling, tuple(results), tuple(latent_rows), time.perf_counter() - start)
-    write_json_atomic(paths.summary, summary.to_json())
-    write_latents_csv(paths.table, latent_rows)
-    check_failures(summary, cfg, paths)
     return summary
+
+
+def calibrate(
+    run: RunDir,
+    paths: InterpDir,
+    judge,
+    cfg: InterpConfig,
+    tokens: np.ndarray,
+    context_size: int,
+    str_tokens: StrTokens,
+    progress: bool,
+) -> None:
+    """Score the probe latents (interp/calibration.py) unless a calibration with these settings is stored
+    (the stored selection guarantees the settings), and print it whatever the progress setting: it qualifies
+    every AUROC of the judge."""
+    calibration = load_calibration(paths)
+    if calibration is None:
+        counted = counted_rows(run.tokens("heldout")).numpy()
+        calibration = calibrate_judge(judge, cfg, tokens, counted, context_size, str_tokens, progress)
+        if calibration is None:
+            _say(progress, "judge calibration skipped: fewer than 2 probe latents occur in the held-out text")
+            return
+        save_calibration(paths, calibration)
+    print(calibration.describe())
+
+
+def chosen_saes(saes: Sequence[SAEKey], cfg: InterpConfig) -> list[SAEKey]:
+    """The SAEs at `cfg.layers` (all when empty), only each variant's first replicate with `replicates = first`."""
+    chosen = [
+        sae
+        for sae in saes
+        if (not cfg.layers or sae.layer in cfg.layers)
+        and (cfg.replicates == "all" or (sae.variant_seed or 0) == (sae.sae_seed or 0) == 0)
+    ]
+    if saes and not chosen:
+        found = sorted({sae.layer for sae in saes})
+        raise UserError(
+            f"the run has no SAE at interp.layers {list(cfg.layers)} (its SAEs are at layers {found})",
+            "Set interp.layers to some of those, or [] for all",
+        )
+    return chosen
 
 
 def load_heldout_tokens(run: RunDir) -> tuple[np.ndarray, int]:
@@ -204,9 +254,7 @@ def ensure_latent_cache(
 
 def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: InterpConfig) -> dict[str, LatentSelection]:
     """The stored selection when it was made with these settings and SAEs; a fresh one on a first run."""
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
-    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
-        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
+    settings = selection_settings(cfg)
     weights = {module: cache.manifest.sae_sha256 for module, cache in caches.items()}
     stored = _read_json_or_none(paths.selection)
     if stored is None and paths.selection.is_file():
@@ -215,6 +263,8 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
             file=sys.stderr,
         )
     if stored is not None:
+        # A setting added since the selection was stored had its default then.
+        stored["settings"] = {**selection_settings(InterpConfig()), **stored["settings"]}
         if stored["settings"] == settings and stored["sae_sha256"] == weights:
             return {
                 module: LatentSelection(**{**entry, "latents": tuple(entry["latents"])})
@@ -237,6 +287,14 @@ def load_or_select(paths: InterpDir, caches: dict[str, LatentCache], cfg: Interp
         },
     )
     return selections
+
+
+def selection_settings(cfg: InterpConfig) -> dict[str, Any]:
+    """The settings that decide which latents are scored and what the judge is asked, as stored (JSON)."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in OPERATIONAL_FIELDS}
+    if cfg.resolved_explainer == "llm":  # explanations from another prompt are not mixed with these
+        settings["explainer_prompt_version"] = EXPLAINER_PROMPT_VERSION
+    return json.loads(json.dumps(settings))
 
 
 def _differences(stored: dict, settings: dict, stored_weights: dict, weights: dict) -> str:

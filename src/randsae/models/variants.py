@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from randsae.errors import UserError
+from randsae.models.hookpoints import is_norm
 from randsae.toml_config import invalid
 
 VARIANTS = ("trained", "step0", "rerandomized", "rerandomized_keep_embeddings", "control", "permuted", "fresh_init")
@@ -60,11 +61,12 @@ def check_variant_names(names: list[str]) -> None:
 
 
 def norm_parameter_names(model: nn.Module) -> set[str]:
-    """Names of the parameters owned by normalization layers (LayerNorm, RMSNorm, ...)."""
+    """Names of the parameters owned by normalization layers, found by module type (`hookpoints.is_norm`):
+    LayerNorm, each family's RMSNorm, Mamba2's gated RMSNorm, xLSTM's multi-head LayerNorm."""
     return {
         f"{module_name}.{param_name}" if module_name else param_name
         for module_name, module in model.named_modules()
-        if "norm" in type(module).__name__.lower()
+        if is_norm(module)
         for param_name, _ in module.named_parameters(recurse=False)
     }
 

@@ -22,7 +22,7 @@ import torch
 from randsae.atomic import write_text_atomic
 from randsae.interp.outputs import read_scores
 from randsae.interp.statistics import FAILED_PROBABILITY
-from randsae.interp.summary import SAEInterp
+from randsae.interp.summary import UNCALIBRATED_JUDGE, SAEInterp
 from randsae.metrics.results import NOT_MEANINGFUL
 from randsae.models.load import display_name
 from randsae.report import plots
@@ -181,6 +181,7 @@ def _report_body(
         *(note(text) for text in run.notes),
         *_verdict(run, colors),
         run_header(run, colors),
+        *_imported(run),
         '<h2 id="figure2">Metrics by layer (the paper\'s Figure 2)</h2>',
     ]
     panels = _panels(run)
@@ -219,6 +220,26 @@ def _verdict(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         "the same units (latents matched by firing frequency, or the same held-out sequences) and over "
         "replicates, a rank-test p-value, and the reading over layers (docs/analysis.md).</p>",
         html_table(VERDICT_COLUMNS, rows, table_id="verdict", cell_html=chip),
+    ]
+
+
+def _imported(run: RunInputs) -> list[str]:
+    """Where the SAEs imported by `randsae compare` came from; the random variants' SAEs were trained here with
+    their shape."""
+    if not run.origins:
+        return []
+    items = []
+    for key, origin in sorted(run.origins.items(), key=lambda item: item[0].layer):
+        conversions = f" Read with: {'; '.join(origin.conversions)}." if origin.conversions else ""
+        items.append(
+            f"<li>{html.escape(key.describe())}: {html.escape(origin.describe())}.{html.escape(conversions)}</li>"
+        )
+    return [
+        '<h2 id="imported">Imported SAEs</h2>',
+        "<p>These trained-model SAEs were trained elsewhere and read by <code>randsae compare</code>; every "
+        "random variant's SAE was trained here with their architecture, width and k (ReLU SAEs: with the "
+        "config's L1 penalty, so compare the L0 columns).</p>",
+        f"<ul>{''.join(items)}</ul>",
     ]
 
 
@@ -381,10 +402,35 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
         out.append(note(f"* {NOT_MEANINGFUL}"))
     if run.interp:
         rows = [_interp_row(sae) for sae in run.interp.summary.saes]
+        interp_ids = [
+            *ids,
+            *([REPLICATE_LABEL] if any(sae.label != sae.variant for sae in run.interp.summary.saes) else []),
+        ]
+        flags = {c.key: _judge_flagged(c) for c in INTERP_COLUMNS if c.key.startswith(("fuzz_", "detection_"))}
         out += [
             "<h3>Auto-interpretability (variant × layer)</h3>",
-            html_table([*ids, *INTERP_COLUMNS], _ordered(run, rows), table_id="interp", cell_html=chip),
+            *([note(UNCALIBRATED_JUDGE, warning=True)] if run.interp.judge_failed else []),
+            html_table(
+                [*interp_ids, *INTERP_COLUMNS],
+                _ordered(run, rows),
+                table_id="interp",
+                cell_html={**chip, **(flags if run.interp.judge_failed else {})},
+            ),
         ]
+        if run.interp.ablation:
+            out += [
+                "<h3>Explainer ablation: the same judge, LLM explanations against token lists</h3>",
+                html_table(
+                    [*interp_ids, *ABLATION_COLUMNS],
+                    _ordered(run, [as_row(r) for r in run.interp.ablation]),
+                    table_id="explainer-ablation",
+                    cell_html=chip,
+                ),
+                note(
+                    "A judge that scores token lists well but the LLM's explanations at chance points at the "
+                    "explainer; one at chance with both points at the judge (see its calibration)."
+                ),
+            ]
     if run.analysis:
         analysed, analysed_ids = _sae_rows(run.analysis.saes)
         out += [
@@ -413,6 +459,16 @@ def _tables(run: RunInputs, colors: Mapping[str, str]) -> list[str]:
             *(note(text) for text in run.analysis.notes),
         ]
     return out
+
+
+def _judge_flagged(column: Column) -> Callable[[Mapping[str, Any]], str]:
+    """A score of a judge that failed calibration (AUROC, its CI, accuracy, F1), marked `!`."""
+
+    def cell(row: Mapping[str, Any]) -> str:
+        text = html.escape(format_value(row[column.key], column.format))
+        return f'{text}<span title="not meaningful: the judge failed calibration">!</span>'
+
+    return cell
 
 
 def _flagged_score(key: str) -> Callable[[Mapping[str, Any]], str]:
@@ -459,11 +515,22 @@ INTERP_COLUMNS = (
 )
 
 
+REPLICATE_LABEL = Column("label", "SAE", "", "the variant with its random draw and SAE seed")
+ABLATION_COLUMNS = (
+    Column("fuzz_llm", "fuzz AUROC, LLM explanations", ".3f"),
+    Column("fuzz_token_list", "fuzz AUROC, token lists", ".3f"),
+    Column("detection_llm", "detect AUROC, LLM explanations", ".3f"),
+    Column("detection_token_list", "detect AUROC, token lists", ".3f"),
+    Column("reading", "reading", "", "from non-overlapping 95% CIs of the pooled AUROCs"),
+)
+
+
 def _interp_row(sae: SAEInterp) -> dict[str, Any]:
     fuzz, detection = sae.fuzz, sae.detection
     return {
         "variant": sae.variant,
         "layer": sae.layer,
+        "label": sae.label,
         "fuzz_auroc": fuzz.auroc,
         "fuzz_low": fuzz.auroc_low,
         "fuzz_high": fuzz.auroc_high,

@@ -13,11 +13,13 @@ from typing import Any
 from randsae.analysis.results import AnalysisSummary, load_analysis
 from randsae.config import ExperimentConfig, load_run_config
 from randsae.errors import UserError
+from randsae.interop.imported import SAEOrigin, read_origin
+from randsae.interp.ablation import AblationRow, ablation_rows
 from randsae.interp.calibration import load_calibration
 from randsae.interp.summary import InterpSummary, health_warnings, load_interp_summary
 from randsae.metrics.results import MetricsRow, load_metrics
 from randsae.records import from_plain
-from randsae.run_dir import SAE_TRAINING_FILE, InterpDir, RunDir, SAEKey, read_json
+from randsae.run_dir import SAE_ORIGIN_FILE, SAE_TRAINING_FILE, InterpDir, RunDir, SAEKey, read_json
 from randsae.sae.trainer import CurvePoint
 
 
@@ -31,6 +33,10 @@ class InterpResults:
     summary: InterpSummary
     settings: dict[str, Any]
     """The protocol settings the latents were sampled with (selection.json: window_size, n_quantiles, ...)."""
+    judge_failed: bool = False
+    """The judge failed its calibration on probe latents: its AUROCs are flagged as not meaningful."""
+    ablation: tuple[AblationRow, ...] = ()
+    """The explainer ablation (the same judge scoring token lists), when the run has it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +56,8 @@ class RunInputs:
     """Why an optional part is missing, shown at the top of the report."""
     learning_curves: dict[SAEKey, tuple[CurvePoint, ...]] = dataclasses.field(default_factory=dict)
     """Each evaluated SAE's held-out learning curve (training.json), where it has one."""
+    origins: dict[SAEKey, SAEOrigin] = dataclasses.field(default_factory=dict)
+    """Where each SAE imported by `randsae compare` came from (origin.json); the others were trained here."""
 
 
 def read_run(run: RunDir) -> RunInputs:
@@ -84,7 +92,12 @@ def read_run(run: RunDir) -> RunInputs:
     variants = tuple(dict.fromkeys([*(v for v in configured if v in found), *found]))
     layers = tuple(sorted({row.layer for row in metrics}))
     curves = _read_learning_curves(run, metrics)
-    return RunInputs(run, config, metrics, timings, variants, layers, interp, analysis, tuple(notes), curves)
+    origins = {
+        row.key: read_origin(run.sae(row.key) / SAE_ORIGIN_FILE)
+        for row in metrics
+        if (run.sae(row.key) / SAE_ORIGIN_FILE).is_file()
+    }
+    return RunInputs(run, config, metrics, timings, variants, layers, interp, analysis, tuple(notes), curves, origins)
 
 
 def _read_learning_curves(run: RunDir, metrics: tuple[MetricsRow, ...]) -> dict[SAEKey, tuple[CurvePoint, ...]]:
@@ -119,12 +132,16 @@ def _read_interp(run: RunDir, notes: list[str]) -> InterpResults | None:
     calibration = load_calibration(files)
     if calibration is not None:
         notes.insert(0, calibration.describe() + ".")
+    ablation: tuple[AblationRow, ...] = ()
+    if files.explainer_ablation.summary.is_file():
+        ablation = ablation_rows(summary, load_interp_summary(files.explainer_ablation))
     notes += [
         f"Explanation health of {sae.module}: {text}. Its AUROCs may measure the explainer, not the latents."
         for sae in summary.saes
         for text in health_warnings(sae)
     ]
-    return InterpResults(judges[0], files, summary, settings)
+    judge_failed = calibration is not None and calibration.fails
+    return InterpResults(judges[0], files, summary, settings, judge_failed, ablation)
 
 
 def _read_analysis(run: RunDir, notes: list[str]) -> AnalysisSummary | None:

@@ -33,6 +33,10 @@ SAELENS_ARCHITECTURE = {
 BatchTopK or Matryoshka SAE as a JumpReLU one (its running threshold in every latent's `threshold`) and names
 the training architecture in `metadata.training_architecture`; we do the same, and read that name back."""
 
+SAELENS_INFERENCE = {"topk": "topk", "standard": "relu_l1", "gated": "gated", "jumprelu": "jumprelu"}
+"""SAELens's inference architectures -> ours that encode the same way: what a SAELens folder loads as when it
+does not name one of our training architectures."""
+
 
 ENCODER_INIT_NORM = 3**-0.5
 """Norm of each latent's encoder column at initialization (its decoder row has norm 1). The reference TopK
@@ -91,9 +95,10 @@ class SAEConfig:
         details = metadata.pop("training_architecture_details", None) or {}
         fields = {key: value for key, value in {**details, **cfg}.items() if key in names}
         fields["metadata"] = metadata
-        saved_as = fields.get("architecture")
-        ours = "relu_l1" if saved_as == "standard" else saved_as
-        fields["architecture"] = trained_as if trained_as in SAELENS_ARCHITECTURE else ours
+        saved_as = fields.get("architecture", "")
+        fields["architecture"] = (
+            trained_as if trained_as in SAELENS_ARCHITECTURE else SAELENS_INFERENCE.get(saved_as, saved_as)
+        )
         if fields.get("matryoshka_widths") is not None:
             fields["matryoshka_widths"] = tuple(fields["matryoshka_widths"])
         return cls(**fields)

@@ -103,27 +103,36 @@ class JumpReLUSAE(SparseAutoencoder):
     architecture = "jumprelu"
 
     def __init__(self, cfg: SAEConfig):
-        if cfg.l0_coefficient is None or not cfg.l0_coefficient >= 0:
+        """The L0 price and the bandwidth are needed to train (checked when training starts), not to encode: a
+        JumpReLU SAE read from SAELens has neither."""
+        if cfg.l0_coefficient is not None and not cfg.l0_coefficient >= 0:
             raise UserError(
                 f"jumprelu SAE needs a non-negative l0_coefficient, got {cfg.l0_coefficient!r}",
                 "Set sae.l0_coefficient (the price of one active latent per token, in FVU)",
             )
-        if cfg.jumprelu_bandwidth is None or not cfg.jumprelu_bandwidth > 0:
+        if cfg.jumprelu_bandwidth is not None and not cfg.jumprelu_bandwidth > 0:
             raise UserError(
                 f"jumprelu SAE needs a positive jumprelu_bandwidth, got {cfg.jumprelu_bandwidth!r}",
                 "Set sae.jumprelu_bandwidth (SAELens uses 0.05)",
             )
         super().__init__(cfg)
         self.threshold = nn.Parameter(torch.full((cfg.d_sae,), INIT_THRESHOLD))
-        self.bandwidth = cfg.jumprelu_bandwidth
+        self.bandwidth = cfg.jumprelu_bandwidth or 0.0
         """ε in the data's units (`init_from_data` rescales it)."""
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
-        """b_dec at the mean; ε and the initial θ scaled from mean norm sqrt(d_in) to the data's."""
+        """Training starts: b_dec at the mean; ε and the initial θ scaled from mean norm sqrt(d_in) to the
+        data's."""
+        if self.cfg.l0_coefficient is None or self.cfg.jumprelu_bandwidth is None:
+            raise UserError(
+                "a jumprelu SAE trains with an l0_coefficient and a jumprelu_bandwidth, and this one has "
+                f"{self.cfg.l0_coefficient!r} and {self.cfg.jumprelu_bandwidth!r}",
+                "Set sae.l0_coefficient and sae.jumprelu_bandwidth",
+            )
         super().init_from_data(x)
         scale = x.norm(dim=1).mean().item() / math.sqrt(self.cfg.d_in)
-        self.bandwidth = float(self.cfg.jumprelu_bandwidth or 0.0) * scale
+        self.bandwidth = self.cfg.jumprelu_bandwidth * scale
         self.threshold.fill_(INIT_THRESHOLD * scale)
 
     def pre_activations(self, x: Tensor) -> Tensor:
