@@ -143,7 +143,7 @@ def from_saelens(
     known = {field.name for field in dataclasses.fields(SAEConfig)} - {"architecture", "metadata"}
     fields = {name: cfg[name] for name in known if cfg.get(name) is not None}
     fields["k"] = k if ours == "topk" else fields.get("k")
-    if ours == "relu_l1" and fields.get("l1_coefficient") is None:
+    if ours in ("relu_l1", "gated") and fields.get("l1_coefficient") is None:
         fields["l1_coefficient"] = 0.0  # inference does not use it; the origin says it was not recorded
     try:
         sae_cfg = SAEConfig(architecture=ours, metadata=metadata, **fields)
