@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from randsae.sae import SAEConfig, TrainConfig, build_sae, default_lr
+from randsae.sae.kernels import pairs_decode
 from randsae.sae.topk import TopKSAE
 from randsae.sae.trainer import explained_variance, lr_factor, train_step
 
@@ -231,6 +232,22 @@ def ours_quality(sae, heldout: torch.Tensor) -> tuple[float, float]:
     return explained_variance(sae, heldout), (sae.encode(heldout) != 0).sum(1).float().mean().item()
 
 
+@torch.no_grad()
+def batch_code_ev(sae, heldout: torch.Tensor, batch: int, ours: bool) -> float:
+    """The BatchTopKs' held-out EV with their training code (the k·n largest of each held-out batch of `batch`
+    rows, L0 = k on average for both libraries whatever their inference thresholds): the dictionaries compared
+    at exactly the same L0."""
+    residual = 0.0
+    for x in heldout.split(batch):
+        if ours:
+            code = sae.batch_code(x)
+            reconstruction = pairs_decode(code.values, code.pairs, sae.W_dec) + sae.b_dec
+        else:
+            reconstruction = sae.decode(sae.encode(x))
+        residual += (x - reconstruction).pow(2).sum().item()
+    return 1 - residual / (heldout - heldout.mean(0)).pow(2).sum().item()
+
+
 def _timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -318,19 +335,27 @@ def architectures_against_saelens(architectures: list[str], expansion: int, batc
             factor = lr_factor(i, warmup, n_steps)
             for name, step in steps.items():
                 seconds[name].append(_timed(step, x, factor))
-        quality = {"ours": ours_quality(saes["ours"], heldout), "SAELens": saelens_quality(saes["SAELens"], heldout)}
+        quality: dict[str, tuple[float, ...]] = {
+            "ours": ours_quality(saes["ours"], heldout),
+            "SAELens": saelens_quality(saes["SAELens"], heldout),
+        }
+        if "batchtopk" in architecture:
+            quality = {
+                name: (*quality[name], batch_code_ev(saes[name], heldout, batch, name == "ours")) for name in saes
+            }
         median = {name: statistics.median(times) for name, times in seconds.items()}
         rows.append((architecture, median, quality))
         print(f"  done {architecture}", flush=True)
     print(
         f"{'architecture':>21} {'ours tok/s':>10} {'SAELens tok/s':>13} {'speed ratio':>11} "
-        f"{'ours EV':>8} {'SAELens EV':>10} {'ours L0':>8} {'SAELens L0':>10}"
+        f"{'ours EV':>8} {'SAELens EV':>10} {'ours L0':>8} {'SAELens L0':>10} {'batch-code EV ours/SAELens':>27}"
     )
     for architecture, median, quality in rows:
         print(
             f"{architecture:>21} {batch / median['ours']:>10.0f} {batch / median['SAELens']:>13.0f} "
             f"{median['SAELens'] / median['ours']:>10.2f}x {quality['ours'][0]:>8.4f} {quality['SAELens'][0]:>10.4f} "
-            f"{quality['ours'][1]:>8.1f} {quality['SAELens'][1]:>10.1f}"
+            f"{quality['ours'][1]:>8.1f} {quality['SAELens'][1]:>10.1f} "
+            + (f"{quality['ours'][2]:>16.4f} / {quality['SAELens'][2]:.4f}" if len(quality["ours"]) > 2 else "")
         )
 
 
