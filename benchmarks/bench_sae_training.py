@@ -262,10 +262,15 @@ def main() -> None:
     parser.add_argument("--arch-expansion", type=int, default=8, help="architectures table: d_sae / d")
     parser.add_argument("--arch-batch", type=int, default=1024)
     parser.add_argument("--arch-steps", type=int, default=300, help="training steps of each SAE (all timed)")
+    parser.add_argument("--penalty-scale", type=float, default=1.0, help="multiplies every L1 and L0 penalty")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.expansions and args.steps:
         topk_against_sparsify(args.expansions, args.steps)
+    for settings in SETTINGS.values():
+        for name in ("l0_coefficient", "l1_coefficient"):
+            if name in settings:
+                settings[name] *= args.penalty_scale
     if args.architectures:
         architectures_against_saelens(args.architectures, args.arch_expansion, args.arch_batch, args.arch_steps)
 
