@@ -91,7 +91,7 @@ def main() -> None:
     heldout = ActivationCache.open(run.activations(site, "heldout"))
     counted = counted_rows(run.tokens("heldout"))  # the held-out rows the run's metrics use
     d = train.manifest.d_model
-    sae_cfg = SAEConfig("topk", d, config.sae.expansion * d, k=config.sae.k)
+    sae_cfg = dataclasses.replace(config.sae, architecture="topk").sae_config(d)
     cfg = dataclasses.replace(config.train, context_size=train.manifest.context_size, activations="cache")
     print(
         f"{args.variant} layer {args.layer}: d_sae {sae_cfg.d_sae}, k {sae_cfg.k}, batch {cfg.batch_size}, "

@@ -1,12 +1,12 @@
-"""TopK SAE training throughput: ours against EleutherAI sparsify, and our fraction of the fp32 roofline.
+"""SAE training speed: TopK against sparsify and the fp32 roofline; every architecture against SAELens.
 
 Everything is measured in one run on the same synthetic activations (d 576, k 32, batch 4096) so the
 ratios hold on whatever machine runs it. Single optimizer steps of each trainer are interleaved (ours,
 ours with bf16 selection, sparsify, a matmul, again...) and the median step time kept, so load from other
 processes sharing the CPU hits all of them alike.
 
-    python benchmarks/bench_sae_training.py                 # expansions 16 and 64, 8 steps each
-    python benchmarks/bench_sae_training.py --expansions 16 --steps 3
+    python benchmarks/bench_sae_training.py                 # expansions 16 and 64, 8 steps; all architectures
+    python benchmarks/bench_sae_training.py --expansions 16 --steps 3 --architectures topk jumprelu
 
 "ours bf16-select" is `TrainConfig(topk_selection_dtype="bfloat16")`: a bf16 encoder product picks the top
 k (AMX on this CPU), values and gradients stay float32; its roofline fraction is still against fp32.
@@ -14,20 +14,38 @@ k (AMX on this CPU), values and gradients stay float32; its roofline fraction is
 Roofline: tokens/s x 2·d·m FLOPs (the one dense product a TopK step cannot avoid) against a 2048³ fp32
 matmul timed between the steps (best kept). sparsify's step is its trainer's: decoder renorm, forward,
 FVU backward, parallel gradient removal, torch Adam (its eager CPU path: no Triton here).
+
+Every architecture against SAELens's trainer (the second table): step throughput, and held-out EV and L0 at
+equal tokens, on the same synthetic activations for both: ours is `train_step` (the trainer's step),
+SAELens's is its `SAETrainer._train_step` (training forward pass, backward, gradient clipping at 1, torch
+Adam), both on the same batches with the same lr schedule (linear warm-up over 10% of the steps, then linear
+decay to 0) and the same b_dec start (the data mean). Steps of the two are interleaved, so load from other
+processes hits both alike. Quality is the held-out explained variance (about the mean) and L0 of each
+trained SAE's inference code; SAELens's is its saved inference model (BatchTopKs as JumpReLU), loaded back
+with `SAE.load_from_disk`.
+
+The sparsity settings are the same loss in each library's units: JumpReLU's L0 price λ (ours: FVU per
+latent) is λ·(the batch's variance per token) in SAELens's summed squared error; an L1 λ (ours: means over
+every element) is λ·d_in/d_sae in SAELens's; JumpReLU's initial threshold and bandwidth are scaled by the
+data's norm as ours are. AuxK is off in both (its default here), so the comparison is the architectures'.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from randsae.sae import SAEConfig, TrainConfig, build_sae, default_lr
+from randsae.sae.kernels import pairs_decode
 from randsae.sae.topk import TopKSAE
-from randsae.sae.trainer import train_step
+from randsae.sae.trainer import explained_variance, lr_factor, train_step
 
 D_MODEL, K, BATCH = 576, 32, 4096
 
@@ -79,6 +97,157 @@ def sparsify_step(data: torch.Tensor, d_sae: int) -> Callable[[torch.Tensor], ob
     return step
 
 
+LR = 1e-3
+SETTINGS: dict[str, dict[str, Any]] = {
+    "topk": {"k": K},
+    "batchtopk": {"k": K},
+    "matryoshka_batchtopk": {"k": K},
+    "jumprelu": {"l0_coefficient": 2e-3, "jumprelu_bandwidth": 0.05},
+    "gated": {"l1_coefficient": 0.3},
+    "relu_l1": {"l1_coefficient": 0.3},
+}
+"""Our sparsity settings per architecture (chosen to give L0 of the order of k = 32 on this data)."""
+
+
+def saelens_sae(architecture: str, d_sae: int, data: torch.Tensor) -> Any:
+    """SAELens's training SAE for `architecture` with our settings in its units, b_dec at the data mean."""
+    import sae_lens
+
+    settings = SETTINGS[architecture]
+    per_token_variance = (data - data.mean(0)).pow(2).sum(1).mean().item()
+    scale = data.norm(dim=1).mean().item() / math.sqrt(D_MODEL)
+    configs: dict[str, tuple[Any, Any, dict[str, Any]]] = {
+        "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig, {"k": K, "aux_loss_coefficient": 0.0}),
+        "batchtopk": (
+            sae_lens.BatchTopKTrainingSAE,
+            sae_lens.BatchTopKTrainingSAEConfig,
+            {"k": K, "aux_loss_coefficient": 0.0},
+        ),
+        "matryoshka_batchtopk": (
+            sae_lens.MatryoshkaBatchTopKTrainingSAE,
+            sae_lens.MatryoshkaBatchTopKTrainingSAEConfig,
+            {"k": K, "aux_loss_coefficient": 0.0, "matryoshka_widths": list(matryoshka_widths(d_sae))},
+        ),
+        "jumprelu": (
+            sae_lens.JumpReLUTrainingSAE,
+            sae_lens.JumpReLUTrainingSAEConfig,
+            {
+                "l0_coefficient": settings.get("l0_coefficient", 0.0) * per_token_variance,
+                "jumprelu_bandwidth": settings.get("jumprelu_bandwidth", 0.0) * scale,
+                "jumprelu_init_threshold": 0.01 * scale,
+            },
+        ),
+        "gated": (
+            sae_lens.GatedTrainingSAE,
+            sae_lens.GatedTrainingSAEConfig,
+            {"l1_coefficient": settings.get("l1_coefficient", 0.0) * D_MODEL / d_sae},
+        ),
+        "relu_l1": (
+            sae_lens.StandardTrainingSAE,
+            sae_lens.StandardTrainingSAEConfig,
+            {"l1_coefficient": settings.get("l1_coefficient", 0.0) * D_MODEL / d_sae},
+        ),
+    }
+    sae_cls, cfg_cls, fields = configs[architecture]
+    torch.manual_seed(0)
+    sae = sae_cls(cfg_cls(d_in=D_MODEL, d_sae=d_sae, **fields))
+    with torch.no_grad():
+        sae.b_dec.copy_(data.mean(0))
+    return sae
+
+
+def matryoshka_widths(d_sae: int) -> tuple[int, ...]:
+    """Four nested prefixes: 1/16, 1/4, 1/2 and all of the latents."""
+    return (d_sae // 16, d_sae // 4, d_sae // 2, d_sae)
+
+
+def ours_sae(architecture: str, d_sae: int, data: torch.Tensor):
+    widths = matryoshka_widths(d_sae) if architecture == "matryoshka_batchtopk" else None
+    sae = build_sae(SAEConfig(architecture, D_MODEL, d_sae, matryoshka_widths=widths, **SETTINGS[architecture]), 0)
+    sae.init_from_data(data)
+    return sae
+
+
+Step = Callable[[torch.Tensor, float], object]
+
+
+def ours_arch_step(sae) -> Step:
+    """The trainer's own step at lr multiplier `factor`."""
+    cfg = TrainConfig(batch_size=1)
+    adam = torch.optim.Adam(sae.parameters(), lr=LR, fused=True)
+
+    def step(x: torch.Tensor, factor: float) -> None:
+        for group in adam.param_groups:
+            group["lr"] = LR * factor
+        train_step(sae, adam, x, cfg)
+
+    return step
+
+
+def saelens_arch_step(sae) -> Step:
+    """SAELens's `SAETrainer._train_step`, less its logging: forward pass, fired-latent bookkeeping, backward,
+    clipping at 1, Adam."""
+    from sae_lens.saes.sae import TrainStepInput
+
+    adam = torch.optim.Adam(sae.parameters(), lr=LR)
+    coefficients = {name: c.value if hasattr(c, "value") else c for name, c in sae.get_coefficients().items()}
+    since_fired = torch.zeros(sae.cfg.d_sae)
+
+    def step(x: torch.Tensor, factor: float) -> None:
+        for group in adam.param_groups:
+            group["lr"] = LR * factor
+        sae.train()
+        out = sae.training_forward_pass(
+            TrainStepInput(
+                sae_in=x, coefficients=coefficients, dead_neuron_mask=None, n_training_steps=0, is_logging_step=False
+            )
+        )
+        with torch.no_grad():
+            since_fired.add_(1)
+            since_fired[out.feature_acts.bool().any(0)] = 0
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
+        adam.step()
+        adam.zero_grad()
+
+    return step
+
+
+@torch.no_grad()
+def saelens_quality(sae, heldout: torch.Tensor) -> tuple[float, float]:
+    """(held-out EV, L0) of SAELens's saved inference model, as a user of the trained SAE would load it."""
+    import sae_lens
+
+    with tempfile.TemporaryDirectory() as folder:
+        sae.save_inference_model(folder)
+        inference = sae_lens.SAE.load_from_disk(folder)
+    z = inference.encode(heldout)
+    residual = heldout - inference.decode(z)
+    ev = 1 - residual.pow(2).sum().item() / (heldout - heldout.mean(0)).pow(2).sum().item()
+    return ev, (z != 0).sum(1).float().mean().item()
+
+
+@torch.no_grad()
+def ours_quality(sae, heldout: torch.Tensor) -> tuple[float, float]:
+    return explained_variance(sae, heldout), (sae.encode(heldout) != 0).sum(1).float().mean().item()
+
+
+@torch.no_grad()
+def batch_code_ev(sae, heldout: torch.Tensor, batch: int, ours: bool) -> float:
+    """The BatchTopKs' held-out EV with their training code (the k·n largest of each held-out batch of `batch`
+    rows, L0 = k on average for both libraries whatever their inference thresholds): the dictionaries compared
+    at exactly the same L0."""
+    residual = 0.0
+    for x in heldout.split(batch):
+        if ours:
+            code = sae.batch_code(x)
+            reconstruction = pairs_decode(code.values, code.pairs, sae.W_dec) + sae.b_dec
+        else:
+            reconstruction = sae.decode(sae.encode(x))
+        residual += (x - reconstruction).pow(2).sum().item()
+    return 1 - residual / (heldout - heldout.mean(0)).pow(2).sum().item()
+
+
 def _timed(fn, *args) -> float:
     start = time.perf_counter()
     fn(*args)
@@ -87,9 +256,26 @@ def _timed(fn, *args) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--expansions", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--expansions", type=int, nargs="*", default=[16, 64], help="TopK table (none: skip it)")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per trainer (interleaved; median kept)")
+    parser.add_argument("--architectures", nargs="*", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--arch-expansion", type=int, default=8, help="architectures table: d_sae / d")
+    parser.add_argument("--arch-batch", type=int, default=1024)
+    parser.add_argument("--arch-steps", type=int, default=300, help="training steps of each SAE (all timed)")
+    parser.add_argument("--penalty-scale", type=float, default=1.0, help="multiplies every L1 and L0 penalty")
     args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.expansions and args.steps:
+        topk_against_sparsify(args.expansions, args.steps)
+    for settings in SETTINGS.values():
+        for name in ("l0_coefficient", "l1_coefficient"):
+            if name in settings:
+                settings[name] *= args.penalty_scale
+    if args.architectures:
+        architectures_against_saelens(args.architectures, args.arch_expansion, args.arch_batch, args.arch_steps)
+
+
+def topk_against_sparsify(expansions: list[int], n_steps: int) -> None:
     try:
         import sparsify
     except ImportError as error:
@@ -98,16 +284,16 @@ def main() -> None:
             f"sparsify unavailable ({error}); install with `pip install --no-deps eai-sparsify` plus einops, "
             "natsort, simple-parsing, docstring-parser, schedulefree"
         )
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; d={D_MODEL} k={K} batch={BATCH}")
+    print(f"TopK: d={D_MODEL} k={K} batch={BATCH}")
     peak = matmul_gflops()  # also warms up the BLAS threads
-    data = synthetic_activations(BATCH * args.steps)
+    data = synthetic_activations(BATCH * n_steps)
     batches = data.split(BATCH)
     header = (
         f"{'expansion':>9} {'d_sae':>6} {'trainer':>17} {'tok/s':>7} {'vs sparsify':>12} "
         f"{'GFLOP/s (2dm)':>14} {'of roofline':>12}"
     )
     results = []
-    for expansion in args.expansions:
+    for expansion in expansions:
         d_sae = D_MODEL * expansion
         steps = {"ours float32": ours_step(data, d_sae, None), "ours bf16-select": ours_step(data, d_sae, "bfloat16")}
         if sparsify is not None:
@@ -115,7 +301,7 @@ def main() -> None:
         seconds: dict[str, list[float]] = {name: [] for name in steps}
         for step in steps.values():
             step(batches[0])  # warm-up: allocations, optimizer state
-        for i in range(args.steps):
+        for i in range(n_steps):
             peak = max(peak, matmul_gflops())
             for name, step in steps.items():
                 seconds[name].append(_timed(step, batches[i % len(batches)]))
@@ -132,6 +318,49 @@ def main() -> None:
         print(
             f"{expansion:>9} {d_sae:>6} {name:>17} {tokens_per_s:>7.0f} {ratio:>12} {gflops:>14.1f} "
             f"{gflops / peak:>11.0%}"
+        )
+
+
+def architectures_against_saelens(architectures: list[str], expansion: int, batch: int, n_steps: int) -> None:
+    d_sae = D_MODEL * expansion
+    print(
+        f"architectures: d={D_MODEL} d_sae={d_sae} batch={batch} steps={n_steps} ({batch * n_steps} tokens), "
+        f"peak lr {LR}"
+    )
+    data = synthetic_activations(batch * n_steps + 8192, seed=1)
+    train, heldout = data[: batch * n_steps], data[-8192:]
+    batches = train.split(batch)
+    warmup = n_steps // 10
+    rows = []
+    for architecture in architectures:
+        saes = {"ours": ours_sae(architecture, d_sae, train), "SAELens": saelens_sae(architecture, d_sae, train)}
+        steps = {"ours": ours_arch_step(saes["ours"]), "SAELens": saelens_arch_step(saes["SAELens"])}
+        seconds: dict[str, list[float]] = {name: [] for name in steps}
+        for i, x in enumerate(batches):
+            factor = lr_factor(i, warmup, n_steps)
+            for name, step in steps.items():
+                seconds[name].append(_timed(step, x, factor))
+        quality: dict[str, tuple[float, ...]] = {
+            "ours": ours_quality(saes["ours"], heldout),
+            "SAELens": saelens_quality(saes["SAELens"], heldout),
+        }
+        if "batchtopk" in architecture:
+            quality = {
+                name: (*quality[name], batch_code_ev(saes[name], heldout, batch, name == "ours")) for name in saes
+            }
+        median = {name: statistics.median(times) for name, times in seconds.items()}
+        rows.append((architecture, median, quality))
+        print(f"  done {architecture}", flush=True)
+    print(
+        f"{'architecture':>21} {'ours tok/s':>10} {'SAELens tok/s':>13} {'speed ratio':>11} "
+        f"{'ours EV':>8} {'SAELens EV':>10} {'ours L0':>8} {'SAELens L0':>10} {'batch-code EV ours/SAELens':>27}"
+    )
+    for architecture, median, quality in rows:
+        print(
+            f"{architecture:>21} {batch / median['ours']:>10.0f} {batch / median['SAELens']:>13.0f} "
+            f"{median['SAELens'] / median['ours']:>10.2f}x {quality['ours'][0]:>8.4f} {quality['SAELens'][0]:>10.4f} "
+            f"{quality['ours'][1]:>8.1f} {quality['SAELens'][1]:>10.1f} "
+            + (f"{quality['ours'][2]:>16.4f} / {quality['SAELens'][2]:.4f}" if len(quality["ours"]) > 2 else "")
         )
 
 

@@ -146,8 +146,12 @@ SET_CASES = {
     "k_zero": ["sae.k=0"],
     "k_string": ['sae.k="four"'],
     "expansion_negative": ["sae.expansion=-1"],
-    "architecture_unknown": ["sae.architecture=gated"],
-    "l1_negative": ["sae.l1_coefficient=-1.0"],
+    "architecture_unknown": ['sae.architecture="matching_pursuit"'],
+    "l1_for_topk": ["sae.l1_coefficient=0.1"],
+    "k_for_jumprelu": ['sae.architecture="jumprelu"'],
+    "k_not_below_d_sae": ["sae.k=128"],
+    "matryoshka_groups_missing": ['sae.architecture="matryoshka_batchtopk"'],
+    "matryoshka_groups_wrong_sum": ['sae.architecture="matryoshka_batchtopk"', "sae.matryoshka_groups=[1, 2]"],
     "context_size_one": ["tokens.context_size=1"],
     "train_tokens_negative": ["tokens.train_tokens=-5"],
     "heldout_tokens_zero": ["tokens.heldout_tokens=0"],
@@ -213,6 +217,21 @@ def _(b):
 @case("config", "config_bad_toml")
 def _(b):
     return b.run(config=b.config(lambda text: text.replace("[sae]", "[sae")))
+
+
+def _sae_table(b: Bench, table: str) -> list[str]:
+    """The tiny experiment with its [sae] table's settings replaced by `table`."""
+    return b.run(config=b.config(lambda text: text.replace('architecture = "topk"\nexpansion = 4\nk = 4', table)))
+
+
+@case("config", "l1_negative")
+def _(b):
+    return _sae_table(b, 'architecture = "relu_l1"\nexpansion = 4\nl1_coefficient = -1.0')
+
+
+@case("config", "jumprelu_bandwidth_zero")
+def _(b):
+    return _sae_table(b, 'architecture = "jumprelu"\nexpansion = 4\njumprelu_bandwidth = 0.0')
 
 
 @case("config", "config_unknown_key")

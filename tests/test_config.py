@@ -14,7 +14,7 @@ import tomli_w
 
 import randsae
 from randsae.cli import main
-from randsae.config import ExperimentConfig, embedded_config_path, load_config
+from randsae.config import ExperimentConfig, SAEShape, embedded_config_path, load_config
 from randsae.config_docs import EXAMPLE_MISTAKES, field_docs
 from randsae.errors import UserError
 from randsae.toml_config import apply_overrides, read_toml
@@ -157,3 +157,40 @@ def test_docs_config_md_is_the_generators_output():
     assert (ROOT / "docs" / "config.md").read_text() == done.stdout, (
         "regenerate it: PYTHONPATH=src python -m randsae.config_docs > docs/config.md"
     )
+
+
+@pytest.mark.parametrize(
+    "settings, problem, fix",
+    [
+        ({"architecture": "matching_pursuit"}, "sae.architecture = 'matching_pursuit'", "one of batchtopk, gated"),
+        (
+            {"l1_coefficient": 0.1},
+            "sae.l1_coefficient is set, but sae.architecture = 'topk'",
+            "Remove sae.l1_coefficient",
+        ),
+        ({"architecture": "jumprelu", "k": 16}, "sae.k is set, but sae.architecture = 'jumprelu'", "Remove sae.k"),
+        ({"architecture": "gated", "l0_coefficient": 1.0}, "sae.l0_coefficient is set", "gated takes l1_coefficient"),
+        ({"architecture": "matryoshka_batchtopk"}, "needs sae.matryoshka_groups", "Set sae.matryoshka_groups"),
+        (
+            {"architecture": "matryoshka_batchtopk", "expansion": 8, "matryoshka_groups": (1, 3)},
+            "sae.matryoshka_groups = [1, 3]",
+            "adding up to sae.expansion = 8, not 4",
+        ),
+        ({"architecture": "jumprelu", "jumprelu_bandwidth": 0.0}, "sae.jumprelu_bandwidth = 0.0", "a positive number"),
+    ],
+)
+def test_sae_settings_the_architecture_does_not_take_are_refused(settings, problem, fix):
+    with pytest.raises(UserError) as error:
+        SAEShape(**settings)
+    assert problem in error.value.problem and fix in error.value.fix
+
+
+def test_sae_config_fills_each_architectures_defaults_and_refuses_k_of_d_sae():
+    assert SAEShape().sae_config(16).k == 32
+    jumprelu = SAEShape(architecture="jumprelu").sae_config(16)
+    assert (jumprelu.k, jumprelu.l0_coefficient, jumprelu.jumprelu_bandwidth) == (None, 1e-3, 0.05)
+    matryoshka = SAEShape(architecture="matryoshka_batchtopk", expansion=8, matryoshka_groups=(1, 3, 4), k=4)
+    assert matryoshka.sae_config(16).matryoshka_widths == (16, 64, 128)
+    with pytest.raises(UserError, match="fewer than the d_sae = 64"):
+        SAEShape(expansion=4, k=64).sae_config(16)
+    assert SAEShape(expansion=4, k=63).sae_config(16).k == 63

@@ -41,12 +41,18 @@ def saelens_sae(architecture: str, **cfg):
     if architecture == "topk":
         sae = sae_lens.TopKSAE(sae_lens.TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, metadata=metadata, **cfg))
     else:
-        sae = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, metadata=metadata, **cfg))
+        classes = {
+            "standard": (sae_lens.StandardSAE, sae_lens.StandardSAEConfig),
+            "jumprelu": (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig),
+            "gated": (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
+        }
+        sae_cls, cfg_cls = classes[architecture]
+        sae = sae_cls(cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=metadata, **cfg))
     randomize(sae)
     return sae
 
 
-@pytest.mark.parametrize("architecture", ["topk", "standard"])
+@pytest.mark.parametrize("architecture", ["topk", "standard", "jumprelu", "gated"])
 @pytest.mark.parametrize(
     "cfg",
     [{}, {"apply_b_dec_to_input": False}, {"rescale_acts_by_decoder_norm": True}],
@@ -55,11 +61,13 @@ def saelens_sae(architecture: str, **cfg):
 def test_saelens_folder_encodes_and_decodes_as_sae_lens(tmp_path, architecture, cfg):
     if "rescale_acts_by_decoder_norm" in cfg and architecture != "topk":
         pytest.skip("only SAELens's TopK SAE has rescale_acts_by_decoder_norm")
+    if "apply_b_dec_to_input" in cfg and architecture == "gated":
+        pytest.skip("a gated SAE has no b_enc to fold an unsubtracted b_dec into (refused, as read.py says)")
     theirs = saelens_sae(architecture, **cfg)
     theirs.save_model(tmp_path)
     imported = read_sae(tmp_path)
     ours, origin = imported.sae, imported.origin
-    assert ours.cfg.architecture == {"topk": "topk", "standard": "relu_l1"}[architecture]
+    assert ours.cfg.architecture == {"standard": "relu_l1"}.get(architecture, architecture)
     assert (origin.format, origin.model_name, origin.hook_name, origin.layer) == (
         "saelens",
         "EleutherAI/pythia-70m",

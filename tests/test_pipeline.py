@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from randsae.cli import main
-from randsae.config import dump_config, load_config
+from randsae.config import SAEShape, dump_config, load_config
 from randsae.data.tokens import load_excluded_ids, load_tokens
 from randsae.experiment import run_pipeline
 from randsae.metrics.results import format_metrics_table, load_metrics
@@ -177,3 +177,35 @@ def test_verify_rehashes_every_shard_and_names_a_corrupt_one(tmp_path, capsys, t
     shard.write_bytes(bytes(data))
     code, err = _cli(["verify", str(run), "--quiet"], capsys)
     assert code == 2 and len(err) == 1 and shard.name in err[0] and "checksum mismatch" in err[0]
+
+
+@pytest.mark.parametrize(
+    "sae, activations",
+    [
+        (SAEShape(architecture="batchtopk", expansion=4, k=4), "cache"),
+        (SAEShape(architecture="matryoshka_batchtopk", expansion=4, k=4, matryoshka_groups=(1, 3)), "stream"),
+        (SAEShape(architecture="jumprelu", expansion=4, l0_coefficient=1e-3), "cache"),
+        (SAEShape(architecture="gated", expansion=4, l1_coefficient=1e-3), "cache"),
+        (SAEShape(architecture="relu_l1", expansion=4, l1_coefficient=1e-3), "cache"),
+    ],
+    ids=lambda value: getattr(value, "architecture", value),
+)
+def test_run_trains_evaluates_and_saves_every_architecture(tmp_path, tiny_model_dir, tiny_corpus, sae, activations):
+    """`[sae] architecture` end to end (cached and streamed training): `randsae run` trains, evaluates and writes
+    an SAE that loads back (and into sae-lens, when installed, with the same reconstruction)."""
+    cfg = tiny_config(tiny_model_dir, tiny_corpus, variants=("trained",), layers=(1,), sae=sae)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, activations=activations))
+    path = tmp_path / "experiment.toml"
+    path.write_text(dump_config(cfg))
+    assert main(["run", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    run = RunDir(tmp_path / "run")
+    (row,) = load_metrics(run)
+    assert row.explained_variance_pooled > 0.3 and row.l0 > 0
+    folder = run.sae(SAEKey("trained", 1))
+    ours = load_sae(folder)
+    assert ours.architecture == sae.architecture and ours.cfg.d_sae == 128
+    x = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)) * 3
+    sae_lens = pytest.importorskip("sae_lens", reason="sae-lens is not installed (see tests/test_sae_saelens.py)")
+    theirs = sae_lens.SAE.load_from_disk(folder)
+    with torch.no_grad():
+        assert torch.allclose(theirs.decode(theirs.encode(x)), ours(x), atol=1e-5)

@@ -313,7 +313,7 @@ def test_save_writes_saelens_folder_and_training_log(trained, tmp_path):
     [
         (TrainConfig(batch_size=512), SAEConfig("topk", D, 64, k=4), "less than one batch"),
         (TrainConfig(batch_size=64), SAEConfig("topk", D + 1, 64, k=4), "d_in"),
-        (TrainConfig(batch_size=64), SAEConfig("jumprelu", D, 64), "architecture"),
+        (TrainConfig(batch_size=64), SAEConfig("mystery", D, 64), "architecture"),
     ],
 )
 def test_bad_settings_are_user_errors(cfg, sae_cfg, match):

@@ -129,13 +129,7 @@ def plan_run(
     c = cfg.tokens.context_size
     train_tokens = cfg.tokens.train_tokens // c * c
     usable = count_not_bos(train_tokens, c) if cfg.train.skip_bos else train_tokens
-    sae_cfg = SAEConfig(
-        architecture=cfg.sae.architecture,
-        d_in=d_model,
-        d_sae=cfg.sae.expansion * d_model,
-        k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
-        l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
-    )
+    sae_cfg = cfg.sae.sae_config(d_model)
     parameters = list(lm.model.parameters())
     shape = RunShape(
         variants=len({(key.variant, key.variant_seed) for key in sae_keys(cfg)}),  # every random draw
@@ -429,13 +423,9 @@ def _sae_config(
     cfg: ExperimentConfig, d_model: int, context: int, model_name: str, blocks_path: str, key: SAEKey
 ) -> SAEConfig:
     variant, layer, seed = key.variant, key.layer, training_seed(cfg, key)
-    return SAEConfig(
-        architecture=cfg.sae.architecture,
-        d_in=d_model,
-        d_sae=cfg.sae.expansion * d_model,
-        k=cfg.sae.k if cfg.sae.architecture == "topk" else None,
-        l1_coefficient=cfg.sae.l1_coefficient if cfg.sae.architecture == "relu_l1" else None,
-        metadata={
+    return cfg.sae.sae_config(
+        d_model,
+        {
             "model_name": model_name,
             "hook_name": hook_name(blocks_path, layer),
             "variant": variant,

@@ -29,7 +29,7 @@ from randsae.interop.imported import (
     fold_latent_scale,
     fold_unsubtracted_input_bias,
 )
-from randsae.sae.base import SAELENS_ARCHITECTURE, SAEConfig
+from randsae.sae.base import SAELENS_INFERENCE, SAEConfig
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -44,7 +44,6 @@ METADATA_KEYS = (
     "dataset_path",
     "model_from_pretrained_kwargs",
 )
-_OURS = {saelens: ours for ours, saelens in SAELENS_ARCHITECTURE.items()}
 
 
 def is_saelens_folder(folder: Path) -> bool:
@@ -140,11 +139,11 @@ def from_saelens(
             )
         tensors = fold_unsubtracted_input_bias(tensors)
         conversions.append("apply_b_dec_to_input = false folded into b_enc")
-    ours = _OURS.get(architecture, architecture)
+    ours = SAELENS_INFERENCE.get(architecture, architecture)
     known = {field.name for field in dataclasses.fields(SAEConfig)} - {"architecture", "metadata"}
     fields = {name: cfg[name] for name in known if cfg.get(name) is not None}
     fields["k"] = k if ours == "topk" else fields.get("k")
-    if ours == "relu_l1" and fields.get("l1_coefficient") is None:
+    if ours in ("relu_l1", "gated") and fields.get("l1_coefficient") is None:
         fields["l1_coefficient"] = 0.0  # inference does not use it; the origin says it was not recorded
     try:
         sae_cfg = SAEConfig(architecture=ours, metadata=metadata, **fields)

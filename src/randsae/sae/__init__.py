@@ -1,4 +1,5 @@
-"""SAE architectures (TopK, ReLU-L1), their sparse kernels, the trainer, and SAELens save/load.
+"""SAE architectures (TopK, BatchTopK, Matryoshka, JumpReLU, gated, ReLU-L1), sparse kernels, the trainer,
+and SAELens save/load.
 
 Importing this package registers every architecture, so `load_sae` can build any saved SAE.
 """
@@ -12,7 +13,11 @@ from randsae.sae.base import (
     load_sae,
     register,
 )
+from randsae.sae.batchtopk import BatchTopKSAE
+from randsae.sae.gated import GatedSAE
+from randsae.sae.jumprelu import JumpReLUSAE
 from randsae.sae.kernels import TopKOutput
+from randsae.sae.matryoshka import MatryoshkaSAE
 from randsae.sae.relu import ReluSAE
 from randsae.sae.topk import TopKSAE
 from randsae.sae.trainer import (
@@ -29,6 +34,10 @@ from randsae.sae.trainer import (
 
 __all__ = [
     "ActivationSource",
+    "BatchTopKSAE",
+    "GatedSAE",
+    "JumpReLUSAE",
+    "MatryoshkaSAE",
     "LogPoint",
     "LossOutput",
     "ReluSAE",

@@ -21,8 +21,21 @@ from randsae.errors import UserError
 from randsae.run_dir import SAE_CONFIG_FILE as CONFIG_FILE
 from randsae.run_dir import SAE_WEIGHTS_FILE as WEIGHTS_FILE
 
-SAELENS_ARCHITECTURE = {"topk": "topk", "relu_l1": "standard"}
-"""Our architecture names -> the names SAELens writes in cfg.json (read back either way)."""
+SAELENS_ARCHITECTURE = {
+    "topk": "topk",
+    "relu_l1": "standard",
+    "gated": "gated",
+    "jumprelu": "jumprelu",
+    "batchtopk": "jumprelu",
+    "matryoshka_batchtopk": "jumprelu",
+}
+"""Our architecture names -> the inference architecture SAELens writes in cfg.json. SAELens saves a trained
+BatchTopK or Matryoshka SAE as a JumpReLU one (its running threshold in every latent's `threshold`) and names
+the training architecture in `metadata.training_architecture`; we do the same, and read that name back."""
+
+SAELENS_INFERENCE = {"topk": "topk", "standard": "relu_l1", "gated": "gated", "jumprelu": "jumprelu"}
+"""SAELens's inference architectures -> ours that encode the same way: what a SAELens folder loads as when it
+does not name one of our training architectures."""
 
 
 ENCODER_INIT_NORM = 3**-0.5
@@ -38,21 +51,33 @@ class SAEConfig:
     """Shape and sparsity of one SAE, plus where its activations came from (SAELens `metadata`)."""
 
     architecture: str
-    """`topk` or `relu_l1`."""
+    """A registered name: `topk`, `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated` or `relu_l1`."""
     d_in: int
     d_sae: int
     k: int | None = None
-    """Active latents per token (TopK only)."""
+    """Active latents per token: exactly (topk), or on average over a training batch (the BatchTopKs)."""
     l1_coefficient: float | None = None
-    """Sparsity penalty (ReLU-L1 only)."""
+    """L1 penalty (relu_l1, gated)."""
+    l0_coefficient: float | None = None
+    """L0 penalty, in FVU per active latent and token (jumprelu)."""
+    jumprelu_bandwidth: float | None = None
+    """Width of the straight-through estimator's window (jumprelu), for activations scaled to mean norm
+    sqrt(d_in) as SAELens's defaults assume; the SAE rescales it to the data's norm."""
+    matryoshka_widths: tuple[int, ...] | None = None
+    """Strictly increasing prefix widths ending at d_sae, each with its own reconstruction loss (matryoshka)."""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     """model_name, hook_name, context_size, prepend_bos, dataset_path, variant, seed..."""
 
     def to_json(self) -> dict[str, Any]:
-        """SAELens-compatible cfg.json."""
+        """SAELens-compatible cfg.json (our own fields ride along: SAELens ignores the keys it does not know)."""
         cfg = dataclasses.asdict(self)
+        saelens = SAELENS_ARCHITECTURE.get(self.architecture, self.architecture)
+        if saelens != self.architecture and saelens in SAELENS_ARCHITECTURE:  # saved as another of ours
+            cfg["metadata"] = {**self.metadata, "training_architecture": self.architecture}
+        if self.matryoshka_widths is not None:
+            cfg["matryoshka_widths"] = list(self.matryoshka_widths)
         cfg.update(
-            architecture=SAELENS_ARCHITECTURE.get(self.architecture, self.architecture),
+            architecture=saelens,
             dtype="float32",
             device="cpu",
             apply_b_dec_to_input=True,
@@ -62,10 +87,20 @@ class SAEConfig:
 
     @classmethod
     def from_json(cls, cfg: dict[str, Any]) -> SAEConfig:
+        """Ours or SAELens's cfg.json; a SAELens-trained BatchTopK keeps its training settings in
+        `metadata.training_architecture_details`."""
         names = {f.name for f in dataclasses.fields(cls)}
-        ours = {saelens: name for name, saelens in SAELENS_ARCHITECTURE.items()}
-        fields = {key: value for key, value in cfg.items() if key in names}
-        fields["architecture"] = ours.get(fields.get("architecture", ""), fields.get("architecture"))
+        metadata = dict(cfg.get("metadata") or {})
+        trained_as = metadata.pop("training_architecture", None)
+        details = metadata.pop("training_architecture_details", None) or {}
+        fields = {key: value for key, value in {**details, **cfg}.items() if key in names}
+        fields["metadata"] = metadata
+        saved_as = fields.get("architecture", "")
+        fields["architecture"] = (
+            trained_as if trained_as in SAELENS_ARCHITECTURE else SAELENS_INFERENCE.get(saved_as, saved_as)
+        )
+        if fields.get("matryoshka_widths") is not None:
+            fields["matryoshka_widths"] = tuple(fields["matryoshka_widths"])
         return cls(**fields)
 
 

@@ -11,7 +11,9 @@ decoder forward, the decoder's two gradients, the encoder's weight gradient). On
   sampled matrix product on the same sparsity pattern.
 
 No dense [n, m] tensor is built after the encoder's pre-activations. The functions here take plain tensors
-so they are easy to test against the dense formulas (tests/test_sae_kernels.py).
+so they are easy to test against the dense formulas (tests/test_sae_kernels.py). `pairs_encode` and
+`pairs_decode` do the same for a code with any number of active latents per token (BatchTopK, Matryoshka),
+given as `CodePairs` in CSR order.
 """
 
 from __future__ import annotations
@@ -63,10 +65,12 @@ def scatter_rows(indices: Tensor, weights: Tensor, rows: Tensor, n_latents: int)
     """
     n, k = indices.shape
     tokens = torch.arange(n, device=indices.device).repeat_interleave(k)
-    selection = torch.sparse_coo_tensor(
-        torch.stack([indices.reshape(-1), tokens]), weights.reshape(-1), (n_latents, n), check_invariants=False
+    return scatter_pairs(
+        CodePairs(tokens, indices.reshape(-1), _fixed_row_starts(n, k, indices.device)),
+        weights.reshape(-1),
+        rows,
+        n_latents,
     )
-    return torch.sparse.mm(selection, rows)
 
 
 def gather_dots(indices: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
@@ -75,13 +79,75 @@ def gather_dots(indices: Tensor, rows: Tensor, columns: Tensor) -> Tensor:
     The matrix product `rows @ columns` sampled only at the (n, indices[n, j]) pairs.
     """
     n, k = indices.shape
-    row_starts = torch.arange(0, n * k + 1, k, device=indices.device)
+    pairs = CodePairs(indices.new_empty(0), indices.reshape(-1), _fixed_row_starts(n, k, indices.device))
+    return gather_pair_dots(pairs, rows, columns).view(n, k)
+
+
+def _fixed_row_starts(n: int, k: int, device: torch.device) -> Tensor:
+    return torch.arange(0, n * k + 1, k, device=device)
+
+
+class CodePairs(NamedTuple):
+    """The (token, latent) positions of a batch's non-zero code, any number per token (BatchTopK, Matryoshka),
+    sorted by token and, within a token, by latent: the CSR order the sampled products want."""
+
+    tokens: Tensor
+    """int64 [nnz]: the row of the batch."""
+    latents: Tensor
+    """int64 [nnz]."""
+    row_starts: Tensor
+    """int64 [n + 1]: pairs of token t are `row_starts[t]:row_starts[t + 1]`."""
+
+    @classmethod
+    def from_flat(cls, flat: Tensor, n: int, n_latents: int) -> CodePairs:
+        """The pairs at positions `flat` (int64, any order) of a row-major [n, n_latents] matrix."""
+        flat = flat.sort().values
+        tokens = flat.div(n_latents, rounding_mode="floor")
+        counts = torch.bincount(tokens, minlength=n)
+        row_starts = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        return cls(tokens, flat - tokens * n_latents, row_starts)
+
+    def select(self, keep: Tensor) -> CodePairs:
+        """The pairs where `keep` (bool [nnz]) holds, still in CSR order."""
+        counts = torch.bincount(self.tokens[keep], minlength=self.row_starts.numel() - 1)
+        return CodePairs(self.tokens[keep], self.latents[keep], torch.cat([counts.new_zeros(1), counts.cumsum(0)]))
+
+
+def scatter_pairs(pairs: CodePairs, weights: Tensor, rows: Tensor, n_latents: int) -> Tensor:
+    """out[m] = Σ_{i : latents[i] = m} weights[i] · rows[tokens[i]]: [nnz], [n, d] -> [m, d], as one sparse
+    [m, n] @ dense [n, d] product."""
+    selection = torch.sparse_coo_tensor(
+        torch.stack([pairs.latents, pairs.tokens]), weights, (n_latents, rows.shape[0]), check_invariants=False
+    )
+    return torch.sparse.mm(selection, rows)
+
+
+def gather_pair_dots(pairs: CodePairs, rows: Tensor, columns: Tensor) -> Tensor:
+    """out[i] = <rows[token i], columns[:, latents[i]]>: [n, d], [d, m] -> [nnz] (`pairs.tokens` unused)."""
+    n = pairs.row_starts.numel() - 1
+    nnz = pairs.latents.numel()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         pattern = torch.sparse_csr_tensor(
-            row_starts, indices.reshape(-1), rows.new_zeros(n * k), (n, columns.shape[1]), check_invariants=False
+            pairs.row_starts, pairs.latents, rows.new_zeros(nnz), (n, columns.shape[1]), check_invariants=False
         )
-    return torch.sparse.sampled_addmm(pattern, rows, columns, beta=0.0).values().view(n, k)
+    return torch.sparse.sampled_addmm(pattern, rows, columns, beta=0.0).values()
+
+
+def pairs_encode(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pairs: CodePairs) -> Tensor:
+    """The pre-activations `(x - b_dec) @ W_enc + b_enc` at `pairs` only: [n, d] ... -> [nnz].
+
+    Differentiable in x, W_enc, b_enc and b_dec with sparse backward products; the caller picks the pairs
+    (without gradient) from a dense pre-activation matrix.
+    """
+    return _PairsEncode.apply(x, W_enc, b_enc, b_dec, pairs)
+
+
+def pairs_decode(values: Tensor, pairs: CodePairs, W_dec: Tensor) -> Tensor:
+    """Σ_i values[i] · W_dec[latents[i]] summed per token: [nnz], [m, d] -> [n, d]; the caller adds b_dec.
+
+    Differentiable in `values` and `W_dec`."""
+    return _PairsDecode.apply(values, pairs, W_dec)
 
 
 class _TopKEncode(torch.autograd.Function):
@@ -139,3 +205,51 @@ class _SparseDecode(torch.autograd.Function):
         grad_values = gather_dots(indices, grad_out, W_dec.T) if ctx.needs_input_grad[0] else None
         grad_W_dec = scatter_rows(indices, values, grad_out, W_dec.shape[0]) if ctx.needs_input_grad[2] else None
         return grad_values, None, grad_W_dec
+
+
+class _PairsEncode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, pairs: CodePairs):
+        centred = x - b_dec
+        ctx.save_for_backward(centred, W_enc, *pairs)
+        return gather_pair_dots(pairs, centred, W_enc) + b_enc[pairs.latents]
+
+    @staticmethod
+    def backward(ctx, grad_pre: Tensor):
+        centred, W_enc, *saved = ctx.saved_tensors
+        pairs = CodePairs(*saved)
+        n_latents = W_enc.shape[1]
+        per_latent = torch.zeros(n_latents, dtype=grad_pre.dtype, device=grad_pre.device)
+        per_latent.index_add_(0, pairs.latents, grad_pre)
+        grad_x = grad_W_enc = grad_b_dec = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _bag_sum(grad_pre, pairs, W_enc.T.contiguous())
+        if ctx.needs_input_grad[1]:
+            grad_W_enc = scatter_pairs(pairs, grad_pre, centred, n_latents).T
+        if ctx.needs_input_grad[3]:
+            grad_b_dec = -(W_enc @ per_latent)
+        grad_b_enc = per_latent if ctx.needs_input_grad[2] else None
+        return grad_x, grad_W_enc, grad_b_enc, grad_b_dec, None
+
+
+class _PairsDecode(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: Tensor, pairs: CodePairs, W_dec: Tensor):
+        ctx.save_for_backward(values, W_dec, *pairs)
+        return _bag_sum(values, pairs, W_dec)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        values, W_dec, *saved = ctx.saved_tensors
+        pairs = CodePairs(*saved)
+        grad_out = grad_out.contiguous()
+        grad_values = gather_pair_dots(pairs, grad_out, W_dec.T) if ctx.needs_input_grad[0] else None
+        grad_W_dec = scatter_pairs(pairs, values, grad_out, W_dec.shape[0]) if ctx.needs_input_grad[2] else None
+        return grad_values, None, grad_W_dec
+
+
+def _bag_sum(weights: Tensor, pairs: CodePairs, table: Tensor) -> Tensor:
+    """out[t] = Σ_{i of token t} weights[i] · table[latents[i]]: [nnz], [m, d] -> [n, d]."""
+    return F.embedding_bag(
+        pairs.latents, table, pairs.row_starts, mode="sum", per_sample_weights=weights, include_last_offset=True
+    )

@@ -15,6 +15,16 @@ from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, SparseLat
 from randsae.sae.kernels import TopKOutput, sparse_decode, topk_encode
 
 
+def check_k(cfg: SAEConfig) -> int:
+    """`cfg.k`, which every TopK-style architecture needs between 1 and d_sae - 1."""
+    if not cfg.k or not 0 < cfg.k < cfg.d_sae:
+        raise UserError(
+            f"{cfg.architecture} SAE needs 0 < k < d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
+            "Set sae.k to a positive number of active latents below d_sae (the paper uses 32)",
+        )
+    return cfg.k
+
+
 @register
 class TopKSAE(SparseAutoencoder):
     """TopK SAE; `cfg.k` latents are active per token."""
@@ -25,13 +35,8 @@ class TopKSAE(SparseAutoencoder):
     `TrainConfig.topk_selection_dtype` while training. None: the weights' own dtype."""
 
     def __init__(self, cfg: SAEConfig):
-        if not cfg.k or not 0 < cfg.k <= cfg.d_sae:
-            raise UserError(
-                f"TopK SAE needs 0 < k <= d_sae, got k={cfg.k} with d_sae={cfg.d_sae}",
-                "Set sae.k to a positive number of active latents (the paper uses 32)",
-            )
+        self.k = check_k(cfg)
         super().__init__(cfg)
-        self.k: int = cfg.k
 
     def encode_topk(self, x: Tensor) -> TopKOutput:
         """[n, d_in] -> the k active latents per token: TopKOutput(values [n, k], indices [n, k])."""
@@ -68,17 +73,19 @@ class TopKSAE(SparseAutoencoder):
         fired[top.indices[top.values > 0]] = True
         aux = None
         if dead_mask is not None and bool(dead_mask.any()):
-            aux = self.auxk_loss(x, residual.detach(), dead_mask) / total_variance
+            aux = auxk_loss(self, x, residual.detach(), dead_mask) / total_variance
         return LossOutput(loss=fvu, fvu=fvu.detach(), fired=fired, aux_loss=aux)
 
-    def auxk_loss(self, x: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
-        """Squared error of the top-k_aux dead latents predicting the main reconstruction's residual.
 
-        Gao et al. 2024 (appendix B.1): gives dead latents a gradient; k_aux = d_in // 2.
-        x, residual [n, d_in]; dead_mask bool [d_sae] -> scalar (sum over the batch, not normalized).
-        """
-        dead = dead_mask.nonzero().squeeze(1)
-        k_aux = min(self.cfg.d_in // 2, dead.numel())
-        top = topk_encode(x, self.W_enc[:, dead], self.b_enc[dead], self.b_dec, k_aux)
-        predicted = sparse_decode(top.values, dead[top.indices], self.W_dec)
-        return (predicted - residual).pow(2).sum()
+def auxk_loss(sae: SparseAutoencoder, x: Tensor, residual: Tensor, dead_mask: Tensor) -> Tensor:
+    """Squared error of the top-k_aux dead latents predicting the main reconstruction's residual.
+
+    Gao et al. 2024 (appendix B.1): gives dead latents a gradient; k_aux = d_in // 2. Every TopK-style
+    architecture (topk, batchtopk, matryoshka_batchtopk) uses it.
+    x, residual [n, d_in]; dead_mask bool [d_sae] -> scalar (sum over the batch, not normalized).
+    """
+    dead = dead_mask.nonzero().squeeze(1)
+    k_aux = min(sae.cfg.d_in // 2, dead.numel())
+    top = topk_encode(x, sae.W_enc[:, dead], sae.b_enc[dead], sae.b_dec, k_aux)
+    predicted = sparse_decode(top.values, dead[top.indices], sae.W_dec)
+    return (predicted - residual).pow(2).sum()
