@@ -8,7 +8,16 @@ import shutil
 
 import pytest
 
-from randsae.config import MADE_FROM, RESUMABLE, RUN_PARTS, ExperimentConfig, config_changes, load_config
+from randsae.config import (
+    MADE_FROM,
+    RESUMABLE,
+    RUN_PARTS,
+    ExperimentConfig,
+    config_changes,
+    dump_config,
+    load_config,
+    load_run_config,
+)
 from randsae.errors import UserError
 from randsae.experiment import run_pipeline
 from randsae.interp.config import InterpConfig
@@ -112,3 +121,16 @@ def test_a_run_stopped_before_training_takes_a_new_sae_size(tmp_path, tiny_model
     fixed = dataclasses.replace(cfg, sae=dataclasses.replace(cfg.sae, k=2))
     (row,) = run_pipeline(fixed, run, progress=False)
     assert row.l0 == pytest.approx(2.0) and load_config(run / "config.toml") == fixed
+
+
+def test_a_run_config_written_with_every_sparsity_setting_still_reads(tmp_path):
+    """Before each architecture took only its own sparsity settings, config.toml held `k` and
+    `l1_coefficient` both; the unused one is dropped when the run is read, nothing else changes."""
+    cfg = load_config()
+    run = RunDir(tmp_path)
+    text = dump_config(cfg).replace("[sae]\n", "[sae]\nl1_coefficient = 5.0\n", 1)
+    run.config.write_text(text)
+    assert "l1_coefficient = 5.0" in run.config.read_text()
+    assert load_run_config(run) == cfg
+    with pytest.raises(UserError, match="sae.l1_coefficient is set, but sae.architecture = 'topk'"):
+        load_config(run.config)  # a user's own config is not corrected: it is refused

@@ -341,7 +341,20 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def load_run_config(run: RunDir) -> ExperimentConfig:
     """The config a run directory was made with (its config.toml)."""
     fix = f"Restore it, or rerun `randsae run --config YOUR.toml --out {run.root}`, which writes it again"
-    return build_dataclass(ExperimentConfig, read_toml(run.config, "the run's config", fix))
+    return build_dataclass(ExperimentConfig, without_unused_sparsity(read_toml(run.config, "the run's config", fix)))
+
+
+def without_unused_sparsity(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's config.toml as written before each architecture took only its own sparsity settings: it held
+    them all (`k` and `l1_coefficient` both), the unused ones ignored then; they are dropped, so the run reads
+    and resumes as it was made."""
+    sae = data.get("sae")
+    if not isinstance(sae, dict) or sae.get("architecture", "topk") not in SPARSITY_DEFAULTS:
+        return data
+    unused = {name for names in SPARSITY_DEFAULTS.values() for name in names} - set(
+        SPARSITY_DEFAULTS[sae.get("architecture", "topk")]
+    )
+    return {**data, "sae": {key: value for key, value in sae.items() if key not in unused}}
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
