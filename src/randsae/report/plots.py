@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 DPI = 90
 
@@ -107,26 +108,36 @@ def _variant_legend(figure: Figure, colors: Mapping[str, str], variants: Sequenc
     figure.legend(handles, variants, loc="upper center", ncols=min(len(variants), 5), frameon=False, fontsize=9)
 
 
+def _plot_panel(ax: Axes, panel: Panel, colors: Mapping[str, str], shown: list[str]) -> None:
+    """One line per variant of `panel` with its 95% band where it has one; new variants appended to `shown`."""
+    for variant, points in panel.series.items():
+        points = sorted(points)
+        layers = [p.layer for p in points]
+        style = "--" if variant in panel.dashed else "-"
+        ax.plot(layers, [p.value for p in points], style, marker="o", ms=3, color=colors[variant], lw=1.5)
+        low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
+        if np.isfinite(low).any():
+            ax.fill_between(layers, low, high, color=colors[variant], alpha=0.18, lw=0)
+        if variant not in shown:
+            shown.append(variant)
+
+
+def _layer_axis(ax: Axes, title: str, fontsize: int) -> None:
+    """Title, a `layer` x axis with integer ticks, and a light grid; labels a point or two below the title."""
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xlabel("layer", fontsize=fontsize - 1)
+    ax.tick_params(labelsize=fontsize - 2)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))  # AutoLocator's
+    ax.grid(alpha=0.3)
+
+
 def metric_grid(panels: Sequence[Panel], colors: Mapping[str, str]) -> str:
     """Metric against layer, one line per variant with its 95% band where the metric has one."""
     figure, axes = _grid(len(panels), 4, 3.3, 2.5)
     shown: list[str] = []
     for ax, panel in zip(axes, panels, strict=True):
-        for variant, points in panel.series.items():
-            points = sorted(points)
-            layers = [p.layer for p in points]
-            style = "--" if variant in panel.dashed else "-"
-            ax.plot(layers, [p.value for p in points], style, marker="o", ms=3, color=colors[variant], lw=1.5)
-            low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
-            if np.isfinite(low).any():
-                ax.fill_between(layers, low, high, color=colors[variant], alpha=0.18, lw=0)
-            if variant not in shown:
-                shown.append(variant)
-        ax.set_title(panel.title + (f"\n{panel.note}" if panel.note else ""), fontsize=9)
-        ax.set_xlabel("layer", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.grid(alpha=0.3)
+        _plot_panel(ax, panel, colors, shown)
+        _layer_axis(ax, panel.title + (f"\n{panel.note}" if panel.note else ""), fontsize=9)
     if shown:
         _variant_legend(figure, colors, [v for v in colors if v in shown])
     return to_data_uri(figure)
@@ -217,22 +228,11 @@ def model_metric_grid(columns: Mapping[str, Sequence[Panel]], rows: Sequence[str
         for column, (model, panels) in enumerate(columns.items()):
             ax = axes[row * len(columns) + column]
             panel = next((panel for panel in panels if panel.title == title), None)
-            for variant, points in (panel.series if panel else {}).items():
-                points = sorted(points)
-                layers = [p.layer for p in points]
-                style = "--" if panel and variant in panel.dashed else "-"
-                ax.plot(layers, [p.value for p in points], style, marker="o", ms=3, color=colors[variant], lw=1.4)
-                low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
-                if np.isfinite(low).any():
-                    ax.fill_between(layers, low, high, color=colors[variant], alpha=0.18, lw=0)
-                shown += [variant] if variant not in shown else []
             if panel is None:
                 ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
-            ax.set_title(f"{model}\n{title}" if row == 0 else title, fontsize=8)
-            ax.set_xlabel("layer", fontsize=7)
-            ax.tick_params(labelsize=6)
-            ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.grid(alpha=0.3)
+            else:
+                _plot_panel(ax, panel, colors, shown)
+            _layer_axis(ax, f"{model}\n{title}" if row == 0 else title, fontsize=8)
     if shown:
         _variant_legend(figure, colors, [v for v in colors if v in shown])
     return to_data_uri(figure)
