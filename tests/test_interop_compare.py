@@ -17,11 +17,10 @@ from randsae.config import dump_config
 from randsae.data.activations import ActivationCache
 from randsae.data.tokens import counted_rows
 from randsae.interop import read_sae
-from randsae.interp.config import InterpConfig
 from randsae.metrics.results import load_metrics
 from randsae.run_dir import RunDir, SAEKey, Site
 from randsae.sae import load_sae
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, tiny_interp_config
 
 LAYER, D_SAE, K = 2, 128, 4
 
@@ -56,15 +55,14 @@ def sparsify_checkpoint(tmp_path_factory, tiny_model_dir) -> Path:
 def compared(tmp_path_factory, sparsify_checkpoint, tiny_model_dir, tiny_corpus) -> Path:
     folder = tmp_path_factory.mktemp("compare")
     cfg = tiny_config(tiny_model_dir, tiny_corpus, variants=("trained", "rerandomized", "control"))
-    interp = InterpConfig(
+    interp = tiny_interp_config(
         n_latents=4,
         min_examples=4,
-        window_size=16,
+        n_top_windows=10_000,
         n_explanation_windows=6,
         n_quantiles=3,
         n_per_quantile=3,
         n_negatives=10,
-        n_bootstrap=20,
         verify_rows=32,
     )
     analysis = dataclasses.replace(cfg.analysis, bootstrap_samples=20, window_tokens=16, min_token_count=5)
