@@ -121,7 +121,7 @@ def test_gap_points_skip_dashed_and_trained():
     }
     gaps = gap_points(panels, {"small": 10, "big": 1000})
     assert list(gaps) == ["EV"] and list(gaps["EV"]) == ["control"]
-    assert [(p.n_parameters, p.gap) for p in gaps["EV"]["control"]] == [(10, 0.5), (1000, -0.5)]
+    assert [(p.size, p.gap) for p in gaps["EV"]["control"]] == [(10, 0.5), (1000, -0.5)]
 
 
 # --- the run: two tiny models of different sizes and one broken one, through the command line ---

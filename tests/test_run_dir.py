@@ -26,10 +26,8 @@ def test_the_default_run_keeps_the_simple_layout(tmp_path: Path):
 
 def test_every_axis_adds_one_level(tmp_path: Path):
     run = RunDir(tmp_path)
-    key = SAEKey("rerandomized", 2, model="pythia-160m", variant_seed=4, architecture="batchtopk", sae_seed=1)
-    assert run.sae(key) == (
-        tmp_path / "models" / "pythia-160m" / "saes" / "rerandomized-draw4" / "layer2" / "batchtopk" / "seed1"
-    )
+    key = SAEKey("rerandomized", 2, model="pythia-160m", variant_seed=4, sae_seed=1)
+    assert run.sae(key) == tmp_path / "models" / "pythia-160m" / "saes" / "rerandomized-draw4" / "layer2" / "seed1"
     assert run.activations(key.site, "train") == (
         tmp_path / "models" / "pythia-160m" / "activations" / "rerandomized-draw4" / "layer2" / "train"
     )
@@ -37,14 +35,28 @@ def test_every_axis_adds_one_level(tmp_path: Path):
     assert (
         run.tokens("heldout", "pythia-160m") == tmp_path / "models" / "pythia-160m" / "tokens" / "heldout.safetensors"
     )
-    assert key.module == "pythia-160m.rerandomized-draw4.layer2.batchtopk.seed1"
+    assert key.module == "pythia-160m.rerandomized-draw4.layer2.seed1"
 
 
-@pytest.mark.parametrize(
-    "variant_seed, architecture, sae_seed", list(itertools.product([None, 0, 7], [None, "topk"], [None, 0, 3]))
-)
-def test_a_folder_parses_back_to_its_key(variant_seed, architecture, sae_seed):
-    key = SAEKey("rerandomized_keep_embeddings", 17, None, variant_seed, architecture, sae_seed)
+def test_a_shape_of_a_sweep_keeps_its_saes_and_reads_the_sweeps_data(tmp_path: Path):
+    sweep = RunDir(tmp_path)
+    shape = sweep.shape_run("topk-x16-k32")
+    key = SAEKey("trained", 3)
+    assert shape.sae(key) == tmp_path / "shapes" / "topk-x16-k32" / "saes" / "trained" / "layer3"
+    assert shape.metrics_json == tmp_path / "shapes" / "topk-x16-k32" / "metrics.json"
+    assert shape.interp("token").root == tmp_path / "shapes" / "topk-x16-k32" / "interp" / "token"
+    assert shape.activations(key.site, "heldout") == tmp_path / "activations" / "trained" / "layer3" / "heldout"
+    assert shape.tokens("train") == sweep.tokens("train")
+    assert (shape.tokenizer(), shape.unembedding()) == (sweep.tokenizer(), sweep.unembedding())
+    # Named by its path (`randsae report RUN/shapes/LABEL`), a shape's part reads the sweep's data too.
+    (tmp_path / "config.toml").write_text("")
+    assert RunDir.at(tmp_path / "shapes" / "topk-x16-k32") == shape
+    assert RunDir.at(tmp_path / "elsewhere" / "topk-x16-k32").data_root is None
+
+
+@pytest.mark.parametrize("variant_seed, sae_seed", list(itertools.product([None, 0, 7], [None, 0, 3])))
+def test_a_folder_parses_back_to_its_key(variant_seed, sae_seed):
+    key = SAEKey("rerandomized_keep_embeddings", 17, None, variant_seed, sae_seed)
     assert SAEKey.from_parts(key.parts()) == key
 
 
@@ -53,7 +65,7 @@ def test_a_folder_parses_back_to_its_key(variant_seed, architecture, sae_seed):
     [
         ("trained",),
         ("trained", "block3"),
-        ("trained", "layer3", "topk", "relu"),
+        ("trained", "layer3", "topk"),
         ("trained", "layer3", "seed1", "topk"),
     ],
 )
@@ -76,7 +88,7 @@ def test_discovery_finds_every_sae_in_the_config_order(tmp_path: Path):
         SAEKey("step0", 3),
         SAEKey("zzz_custom", 1),
         SAEKey("trained", 3, model="gpt2"),
-        SAEKey("trained", 3, architecture="topk", sae_seed=2),
+        SAEKey("trained", 3, sae_seed=2),
     ]
     for key in keys:
         _save_fake_sae(run.sae(key))
@@ -85,7 +97,7 @@ def test_discovery_finds_every_sae_in_the_config_order(tmp_path: Path):
     assert found == [
         SAEKey("control", 3),
         SAEKey("trained", 3),
-        SAEKey("trained", 3, architecture="topk", sae_seed=2),
+        SAEKey("trained", 3, sae_seed=2),
         SAEKey("trained", 10),
         SAEKey("step0", 3),
         SAEKey("zzz_custom", 1),

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import datetime
 import sys
+import time
 import traceback
 from importlib import metadata
 from pathlib import Path
@@ -37,14 +38,15 @@ def command_run(args: argparse.Namespace) -> None:
     from randsae.model_sweep import Sweep, load_experiment
     from randsae.run_dir import RunDir
     from randsae.sae import distributed
+    from randsae.sae_sweep import ShapeSweep
 
     device_override = [f"device={args.device}"] if args.device else []  # every model's, in a sweep
     cfg = load_experiment(args.config, [*args.set, *device_override])
-    if isinstance(cfg, Sweep):
+    if isinstance(cfg, (Sweep, ShapeSweep)):
         if args.format != "saelens":
             raise UserError(
-                "--format sparsify is not taken by a config with [[models]]",
-                "Run without --format, or run each model's config with it",
+                "--format sparsify is not taken by a sweep (a config with [[models]] or list-valued [sae] keys)",
+                "Run without --format, or run each part's config with it",
             )
         _run_sweep(args, cfg)
         return
@@ -139,46 +141,52 @@ def command_compare(args: argparse.Namespace) -> None:
 
 
 def _run_sweep(args: argparse.Namespace, sweep) -> None:
-    """`randsae run` of a config with [[models]]: each model's run, then its interp and analysis, then the
-    sweep's report; a model that failed is named at the end (exit 2), after the others have run."""
+    """`randsae run` of a sweep (several models, or several SAE shapes): each part's run, then its interp and
+    analysis, then the sweep's report; a model that failed is named at the end (exit 2), after the others
+    have run."""
     from randsae.config import load_run_config
     from randsae.experiment import resolve_device
-    from randsae.model_sweep import failures, run_sweep, show_sweep_plan
-    from randsae.report.sweep import write_sweep_report
+    from randsae.model_sweep import Sweep, failures, run_sweep, show_sweep_plan
     from randsae.run_dir import RunDir, Timings
     from randsae.sae import distributed
+    from randsae.sae_sweep import run_shape_sweep, show_shape_sweep_plan
 
+    models = isinstance(sweep, Sweep)
+    kind = "[[models]]" if models else "list-valued [sae] keys"
     if args.variants or args.layers:
         raise UserError(
-            "--variants and --layers split the run of one model, not of several",
-            "Run the whole sweep, or give each model's part its own config",
+            f"--variants and --layers split the run of one model and SAE shape, not a config with {kind}",
+            "Run the whole sweep, or give each part its own config",
         )
     if distributed.world_size() > 1:
         raise UserError(
-            "a config with [[models]] runs one process",
-            "Run it without torchrun, or run each model's config under torchrun",
+            f"a config with {kind} runs one process", "Run it without torchrun, or run each part's config under it"
         )
     run = RunDir(Path(args.out) if args.out else _fresh_run_dir())
     progress = not args.quiet
     if args.plan:
-        show_sweep_plan(sweep, run, progress)
+        (show_sweep_plan if models else show_shape_sweep_plan)(sweep, run, progress)
         return
-    print(f"randsae run → {run.root}  (config: {args.config}, {len(sweep.models)} models)")
+    parts = sweep.models if models else sweep.shapes
+    print(f"randsae run → {run.root}  (config: {args.config}, {len(parts)} {'models' if models else 'SAE shapes'})")
     if "interpret" not in args.skip:
         from randsae.interp.stage import check_judge
 
-        for model in sweep.models:
-            check_judge(model.config.interp)  # an LLM judge that cannot answer stops the run before the harvest
-    outcomes = run_sweep(sweep, run, progress)
-    later: list[str] = []  # a stage that fails on one model leaves the others' to run
-    for outcome in outcomes:
-        if outcome.status != "done":
-            continue
-        part = run.model_run(outcome.label)
+        for part in parts:
+            check_judge(part.config.interp)  # an LLM judge that cannot answer stops the run before the harvest
+    start = time.perf_counter()
+    if models:
+        outcomes = run_sweep(sweep, run, progress)
+        done = [(o.label, run.model_run(o.label)) for o in outcomes if o.status == "done"]
+    else:
+        outcomes = []
+        done = [(label, run.shape_run(label)) for label in run_shape_sweep(sweep, run, progress=progress)]
+    later: list[str] = []  # a stage that fails on one part leaves the others' to run
+    for label, part in done:
         cfg = load_run_config(part)
         device, timings = resolve_device(cfg.device), Timings(part)
         if progress and {"interpret", "analyze"} - set(args.skip):
-            print(f"model {outcome.label}")
+            print(f"{'model' if models else 'SAE shape'} {label}")
         try:
             if "interpret" not in args.skip:
                 with timings.stage("interpret"):
@@ -187,34 +195,47 @@ def _run_sweep(args: argparse.Namespace, sweep) -> None:
                 with timings.stage("analyze"):
                     _analyze(part, cfg.analysis, device, progress)
         except UserError as error:
-            print(f"model {outcome.label}: {' '.join(str(error).split())}")  # named again in the error at the end
-            later.append(f"{outcome.label}: {error.problem}")
-    if "report" not in args.skip and any(outcome.status == "done" for outcome in outcomes):
-        write_sweep_report(run, progress=progress)
+            print(f"{label}: {' '.join(str(error).split())}")  # named again in the error at the end
+            later.append(f"{label}: {error.problem}")
+    if "report" not in args.skip and done:
+        _write_sweep_report(run, progress)
     failed = failures(outcomes, later)
     if failed:
         raise failed
-    print(f"done in {sum(outcome.seconds for outcome in outcomes):.0f}s; results in {run.root}")
+    print(f"done in {time.perf_counter() - start:.0f}s; results in {run.root}")
 
 
-def _each_model(args: argparse.Namespace, command) -> bool:
-    """Run `command` on each finished model's part of a multi-model run directory; False for a one-model run."""
+def _write_sweep_report(run, progress: bool) -> None:
+    from randsae.report.shape_sweep import write_shape_sweep_report
+    from randsae.report.sweep import write_sweep_report
+    from randsae.sae_sweep import shape_sweep_of_run
+
+    (write_shape_sweep_report if shape_sweep_of_run(run) else write_sweep_report)(run, progress=progress)
+
+
+def _each_part(args: argparse.Namespace, command) -> bool:
+    """Run `command` on each finished part (model or SAE shape) of a sweep's run directory; False for a run of
+    one model and shape."""
     parts = _sweep_parts(args.run_dir)
-    for part in parts or []:
-        print(f"model {part.root.name}")
+    for title, part in parts or []:
+        print(title)
         command(argparse.Namespace(**{**vars(args), "run_dir": str(part.root)}))
     return parts is not None
 
 
 def _sweep_parts(run_dir: str):
-    """The finished models' parts of a multi-model run directory; None for a one-model run."""
+    """(title, part) of the finished models (`model pythia-70m`), or started SAE shapes (`SAE shape topk-k16`),
+    of a sweep's run directory; None for a run of one model and shape."""
     from randsae.model_sweep import load_outcomes, sweep_of_run
     from randsae.run_dir import RunDir
+    from randsae.sae_sweep import shape_runs, shape_sweep_of_run
 
     run = RunDir.existing(run_dir)
+    if shape_sweep_of_run(run) is not None:
+        return [(f"SAE shape {label}", part) for label, part in shape_runs(run)]
     if sweep_of_run(run) is None:
         return None
-    return [run.model_run(outcome.label) for outcome in load_outcomes(run) if outcome.status == "done"]
+    return [(f"model {o.label}", run.model_run(o.label)) for o in load_outcomes(run) if o.status == "done"]
 
 
 def _say_missing(run) -> None:
@@ -278,7 +299,7 @@ def _existing_run(args: argparse.Namespace):
 def command_interpret(args: argparse.Namespace) -> None:
     from randsae.config import load_config
 
-    if _each_model(args, command_interpret):
+    if _each_part(args, command_interpret):
         return
     run, cfg, device = _existing_run(args)
     overrides = {
@@ -298,7 +319,7 @@ def command_interpret(args: argparse.Namespace) -> None:
 
 
 def command_analyze(args: argparse.Namespace) -> None:
-    if _each_model(args, command_analyze):
+    if _each_part(args, command_analyze):
         return
     run, cfg, device = _existing_run(args)
     with _timed(run, "analyze"):
@@ -307,9 +328,9 @@ def command_analyze(args: argparse.Namespace) -> None:
 
 def command_report(args: argparse.Namespace) -> None:
     if _sweep_parts(args.run_dir) is not None:
-        from randsae.report.sweep import write_sweep_report
+        from randsae.run_dir import RunDir
 
-        write_sweep_report(args.run_dir, progress=not args.quiet)
+        _write_sweep_report(RunDir.existing(args.run_dir), not args.quiet)
         return
     run, _, device = _existing_run(args)
     with _timed(run, "report"):

@@ -78,22 +78,36 @@ SPARSITY_DEFAULTS: dict[str, dict[str, Any]] = {
 one that is ignored."""
 
 
+SWEPT_SAE_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "l0_coefficient")
+"""The `[sae]` keys that may be lists: the run then trains every combination (`randsae.sae_sweep`)."""
+
+
+def is_shape_sweep(data: dict[str, Any]) -> bool:
+    """Whether a config's tables (as read from TOML) sweep SAE shapes: a list-valued `SWEPT_SAE_KEYS` key."""
+    sae = data.get("sae")
+    return isinstance(sae, dict) and any(isinstance(sae.get(key), list) for key in SWEPT_SAE_KEYS)
+
+
 @dataclasses.dataclass(frozen=True)
 class SAEShape:
-    """Architecture, size and sparsity of the SAEs trained on every variant and layer (docs/saes.md)."""
+    """Architecture, size and sparsity of the SAEs trained on every variant and layer (docs/saes.md). In a
+    config file, `architecture`, `expansion`, `k`, `l1_coefficient` and `l0_coefficient` may each be a list:
+    the run trains every combination, each architecture with the sparsity settings it takes, as one SAE shape
+    per folder `shapes/{label}/` (docs/saes.md, "Sweeps")."""
 
     architecture: str = "topk"
-    """`topk` (the paper's), `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated` or `relu_l1`."""
+    """`topk` (the paper's), `batchtopk`, `matryoshka_batchtopk`, `jumprelu`, `gated` or `relu_l1`; or a
+    list of them."""
     expansion: int = 64
-    """Latents per residual dimension (d_sae = expansion × d_model)."""
+    """Latents per residual dimension (d_sae = expansion × d_model); or a list (`[16, 32, 64, 128]`)."""
     k: int | None = None
     """Active latents per token: exactly (`topk`), or on average over a training batch (`batchtopk`,
-    `matryoshka_batchtopk`). Unset: 32, the paper's."""
+    `matryoshka_batchtopk`); or a list. Unset: 32, the paper's."""
     l1_coefficient: float | None = None
-    """L1 penalty λ (`relu_l1`, `gated`): loss = mean squared error + λ·mean code, means over every element.
-    Unset: 5.0."""
+    """L1 penalty λ (`relu_l1`, `gated`): loss = mean squared error + λ·mean code, means over every element;
+    or a list. Unset: 5.0."""
     l0_coefficient: float | None = None
-    """L0 penalty (`jumprelu`): loss = FVU + λ·(active latents per token). Unset: 1e-3."""
+    """L0 penalty (`jumprelu`): loss = FVU + λ·(active latents per token); or a list. Unset: 1e-3."""
     jumprelu_bandwidth: float | None = None
     """Width of JumpReLU's straight-through window, for activations of mean norm sqrt(d_model) (SAELens's
     convention; rescaled to the data's norm). Unset: 0.05, SAELens's."""
@@ -339,9 +353,16 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 
 
 def load_run_config(run: RunDir) -> ExperimentConfig:
-    """The config a run directory was made with (its config.toml)."""
+    """The config a run directory was made with (its config.toml); a sweep over SAE shapes is refused (each
+    shape's part under `shapes/` has a config of its own)."""
     fix = f"Restore it, or rerun `randsae run --config YOUR.toml --out {run.root}`, which writes it again"
-    return build_dataclass(ExperimentConfig, without_unused_sparsity(read_toml(run.config, "the run's config", fix)))
+    data = read_toml(run.config, "the run's config", fix)
+    if is_shape_sweep(data):
+        raise UserError(
+            f"{run.root} holds a sweep over SAE shapes, not a run of one shape",
+            f"Use a new --out, or name one shape's part ({run.root / 'shapes'}/...)",
+        )
+    return build_dataclass(ExperimentConfig, without_unused_sparsity(data))
 
 
 def without_unused_sparsity(data: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from randsae.atomic import write_json_atomic, write_text_atomic
-from randsae.config import ExperimentConfig, embedded_config_path
+from randsae.config import ExperimentConfig, embedded_config_path, is_shape_sweep
 from randsae.errors import UserError, user_error_for
 from randsae.experiment import check_writable, resolve_device, run_pipeline, show_plan
 from randsae.models.hookpoints import find_blocks
@@ -31,6 +31,7 @@ from randsae.models.load import EMBEDDED_MODELS, LoadedModel, ModelConfig, displ
 from randsae.plan import human_bytes, human_seconds, total_disk
 from randsae.records import from_plain
 from randsae.run_dir import RunDir, read_json
+from randsae.sae_sweep import ShapeSweep, build_shape_sweep
 from randsae.toml_config import apply_overrides, build_dataclass, dump_toml, invalid, read_toml
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -85,11 +86,15 @@ def is_sweep(data: dict[str, Any]) -> bool:
     return "models" in data
 
 
-def load_experiment(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig | Sweep:
+def load_experiment(
+    path: str | Path | None = None, overrides: Sequence[str] = ()
+) -> ExperimentConfig | Sweep | ShapeSweep:
     """A config file (the embedded default when None) with `--set` overrides: a `Sweep` when it lists `models`,
-    else the one-model `ExperimentConfig`."""
+    a `ShapeSweep` when `[sae]` keys are lists, else the one-model, one-shape `ExperimentConfig`."""
     data = apply_overrides(read_toml(path or embedded_config_path()), overrides)
-    return build_sweep(data) if is_sweep(data) else build_dataclass(ExperimentConfig, data)
+    if is_sweep(data):
+        return build_sweep(data)
+    return build_shape_sweep(data) if is_shape_sweep(data) else build_dataclass(ExperimentConfig, data)
 
 
 def build_sweep(data: dict[str, Any]) -> Sweep:
@@ -97,6 +102,11 @@ def build_sweep(data: dict[str, Any]) -> Sweep:
     shared = {key: value for key, value in data.items() if key != "models"}
     if "model" in shared:
         raise UserError("the config has both [model] and models", "Keep one: [[models]] entries for several models")
+    if is_shape_sweep(shared):
+        raise UserError(
+            "list-valued [sae] keys (a sweep over SAE shapes) are not taken with [[models]]",
+            "Give each [sae] key one value here, or sweep the shapes in a config of one model",
+        )
     entries = data["models"]
     if not isinstance(entries, list) or not entries:
         raise invalid("models", entries, 'a non-empty list of [[models]] tables (or of names: ["embedded", ...])')

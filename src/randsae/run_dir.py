@@ -3,10 +3,13 @@
 Stages never build a path themselves: they ask a `RunDir` where their inputs and outputs live, and keep
 their own result dataclasses and (de)serialization. This module sits low in the package: it imports no
 stage. The layout (docs/ARCHITECTURE.md) keeps today's simple form for a run with one model, one SAE
-architecture and one seed of each kind; every further axis adds one path level only where it is set:
+shape and one seed of each kind; every further axis adds one path level only where it is set:
 
     saes/{variant}/layer{L}/                               the default run
-    models/{model}/saes/{variant}-draw{v}/layer{L}/{architecture}/seed{s}/   every axis set
+    models/{model}/shapes/{shape}/saes/{variant}-draw{v}/layer{L}/seed{s}/   every axis set
+
+A model (`model_sweep`) or an SAE shape (`sae_sweep`) of a sweep is a whole one-model, one-shape run directory;
+the shapes of a run share its token windows and activation caches (`RunDir.data_root`).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from randsae.atomic import write_json_atomic
 from randsae.errors import UserError
 from randsae.models.variants import VARIANTS, is_drawn
 
+SHAPES_FOLDER = "shapes"
+"""The folder of an SAE-shape sweep's parts, one per shape (`RunDir.shape_run`)."""
 SAE_CONFIG_FILE = "cfg.json"
 """The SAELens config file that marks a folder as a saved SAE."""
 SAE_WEIGHTS_FILE = "sae_weights.safetensors"
@@ -68,8 +73,6 @@ class SAEKey:
     layer: int
     model: str | None = None
     variant_seed: int | None = None
-    architecture: str | None = None
-    """None when the run trains one architecture."""
     sae_seed: int | None = None
     """None when the run trains one SAE seed."""
 
@@ -78,10 +81,8 @@ class SAEKey:
         return Site(self.variant, self.layer, self.model, self.variant_seed)
 
     def parts(self) -> tuple[str, ...]:
-        extra = [] if self.architecture is None else [self.architecture]
-        if self.sae_seed is not None:
-            extra.append(f"seed{self.sae_seed}")
-        return (*self.site.parts(), *extra)
+        seed = () if self.sae_seed is None else (f"seed{self.sae_seed}",)
+        return (*self.site.parts(), *seed)
 
     @property
     def replicate(self) -> str:
@@ -106,16 +107,10 @@ class SAEKey:
             return None
         draw = _DRAW.fullmatch(parts[0])
         variant, variant_seed = (draw["variant"], int(draw["seed"])) if draw else (parts[0], None)
-        architecture, sae_seed = None, None
-        for part in parts[2:]:
-            seed = _SEED.fullmatch(part)
-            if seed:
-                sae_seed = int(seed["seed"])
-            elif architecture is None and sae_seed is None:
-                architecture = part
-            else:
-                return None
-        return cls(variant, int(parts[1][5:]), model, variant_seed, architecture, sae_seed)
+        seed = _SEED.fullmatch(parts[2]) if len(parts) == 3 else None
+        if len(parts) > 3 or (len(parts) == 3 and seed is None):
+            return None
+        return cls(variant, int(parts[1][5:]), model, variant_seed, int(seed["seed"]) if seed else None)
 
 
 def replicate_keys(variant: str, layer: int, sae_seeds: int = 1, variant_seeds: int = 1) -> list[SAEKey]:
@@ -178,10 +173,20 @@ class RunDir:
     `models/{model}/`; a single-model run (model None) keeps them at the top."""
 
     root: Path
+    data_root: Path | None = None
+    """Where the token windows, tokenizer, unembedding and activation caches are, when not in `root`: the
+    sweep's folder, for one SAE shape's part of it (`shape_run`)."""
 
     @classmethod
     def at(cls, run: RunDir | str | Path) -> RunDir:
-        return run if isinstance(run, RunDir) else cls(Path(run))
+        """The run directory at a path; a shape's part of an SAE-shape sweep (`SWEEP/shapes/{label}`) reads
+        the sweep's data."""
+        if isinstance(run, RunDir):
+            return run
+        root = Path(run)
+        sweep = root.parent.parent
+        shared = root.parent.name == SHAPES_FOLDER and (sweep / "config.toml").is_file()
+        return cls(root, sweep if shared else None)
 
     @classmethod
     def existing(cls, run: RunDir | str | Path) -> RunDir:
@@ -221,9 +226,19 @@ class RunDir:
     def dashboards(self) -> Path:
         return self.root / "dashboards"
 
-    # Per model.
+    # Per model and SAE shape.
     def model_root(self, model: str | None = None) -> Path:
         return self.root if model is None else self.root / "models" / model
+
+    def _data(self, model: str | None) -> Path:
+        """The folder of a model's token windows and activation caches."""
+        base = self.data_root or self.root
+        return base if model is None else base / "models" / model
+
+    def shape_run(self, label: str) -> RunDir:
+        """One SAE shape's part of a run that sweeps shapes (`sae_sweep`): a whole one-shape run directory that
+        reads this run's token windows and activation caches."""
+        return RunDir(self.root / SHAPES_FOLDER / label, self.data_root or self.root)
 
     def model_run(self, model: str) -> RunDir:
         """One model's part of a multi-model run (`model_sweep`): a whole one-model run directory."""
@@ -236,29 +251,29 @@ class RunDir:
 
     def tokens(self, split: str, model: str | None = None) -> Path:
         """`input_ids` int32 [n_windows, context_size] of one split; position 0 is BOS."""
-        return self.model_root(model) / "tokens" / f"{split}.safetensors"
+        return self._data(model) / "tokens" / f"{split}.safetensors"
 
     def tokenizer(self, model: str | None = None) -> Path:
-        return self.model_root(model) / "tokenizer"
+        return self._data(model) / "tokenizer"
 
     def unembedding(self, model: str | None = None) -> Path:
         """The trained model's unembedding (and final norm weight), for the dashboards' promoted logits."""
-        return self.model_root(model) / "unembedding.safetensors"
+        return self._data(model) / "unembedding.safetensors"
 
     def activations(self, site: Site, split: str) -> Path:
-        return self.model_root(site.model) / "activations" / Path(*site.parts()) / split
+        return self._data(site.model) / "activations" / Path(*site.parts()) / split
 
     def activation_caches(self) -> list[Path]:
         """Every activation cache folder of the run (each holds a manifest.json), all models and splits."""
-        return sorted(path.parent for path in self.root.glob("**/activations/**/manifest.json"))
+        return sorted(path.parent for path in (self.data_root or self.root).glob("**/activations/**/manifest.json"))
 
     def sae(self, key: SAEKey) -> Path:
         """The SAE's SAELens folder (cfg.json + sae_weights.safetensors + training.json)."""
         return self.model_root(key.model) / "saes" / Path(*key.parts())
 
     def sparsify_sae(self, key: SAEKey, hookpoint: str) -> Path:
-        """The SAE in sparsify's layout (`randsae run --format sparsify`): a folder per variant draw,
-        architecture and SAE seed holding one folder per hookpoint, what sparsify's `SparseCoder.load_many`
+        """The SAE in sparsify's layout (`randsae run --format sparsify`): a folder per variant draw and SAE
+        seed holding one folder per hookpoint, what sparsify's `SparseCoder.load_many`
         and delphi read (`sparsify/trained/gpt_neox.layers.3/`)."""
         variant, _, *extra = key.parts()
         return self.model_root(key.model) / "sparsify" / Path(variant, *extra) / hookpoint
@@ -354,7 +369,6 @@ class RunDir:
             k.variant,
             k.variant_seed or 0,
             k.layer,
-            k.architecture or "",
             k.sae_seed or 0,
         )
 

@@ -52,8 +52,9 @@ class VerdictRow(NamedTuple):
     reading: str
 
 
-def layer_side(row: SeparationRow) -> int:
-    """+1 when the row's interval lies on the separating side of 0, -1 on the other, 0 otherwise."""
+def layer_side(row: SeparationRow | VerdictRow) -> int:
+    """+1 when the row's interval lies on the separating side of 0, -1 on the other, 0 otherwise (a layer's
+    separation row, or a verdict row's pooled interval)."""
     if math.isnan(row.ci_low):
         return 0
     if row.ci_low > 0 or row.ci_high < 0:

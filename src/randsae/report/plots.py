@@ -11,7 +11,7 @@ import base64
 import io
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -210,9 +210,11 @@ def parameter_count(n: int) -> str:
 
 
 class SizePoint(NamedTuple):
-    """One model's trained-minus-variant gap of a measurement, with the range its replicates span."""
+    """One model's (or SAE shape's) trained-minus-variant gap of a measurement, with the range its replicates
+    (or its interval) span."""
 
-    n_parameters: int
+    size: int
+    """The model's parameters, or the SAE's latents."""
     label: str
     gap: float
     low: float = math.nan
@@ -238,15 +240,21 @@ def model_metric_grid(columns: Mapping[str, Sequence[Panel]], rows: Sequence[str
     return to_data_uri(figure)
 
 
-def gap_vs_size(panels: Mapping[str, Mapping[str, Sequence[SizePoint]]], colors: Mapping[str, str]) -> str:
-    """Each measurement's gap (trained minus a random variant, mean over layers) against model parameters (log
-    scale), one line per variant, a bar over the range of the variant's replicates where it has several."""
+def gap_vs_size(
+    panels: Mapping[str, Mapping[str, Sequence[SizePoint]]],
+    colors: Mapping[str, str],
+    xlabel: str = "parameters",
+    tick: Callable[[int], str] = parameter_count,
+) -> str:
+    """Each measurement's gap (trained minus a random variant, mean over layers) against size (log scale; model
+    parameters by default), one line per series (a variant, or an SAE architecture), a bar over the range of
+    the replicates, or the interval, where there is one."""
     figure, axes = _grid(len(panels), 4, 3.3, 2.6)
     shown: list[str] = []
     for ax, (title, by_variant) in zip(axes, panels.items(), strict=True):
         for variant, points in by_variant.items():
             points = sorted(points)
-            sizes = [p.n_parameters for p in points]
+            sizes = [p.size for p in points]
             ax.plot(sizes, [p.gap for p in points], marker="o", ms=4, color=colors[variant], lw=1.4)
             low, high = np.array([p.low for p in points]), np.array([p.high for p in points])
             gaps = np.array([p.gap for p in points])
@@ -256,12 +264,12 @@ def gap_vs_size(panels: Mapping[str, Mapping[str, Sequence[SizePoint]]], colors:
             shown += [variant] if variant not in shown else []
         ax.axhline(0, ls=":", color="grey", lw=1)
         ax.set_xscale("log")
-        sizes = sorted({p.n_parameters for points in by_variant.values() for p in points})
-        ax.set_xticks(sizes, [parameter_count(size) for size in sizes])  # the models' sizes, nothing between
+        sizes = sorted({p.size for points in by_variant.values() for p in points})
+        ax.set_xticks(sizes, [tick(size) for size in sizes])  # the sizes swept, nothing between
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlim(sizes[0] / 1.3, sizes[-1] * 1.3)
         ax.set_title(f"{title}: trained − variant", fontsize=8)
-        ax.set_xlabel("parameters", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     if shown:

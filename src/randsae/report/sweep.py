@@ -139,17 +139,23 @@ def _model_section(
         facts.append(("layers", f"{', '.join(map(str, outcome.layers))} of {outcome.n_blocks} blocks"))
     facts.append(("folder", str(folder.root.relative_to(run.root))))
     out.append(definition_list(facts))
-    if model is None:
-        return out
+    return out if model is None else out + part_summary(run, folder, model, panels, colors, outcome.label)
+
+
+def part_summary(
+    run: RunDir, folder: RunDir, part: RunInputs, panels: Sequence[plots.Panel], colors: Mapping[str, str], label: str
+) -> list[str]:
+    """A sweep part's (one model's or SAE shape's) link to its own report, its measurements averaged over
+    layers per variant, and its verdict."""
     own_report = folder.report
-    out.append(
+    out = [
         f'<p>Full report with dashboards: <a href="{own_report.relative_to(run.root)}">{own_report.name}</a></p>'
         if own_report.is_file()
         else f"<p>Its full report with dashboards: <code>randsae report {html.escape(str(folder.root))}</code></p>"
-    )
+    ]
     columns = [Column("variant", "variant"), *(Column(p.title, p.title, ".3f") for p in panels)]
     rows = []
-    for variant in model.variants:
+    for variant in part.variants:
         row: dict[str, object] = {"variant": variant}
         for panel in panels:
             points = panel.series.get(variant, [])
@@ -157,13 +163,13 @@ def _model_section(
                 row[panel.title] = float(np.mean([point.value for point in points]))
         rows.append(row)
     chip = {"variant": lambda row: variant_chip(str(row["variant"]), colors)}
-    means = html_table(columns, rows, table_id=f"means-{outcome.label}", cell_html=chip)
+    means = html_table(columns, rows, table_id=f"means-{label}", cell_html=chip)
     out += ["<p>Mean over layers (and replicates):</p>", means]
-    if model.analysis and model.analysis.verdict:
+    if part.analysis and part.analysis.verdict:
         verdict = [
             {**as_row(r), "replicates": f"{r.n_trained_replicates} / {r.n_other_replicates}"}
-            for r in model.analysis.verdict
+            for r in part.analysis.verdict
         ]
-        table = html_table(VERDICT_COLUMNS, verdict, table_id=f"verdict-{outcome.label}", cell_html=chip)
+        table = html_table(VERDICT_COLUMNS, verdict, table_id=f"verdict-{label}", cell_html=chip)
         out += ["<p>Verdict: trained against each variant, pooled over layers (docs/analysis.md):</p>", table]
     return out
