@@ -33,6 +33,8 @@ from randsae.plan import human_bytes, human_seconds, total_disk
 from randsae.run_dir import RunDir
 from randsae.toml_config import build_dataclass, dump_toml, invalid, read_toml
 
+SHARED_STAGES = ("tokenize", "harvest")
+"""The plan's stages whose outputs (token windows, activation caches) every shape of a sweep shares."""
 LABEL_PREFIXES = {"expansion": "x", "k": "k", "l1_coefficient": "l1_", "l0_coefficient": "l0_"}
 """How a varying key shows in a shape's label: `topk-x16-k32`, `jumprelu-l0_0.001`."""
 
@@ -58,21 +60,22 @@ def build_shape_sweep(data: dict[str, Any]) -> ShapeSweep:
     sae = data["sae"]
     values = {key: _values(sae, key) for key in SWEPT_SAE_KEYS}
     sparsity = {name for names in SPARSITY_DEFAULTS.values() for name in names}
-    taken = {name for architecture in values["architecture"] for name in SPARSITY_DEFAULTS.get(architecture, {})}
-    for name in sorted((sparsity - taken) & {key for key, value in sae.items() if value is not None}):
+    taken = {name for architecture in values["architecture"] for name in _taken(architecture)}
+    unused = sorted((sparsity - taken) & {key for key, value in sae.items() if value is not None})
+    if unused:
+        architectures = ", ".join(map(str, values["architecture"]))
         raise UserError(
-            f"sae.{name} is set, but no architecture of the sweep ({', '.join(map(str, values['architecture']))}) "
-            "takes it",
-            f"Remove sae.{name}",
+            f"sae.{unused[0]} is set, but no architecture of the sweep ({architectures}) takes it",
+            f"Remove sae.{unused[0]}",
         )
     varying = [key for key in SWEPT_SAE_KEYS[1:] if len(values[key]) > 1]
     shapes = []
     for architecture in values["architecture"]:
-        axes = ["expansion", *(key for key in SWEPT_SAE_KEYS[2:] if _takes(architecture, key))]
+        axes = ["expansion", *(key for key in SWEPT_SAE_KEYS[2:] if key in _taken(architecture))]
         fixed = {  # the other keys: what this architecture takes (or an unknown key, which is refused)
             key: value
             for key, value in sae.items()
-            if key not in SWEPT_SAE_KEYS and (key not in sparsity or _takes(architecture, key))
+            if key not in SWEPT_SAE_KEYS and (key not in sparsity or key in _taken(architecture))
         }
         for combination in itertools.product(*(values[axis] for axis in axes)):
             chosen = {axis: value for axis, value in zip(axes, combination, strict=True) if value is not None}
@@ -102,8 +105,9 @@ def _shown(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 
 
-def _takes(architecture: str, key: str) -> bool:
-    return key in SPARSITY_DEFAULTS.get(architecture, {})
+def _taken(architecture: Any) -> dict[str, Any]:
+    """The sparsity settings an architecture takes ({} for a name that is not one: refused when built)."""
+    return SPARSITY_DEFAULTS.get(architecture, {}) if isinstance(architecture, str) else {}
 
 
 def _shape_config(data: dict[str, Any], sae: dict[str, Any], label: str) -> ExperimentConfig:
@@ -176,16 +180,18 @@ def run_shape_sweep(
 
 
 def show_shape_sweep_plan(sweep: ShapeSweep, run: RunDir, progress: bool = True) -> None:
-    """`randsae run --plan` of a shape sweep: every shape's plan (the model loaded once), then the totals."""
+    """`randsae run --plan` of a shape sweep: every shape's plan (the model loaded once), then the totals, the
+    token windows and activation caches counted once (the first shape makes them, the others read them)."""
     first = sweep.shapes[0].config
     lm = load_model(first.model, resolve_device(first.device), progress=progress)
     seconds, disk = 0.0, 0
-    for shape in sweep.shapes:
+    for index, shape in enumerate(sweep.shapes):
         print(f"\nSAE shape {shape.label}")
         stages = show_plan(shape.config, run.shape_run(shape.label), progress, lm=lm)
-        seconds += sum(stage.seconds for stage in stages if stage.seconds is not None)
-        disk += total_disk(stages)
+        own = [stage for stage in stages if index == 0 or not stage.name.startswith(SHARED_STAGES)]
+        seconds += sum(stage.seconds for stage in own if stage.seconds is not None)
+        disk += total_disk(own)
     print(
-        f"\nall {len(sweep.shapes)} shapes: {human_seconds(seconds)}, at most {human_bytes(disk)} of disk "
-        "(the shapes share one set of activation caches)"
+        f"\nall {len(sweep.shapes)} shapes: {human_seconds(seconds)}, {human_bytes(disk)} of disk "
+        "(tokenize and harvest counted once: the shapes share them)"
     )
