@@ -186,3 +186,12 @@ def test_k_at_least_d_sae_in_any_shape_stops_the_run_before_any_work(tmp_path, t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error: SAE shape topk-x1: sae.k = 40 is invalid" in err[0]
     assert not out.exists()
+
+
+def test_the_plan_shows_each_shape_and_counts_the_shared_harvest_once(shape_run, capsys):
+    _, _, _, config = shape_run
+    assert main(["run", "--config", str(config), "--out", str(config.parent / "plan"), "--plan", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("SAE shape")] == [f"SAE shape {s}" for s in SHAPES]
+    assert "all 4 shapes:" in out and "tokenize and harvest counted once" in out
+    assert not (config.parent / "plan").exists()
