@@ -129,7 +129,7 @@ def _shapes_table(
             "l0": sum(m.l0 for m in part.metrics) / len(part.metrics),
         }
         for variant in randoms:
-            mine = [r for r in verdicts[shape.label] if r.variant == variant]
+            mine = [r for r in verdicts[shape.label] if r.variant == variant and math.isfinite(r.difference)]
             if mine:
                 row[variant] = f"{sum(layer_side(r) == 1 for r in mine)} / {len(mine)}"
         rows.append(row)
@@ -158,7 +158,7 @@ def _matrices(
 def _cell(label: str):
     def render(row: Mapping[str, object]) -> str:
         verdict = row.get(label)
-        if not isinstance(verdict, VerdictRow):
+        if not isinstance(verdict, VerdictRow) or math.isnan(verdict.difference):
             return "–"
         interval = "" if math.isnan(verdict.ci_low) else f" [{verdict.ci_low:+.3f}, {verdict.ci_high:+.3f}]"
         mark = MARKS[layer_side(verdict)]
