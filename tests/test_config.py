@@ -17,6 +17,8 @@ from randsae.cli import main
 from randsae.config import ExperimentConfig, SAEShape, embedded_config_path, load_config
 from randsae.config_docs import EXAMPLE_MISTAKES, field_docs
 from randsae.errors import UserError
+from randsae.model_sweep import Sweep, load_experiment
+from randsae.sae_sweep import ShapeSweep
 from randsae.toml_config import apply_overrides, read_toml
 
 ROOT = Path(__file__).parent.parent
@@ -194,3 +196,11 @@ def test_sae_config_fills_each_architectures_defaults_and_refuses_k_of_d_sae():
     with pytest.raises(UserError, match="fewer than the d_sae = 64"):
         SAEShape(expansion=4, k=64).sae_config(16)
     assert SAEShape(expansion=4, k=63).sae_config(16).k == 63
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in (ROOT / "configs").glob("*.toml") if not p.name.startswith("toy-")), ids=str
+)
+def test_every_shipped_experiment_config_loads(path):
+    """configs/*.toml (the toy models' aside, read by their own loader) are whole, checked experiments."""
+    assert isinstance(load_experiment(path), (ExperimentConfig, Sweep, ShapeSweep))

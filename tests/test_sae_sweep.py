@@ -89,6 +89,19 @@ def test_a_shape_sweep_with_several_models_is_refused(tmp_path, tiny_corpus):
         load_experiment(path)
 
 
+def test_the_shipped_architecture_sweeps_hold_the_papers_shapes():
+    configs = Path(__file__).parents[1] / "configs"
+    reduced = load_experiment(configs / "architectures.toml")
+    assert isinstance(reduced, ShapeSweep)
+    assert [s.label for s in reduced.shapes if s.label.startswith("topk")] == [
+        f"topk-x{x}-k{k}" for x in (2, 8, 16) for k in (4, 32)
+    ]  # topk-x2-k4 is the paper's tiny SAE (Fig. 19)
+    paper = load_experiment(configs / "pythia-architectures.toml")
+    assert isinstance(paper, ShapeSweep)
+    grid = {(s.config.sae.expansion, s.config.sae.k) for s in paper.shapes if s.config.sae.architecture == "topk"}
+    assert grid == {(x, k) for x in (16, 32, 64, 128) for k in (16, 32)}  # the paper's Fig. 18
+
+
 # --- the run ---
 
 SHAPES = ["topk-x2", "topk-x4", "relu_l1-x2", "relu_l1-x4"]
