@@ -753,6 +753,7 @@ def run_pipeline(
     lm: LoadedModel | None = None,
     variants: Sequence[str] | None = None,
     layers: Sequence[int] | None = None,
+    plan: bool = True,
 ) -> list[MetricsRow]:
     """Prepare, harvest, train and evaluate every variant × layer; returns the metrics rows.
 
@@ -760,6 +761,8 @@ def run_pipeline(
     `layers` restrict this job to a part of the config's matrix: jobs given disjoint parts can run at once
     (a SLURM array) into one run directory, each writing only its own caches, SAEs and metrics rows; every
     job writes the config's whole matrix to config.toml, and the combined metrics tables from every row.
+    With `plan` False the plan is neither timed nor printed (only its disk estimate is checked): a shape
+    sweep's shapes after the first, whose plans `--plan` shows.
 
     Under torchrun every process runs this, and the SAEs train data-parallel from streamed activations,
     each rank forwarding its own shard of the train windows; rank 0 alone tokenizes, caches the held-out
@@ -784,8 +787,9 @@ def run_pipeline(
     c = cfg.tokens.context_size
     processes = distributed.world_size()
     mode = activation_mode(cfg, cfg.tokens.train_tokens // c * c, lm.model.config.hidden_size, processes)
-    stages = plan_run(job, lm, blocks, device, mode=mode, processes=processes, tokenize=tokenize, measure=progress)
-    if progress:
+    shown = progress and plan
+    stages = plan_run(job, lm, blocks, device, mode=mode, processes=processes, tokenize=tokenize, measure=shown)
+    if shown:
         print(format_plan(stages))
     if main:
         check_disk(*disk_left(run, stages), str(run.root))  # before anything is written

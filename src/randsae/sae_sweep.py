@@ -159,7 +159,8 @@ def run_shape_sweep(
     sweep: ShapeSweep, run: RunDir, *, progress: bool = True, lm: LoadedModel | None = None
 ) -> dict[str, list[MetricsRow]]:
     """Run every shape's experiment into `shapes/{label}/` in turn, on one loaded model; returns each shape's
-    metrics rows. Rerunning resumes each."""
+    metrics rows. Rerunning resumes each. Only the first shape's plan is timed and printed (a few seconds of
+    forwards each); `--plan` shows every shape's."""
     check_writable(run.root)
     check_sweep_resume(sweep, run)
     first = sweep.shapes[0].config
@@ -172,10 +173,11 @@ def run_shape_sweep(
     run.root.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run.config, sweep.toml)
     rows = {}
-    for shape in sweep.shapes:
+    for index, shape in enumerate(sweep.shapes):
         if progress:
             print(f"SAE shape {shape.label} → {run.shape_run(shape.label).root}")
-        rows[shape.label] = run_pipeline(shape.config, run.shape_run(shape.label), progress=progress, lm=lm)
+        part = run.shape_run(shape.label)
+        rows[shape.label] = run_pipeline(shape.config, part, progress=progress, lm=lm, plan=index == 0)
     return rows
 
 
