@@ -28,6 +28,20 @@ The sparsity settings are the same loss in each library's units: JumpReLU's L0 p
 latent) is λ·(the batch's variance per token) in SAELens's summed squared error; an L1 λ (ours: means over
 every element) is λ·d_in/d_sae in SAELens's; JumpReLU's initial threshold and bandwidth are scaled by the
 data's norm as ours are. AuxK is off in both (its default here), so the comparison is the architectures'.
+
+Matched L0 (`--match-l0 L0...`, in place of the second table): JumpReLU, gated and ReLU-L1 set their L0
+through a penalty, and one penalty leaves the two libraries at different L0s. Each of them is trained by both
+libraries at every scale of `--penalty-grid` (times the setting above; same batches, lr schedule and tokens),
+and each library's held-out EV at each target L0 is read off its own (L0, EV) points, linear in log L0 between
+the two runs that bracket the target; a target outside a library's L0s is "not reached", not extrapolated.
+
+    python benchmarks/bench_sae_training.py --expansions --architectures jumprelu gated relu_l1 \
+        --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 3e-3 --match-l0 16 32 64 128
+
+The budget is in steps rather than tokens for JumpReLU: Adam moves a threshold by about the lr per step
+whatever its gradient, so the L0 a penalty can reach is bounded by lr x steps (at 1e-3 and 150 steps the
+thresholds of both libraries moved less than 0.1 against pre-activations of spread 0.2-0.3: L0 did not follow
+the penalty). Both libraries start θ at 0.01 and use ε 0.05 in the data's norm units.
 """
 
 from __future__ import annotations
