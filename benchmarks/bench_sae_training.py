@@ -28,11 +28,26 @@ The sparsity settings are the same loss in each library's units: JumpReLU's L0 p
 latent) is λ·(the batch's variance per token) in SAELens's summed squared error; an L1 λ (ours: means over
 every element) is λ·d_in/d_sae in SAELens's; JumpReLU's initial threshold and bandwidth are scaled by the
 data's norm as ours are. AuxK is off in both (its default here), so the comparison is the architectures'.
+
+Matched L0 (`--match-l0 L0...`, in place of the second table): JumpReLU, gated and ReLU-L1 set their L0
+through a penalty, and one penalty leaves the two libraries at different L0s. Each of them is trained by both
+libraries at every scale of `--penalty-grid` (times the setting above; same batches, lr schedule and tokens),
+and each library's held-out EV at each target L0 is read off its own (L0, EV) points, linear in log L0 between
+the two runs that bracket the target; a target outside a library's L0s is "not reached", not extrapolated.
+
+    python benchmarks/bench_sae_training.py --expansions --architectures jumprelu gated relu_l1 \
+        --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 3e-3 --match-l0 16 32 64 128
+
+The budget is in steps rather than tokens for JumpReLU: Adam moves a threshold by about the lr per step
+whatever its gradient, so the L0 a penalty can reach is bounded by lr x steps (at 1e-3 and 150 steps the
+thresholds of both libraries moved less than 0.1 against pre-activations of spread 0.2-0.3: L0 did not follow
+the penalty). Both libraries start θ at 0.01 and use ε 0.05 in the data's norm units.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import statistics
 import tempfile
@@ -97,7 +112,6 @@ def sparsify_step(data: torch.Tensor, d_sae: int) -> Callable[[torch.Tensor], ob
     return step
 
 
-LR = 1e-3
 SETTINGS: dict[str, dict[str, Any]] = {
     "topk": {"k": K},
     "batchtopk": {"k": K},
@@ -108,12 +122,23 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 """Our sparsity settings per architecture (chosen to give L0 of the order of k = 32 on this data)."""
 
+PENALIZED = ("jumprelu", "gated", "relu_l1")
+"""The architectures whose L0 follows from a penalty, not from k: the matched-L0 mode sweeps them."""
 
-def saelens_sae(architecture: str, d_sae: int, data: torch.Tensor) -> Any:
+
+def sparsity(architecture: str, penalty_scale: float) -> dict[str, Any]:
+    """Our settings for `architecture` with its L1 or L0 penalty multiplied by `penalty_scale`."""
+    return {
+        name: value * penalty_scale if name in ("l0_coefficient", "l1_coefficient") else value
+        for name, value in SETTINGS[architecture].items()
+    }
+
+
+def saelens_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0) -> Any:
     """SAELens's training SAE for `architecture` with our settings in its units, b_dec at the data mean."""
     import sae_lens
 
-    settings = SETTINGS[architecture]
+    settings = sparsity(architecture, penalty_scale)
     per_token_variance = (data - data.mean(0)).pow(2).sum(1).mean().item()
     scale = data.norm(dim=1).mean().item() / math.sqrt(D_MODEL)
     configs: dict[str, tuple[Any, Any, dict[str, Any]]] = {
@@ -161,9 +186,10 @@ def matryoshka_widths(d_sae: int) -> tuple[int, ...]:
     return (d_sae // 16, d_sae // 4, d_sae // 2, d_sae)
 
 
-def ours_sae(architecture: str, d_sae: int, data: torch.Tensor):
+def ours_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0):
     widths = matryoshka_widths(d_sae) if architecture == "matryoshka_batchtopk" else None
-    sae = build_sae(SAEConfig(architecture, D_MODEL, d_sae, matryoshka_widths=widths, **SETTINGS[architecture]), 0)
+    settings = sparsity(architecture, penalty_scale)
+    sae = build_sae(SAEConfig(architecture, D_MODEL, d_sae, matryoshka_widths=widths, **settings), 0)
     sae.init_from_data(data)
     return sae
 
@@ -171,31 +197,31 @@ def ours_sae(architecture: str, d_sae: int, data: torch.Tensor):
 Step = Callable[[torch.Tensor, float], object]
 
 
-def ours_arch_step(sae) -> Step:
-    """The trainer's own step at lr multiplier `factor`."""
+def ours_arch_step(sae, lr: float) -> Step:
+    """The trainer's own step at lr `lr`·`factor`."""
     cfg = TrainConfig(batch_size=1)
-    adam = torch.optim.Adam(sae.parameters(), lr=LR, fused=True)
+    adam = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
 
     def step(x: torch.Tensor, factor: float) -> None:
         for group in adam.param_groups:
-            group["lr"] = LR * factor
+            group["lr"] = lr * factor
         train_step(sae, adam, x, cfg)
 
     return step
 
 
-def saelens_arch_step(sae) -> Step:
+def saelens_arch_step(sae, lr: float) -> Step:
     """SAELens's `SAETrainer._train_step`, less its logging: forward pass, fired-latent bookkeeping, backward,
     clipping at 1, Adam."""
     from sae_lens.saes.sae import TrainStepInput
 
-    adam = torch.optim.Adam(sae.parameters(), lr=LR)
+    adam = torch.optim.Adam(sae.parameters(), lr=lr)
     coefficients = {name: c.value if hasattr(c, "value") else c for name, c in sae.get_coefficients().items()}
     since_fired = torch.zeros(sae.cfg.d_sae)
 
     def step(x: torch.Tensor, factor: float) -> None:
         for group in adam.param_groups:
-            group["lr"] = LR * factor
+            group["lr"] = lr * factor
         sae.train()
         out = sae.training_forward_pass(
             TrainStepInput(
@@ -262,17 +288,26 @@ def main() -> None:
     parser.add_argument("--arch-expansion", type=int, default=8, help="architectures table: d_sae / d")
     parser.add_argument("--arch-batch", type=int, default=1024)
     parser.add_argument("--arch-steps", type=int, default=300, help="training steps of each SAE (all timed)")
+    parser.add_argument("--arch-lr", type=float, default=1e-3, help="peak lr of both libraries")
     parser.add_argument("--penalty-scale", type=float, default=1.0, help="multiplies every L1 and L0 penalty")
+    parser.add_argument(
+        "--match-l0",
+        type=float,
+        nargs="*",
+        help="instead of the architectures table: EV at these L0s for the penalized architectures, each trained "
+        "at every --penalty-grid scale",
+    )
+    parser.add_argument("--penalty-grid", type=float, nargs="*", default=[2.0**i for i in range(6)])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.expansions and args.steps:
         topk_against_sparsify(args.expansions, args.steps)
-    for settings in SETTINGS.values():
-        for name in ("l0_coefficient", "l1_coefficient"):
-            if name in settings:
-                settings[name] *= args.penalty_scale
-    if args.architectures:
-        architectures_against_saelens(args.architectures, args.arch_expansion, args.arch_batch, args.arch_steps)
+    shape = (args.arch_expansion, args.arch_batch, args.arch_steps, args.arch_lr)
+    if args.match_l0:
+        architectures = [name for name in args.architectures if name in PENALIZED]
+        matched_l0(architectures, *shape, args.match_l0, args.penalty_grid)
+    elif args.architectures:
+        architectures_against_saelens(args.architectures, *shape, args.penalty_scale)
 
 
 def topk_against_sparsify(expansions: list[int], n_steps: int) -> None:
@@ -321,29 +356,47 @@ def topk_against_sparsify(expansions: list[int], n_steps: int) -> None:
         )
 
 
-def architectures_against_saelens(architectures: list[str], expansion: int, batch: int, n_steps: int) -> None:
+def architectures_data(batch: int, n_steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """(training batches, 8192 held-out rows) of the architectures' comparisons."""
+    data = synthetic_activations(batch * n_steps + 8192, seed=1)
+    return list(data[: batch * n_steps].split(batch)), data[-8192:]
+
+
+def train_both(architecture: str, d_sae: int, batches: list[torch.Tensor], penalty_scale: float, lr: float):
+    """Ours and SAELens's SAE trained on the same batches with the same lr schedule (peak `lr`), steps interleaved:
+    ({library: SAE}, {library: seconds of each step})."""
+    train = torch.cat(batches)
+    saes = {
+        "ours": ours_sae(architecture, d_sae, train, penalty_scale),
+        "SAELens": saelens_sae(architecture, d_sae, train, penalty_scale),
+    }
+    steps = {"ours": ours_arch_step(saes["ours"], lr), "SAELens": saelens_arch_step(saes["SAELens"], lr)}
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for i, x in enumerate(batches):
+        factor = lr_factor(i, len(batches) // 10, len(batches))
+        for name, step in steps.items():
+            seconds[name].append(_timed(step, x, factor))
+    return saes, seconds
+
+
+def qualities(saes: dict[str, Any], heldout: torch.Tensor) -> dict[str, tuple[float, float]]:
+    """{library: (held-out EV, L0)} of each library's trained SAE, through its own inference code."""
+    return {"ours": ours_quality(saes["ours"], heldout), "SAELens": saelens_quality(saes["SAELens"], heldout)}
+
+
+def architectures_against_saelens(
+    architectures: list[str], expansion: int, batch: int, n_steps: int, lr: float, penalty_scale: float
+) -> None:
     d_sae = D_MODEL * expansion
     print(
         f"architectures: d={D_MODEL} d_sae={d_sae} batch={batch} steps={n_steps} ({batch * n_steps} tokens), "
-        f"peak lr {LR}"
+        f"peak lr {lr}"
     )
-    data = synthetic_activations(batch * n_steps + 8192, seed=1)
-    train, heldout = data[: batch * n_steps], data[-8192:]
-    batches = train.split(batch)
-    warmup = n_steps // 10
+    batches, heldout = architectures_data(batch, n_steps)
     rows = []
     for architecture in architectures:
-        saes = {"ours": ours_sae(architecture, d_sae, train), "SAELens": saelens_sae(architecture, d_sae, train)}
-        steps = {"ours": ours_arch_step(saes["ours"]), "SAELens": saelens_arch_step(saes["SAELens"])}
-        seconds: dict[str, list[float]] = {name: [] for name in steps}
-        for i, x in enumerate(batches):
-            factor = lr_factor(i, warmup, n_steps)
-            for name, step in steps.items():
-                seconds[name].append(_timed(step, x, factor))
-        quality: dict[str, tuple[float, ...]] = {
-            "ours": ours_quality(saes["ours"], heldout),
-            "SAELens": saelens_quality(saes["SAELens"], heldout),
-        }
+        saes, seconds = train_both(architecture, d_sae, batches, penalty_scale, lr)
+        quality: dict[str, tuple[float, ...]] = dict(qualities(saes, heldout))
         if "batchtopk" in architecture:
             quality = {
                 name: (*quality[name], batch_code_ev(saes[name], heldout, batch, name == "ours")) for name in saes
@@ -362,6 +415,59 @@ def architectures_against_saelens(architectures: list[str], expansion: int, batc
             f"{quality['ours'][1]:>8.1f} {quality['SAELens'][1]:>10.1f} "
             + (f"{quality['ours'][2]:>16.4f} / {quality['SAELens'][2]:.4f}" if len(quality["ours"]) > 2 else "")
         )
+
+
+def ev_at_l0(points: list[tuple[float, float]], target: float) -> float | None:
+    """EV at L0 `target` on a library's frontier of (L0, EV) points: linear in log L0 between the two runs whose
+    L0s bracket it (adjacent in L0), None when the target is outside the runs' L0s (no extrapolation)."""
+    for (l0_a, ev_a), (l0_b, ev_b) in itertools.pairwise(sorted(points)):
+        if l0_a <= target <= l0_b:
+            if l0_a == l0_b:
+                return (ev_a + ev_b) / 2
+            return ev_a + (ev_b - ev_a) * math.log(target / l0_a) / math.log(l0_b / l0_a)
+    return None
+
+
+def matched_l0(
+    architectures: list[str],
+    expansion: int,
+    batch: int,
+    n_steps: int,
+    lr: float,
+    targets: list[float],
+    grid: list[float],
+) -> None:
+    """Each architecture trained by both libraries at every penalty scale of `grid` (same batches, lr schedule
+    and tokens), then each library's held-out EV at each target L0 from its own (L0, EV) frontier."""
+    d_sae = D_MODEL * expansion
+    print(
+        f"matched L0: d={D_MODEL} d_sae={d_sae} batch={batch} steps={n_steps} ({batch * n_steps} tokens), "
+        f"peak lr {lr}, penalty scales {grid}"
+    )
+    batches, heldout = architectures_data(batch, n_steps)
+    for architecture in architectures:
+        points: dict[str, list[tuple[float, float]]] = {"ours": [], "SAELens": []}
+        print(f"{architecture}: {'scale':>8} {'ours L0':>8} {'ours EV':>8} {'SAELens L0':>10} {'SAELens EV':>10}")
+        for scale in grid:
+            quality = qualities(train_both(architecture, d_sae, batches, scale, lr)[0], heldout)
+            for name, (ev, l0) in quality.items():
+                points[name].append((l0, ev))
+            print(
+                f"{'':>{len(architecture) + 1}} {scale:>8.3g} {quality['ours'][1]:>8.1f} {quality['ours'][0]:>8.4f} "
+                f"{quality['SAELens'][1]:>10.1f} {quality['SAELens'][0]:>10.4f}",
+                flush=True,
+            )
+        print(f"{architecture}: {'L0':>8} {'ours EV':>11} {'SAELens EV':>11} {'difference':>10}")
+        for target in targets:
+            ours, theirs = ev_at_l0(points["ours"], target), ev_at_l0(points["SAELens"], target)
+            difference = f"{ours - theirs:>+10.4f}" if ours is not None and theirs is not None else f"{'':>10}"
+            print(
+                f"{'':>{len(architecture) + 1}} {target:>8g} {_ev(ours):>11} {_ev(theirs):>11} {difference}", flush=True
+            )
+
+
+def _ev(ev: float | None) -> str:
+    return "not reached" if ev is None else f"{ev:.4f}"
 
 
 if __name__ == "__main__":
