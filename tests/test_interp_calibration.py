@@ -3,6 +3,7 @@ or always says 1 fails; the verdict is stored and said in one line."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 import shutil
@@ -150,11 +151,12 @@ def test_the_report_says_first_that_the_judge_failed(tmp_path):
 class ProbeServer(JudgeServer):
     """An OpenAI-compatible server whose judge follows `behaviour`: "perfect" applies the rule of the probe
     the explanation names (detection: anywhere in the excerpt; fuzzing: every marked token), "always_1" says
-    1 to everything, "random" flips a coin. Its explainer always answers the same phrase."""
+    1 to everything, "random" flips a coin seeded by the prompt (so the answers do not depend on the order
+    in which concurrent requests arrive). Its explainer always answers the same phrase."""
 
     def __init__(self, behaviour: str) -> None:
         super().__init__()
-        self.behaviour, self.rng = behaviour, random.Random(0)
+        self.behaviour = behaviour
 
     def answer(self, kind: str, key: str, user: str) -> dict:
         if kind != "judge":
@@ -163,11 +165,12 @@ class ProbeServer(JudgeServer):
         excerpts = [line.split(": ", 1)[1] for line in user.splitlines() if line.startswith("Excerpt ")]
         rule = {probe.explanation: probe.fires for probe in PROBES}.get(explanation)
         answers = []
+        coin = random.Random(hashlib.sha256(user.encode()).digest())
         for excerpt in excerpts:
             if self.behaviour == "always_1":
                 answers.append(1)
             elif self.behaviour == "random" or rule is None:
-                answers.append(self.rng.randint(0, 1))
+                answers.append(coin.randint(0, 1))
             else:
                 marked = re.findall(r"<<(.*?)>>", excerpt)
                 pieces = marked if marked else excerpt.replace("<<", "").replace(">>", "").split(" ")
