@@ -182,6 +182,11 @@ class SparseAutoencoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))
 
+    def gradient_clip(self, max_grad_norm: float) -> float:
+        """The gradient-norm bound of this SAE's loss for `train.max_grad_norm`, which is stated in the units
+        of the loss the architecture's reference implementation (SAELens's) clips; the same number here."""
+        return max_grad_norm
+
     @torch.no_grad()
     def normalize_decoder(self) -> None:
         """Give every decoder row unit norm."""

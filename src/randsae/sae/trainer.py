@@ -89,7 +89,8 @@ class TrainConfig:
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
-    """Clip the global gradient norm to this."""
+    """Clip the global gradient norm to this, in the units of the loss SAELens clips for the architecture
+    (`relu_l1`: its squared error summed over d_in, so 1/d_in of our mean-unit loss's)."""
     buffer_tokens: int = 2**18
     """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes (streamed: about
     2 x buffer_tokens x layers x d_model x 4 bytes, every layer's rows buffered together)."""
@@ -360,7 +361,7 @@ def train_step(
     loss.backward()
     distributed.average_gradients(sae)
     sae.remove_parallel_decoder_grad()
-    torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.max_grad_norm)
+    torch.nn.utils.clip_grad_norm_(sae.parameters(), sae.gradient_clip(cfg.max_grad_norm))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     sae.normalize_decoder()
