@@ -231,8 +231,9 @@ def _sweep_parts(run_dir: str):
     from randsae.sae_sweep import shape_runs, shape_sweep_of_run
 
     run = RunDir.existing(run_dir)
-    if shape_sweep_of_run(run) is not None:
-        return [(f"SAE shape {label}", part) for label, part in shape_runs(run)]
+    shapes = shape_sweep_of_run(run)
+    if shapes is not None:
+        return [(f"SAE shape {label}", part) for label, part in shape_runs(run, shapes)]
     if sweep_of_run(run) is None:
         return None
     return [(f"model {o.label}", run.model_run(o.label)) for o in load_outcomes(run) if o.status == "done"]

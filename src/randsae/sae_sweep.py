@@ -124,12 +124,9 @@ def shape_sweep_of_run(run: RunDir) -> ShapeSweep | None:
     return build_shape_sweep(data) if is_shape_sweep(data) else None
 
 
-def shape_runs(run: RunDir) -> list[tuple[str, RunDir]]:
-    """(label, part) of each shape of a sweep's run directory that `randsae run` has started, in the config's
-    order; [] for any other run."""
-    sweep = shape_sweep_of_run(run)
-    if sweep is None:
-        return []
+def shape_runs(run: RunDir, sweep: ShapeSweep) -> list[tuple[str, RunDir]]:
+    """(label, part) of each shape of the sweep `run` holds that `randsae run` has started, in the config's
+    order."""
     parts = [(shape.label, run.shape_run(shape.label)) for shape in sweep.shapes]
     return [(label, part) for label, part in parts if part.config.is_file()]
 

@@ -67,6 +67,7 @@ def write_shape_sweep_report(run_dir: RunDir | Path, *, progress: bool = True) -
 def _body(run: RunDir, shapes: Sequence[SweepShape], inputs: Mapping[str, RunInputs], notes: list[str]) -> str:
     shown = [shape for shape in shapes if shape.label in inputs]
     verdicts = {label: part.analysis.verdict if part.analysis else () for label, part in inputs.items()}
+    randoms = list(dict.fromkeys(row.variant for rows in verdicts.values() for row in rows))
     variants = list(dict.fromkeys(v for part in inputs.values() for v in part.variants))
     colors = variant_colors(variants)
     sections = [
@@ -78,14 +79,14 @@ def _body(run: RunDir, shapes: Sequence[SweepShape], inputs: Mapping[str, RunInp
         "<p>Each shape is trained on every variant and layer from the same activations. <em>Separates</em> counts "
         "the measurements whose trained-minus-variant difference, pooled over layers, has its 95% interval on the "
         "measurement's side of 0 (docs/analysis.md).</p>",
-        _shapes_table(shown, inputs, verdicts),
+        _shapes_table(shown, inputs, verdicts, randoms),
         '<h2 id="matrix">Verdict per shape</h2>',
         "<p>Trained minus the variant, pooled over layers (and replicates), with its paired 95% interval; "
         "<em>separates</em>: the interval lies on the measurement's side of 0; <em>other way</em>: on the "
         "other side. Hover a cell for the reading over layers.</p>",
-        *_matrices(shown, verdicts, colors),
+        *_matrices(shown, verdicts, randoms, colors),
         '<h2 id="width">Trained minus random, against the SAE\'s width</h2>',
-        *_width_figure(shown, verdicts, inputs),
+        *_width_figure(shown, verdicts, randoms, inputs),
         '<h2 id="parts">Each shape</h2>',
     ]
     for shape in shapes:
@@ -109,9 +110,11 @@ def _facts(run: RunDir, shape: SweepShape, part: RunInputs | None) -> list[tuple
 
 
 def _shapes_table(
-    shapes: Sequence[SweepShape], inputs: Mapping[str, RunInputs], verdicts: Mapping[str, Sequence[VerdictRow]]
+    shapes: Sequence[SweepShape],
+    inputs: Mapping[str, RunInputs],
+    verdicts: Mapping[str, Sequence[VerdictRow]],
+    randoms: Sequence[str],
 ) -> str:
-    randoms = list(dict.fromkeys(row.variant for rows in verdicts.values() for row in rows))
     columns = [
         Column("shape", "shape"),
         Column("architecture", "architecture"),
@@ -137,11 +140,14 @@ def _shapes_table(
 
 
 def _matrices(
-    shapes: Sequence[SweepShape], verdicts: Mapping[str, Sequence[VerdictRow]], colors: Mapping[str, str]
+    shapes: Sequence[SweepShape],
+    verdicts: Mapping[str, Sequence[VerdictRow]],
+    randoms: Sequence[str],
+    colors: Mapping[str, str],
 ) -> list[str]:
     """One table per random variant: a row per measurement, a column per shape."""
     out = []
-    for variant in dict.fromkeys(row.variant for rows in verdicts.values() for row in rows):
+    for variant in randoms:
         cells = {(row.metric, s.label): row for s in shapes for row in verdicts[s.label] if row.variant == variant}
         metrics = list(dict.fromkeys(metric for metric, _ in cells))
         columns = [Column("metric", "measurement"), *(Column(shape.label, shape.label) for shape in shapes)]
@@ -171,11 +177,13 @@ def _cell(label: str):
 
 
 def _width_figure(
-    shapes: Sequence[SweepShape], verdicts: Mapping[str, Sequence[VerdictRow]], inputs: Mapping[str, RunInputs]
+    shapes: Sequence[SweepShape],
+    verdicts: Mapping[str, Sequence[VerdictRow]],
+    randoms: Sequence[str],
+    inputs: Mapping[str, RunInputs],
 ) -> list[str]:
     """The pooled difference against d_sae, a line per architecture and sparsity, for the first random variant
     (the matrices above have every variant)."""
-    randoms = list(dict.fromkeys(row.variant for rows in verdicts.values() for row in rows))
     widths = {shape.label: inputs[shape.label].metrics[0].d_sae for shape in shapes}
     if not randoms or len(set(widths.values())) < 2:
         return [note("The shapes have one width (or no verdict): nothing to plot against width.")]
