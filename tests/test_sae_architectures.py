@@ -7,6 +7,7 @@ import torch
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TensorSource, TrainConfig, build_sae, train_sae
 from randsae.sae.jumprelu import jumprelu_ste, step_ste
+from randsae.sae.trainer import train_step
 
 N, D, M, K = 23, 6, 40, 3
 WIDTHS = (4, 16, 40)
@@ -292,3 +293,29 @@ def test_a_jumprelu_sae_without_training_settings_encodes_but_does_not_train():
     assert sae.encode(batch().float()).shape == (N, M)
     with pytest.raises(UserError, match="l0_coefficient and a jumprelu_bandwidth"):
         train_sae(TensorSource(torch.randn(512, D)), TrainConfig(batch_size=64), SAEConfig("jumprelu", D, M))
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Plain SGD that records the global gradient norm it is handed (after the trainer's clipping)."""
+
+    def step(self, closure=None):
+        self.seen = torch.cat([p.grad.flatten() for group in self.param_groups for p in group["params"]]).norm()
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("architecture", ["relu_l1", "gated"])
+def test_mean_unit_losses_are_clipped_in_saelens_units(architecture):
+    """SAELens clips the ReLU-L1 and gated losses with the squared error summed over d_in: our mean-unit
+    losses' clip is max_grad_norm / d_in, and a large batch's gradient is held to it."""
+    d_in = 16
+    sae = build_sae(SAEConfig(architecture, d_in, 32, l1_coefficient=1.0), seed=0)
+    assert sae.gradient_clip(2.0) == 2.0 / d_in
+    optimizer = _RecordingSGD(sae.parameters(), lr=0.0)
+    train_step(sae, optimizer, 100 * torch.randn(64, d_in), TrainConfig(batch_size=64, max_grad_norm=2.0))
+    assert optimizer.seen == pytest.approx(2.0 / d_in, rel=1e-4)
+
+
+def test_k_sparse_losses_keep_the_plain_clip():
+    """TopK-family and JumpReLU losses are clipped at max_grad_norm itself."""
+    for cfg in (SAEConfig("topk", 8, 32, k=2), SAEConfig("jumprelu", 8, 32, l0_coefficient=1.0)):
+        assert build_sae(cfg, seed=0).gradient_clip(2.0) == 2.0

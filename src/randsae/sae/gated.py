@@ -49,6 +49,11 @@ class GatedSAE(SparseAutoencoder):
         pi = gate - self.b_gate
         return above * torch.relu(pi * self.r_mag.exp() + self.b_mag)
 
+    def gradient_clip(self, max_grad_norm: float) -> float:
+        """The loss is in ReLU-L1's mean units, d_in times smaller than SAELens's summed squared error: its
+        clip is max_grad_norm / d_in here for the same reason (`ReluSAE.gradient_clip`)."""
+        return max_grad_norm / self.cfg.d_in
+
     def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """MSE + λ·mean ReLU(gate) + the gate path's MSE through the frozen decoder; `dead_mask` unused."""
         gate, magnitude = self.gate_and_magnitude(x)

@@ -90,7 +90,7 @@ class TrainConfig:
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this, in the units of the loss SAELens clips for the architecture
-    (`relu_l1`: its squared error summed over d_in, so 1/d_in of our mean-unit loss's)."""
+    (`relu_l1` and `gated`: their squared error summed over d_in, so 1/d_in of our mean-unit losses')."""
     buffer_tokens: int = 2**18
     """Rows shuffled together; peak memory is about 4 x buffer_tokens x d_model x 4 bytes (streamed: about
     2 x buffer_tokens x layers x d_model x 4 bytes, every layer's rows buffered together)."""
