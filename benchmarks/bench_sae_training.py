@@ -123,35 +123,40 @@ SETTINGS: dict[str, dict[str, Any]] = {
 """Our sparsity settings per architecture (chosen to give L0 of the order of k = 32 on this data)."""
 
 PENALIZED = ("jumprelu", "gated", "relu_l1")
-"""The architectures whose L0 follows from a penalty, not from k: the matched-L0 mode sweeps them."""
+"""The architectures whose L0 follows from a penalty, not from k: the matched-L0 mode sweeps their penalty."""
+
+THRESHOLDED = ("batchtopk", "matryoshka_batchtopk")
+"""The architectures trained at k per token on average whose inference L0 follows from a threshold each
+library estimates in training: the matched-L0 mode sweeps their k."""
 
 
-def sparsity(architecture: str, penalty_scale: float) -> dict[str, Any]:
-    """Our settings for `architecture` with its L1 or L0 penalty multiplied by `penalty_scale`."""
-    return {
+def sparsity(architecture: str, penalty_scale: float = 1.0, k: int = K) -> dict[str, Any]:
+    """Our settings for `architecture` with its L1 or L0 penalty multiplied by `penalty_scale`, k set to `k`."""
+    scaled = {
         name: value * penalty_scale if name in ("l0_coefficient", "l1_coefficient") else value
         for name, value in SETTINGS[architecture].items()
     }
+    return scaled | {"k": k} if "k" in scaled else scaled
 
 
-def saelens_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0) -> Any:
+def saelens_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0, k: int = K) -> Any:
     """SAELens's training SAE for `architecture` with our settings in its units, b_dec at the data mean."""
     import sae_lens
 
-    settings = sparsity(architecture, penalty_scale)
+    settings = sparsity(architecture, penalty_scale, k)
     per_token_variance = (data - data.mean(0)).pow(2).sum(1).mean().item()
     scale = data.norm(dim=1).mean().item() / math.sqrt(D_MODEL)
     configs: dict[str, tuple[Any, Any, dict[str, Any]]] = {
-        "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig, {"k": K, "aux_loss_coefficient": 0.0}),
+        "topk": (sae_lens.TopKTrainingSAE, sae_lens.TopKTrainingSAEConfig, {"k": k, "aux_loss_coefficient": 0.0}),
         "batchtopk": (
             sae_lens.BatchTopKTrainingSAE,
             sae_lens.BatchTopKTrainingSAEConfig,
-            {"k": K, "aux_loss_coefficient": 0.0},
+            {"k": k, "aux_loss_coefficient": 0.0},
         ),
         "matryoshka_batchtopk": (
             sae_lens.MatryoshkaBatchTopKTrainingSAE,
             sae_lens.MatryoshkaBatchTopKTrainingSAEConfig,
-            {"k": K, "aux_loss_coefficient": 0.0, "matryoshka_widths": list(matryoshka_widths(d_sae))},
+            {"k": k, "aux_loss_coefficient": 0.0, "matryoshka_widths": list(matryoshka_widths(d_sae))},
         ),
         "jumprelu": (
             sae_lens.JumpReLUTrainingSAE,
@@ -186,9 +191,9 @@ def matryoshka_widths(d_sae: int) -> tuple[int, ...]:
     return (d_sae // 16, d_sae // 4, d_sae // 2, d_sae)
 
 
-def ours_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0):
+def ours_sae(architecture: str, d_sae: int, data: torch.Tensor, penalty_scale: float = 1.0, k: int = K):
     widths = matryoshka_widths(d_sae) if architecture == "matryoshka_batchtopk" else None
-    settings = sparsity(architecture, penalty_scale)
+    settings = sparsity(architecture, penalty_scale, k)
     sae = build_sae(SAEConfig(architecture, D_MODEL, d_sae, matryoshka_widths=widths, **settings), 0)
     sae.init_from_data(data)
     return sae
@@ -295,17 +300,18 @@ def main() -> None:
         type=float,
         nargs="*",
         help="instead of the architectures table: EV at these L0s for the penalized architectures, each trained "
-        "at every --penalty-grid scale",
+        "at every --penalty-grid scale, and the BatchTopKs' inference code, each trained at every --k-grid k",
     )
     parser.add_argument("--penalty-grid", type=float, nargs="*", default=[2.0**i for i in range(6)])
+    parser.add_argument("--k-grid", type=int, nargs="*", default=[8, 16, 32, 64])
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.expansions and args.steps:
         topk_against_sparsify(args.expansions, args.steps)
     shape = (args.arch_expansion, args.arch_batch, args.arch_steps, args.arch_lr)
     if args.match_l0:
-        architectures = [name for name in args.architectures if name in PENALIZED]
-        matched_l0(architectures, *shape, args.match_l0, args.penalty_grid)
+        architectures = [name for name in args.architectures if name in PENALIZED + THRESHOLDED]
+        matched_l0(architectures, *shape, args.match_l0, args.penalty_grid, args.k_grid)
     elif args.architectures:
         architectures_against_saelens(args.architectures, *shape, args.penalty_scale)
 
@@ -362,13 +368,15 @@ def architectures_data(batch: int, n_steps: int) -> tuple[list[torch.Tensor], to
     return list(data[: batch * n_steps].split(batch)), data[-8192:]
 
 
-def train_both(architecture: str, d_sae: int, batches: list[torch.Tensor], penalty_scale: float, lr: float):
+def train_both(
+    architecture: str, d_sae: int, batches: list[torch.Tensor], lr: float, penalty_scale: float = 1.0, k: int = K
+):
     """Ours and SAELens's SAE trained on the same batches with the same lr schedule (peak `lr`), steps interleaved:
     ({library: SAE}, {library: seconds of each step})."""
     train = torch.cat(batches)
     saes = {
-        "ours": ours_sae(architecture, d_sae, train, penalty_scale),
-        "SAELens": saelens_sae(architecture, d_sae, train, penalty_scale),
+        "ours": ours_sae(architecture, d_sae, train, penalty_scale, k),
+        "SAELens": saelens_sae(architecture, d_sae, train, penalty_scale, k),
     }
     steps = {"ours": ours_arch_step(saes["ours"], lr), "SAELens": saelens_arch_step(saes["SAELens"], lr)}
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -395,7 +403,7 @@ def architectures_against_saelens(
     batches, heldout = architectures_data(batch, n_steps)
     rows = []
     for architecture in architectures:
-        saes, seconds = train_both(architecture, d_sae, batches, penalty_scale, lr)
+        saes, seconds = train_both(architecture, d_sae, batches, lr, penalty_scale)
         quality: dict[str, tuple[float, ...]] = dict(qualities(saes, heldout))
         if "batchtopk" in architecture:
             quality = {
@@ -435,25 +443,29 @@ def matched_l0(
     n_steps: int,
     lr: float,
     targets: list[float],
-    grid: list[float],
+    penalty_grid: list[float],
+    k_grid: list[int],
 ) -> None:
-    """Each architecture trained by both libraries at every penalty scale of `grid` (same batches, lr schedule
-    and tokens), then each library's held-out EV at each target L0 from its own (L0, EV) frontier."""
+    """Each architecture trained by both libraries at every penalty scale of `penalty_grid` (PENALIZED) or every
+    k of `k_grid` (THRESHOLDED), on the same batches, lr schedule and tokens; then each library's held-out EV of
+    its inference code at each target L0, from its own (L0, EV) frontier."""
     d_sae = D_MODEL * expansion
     print(
         f"matched L0: d={D_MODEL} d_sae={d_sae} batch={batch} steps={n_steps} ({batch * n_steps} tokens), "
-        f"peak lr {lr}, penalty scales {grid}"
+        f"peak lr {lr}, penalty scales {penalty_grid}, k {k_grid}"
     )
     batches, heldout = architectures_data(batch, n_steps)
     for architecture in architectures:
         points: dict[str, list[tuple[float, float]]] = {"ours": [], "SAELens": []}
-        print(f"{architecture}: {'scale':>8} {'ours L0':>8} {'ours EV':>8} {'SAELens L0':>10} {'SAELens EV':>10}")
-        for scale in grid:
-            quality = qualities(train_both(architecture, d_sae, batches, scale, lr)[0], heldout)
+        knob = "scale" if architecture in PENALIZED else "k"
+        print(f"{architecture}: {knob:>8} {'ours L0':>8} {'ours EV':>8} {'SAELens L0':>10} {'SAELens EV':>10}")
+        for value in penalty_grid if architecture in PENALIZED else k_grid:
+            setting = {"penalty_scale": value} if architecture in PENALIZED else {"k": int(value)}
+            quality = qualities(train_both(architecture, d_sae, batches, lr, **setting)[0], heldout)
             for name, (ev, l0) in quality.items():
                 points[name].append((l0, ev))
             print(
-                f"{'':>{len(architecture) + 1}} {scale:>8.3g} {quality['ours'][1]:>8.1f} {quality['ours'][0]:>8.4f} "
+                f"{'':>{len(architecture) + 1}} {value:>8.3g} {quality['ours'][1]:>8.1f} {quality['ours'][0]:>8.4f} "
                 f"{quality['SAELens'][1]:>10.1f} {quality['SAELens'][0]:>10.4f}",
                 flush=True,
             )

@@ -1,4 +1,5 @@
-"""The ReLU-L1 SAE against a numpy reference of its formulas, its SAELens round trip and one training run."""
+"""The ReLU-L1 SAE against a numpy reference of its formulas and gradients, its SAELens round trip and one
+training run."""
 
 import numpy as np
 import pytest
@@ -39,6 +40,34 @@ def test_encode_decode_and_loss_match_numpy():
     assert out.loss.item() == pytest.approx(loss, rel=1e-5)
     assert out.fvu.item() == pytest.approx(fvu, rel=1e-5)
     np.testing.assert_array_equal(out.fired.numpy(), (z > 0).any(axis=0))
+
+
+def numpy_gradients(sae, x):
+    """The loss's gradients written out in closed form (numpy, float64), chain rule by hand."""
+    W_enc, b_enc, W_dec, b_dec = (p.detach().double().numpy() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+    x = x.double().numpy()
+    (n, d), m = x.shape, W_enc.shape[1]
+    pre = (x - b_dec) @ W_enc + b_enc
+    z = np.maximum(pre, 0.0)
+    d_error = 2 * (z @ W_dec + b_dec - x) / (n * d)
+    d_pre = (d_error @ W_dec.T + sae.cfg.l1_coefficient / (n * m)) * (pre > 0)
+    return {
+        "W_enc": (x - b_dec).T @ d_pre,
+        "b_enc": d_pre.sum(axis=0),
+        "W_dec": z.T @ d_error,
+        "b_dec": d_error.sum(axis=0) - d_pre.sum(axis=0) @ W_enc.T,
+    }
+
+
+def test_loss_gradients_match_the_closed_form_in_float64():
+    sae = make_sae(l1=0.75).double()  # λ exact in float32, as its buffer stores it
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    sae.loss(x).loss.backward()
+    expected = numpy_gradients(sae, x)
+    z = sae.encode(x)
+    assert (z > 0).any() and (z == 0).any()  # both sides of the ReLU's kink are in the batch
+    for name, gradient in expected.items():
+        np.testing.assert_allclose(getattr(sae, name).grad.numpy(), gradient, rtol=1e-10, atol=1e-13)
 
 
 def test_encode_sparse_lists_the_nonzero_latents_with_the_reconstruction():
