@@ -34,9 +34,15 @@ through a penalty, and one penalty leaves the two libraries at different L0s. Ea
 libraries at every scale of `--penalty-grid` (times the setting above; same batches, lr schedule and tokens),
 and each library's held-out EV at each target L0 is read off its own (L0, EV) points, linear in log L0 between
 the two runs that bracket the target; a target outside a library's L0s is "not reached", not extrapolated.
+BatchTopK and Matryoshka are trained at k per token on average, but their inference code keeps the latents
+above a threshold each library estimates in training, so its L0 is not exactly k: they are trained at every k
+of `--k-grid` and compared the same way.
 
     python benchmarks/bench_sae_training.py --expansions --architectures jumprelu gated relu_l1 \
         --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 3e-3 --match-l0 16 32 64 128
+    python benchmarks/bench_sae_training.py --expansions --architectures batchtopk matryoshka_batchtopk \
+        --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 1.5e-3 --match-l0 16 32 64 128 \
+        --k-grid 4 8 16 32 64 128
 
 The budget is in steps rather than tokens for JumpReLU: Adam moves a threshold by about the lr per step
 whatever its gradient, so the L0 a penalty can reach is bounded by lr x steps (at 1e-3 and 150 steps the
