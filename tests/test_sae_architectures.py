@@ -316,6 +316,6 @@ def test_mean_unit_losses_are_clipped_in_saelens_units(architecture):
 
 
 def test_k_sparse_losses_keep_the_plain_clip():
-    """TopK-family and JumpReLU losses are clipped at max_grad_norm itself."""
+    """TopK and JumpReLU losses (not mean-unit) are clipped at max_grad_norm itself."""
     for cfg in (SAEConfig("topk", 8, 32, k=2), SAEConfig("jumprelu", 8, 32, l0_coefficient=1.0)):
         assert build_sae(cfg, seed=0).gradient_clip(2.0) == 2.0
