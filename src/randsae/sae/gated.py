@@ -25,6 +25,7 @@ class GatedSAE(SparseAutoencoder):
     """Gated SAE; `cfg.l1_coefficient` is λ."""
 
     architecture = "gated"
+    mean_over_inputs = True
 
     def __init__(self, cfg: SAEConfig):
         if cfg.l1_coefficient is None or not cfg.l1_coefficient >= 0:
@@ -48,11 +49,6 @@ class GatedSAE(SparseAutoencoder):
         gate, above = encode_above(x, self.W_enc, self.b_gate, self.b_dec, self.b_gate.new_zeros(()))
         pi = gate - self.b_gate
         return above * torch.relu(pi * self.r_mag.exp() + self.b_mag)
-
-    def gradient_clip(self, max_grad_norm: float) -> float:
-        """The loss is in ReLU-L1's mean units, d_in times smaller than SAELens's summed squared error: its
-        clip is max_grad_norm / d_in here for the same reason (`ReluSAE.gradient_clip`)."""
-        return max_grad_norm / self.cfg.d_in
 
     def loss(self, x: Tensor, dead_mask: Tensor | None = None, total_variance: Tensor | None = None) -> LossOutput:
         """MSE + λ·mean ReLU(gate) + the gate path's MSE through the frozen decoder; `dead_mask` unused."""
