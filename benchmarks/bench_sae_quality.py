@@ -12,7 +12,7 @@ sparsify coder is copied into a TopKSAE for that, after checking the copy recons
     randsae run --out RUN                          # the default run (its caches are what is read)
     python benchmarks/bench_sae_quality.py RUN     # trained layer 10, the run's seed
     python benchmarks/bench_sae_quality.py RUN --variant rerandomized --seeds 0 1 2
-    python benchmarks/bench_sae_quality.py RUN --encoder-init-norm 1    # ours as it was before matching
+    python benchmarks/bench_sae_quality.py RUN --encoder-init-norm 0.577 --decoder-lr-scale 1   # the references' start
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from randsae.data.activations import ActivationCache
 from randsae.data.tokens import counted_rows
 from randsae.experiment import reconstruction_on_heldout
 from randsae.run_dir import RunDir, Site
-from randsae.sae import SAEConfig, TopKSAE, TrainConfig, base, default_lr, train_sae
+from randsae.sae import SAEConfig, TopKSAE, TrainConfig, default_lr, train_sae
 from randsae.sae.trainer import TrainLog, shuffled_buffers
 
 
@@ -79,11 +79,18 @@ def main() -> None:
     parser.add_argument(
         "--encoder-init-norm",
         type=float,
-        default=base.ENCODER_INIT_NORM,
+        default=TopKSAE.encoder_init_norm,
         help="our encoder columns' norm at initialization (1: randsae before it matched the reference trainers)",
     )
+    parser.add_argument(
+        "--decoder-lr-scale",
+        type=float,
+        default=TopKSAE.decoder_lr_scale,
+        help="our decoder's learning rate as a multiple of the run's (1: the reference trainers')",
+    )
     args = parser.parse_args()
-    base.ENCODER_INIT_NORM = args.encoder_init_norm  # read by SparseAutoencoder.__init__
+    TopKSAE.encoder_init_norm = args.encoder_init_norm  # read by SparseAutoencoder.__init__
+    TopKSAE.decoder_lr_scale = args.decoder_lr_scale  # read by SparseAutoencoder.parameter_groups
     run = RunDir.existing(args.run)
     config = load_run_config(run)
     site = Site(args.variant, args.layer)
@@ -96,7 +103,8 @@ def main() -> None:
     print(
         f"{args.variant} layer {args.layer}: d_sae {sae_cfg.d_sae}, k {sae_cfg.k}, batch {cfg.batch_size}, "
         f"{cfg.total_tokens} tokens, peak lr {cfg.lr or default_lr(sae_cfg.d_sae):.2g}; "
-        f"our initial encoder norm {args.encoder_init_norm:.3f}; {torch.get_num_threads()} threads"
+        f"our initial encoder norm {args.encoder_init_norm:.3f}, decoder lr x{args.decoder_lr_scale:g}; "
+        f"{torch.get_num_threads()} threads"
     )
     print(f"{'seed':>4} {'ours EV':>8} {'sparsify EV':>12} {'ours - sparsify':>16} {'ours s':>7} {'sparsify s':>11}")
     rows = []

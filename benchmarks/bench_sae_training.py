@@ -95,7 +95,7 @@ def ours_step(data: torch.Tensor, d_sae: int, selection_dtype: str | None) -> Ca
     assert isinstance(sae, TopKSAE)
     sae.selection_dtype = getattr(torch, selection_dtype) if selection_dtype else None
     sae.init_from_data(data)
-    adam = torch.optim.Adam(sae.parameters(), lr=default_lr(d_sae), fused=True)
+    adam = torch.optim.Adam(sae.parameter_groups(default_lr(d_sae)), fused=True)
     return lambda x: train_step(sae, adam, x, cfg)
 
 
@@ -209,13 +209,14 @@ Step = Callable[[torch.Tensor, float], object]
 
 
 def ours_arch_step(sae, lr: float) -> Step:
-    """The trainer's own step at lr `lr`·`factor`."""
+    """The trainer's own step at lr `lr`·`factor` (the decoder's at its multiple of that)."""
     cfg = TrainConfig(batch_size=1)
-    adam = torch.optim.Adam(sae.parameters(), lr=lr, fused=True)
+    adam = torch.optim.Adam(sae.parameter_groups(lr), fused=True)
+    peaks = [group["lr"] for group in adam.param_groups]
 
     def step(x: torch.Tensor, factor: float) -> None:
-        for group in adam.param_groups:
-            group["lr"] = lr * factor
+        for group, peak in zip(adam.param_groups, peaks, strict=True):
+            group["lr"] = peak * factor
         train_step(sae, adam, x, cfg)
 
     return step

@@ -5,7 +5,7 @@ import torch
 
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TopKSAE, build_sae
-from randsae.sae.base import ENCODER_INIT_NORM
+from randsae.sae.base import SparseAutoencoder
 
 D, M, K, N = 10, 40, 4, 64
 
@@ -33,16 +33,18 @@ def dense_latents(sae, x):
 def test_initialization_unit_rows_and_tied_encoder():
     model = build_sae(SAEConfig("topk", D, M, k=K), seed=3)
     assert torch.allclose(model.W_dec.norm(dim=1), torch.ones(M))
-    assert torch.allclose(model.W_enc, model.W_dec.T / 3**0.5)
+    assert torch.allclose(model.W_enc, model.W_dec.T * 0.3)
     assert torch.equal(model.W_dec, build_sae(SAEConfig("topk", D, M, k=K), seed=3).W_dec)
     assert not torch.equal(model.W_dec, build_sae(SAEConfig("topk", D, M, k=K), seed=4).W_dec)
 
 
-def test_encoder_init_norm_is_the_reference_trainers():
+def test_default_encoder_init_norm_is_the_reference_trainers():
     """Gao et al.'s code and sparsify draw the encoder as torch's default Linear init: its rows' mean norm."""
     torch.manual_seed(0)
     reference = torch.nn.Linear(512, 4096).weight.norm(dim=1).mean().item()
-    assert reference == pytest.approx(ENCODER_INIT_NORM, rel=1e-3)
+    assert reference == pytest.approx(SparseAutoencoder.encoder_init_norm, rel=1e-3)
+    gated = build_sae(SAEConfig("gated", D, M, l1_coefficient=1.0), seed=3)
+    assert torch.allclose(gated.W_enc.norm(dim=0), torch.full((M,), reference), rtol=1e-3)
 
 
 def test_encode_forward_and_decode_agree_with_dense_formulas(sae, x):

@@ -58,7 +58,7 @@ def measure_speeds(
     ids = torch.randint(vocab, (batch_windows, context_size), generator=generator).to(device)
     forward, full_forward = _forwards(model, blocks, layers, ids, device)
     sae = build_sae(sae_cfg, seed=0).to(device)
-    optimizer = torch.optim.Adam(sae.parameters())
+    optimizer = torch.optim.Adam(sae.parameter_groups(lr=1e-3))
     x = torch.randn(train_batch_tokens, sae_cfg.d_in, generator=generator).to(device)
 
     def step() -> None:

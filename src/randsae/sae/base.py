@@ -38,14 +38,6 @@ SAELENS_INFERENCE = {"topk": "topk", "standard": "relu_l1", "gated": "gated", "j
 does not name one of our training architectures."""
 
 
-ENCODER_INIT_NORM = 3**-0.5
-"""Norm of each latent's encoder column at initialization (its decoder row has norm 1). The reference TopK
-trainers (Gao et al.'s code, EleutherAI sparsify) draw the encoder as torch's default Linear init,
-U(±1/sqrt(d_in)), whose rows have norm 1/sqrt(3), and the decoder as its transpose with unit rows. Adam's
-steps do not scale with the weights, so a unit-norm encoder turns its directions about sqrt(3)x more slowly:
-on the default run's trained layer 10 it reached held-out EV 0.671, this 0.703 (benchmarks/README.md)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SAEConfig:
     """Shape and sparsity of one SAE, plus where its activations came from (SAELens `metadata`)."""
@@ -137,10 +129,19 @@ class SparseAutoencoder(nn.Module):
 
     Default initialization (drawn from torch's global generator: seed it, or build through
     `randsae.sae.build_sae`): random unit-norm decoder rows, encoder = decoder transposed times
-    `ENCODER_INIT_NORM`, zero biases.
+    `encoder_init_norm`, zero biases.
     """
 
     architecture: ClassVar[str]
+    encoder_init_norm: ClassVar[float] = 3**-0.5
+    """Norm of each latent's encoder column at initialization (its decoder row has norm 1). The default is the
+    reference trainers' (Gao et al.'s code, EleutherAI sparsify, and so the penalized architectures' SAELens
+    comparisons): torch's default Linear init, U(±1/sqrt(d_in)), whose rows have norm 1/sqrt(3). Adam's steps
+    do not scale with the weights, so a smaller encoder turns its directions faster: a unit-norm one cost 0.03
+    of explained variance on the default run (benchmarks/README.md)."""
+    decoder_lr_scale: ClassVar[float] = 1.0
+    """The decoder's learning rate as a multiple of the run's (`parameter_groups`). Its rows are held at unit
+    norm, so its per-coordinate Adam steps turn it more slowly than the smaller encoder turns."""
     mean_over_inputs: ClassVar[bool] = False
     """Whether the loss averages its squared error over d_in where SAELens sums it (`gradient_clip`)."""
 
@@ -149,10 +150,15 @@ class SparseAutoencoder(nn.Module):
         self.cfg = cfg
         W_dec = torch.randn(cfg.d_sae, cfg.d_in)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_enc = nn.Parameter((W_dec.T * ENCODER_INIT_NORM).contiguous())
+        self.W_enc = nn.Parameter((W_dec.T * self.encoder_init_norm).contiguous())
         self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
         self.W_dec = nn.Parameter(W_dec)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Adam's parameter groups at learning rate `lr`: the decoder at `decoder_lr_scale` times it."""
+        rest = [parameter for name, parameter in self.named_parameters() if name != "W_dec"]
+        return [{"params": rest, "lr": lr}, {"params": [self.W_dec], "lr": lr * self.decoder_lr_scale}]
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -23,7 +23,7 @@ from randsae.sae import distributed
 from randsae.sae.base import LossOutput, SAEConfig, SparseAutoencoder, register
 from randsae.sae.jumprelu import encode_above
 from randsae.sae.kernels import CodePairs, pairs_decode, pairs_encode
-from randsae.sae.topk import auxk_loss, check_k
+from randsae.sae.topk import TopKSAE, auxk_loss, check_k
 
 THRESHOLD_LR = 0.01
 """Weight of each batch's smallest kept activation in the running threshold (SAELens's default)."""
@@ -41,6 +41,10 @@ class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK SAE: `cfg.k` active latents per token on average over a training batch."""
 
     architecture = "batchtopk"
+    decoder_lr_scale = TopKSAE.decoder_lr_scale
+    """TopK's faster decoder, but not its smaller encoder start: the running threshold, which starts at the
+    first batch's smallest kept activation, then lags the growing activations and a short run encodes far more
+    latents than it trained with (a 16-step run: held-out EV -1.9; benchmarks/README.md)."""
     threshold: Tensor
     """[d_sae], every entry the running threshold (a buffer: saved, not trained)."""
 

@@ -30,6 +30,11 @@ class TopKSAE(SparseAutoencoder):
     """TopK SAE; `cfg.k` latents are active per token."""
 
     architecture = "topk"
+    encoder_init_norm = 0.3
+    decoder_lr_scale = 2.0
+    """A smaller encoder start and a faster decoder than the reference trainers': on the default run's
+    activations held-out EV 0.6998 -> 0.7260 (k 32), and ahead of SAELens's trainer at k 32 and 128
+    (benchmarks/README.md, "Encoder start and decoder lr")."""
     selection_dtype: torch.dtype | None = None
     """Dtype of the dense product that picks the top k (values stay exact); the trainer sets it from
     `TrainConfig.topk_selection_dtype` while training. None: the weights' own dtype."""

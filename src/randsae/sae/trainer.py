@@ -85,7 +85,8 @@ class TrainConfig:
     total_tokens: int | None = None
     """Train on exactly this many (non-BOS) tokens, cycling over the source as often as needed."""
     lr: float | None = None
-    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024)."""
+    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024). The TopK
+    and BatchTopK decoders train at twice it (`SparseAutoencoder.decoder_lr_scale`)."""
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
@@ -399,7 +400,7 @@ class SAETraining:
         self.sae.init_from_data(first_buffer)
         self.sae.to(device)
         distributed.average_parameters(self.sae)
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.peak_lr, fused=True)
+        self.optimizer = torch.optim.Adam(self.sae.parameter_groups(self.peak_lr), fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, self.warmup, n_steps)
         )
@@ -558,7 +559,10 @@ def train_sae(
         desc=f"train {sae_cfg.architecture} SAE",
     )
     batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
-    fingerprint = json.dumps([dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_rows, n_steps])
+    recipe = [training.sae.encoder_init_norm, training.sae.decoder_lr_scale]  # a checkpoint of other code's start
+    fingerprint = json.dumps(
+        [dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_rows, n_steps, recipe]
+    )
     resumed = load_checkpoint(checkpoint, fingerprint, device)
     wall_before = 0.0
     if resumed is not None:
