@@ -135,10 +135,10 @@ class SparseAutoencoder(nn.Module):
     architecture: ClassVar[str]
     encoder_init_norm: ClassVar[float] = 3**-0.5
     """Norm of each latent's encoder column at initialization (its decoder row has norm 1). The default is the
-    reference trainers' (Gao et al.'s code, EleutherAI sparsify, and so the penalized architectures' SAELens
-    comparisons): torch's default Linear init, U(±1/sqrt(d_in)), whose rows have norm 1/sqrt(3). Adam's steps
-    do not scale with the weights, so a smaller encoder turns its directions faster: a unit-norm one cost 0.03
-    of explained variance on the default run (benchmarks/README.md)."""
+    reference TopK trainers' (Gao et al.'s code, EleutherAI sparsify), which JumpReLU and gated keep: torch's
+    default Linear init, U(±1/sqrt(d_in)), whose rows have norm 1/sqrt(3). Adam's steps do not scale with the
+    weights, so a smaller encoder turns its directions faster: a unit-norm one cost 0.03 of explained variance
+    on the default run (benchmarks/README.md)."""
     decoder_lr_scale: ClassVar[float] = 1.0
     """The decoder's learning rate as a multiple of the run's (`parameter_groups`). Its rows are held at unit
     norm, so its per-coordinate Adam steps turn it more slowly than the smaller encoder turns."""
@@ -268,3 +268,10 @@ def architecture_class(name: str) -> type[SparseAutoencoder]:
     if name not in _ARCHITECTURES:
         raise UserError(f"unknown SAE architecture {name!r}", f"Use one of {sorted(_ARCHITECTURES)}")
     return _ARCHITECTURES[name]
+
+
+def start_recipe(cfg: SAEConfig) -> list[float]:
+    """The architecture's encoder start and decoder lr multiple: a training checkpoint written by code with
+    other values must not be resumed, so its fingerprint holds them."""
+    cls = architecture_class(cfg.architecture)
+    return [cls.encoder_init_norm, cls.decoder_lr_scale]

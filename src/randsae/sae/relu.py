@@ -23,6 +23,7 @@ class ReluSAE(SparseAutoencoder):
     """encode: relu((x - b_dec) @ W_enc + b_enc); decode: z @ W_dec + b_dec; decoder rows kept unit-norm."""
 
     architecture = "relu_l1"
+    encoder_init_norm = 1.0
     mean_over_inputs = True
     l1_coefficient: Tensor
     """λ, a 0-d buffer (see __init__)."""
@@ -43,7 +44,7 @@ class ReluSAE(SparseAutoencoder):
             # matched filter for its own direction, which keeps few latents dead at the start.
             self.W_dec.copy_(torch.randn(cfg.d_sae, cfg.d_in, generator=generator))
             self.normalize_decoder()
-            self.W_enc.copy_(self.W_dec.T)
+            self.W_enc.copy_(self.W_dec.T * self.encoder_init_norm)
 
     def encode(self, x: Tensor) -> Tensor:
         return torch.relu((x - self.b_dec) @ self.W_enc + self.b_enc)

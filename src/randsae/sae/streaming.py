@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from randsae.errors import UserError
 from randsae.sae import distributed
-from randsae.sae.base import SAEConfig
+from randsae.sae.base import SAEConfig, start_recipe
 from randsae.sae.trainer import (
     SAETraining,
     TrainConfig,
@@ -167,7 +167,15 @@ def train_streaming(
     cfg, n_steps = stream.cfg, stream.n_steps
     world = distributed.world_size()
     fingerprint = json.dumps(
-        [dataclasses.asdict(cfg), [c.to_json() for c in sae_cfgs], seed, stream.n_tokens, stream.layers, world]
+        [
+            dataclasses.asdict(cfg),
+            [c.to_json() for c in sae_cfgs],
+            seed,
+            stream.n_tokens,
+            stream.layers,
+            world,
+            [start_recipe(c) for c in sae_cfgs],
+        ]
     )
     resumed = load_checkpoint(checkpoint, fingerprint, device)
     if resumed is None:

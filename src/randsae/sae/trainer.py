@@ -2,7 +2,8 @@
 
 The source is read in row order, a buffer of `buffer_tokens` rows at a time; each buffer is shuffled with
 a seeded generator and served as batches, so memory stays bounded whatever the token count. Adam with
-the paper's learning rate, linear warm-up then linear decay to 0, gradient-norm clipping, and unit-norm
+the paper's learning rate (the decoder's at the architecture's `decoder_lr_scale` times it), linear warm-up
+then linear decay to 0, gradient-norm clipping, and unit-norm
 decoder rows (the gradient component along each row removed before the step, rows renormalized after).
 """
 
@@ -34,6 +35,7 @@ from randsae.sae.base import (
     SAEConfig,
     SparseAutoencoder,
     architecture_class,
+    start_recipe,
 )
 from randsae.sae.topk import TopKSAE
 from randsae.toml_config import invalid
@@ -559,9 +561,8 @@ def train_sae(
         desc=f"train {sae_cfg.architecture} SAE",
     )
     batches: Iterator[Tensor] = (batch for buffer in buffers for batch in buffer.split(cfg.batch_size))
-    recipe = [training.sae.encoder_init_norm, training.sae.decoder_lr_scale]  # a checkpoint of other code's start
     fingerprint = json.dumps(
-        [dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_rows, n_steps, recipe]
+        [dataclasses.asdict(cfg), sae_cfg.to_json(), seed, source.n_tokens, n_rows, n_steps, start_recipe(sae_cfg)]
     )
     resumed = load_checkpoint(checkpoint, fingerprint, device)
     wall_before = 0.0
