@@ -14,6 +14,7 @@ from randsae.analysis.config import AnalysisConfig
 from randsae.analysis.stage import analyze_run
 from randsae.experiment import run_pipeline
 from randsae.run_dir import RunDir, SAEKey
+from randsae.sae import TopKSAE
 from randsae.sae.streaming import ActivationStream
 from randsae.sae.trainer import TrainConfig
 from tests.helpers import tiny_config
@@ -98,6 +99,17 @@ def test_interrupted_streamed_training_resumes_to_the_uninterrupted_saes(
     for variant in cfg.variants:  # the held-out curve so far was checkpointed with the SAEs
         assert len(curve(tmp_path / "whole", variant)) == 16
         assert curve(tmp_path / "killed", variant) == curve(tmp_path / "whole", variant)
+
+    # a checkpoint written under another start recipe (here the decoder's lr) is not resumed: training restarts
+    calls.update(forwards=0, kill_at=20)
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(TopKSAE, "decoder_lr_scale", 1.0)
+        run_pipeline(cfg, tmp_path / "recipe", progress=False)
+    calls.update(forwards=0, kill_at=0)
+    run_pipeline(cfg, tmp_path / "recipe", progress=False)
+    for key, tensors in _sae_weights(tmp_path / "recipe", cfg).items():
+        for name, tensor in tensors.items():
+            assert torch.equal(expected[key][name], tensor), (key, name)
 
     # the analysis of a streamed run: the lookup is fit on held-out windows, seed stability skipped
     summary = analyze_run(tmp_path / "whole", AnalysisConfig(seed_stability=True, bootstrap_samples=10), progress=False)
