@@ -355,6 +355,7 @@ def test_save_writes_saelens_folder_and_training_log(trained, tmp_path):
     log = json.loads((tmp_path / "sae" / "training.json").read_text())
     assert log["steps"] == result.log.steps and log["config"]["batch_size"] == cfg.batch_size
     assert len(log["loss_curve"]) == len(result.log.loss_curve)
+    assert (log["encoder_init_norm"], log["decoder_lr_scale"]) == (TopKSAE.encoder_init_norm, TopKSAE.decoder_lr_scale)
     assert torch.equal(load_sae(tmp_path / "sae").W_enc, result.sae.W_enc)
     assert not list((tmp_path / "sae").glob("*.tmp"))
 

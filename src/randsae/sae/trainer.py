@@ -216,6 +216,10 @@ class TrainLog:
     tokens_per_s: float
     seed: int
     config: TrainConfig
+    encoder_init_norm: float
+    """The SAE's start (`SparseAutoencoder.encoder_init_norm`, `decoder_lr_scale`): code, not config, so logged
+    to tell SAEs trained before and after a change of it apart."""
+    decoder_lr_scale: float
     heldout_curve: tuple[CurvePoint, ...] = ()
     """Held-out EV at the `curve_steps`; empty without held-out rows or with curve_points = 0."""
     ev_change_last_quarter: float | None = None
@@ -484,6 +488,8 @@ class SAETraining:
             tokens_per_s=steps_here * cfg.batch_size / wall_here,
             seed=self.seed,
             config=cfg,
+            encoder_init_norm=self.sae.encoder_init_norm,
+            decoder_lr_scale=self.sae.decoder_lr_scale,
             heldout_curve=tuple(self.heldout_curve),
             ev_change_last_quarter=ev_change,
             converged=converged,
