@@ -3,8 +3,8 @@
 The source is read in row order, a buffer of `buffer_tokens` rows at a time; each buffer is shuffled with
 a seeded generator and served as batches, so memory stays bounded whatever the token count. Adam with
 the paper's learning rate (the decoder's at the architecture's `decoder_lr_scale` times it), linear warm-up
-then linear decay to 0, gradient-norm clipping, and unit-norm
-decoder rows (the gradient component along each row removed before the step, rows renormalized after).
+then linear decay to 0, gradient-norm clipping, and unit-norm decoder rows (the gradient component along
+each row removed before the step, rows renormalized after).
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ class TrainConfig:
     total_tokens: int | None = None
     """Train on exactly this many (non-BOS) tokens, cycling over the source as often as needed."""
     lr: float | None = None
-    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024). The TopK
-    and BatchTopK decoders train at twice it (`SparseAutoencoder.decoder_lr_scale`)."""
+    """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024). The
+    decoder trains at its architecture's multiple of it (`decoder_lr_scale`, docs/saes.md)."""
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
