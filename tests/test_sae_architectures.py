@@ -6,6 +6,7 @@ import torch
 
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TensorSource, TrainConfig, build_sae, train_sae
+from randsae.sae.batchtopk import threshold_rate
 from randsae.sae.jumprelu import jumprelu_ste, step_ste
 from randsae.sae.trainer import train_step
 
@@ -79,10 +80,27 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_running_threshold()
         sae.threshold.fill_(0.5)
     sae.loss(x)
     assert torch.allclose(sae.threshold, torch.full((M,), 0.99 * 0.5 + 0.01 * smallest.item(), dtype=torch.float64))
+    sae.plan_run(50)  # a run of 50 steps: the threshold's time constant is 5 steps
+    with torch.no_grad():
+        sae.threshold.fill_(0.5)
+    sae.loss(x)
+    assert torch.allclose(sae.threshold, torch.full((M,), 0.8 * 0.5 + 0.2 * smallest.item(), dtype=torch.float64))
     with torch.no_grad():
         sae.threshold.fill_(0.3)
         pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
         assert torch.allclose(sae.encode(x), torch.where(pre > 0.3, pre, torch.zeros_like(pre))), "inference: θ"
+
+
+@pytest.mark.parametrize("n_steps, rate", [(1, 1.0), (10, 1.0), (50, 0.2), (600, 1 / 60), (1000, 0.01), (10**5, 0.01)])
+def test_threshold_rate_is_a_tenth_of_the_run_at_most_and_saelens_at_least(n_steps, rate):
+    assert threshold_rate(n_steps) == pytest.approx(rate)
+
+
+def test_the_trainer_sets_the_threshold_rate_of_its_run():
+    data = torch.randn(1024, D, generator=torch.Generator().manual_seed(0))
+    cfg = SAEConfig("batchtopk", D, M, k=K)
+    result = train_sae(TensorSource(data), TrainConfig(batch_size=64, n_epochs=1, lr=1e-3), cfg, progress=False)
+    assert result.sae.threshold_rate == threshold_rate(16) == 1 / 1.6
 
 
 def test_batchtopk_auxk_trains_only_dead_latents():
@@ -228,10 +246,14 @@ def test_trainer_trains_every_architecture(cfg):
     g = torch.Generator().manual_seed(0)
     directions = torch.randn(32, 8, generator=g)
     codes = torch.rand(4096, 32, generator=g) * (torch.rand(4096, 32, generator=g) < 0.1)
-    source = TensorSource(codes @ directions)
-    result = train_sae(source, TrainConfig(batch_size=256, n_epochs=4, lr=3e-3, log_points=8), cfg, progress=False)
-    curve = [point.fvu for point in result.log.loss_curve]
-    assert curve[-1] < 0.5 * curve[0], curve
+    data = codes @ directions
+    result = train_sae(
+        TensorSource(data), TrainConfig(batch_size=256, n_epochs=4, lr=3e-3, log_points=8), cfg, progress=False
+    )
+    untrained = build_sae(cfg, seed=0)
+    untrained.init_from_data(data)
+    final = result.log.loss_curve[-1].fvu
+    assert final < 0.6 * untrained.loss(data).fvu.item(), "the trained SAE's last FVU against its start's"
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,10 @@ class SparseAutoencoder(nn.Module):
         rest = [parameter for name, parameter in self.named_parameters() if name != "W_dec"]
         return [{"params": rest, "lr": lr}, {"params": [self.W_dec], "lr": lr * self.decoder_lr_scale}]
 
+    def plan_run(self, n_steps: int) -> None:
+        """Called by the trainer before a run of `n_steps` optimizer steps, for settings that scale with the
+        run's length (none by default; BatchTopK's threshold rate)."""
+
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:
         """Called by the trainer once with its first buffer [n, d_in]: `b_dec` starts at the data mean."""

@@ -4,9 +4,9 @@ In training, the k·n largest ReLU pre-activations of the whole batch of n token
 average, more on dense tokens, fewer on simple ones); the loss is the batch's FVU plus, with a coefficient,
 TopK's AuxK on dead latents. A batch's code depends on the other tokens, so at inference a token is encoded on
 its own with a threshold θ: z = pre · H(pre - θ), θ a running average of the smallest kept activation of each
-training batch (θ ← (1 - 0.01)·θ + 0.01·min, SAELens's `topk_threshold_lr`, from the first batch's min
-as dictionary_learning starts it). Saved as SAELens saves
-it: a JumpReLU SAE with θ in every latent's `threshold`.
+training batch (θ ← (1 - r)·θ + r·min, from the first batch's min as dictionary_learning starts it; r is
+SAELens's `topk_threshold_lr` 0.01 in long runs, larger in short ones, `threshold_rate`). Saved as SAELens
+saves it: a JumpReLU SAE with θ in every latent's `threshold`.
 
 Training is sparse after the dense encoder product: the kept (token, latent) pairs are re-encoded and
 decoded by `kernels.pairs_encode` / `pairs_decode`, whose backward passes touch only those pairs.
@@ -26,7 +26,16 @@ from randsae.sae.kernels import CodePairs, pairs_decode, pairs_encode
 from randsae.sae.topk import TopKSAE, auxk_loss, check_k
 
 THRESHOLD_LR = 0.01
-"""Weight of each batch's smallest kept activation in the running threshold (SAELens's default)."""
+"""Weight of each batch's smallest kept activation in the running threshold in long runs (SAELens's default)."""
+THRESHOLD_WINDOW = 0.1
+"""The running threshold's time constant at most, as a fraction of the run's steps: SAELens's 100 steps are most of
+a short run, and a threshold averaged over it lags the activations that grow meanwhile."""
+
+
+def threshold_rate(n_steps: int) -> float:
+    """The running threshold's rate in a run of `n_steps` steps: SAELens's 0.01, or faster in runs shorter than
+    1 / (0.01 · THRESHOLD_WINDOW) = 1,000 steps, up to 1 (the last batch's minimum)."""
+    return min(1.0, max(THRESHOLD_LR, 1 / (THRESHOLD_WINDOW * n_steps)))
 
 
 class BatchCode(NamedTuple):
@@ -41,10 +50,11 @@ class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK SAE: `cfg.k` active latents per token on average over a training batch."""
 
     architecture = "batchtopk"
+    encoder_init_norm = TopKSAE.encoder_init_norm
+    """TopK's start, which a short run needs a run-length `threshold_rate` for (at SAELens's 0.01, a 16-step
+    run's threshold lagged the growing activations: held-out EV -1.9; benchmarks/README.md, "Encoder start and
+    decoder lr")."""
     decoder_lr_scale = TopKSAE.decoder_lr_scale
-    """TopK's faster decoder, but not its smaller encoder start: the running threshold, which starts at the
-    first batch's smallest kept activation, then lags the growing activations and a short run encodes far more
-    latents than it trained with (a 16-step run: held-out EV -1.9; benchmarks/README.md)."""
     threshold: Tensor
     """[d_sae], every entry the running threshold (a buffer: saved, not trained)."""
 
@@ -52,6 +62,8 @@ class BatchTopKSAE(SparseAutoencoder):
         self.k = check_k(cfg)
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(cfg.d_sae))
+        self.threshold_rate = THRESHOLD_LR
+        """The running threshold's rate (`plan_run` sets the run's own)."""
 
     def encode(self, x: Tensor) -> Tensor:
         """Inference: [n, d_in] -> dense latents [n, d_sae] above the threshold, each token on its own."""
@@ -89,13 +101,17 @@ class BatchTopKSAE(SparseAutoencoder):
         fvu = residual.detach().pow(2).sum() / total_variance
         return LossOutput(loss=loss, fvu=fvu, fired=fired, aux_loss=aux)
 
+    def plan_run(self, n_steps: int) -> None:
+        self.threshold_rate = threshold_rate(n_steps)
+
     @torch.no_grad()
     def update_threshold(self, values: Tensor) -> None:
-        """θ ← (1 - lr)·θ + lr·(smallest positive kept activation), the first batch's smallest itself while θ is
-        still 0 (dictionary_learning's start: from 0, a short run would end far below the batches' minimum and
-        encode many more latents than it trained with); data-parallel, the ranks' mean of it."""
+        """θ ← (1 - r)·θ + r·(smallest positive kept activation), r the `threshold_rate`; the first batch's
+        smallest itself while θ is still 0 (dictionary_learning's start: from 0, a short run would end far below
+        the batches' minimum and encode many more latents than it trained with); data-parallel, the ranks' mean
+        of it."""
         positive = values[values > 0]
         smallest = positive.min() if positive.numel() else self.threshold[0]
         smallest = distributed.all_mean_(smallest.clone())
-        rate = 1.0 if bool((self.threshold == 0).all()) else THRESHOLD_LR
+        rate = 1.0 if bool((self.threshold == 0).all()) else self.threshold_rate
         self.threshold.mul_(1 - rate).add_(rate * smallest)
