@@ -385,7 +385,7 @@ def train_both(
         "ours": ours_sae(architecture, d_sae, train, penalty_scale, k),
         "SAELens": saelens_sae(architecture, d_sae, train, penalty_scale, k),
     }
-    saes["ours"].plan_run(len(batches))
+    saes["ours"].set_run_length(len(batches))
     steps = {"ours": ours_arch_step(saes["ours"], lr), "SAELens": saelens_arch_step(saes["SAELens"], lr)}
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for i, x in enumerate(batches):

@@ -80,7 +80,7 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_running_threshold()
         sae.threshold.fill_(0.5)
     sae.loss(x)
     assert torch.allclose(sae.threshold, torch.full((M,), 0.99 * 0.5 + 0.01 * smallest.item(), dtype=torch.float64))
-    sae.plan_run(50)  # a run of 50 steps: the threshold's time constant is 5 steps
+    sae.set_run_length(50)  # a run of 50 steps: the threshold's time constant is 5 steps
     with torch.no_grad():
         sae.threshold.fill_(0.5)
     sae.loss(x)

@@ -160,7 +160,7 @@ class SparseAutoencoder(nn.Module):
         rest = [parameter for name, parameter in self.named_parameters() if name != "W_dec"]
         return [{"params": rest, "lr": lr}, {"params": [self.W_dec], "lr": lr * self.decoder_lr_scale}]
 
-    def plan_run(self, n_steps: int) -> None:
+    def set_run_length(self, n_steps: int) -> None:
         """Called by the trainer before a run of `n_steps` optimizer steps, for settings that scale with the
         run's length (none by default; BatchTopK's threshold rate)."""
 

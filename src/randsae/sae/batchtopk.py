@@ -63,7 +63,7 @@ class BatchTopKSAE(SparseAutoencoder):
         super().__init__(cfg)
         self.register_buffer("threshold", torch.zeros(cfg.d_sae))
         self.threshold_rate = THRESHOLD_LR
-        """The running threshold's rate (`plan_run` sets the run's own)."""
+        """The running threshold's rate (`set_run_length` sets the run's own)."""
 
     def encode(self, x: Tensor) -> Tensor:
         """Inference: [n, d_in] -> dense latents [n, d_sae] above the threshold, each token on its own."""
@@ -101,7 +101,7 @@ class BatchTopKSAE(SparseAutoencoder):
         fvu = residual.detach().pow(2).sum() / total_variance
         return LossOutput(loss=loss, fvu=fvu, fired=fired, aux_loss=aux)
 
-    def plan_run(self, n_steps: int) -> None:
+    def set_run_length(self, n_steps: int) -> None:
         self.threshold_rate = threshold_rate(n_steps)
 
     @torch.no_grad()

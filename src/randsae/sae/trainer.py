@@ -404,7 +404,7 @@ class SAETraining:
                 )
             self.sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
         self.sae.init_from_data(first_buffer)
-        self.sae.plan_run(n_steps)
+        self.sae.set_run_length(n_steps)
         self.sae.to(device)
         distributed.average_parameters(self.sae)
         self.optimizer = torch.optim.Adam(self.sae.parameter_groups(self.peak_lr), fused=True)
