@@ -89,8 +89,6 @@ def main() -> None:
         help="our decoder's learning rate as a multiple of the run's (1: the reference trainers')",
     )
     args = parser.parse_args()
-    TopKSAE.encoder_init_norm = args.encoder_init_norm  # read by SparseAutoencoder.__init__
-    TopKSAE.decoder_lr_scale = args.decoder_lr_scale  # read by SparseAutoencoder.parameter_groups
     run = RunDir.existing(args.run)
     config = load_run_config(run)
     site = Site(args.variant, args.layer)
@@ -99,7 +97,13 @@ def main() -> None:
     counted = counted_rows(run.tokens("heldout"))  # the held-out rows the run's metrics use
     d = train.manifest.d_model
     sae_cfg = dataclasses.replace(config.sae, architecture="topk").sae_config(d)
-    cfg = dataclasses.replace(config.train, context_size=train.manifest.context_size, activations="cache")
+    cfg = dataclasses.replace(
+        config.train,
+        context_size=train.manifest.context_size,
+        activations="cache",
+        encoder_init_norm=args.encoder_init_norm,
+        decoder_lr_scale=args.decoder_lr_scale,
+    )
     print(
         f"{args.variant} layer {args.layer}: d_sae {sae_cfg.d_sae}, k {sae_cfg.k}, batch {cfg.batch_size}, "
         f"{cfg.total_tokens} tokens, peak lr {cfg.lr or default_lr(sae_cfg.d_sae):.2g}; "

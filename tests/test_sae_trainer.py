@@ -236,14 +236,14 @@ def test_decoder_trains_at_its_multiple_of_the_scheduled_lr(sae_cfg):
         assert decoder["lr"] == pytest.approx(3e-3 * factor * training.sae.decoder_lr_scale)
 
 
-def test_auxk_switches_on_in_a_short_run_with_the_default_dead_threshold(monkeypatch):
+def test_auxk_switches_on_in_a_short_run_with_the_default_dead_threshold():
     """32 steps of 256 tokens (8,192, far below 10M): latents that stop firing count as dead after 820 tokens,
     the AuxK loss is positive and the dead latents' encoder columns get a gradient from it. With the reference
     trainers' start (TopK's own leaves about 90 dead here, more than 256 tokens' top k_aux always reach)."""
-    monkeypatch.setattr(TopKSAE, "encoder_init_norm", 3**-0.5)
-    monkeypatch.setattr(TopKSAE, "decoder_lr_scale", 1.0)
     x = sparse_activations(8192, seed=2)
-    cfg = TrainConfig(batch_size=256, warmup_steps=4, lr=3e-3, auxk_coefficient=1 / 32)
+    cfg = TrainConfig(
+        batch_size=256, warmup_steps=4, lr=3e-3, auxk_coefficient=1 / 32, encoder_init_norm=3**-0.5, decoder_lr_scale=1
+    )
     sae_cfg = SAEConfig("topk", D, 512, k=4)
     training = SAETraining(sae_cfg, cfg, seed=0, n_steps=32, first_buffer=x, device="cpu")
     assert training.dead_after == 820
@@ -319,6 +319,33 @@ def test_interrupted_training_resumes_to_the_same_sae(tmp_path):
     assert resumed.log.loss_curve == uninterrupted.log.loss_curve
     assert resumed.log.heldout_curve == uninterrupted.log.heldout_curve
     assert not checkpoint.exists(), "removed once training finished"
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk", "jumprelu", "relu_l1"])
+def test_a_run_sets_its_own_start(architecture):
+    """TrainConfig's encoder_init_norm and decoder_lr_scale replace the architecture's: the same encoder
+    directions at that norm, the decoder's peak lr at that multiple of the run's."""
+    x = sparse_activations(2048)
+    settings = {"k": 4} if "topk" in architecture else {"l0_coefficient": 1e-3, "jumprelu_bandwidth": 0.05}
+    settings = {"l1_coefficient": 1e-3} if architecture == "relu_l1" else settings
+    sae_cfg = SAEConfig(architecture, D, 64, **settings)
+    cfg = TrainConfig(batch_size=256, lr=1e-3)
+    own = SAETraining(sae_cfg, cfg, seed=0, n_steps=8, first_buffer=x, device="cpu")
+    changed = dataclasses.replace(cfg, encoder_init_norm=0.05, decoder_lr_scale=3.0)
+    chosen = SAETraining(sae_cfg, changed, seed=0, n_steps=8, first_buffer=x, device="cpu")
+    norms = chosen.sae.W_enc.norm(dim=0)
+    assert torch.allclose(norms, torch.full_like(norms, 0.05))
+    own_norm = own.sae.encoder_init_norm
+    assert torch.allclose(chosen.sae.W_enc * own_norm / 0.05, own.sae.W_enc, atol=1e-6)
+    assert [group["initial_lr"] for group in chosen.optimizer.param_groups] == [1e-3, 3e-3]
+    assert (chosen.sae.encoder_init_norm, chosen.sae.decoder_lr_scale) == (0.05, 3.0)
+
+
+@pytest.mark.parametrize("name", ["encoder_init_norm", "decoder_lr_scale"])
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_a_start_that_is_not_positive_is_refused(name, value):
+    with pytest.raises(UserError, match=f"train.{name} = {value} is invalid"):
+        TrainConfig(**{name: value})
 
 
 @pytest.mark.parametrize("attribute, other", [("encoder_init_norm", 3**-0.5), ("decoder_lr_scale", 1.0)])

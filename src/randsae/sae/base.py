@@ -133,13 +133,13 @@ class SparseAutoencoder(nn.Module):
     """
 
     architecture: ClassVar[str]
-    encoder_init_norm: ClassVar[float] = 3**-0.5
+    encoder_init_norm: float = 3**-0.5
     """Norm of each latent's encoder column at initialization (its decoder row has norm 1). The default is the
     reference TopK trainers' (Gao et al.'s code, EleutherAI sparsify), which JumpReLU and gated keep: torch's
     default Linear init, U(±1/sqrt(d_in)), whose rows have norm 1/sqrt(3). Adam's steps do not scale with the
     weights, so a smaller encoder turns its directions faster: a unit-norm one cost 0.03 of explained variance
     on the default run (benchmarks/README.md)."""
-    decoder_lr_scale: ClassVar[float] = 1.0
+    decoder_lr_scale: float = 1.0
     """The decoder's learning rate as a multiple of the run's (`parameter_groups`). Its rows are held at unit
     norm, so its per-coordinate Adam steps turn it more slowly than the smaller encoder turns."""
     mean_over_inputs: ClassVar[bool] = False
@@ -159,6 +159,16 @@ class SparseAutoencoder(nn.Module):
         """Adam's parameter groups at learning rate `lr`: the decoder at `decoder_lr_scale` times it."""
         rest = [parameter for name, parameter in self.named_parameters() if name != "W_dec"]
         return [{"params": rest, "lr": lr}, {"params": [self.W_dec], "lr": lr * self.decoder_lr_scale}]
+
+    @torch.no_grad()
+    def set_start(self, encoder_init_norm: float | None, decoder_lr_scale: float | None) -> None:
+        """Replace the architecture's start by a run's own (`TrainConfig`'s; None keeps the architecture's): the
+        freshly initialized encoder rescaled to columns of norm `encoder_init_norm`, the decoder's lr multiple."""
+        if encoder_init_norm is not None:
+            self.W_enc.mul_(encoder_init_norm / self.encoder_init_norm)
+            self.encoder_init_norm = encoder_init_norm
+        if decoder_lr_scale is not None:
+            self.decoder_lr_scale = decoder_lr_scale
 
     def set_run_length(self, n_steps: int) -> None:
         """Called by the trainer before a run of `n_steps` optimizer steps, for settings that scale with the

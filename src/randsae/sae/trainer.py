@@ -89,6 +89,13 @@ class TrainConfig:
     lr: float | None = None
     """Peak Adam learning rate; unset: the paper's rule 2e-4 / sqrt(d_sae / 2**14) (Gao et al. 2024). The
     decoder trains at its architecture's multiple of it (`decoder_lr_scale`, docs/saes.md)."""
+    encoder_init_norm: float | None = None
+    """Each encoder column's norm at initialization, its decoder row having norm 1; unset: the architecture's
+    (docs/saes.md). 0.577 (1/sqrt(3)) with `decoder_lr_scale = 1` is the reference TopK trainers' start (Gao et
+    al.'s code, sparsify), which the paper's SAEs had."""
+    decoder_lr_scale: float | None = None
+    """The decoder's learning rate as a multiple of `lr`; unset: the architecture's (2 for TopK and the
+    BatchTopKs, 1 otherwise)."""
     warmup_steps: int = 1000
     """Linear warm-up from 0, capped at 10% of the steps; then linear decay to 0 at the last step."""
     max_grad_norm: float = 1.0
@@ -151,6 +158,9 @@ class TrainConfig:
             )
         if self.lr is not None and not self.lr > 0:
             raise invalid("train.lr", self.lr, "a positive number, or leave it out for the paper's rule")
+        for name in ("encoder_init_norm", "decoder_lr_scale"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise invalid(f"train.{name}", getattr(self, name), "a positive number, or leave it out")
         if self.context_size is not None and self.context_size < 2:
             raise invalid("train.context_size", self.context_size, "the windows' length in tokens (at least 2)")
         if self.topk_selection_dtype not in (None, "bfloat16", "float16", "float32"):
@@ -396,6 +406,7 @@ class SAETraining:
         self.peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
         self.log_every = max(1, n_steps // cfg.log_points)
         self.sae = build_sae(sae_cfg, seed)
+        self.sae.set_start(cfg.encoder_init_norm, cfg.decoder_lr_scale)
         if cfg.topk_selection_dtype is not None:
             if not isinstance(self.sae, TopKSAE):
                 raise UserError(
