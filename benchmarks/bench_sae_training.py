@@ -42,7 +42,7 @@ of `--k-grid` and compared the same way.
         --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 3e-3 --match-l0 16 32 64 128
     python benchmarks/bench_sae_training.py --expansions --architectures batchtopk matryoshka_batchtopk \
         --arch-expansion 4 --arch-batch 256 --arch-steps 600 --arch-lr 1.5e-3 --match-l0 16 32 64 128 \
-        --k-grid 4 8 16 32 64 128
+        --k-grid 4 8 16 32 64 128 192
 
 The budget is in steps rather than tokens for JumpReLU: Adam moves a threshold by about the lr per step
 whatever its gradient, so the L0 a penalty can reach is bounded by lr x steps (at 1e-3 and 150 steps the
