@@ -171,8 +171,9 @@ class SparseAutoencoder(nn.Module):
             self.decoder_lr_scale = decoder_lr_scale
 
     def set_run_length(self, n_steps: int) -> None:
-        """Called by the trainer before a run of `n_steps` optimizer steps, for settings that scale with the
-        run's length (none by default; BatchTopK's threshold rate)."""
+        """Called by the trainer before a run of `n_steps` optimizer steps, and before `set_start` so that a
+        run's own start wins, for settings that scale with the run's length (none by default; BatchTopK's
+        encoder start and threshold rate)."""
 
     @torch.no_grad()
     def init_from_data(self, x: Tensor) -> None:

@@ -406,6 +406,7 @@ class SAETraining:
         self.peak_lr = cfg.lr or default_lr(sae_cfg.d_sae)
         self.log_every = max(1, n_steps // cfg.log_points)
         self.sae = build_sae(sae_cfg, seed)
+        self.sae.set_run_length(n_steps)
         self.sae.set_start(cfg.encoder_init_norm, cfg.decoder_lr_scale)
         if cfg.topk_selection_dtype is not None:
             if not isinstance(self.sae, TopKSAE):
@@ -415,7 +416,6 @@ class SAETraining:
                 )
             self.sae.selection_dtype = getattr(torch, cfg.topk_selection_dtype)
         self.sae.init_from_data(first_buffer)
-        self.sae.set_run_length(n_steps)
         self.sae.to(device)
         distributed.average_parameters(self.sae)
         self.optimizer = torch.optim.Adam(self.sae.parameter_groups(self.peak_lr), fused=True)
