@@ -6,9 +6,9 @@ import torch
 
 from randsae.errors import UserError
 from randsae.sae import SAEConfig, TensorSource, TrainConfig, build_sae, train_sae
-from randsae.sae.batchtopk import threshold_rate
+from randsae.sae.batchtopk import encoder_start, threshold_rate
 from randsae.sae.jumprelu import jumprelu_ste, step_ste
-from randsae.sae.trainer import train_step
+from randsae.sae.trainer import SAETraining, train_step
 
 N, D, M, K = 23, 6, 40, 3
 WIDTHS = (4, 16, 40)
@@ -94,6 +94,24 @@ def test_batchtopk_keeps_k_per_token_on_average_and_learns_a_running_threshold()
 @pytest.mark.parametrize("n_steps, rate", [(1, 1.0), (10, 1.0), (50, 0.2), (600, 1 / 60), (1000, 0.01), (10**5, 0.01)])
 def test_threshold_rate_is_a_tenth_of_the_run_at_most_and_saelens_at_least(n_steps, rate):
     assert threshold_rate(n_steps) == pytest.approx(rate)
+
+
+@pytest.mark.parametrize("n_steps, start", [(1, 0.3), (150, 0.3), (300, 0.3 * 3**-0.5), (600, 0.1), (10**6, 0.1)])
+def test_the_encoder_start_is_geometric_in_the_steps_between_a_short_and_a_long_run(n_steps, start):
+    assert encoder_start(n_steps) == pytest.approx(start)
+
+
+@pytest.mark.parametrize("architecture", ["batchtopk", "matryoshka_batchtopk"])
+@pytest.mark.parametrize("own_start", [None, 0.05])
+def test_the_trainer_starts_the_encoder_for_its_run_unless_the_run_sets_its_own(architecture, own_start):
+    data = torch.randn(256, D, generator=torch.Generator().manual_seed(0))
+    cfg = SAEConfig(architecture, D, M, k=K, matryoshka_widths=(M // 4, M) if "matryoshka" in architecture else None)
+    train = TrainConfig(batch_size=64, lr=1e-3, encoder_init_norm=own_start)
+    for n_steps in (16, 1000):
+        sae = SAETraining(cfg, train, seed=0, n_steps=n_steps, first_buffer=data, device="cpu").sae
+        expected = own_start or encoder_start(n_steps)
+        norms = sae.W_enc.norm(dim=0)
+        assert sae.encoder_init_norm == expected and torch.allclose(norms, torch.full_like(norms, expected))
 
 
 def test_the_trainer_sets_the_threshold_rate_of_its_run():
