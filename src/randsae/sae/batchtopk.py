@@ -33,18 +33,16 @@ THRESHOLD_WINDOW = 0.1
 a short run, and a threshold averaged over it lags the activations that grow meanwhile."""
 
 
-SHORT_RUN, SHORT_RUN_START = 150, TopKSAE.encoder_init_norm
-LONG_RUN, LONG_RUN_START = 600, 0.1
-"""The encoder start that held-out EV favoured at these run lengths (benchmarks/README.md, "BatchTopK's start and
-threshold rate"): TopK's 0.3 on 150 steps or fewer, 0.1 on 600 or more."""
+SHORT_RUN, LONG_RUN = 150, 600
+"""Run lengths in steps up to which a short run's encoder start holds, and from which a long run's does."""
 
 
-def encoder_start(n_steps: int) -> float:
+def encoder_start(n_steps: int, short_run_start: float, long_run_start: float) -> float:
     """The encoder start of a run of `n_steps` steps: geometric in the steps between the short run's and the long
     run's. A small start turns the encoder's directions fast (Adam's steps do not shrink with the weights), which
     pays in a long run; a short one has no time to grow it to the activations' scale."""
     position = math.log(n_steps / SHORT_RUN) / math.log(LONG_RUN / SHORT_RUN)
-    return SHORT_RUN_START * (LONG_RUN_START / SHORT_RUN_START) ** min(1.0, max(0.0, position))
+    return short_run_start * (long_run_start / short_run_start) ** min(1.0, max(0.0, position))
 
 
 def threshold_rate(n_steps: int) -> float:
@@ -65,10 +63,13 @@ class BatchTopKSAE(SparseAutoencoder):
     """BatchTopK SAE: `cfg.k` active latents per token on average over a training batch."""
 
     architecture = "batchtopk"
-    encoder_init_norm = SHORT_RUN_START
-    """TopK's start; `set_run_length` sets the run's own (`encoder_start`). A small start needs a run-length
-    `threshold_rate` (at SAELens's 0.01, a 16-step run's threshold lagged the growing activations: held-out EV
-    -1.9; benchmarks/README.md, "Encoder start and decoder lr")."""
+    encoder_init_norm = TopKSAE.encoder_init_norm
+    """TopK's start, a short run's; `set_run_length` sets the run's own (`encoder_start`). A small start needs a
+    run-length `threshold_rate` (at SAELens's 0.01, a 16-step run's threshold lagged the growing activations:
+    held-out EV -1.9; benchmarks/README.md, "Encoder start and decoder lr")."""
+    long_run_encoder_start = 0.1
+    """The start of runs of `LONG_RUN` steps or more: the best of 0.3 / 0.2 / 0.1 / 0.05 in 600- and 2,400-step
+    runs, where 0.3 was best in 150 (benchmarks/README.md, "BatchTopK's start and threshold rate")."""
     decoder_lr_scale = TopKSAE.decoder_lr_scale
     threshold: Tensor
     """[d_sae], every entry the running threshold (a buffer: saved, not trained)."""
@@ -117,7 +118,7 @@ class BatchTopKSAE(SparseAutoencoder):
         return LossOutput(loss=loss, fvu=fvu, fired=fired, aux_loss=aux)
 
     def set_run_length(self, n_steps: int) -> None:
-        self.set_start(encoder_start(n_steps), None)
+        self.set_start(encoder_start(n_steps, type(self).encoder_init_norm, self.long_run_encoder_start), None)
         self.threshold_rate = threshold_rate(n_steps)
 
     @torch.no_grad()

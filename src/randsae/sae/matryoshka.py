@@ -21,6 +21,9 @@ class MatryoshkaSAE(BatchTopKSAE):
     """Matryoshka BatchTopK SAE; `cfg.matryoshka_widths` are the prefix widths."""
 
     architecture = "matryoshka_batchtopk"
+    long_run_encoder_start = BatchTopKSAE.encoder_init_norm
+    """TopK's 0.3 at every length: on the 600-step benchmark budget BatchTopK's 0.1 cost it 0.001 to 0.004 of
+    held-out EV at every k from 16 to 192 (benchmarks/README.md, "BatchTopK's start and threshold rate")."""
 
     def __init__(self, cfg: SAEConfig):
         widths = cfg.matryoshka_widths or ()
