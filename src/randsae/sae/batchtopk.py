@@ -68,8 +68,10 @@ class BatchTopKSAE(SparseAutoencoder):
     run-length `threshold_rate` (at SAELens's 0.01, a 16-step run's threshold lagged the growing activations:
     held-out EV -1.9; benchmarks/README.md, "Encoder start and decoder lr")."""
     long_run_encoder_start = 0.1
-    """The start of runs of `LONG_RUN` steps or more: the best of 0.3 / 0.2 / 0.1 / 0.05 in 600- and 2,400-step
-    runs, where 0.3 was best in 150 (benchmarks/README.md, "BatchTopK's start and threshold rate")."""
+    """The start of runs of `LONG_RUN` steps or more: better than 0.3 at k 64 and up in 600-step runs and at k 128
+    in the real site's 510- to 2,040-step ones, worse by 0.001-0.002 at k 16 and 32 and, once, by 0.015 (k 192,
+    2,400 synthetic steps); 0.3 was better in every run of 150 steps or fewer (benchmarks/README.md, "BatchTopK's
+    start and threshold rate")."""
     decoder_lr_scale = TopKSAE.decoder_lr_scale
     threshold: Tensor
     """[d_sae], every entry the running threshold (a buffer: saved, not trained)."""
