@@ -150,7 +150,6 @@ SET_CASES = {
     "l1_for_topk": ["sae.l1_coefficient=0.1"],
     "k_for_jumprelu": ['sae.architecture="jumprelu"'],
     "k_not_below_d_sae": ["sae.k=128"],
-    "matryoshka_groups_missing": ['sae.architecture="matryoshka_batchtopk"'],
     "matryoshka_groups_wrong_sum": ['sae.architecture="matryoshka_batchtopk"', "sae.matryoshka_groups=[1, 2]"],
     "sweep_k_no_architecture_takes": ['sae.architecture=["jumprelu", "relu_l1"]', "sae.k=[4, 8]"],
     "sweep_values_repeated": ["sae.expansion=[4, 4]"],

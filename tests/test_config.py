@@ -172,7 +172,6 @@ def test_docs_config_md_is_the_generators_output():
         ),
         ({"architecture": "jumprelu", "k": 16}, "sae.k is set, but sae.architecture = 'jumprelu'", "Remove sae.k"),
         ({"architecture": "gated", "l0_coefficient": 1.0}, "sae.l0_coefficient is set", "gated takes l1_coefficient"),
-        ({"architecture": "matryoshka_batchtopk"}, "needs sae.matryoshka_groups", "Set sae.matryoshka_groups"),
         (
             {"architecture": "matryoshka_batchtopk", "expansion": 8, "matryoshka_groups": (1, 3)},
             "sae.matryoshka_groups = [1, 3]",
@@ -185,6 +184,14 @@ def test_sae_settings_the_architecture_does_not_take_are_refused(settings, probl
     with pytest.raises(UserError) as error:
         SAEShape(**settings)
     assert problem in error.value.problem and fix in error.value.fix
+
+
+@pytest.mark.parametrize(
+    "expansion, groups",
+    [(1, (1,)), (2, (1, 1)), (6, (1, 1, 2, 2)), (16, (1, 1, 2, 4, 8)), (64, (1, 1, 2, 4, 8, 16, 32))],
+)
+def test_unset_matryoshka_groups_double_their_prefixes_up_to_the_expansion(expansion, groups):
+    assert SAEShape(architecture="matryoshka_batchtopk", expansion=expansion).matryoshka_groups == groups
 
 
 def test_sae_config_fills_each_architectures_defaults_and_refuses_k_of_d_sae():

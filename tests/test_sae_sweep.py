@@ -54,6 +54,11 @@ def test_one_list_labels_by_that_key_only_and_unset_keys_take_their_defaults(tin
     assert sweep.shapes[2].config.sae.l1_coefficient == 5.0
 
 
+def test_a_matryoshka_sweep_over_expansions_gives_each_its_own_doubling_groups(tiny_corpus):
+    sweep = build_shape_sweep(experiment_data(tiny_corpus, architecture="matryoshka_batchtopk", expansion=[2, 8]))
+    assert [shape.config.sae.matryoshka_groups for shape in sweep.shapes] == [(1, 1), (1, 1, 2, 4)]
+
+
 def test_a_config_without_lists_is_one_experiment(tiny_corpus, tmp_path):
     path = tmp_path / "one.toml"
     path.write_text(tomli_w.dumps(experiment_data(tiny_corpus, expansion=4, k=4)))

@@ -74,8 +74,19 @@ SPARSITY_DEFAULTS: dict[str, dict[str, Any]] = {
     "relu_l1": {"l1_coefficient": 5.0},
 }
 """The sparsity settings each architecture takes, and the value an unset one gets when the config is built
-(None: it must be set). A setting the chosen architecture does not take is refused, so a config never carries
-one that is ignored."""
+(None: derived from the expansion, `default_matryoshka_groups`). A setting the chosen architecture does not
+take is refused, so a config never carries one that is ignored."""
+
+
+def default_matryoshka_groups(expansion: int) -> tuple[int, ...]:
+    """Group sizes, in multiples of d_model, whose prefixes double from d_model to the whole SAE: (1, 1, 2, 4,
+    8) for expansion 16, (1, 1, 2, 2) for 6, so that a sweep over expansions needs no groups of its own."""
+    widths = [1]
+    while widths[-1] * 2 < expansion:
+        widths.append(widths[-1] * 2)
+    if widths[-1] != expansion:
+        widths.append(expansion)
+    return tuple(b - a for a, b in zip((0, *widths), widths, strict=False))
 
 
 SWEPT_SAE_KEYS = ("architecture", "expansion", "k", "l1_coefficient", "l0_coefficient")
@@ -112,8 +123,9 @@ class SAEShape:
     """Width of JumpReLU's straight-through window, for activations of mean norm sqrt(d_model) (SAELens's
     convention; rescaled to the data's norm). Unset: 0.05, SAELens's."""
     matryoshka_groups: tuple[int, ...] | None = None
-    """`matryoshka_batchtopk` (required): sizes of its nested latent groups in multiples of d_model, adding
-    up to `expansion`; each prefix of groups gets its own reconstruction loss. E.g. [1, 3, 12, 48] for 64."""
+    """`matryoshka_batchtopk`: sizes of its nested latent groups in multiples of d_model, adding up to
+    `expansion`; each prefix of groups gets its own reconstruction loss. E.g. [1, 3, 12, 48] for 64. Unset:
+    prefixes that double from d_model, [1, 1, 2, 4, 8] for 16."""
 
     def __post_init__(self) -> None:
         if self.architecture not in architecture_names():
@@ -128,13 +140,9 @@ class SAEShape:
                     f"Remove sae.{name} ({self.architecture} takes {', '.join(sorted(taken))})",
                 )
         for name, default in taken.items():
-            if getattr(self, name) is None and default is None:
-                raise UserError(
-                    f"sae.architecture = {self.architecture!r} needs sae.{name}",
-                    f"Set sae.{name} (docs/config.md)",
-                )
             if getattr(self, name) is None:  # resolved here, so a config reads and resumes the same either way
-                object.__setattr__(self, name, default)
+                value = default_matryoshka_groups(self.expansion) if name == "matryoshka_groups" else default
+                object.__setattr__(self, name, value)
         if self.k is not None and self.k < 1:
             raise invalid("sae.k", self.k, "an integer of at least 1")
         for name in ("l1_coefficient", "l0_coefficient"):

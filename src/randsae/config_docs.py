@@ -54,7 +54,6 @@ EXAMPLE_MISTAKES: tuple[tuple[str, ...], ...] = (
     ("sae.k=0",),
     ('sae.k="16"',),
     ("sae.l1_coefficient=0.1",),
-    ('sae.architecture="matryoshka_batchtopk"',),
     ('sae.architecture="matryoshka_batchtopk"', "sae.matryoshka_groups=[1, 2]"),
     ("train.batch_size=0",),
     ("train.n_epochs=0",),
